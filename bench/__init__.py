@@ -1,0 +1,1 @@
+"""fusedrnn's benchmark suite: ``python -m bench``."""

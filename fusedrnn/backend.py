@@ -1,0 +1,66 @@
+"""Which implementation runs a call: the backend rules of GUIDE section 1.
+
+- ``"triton"``: the fused kernels; CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``.
+- ``"reference"``: fusedrnn's pure-PyTorch math (:mod:`fusedrnn.reference`).
+- ``"native"``: torch's own op (cuDNN on GPU, oneDNN on CPU).
+- ``"auto"``: triton where it is supported, otherwise native, so converting a model never
+  breaks it or makes it slower. ``FUSEDRNN_BACKEND`` overrides ``"auto"`` (only ``"auto"``).
+
+Asking for ``"triton"`` where it cannot run raises; it never falls back silently.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+BACKENDS = ("auto", "triton", "reference", "native")
+ENV_VAR = "FUSEDRNN_BACKEND"
+# dtypes the kernels are built and tested for; "auto" only picks triton for these on CUDA
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+AUTO_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def check_backend_name(backend: str, what: str = "backend") -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"{what} must be one of {BACKENDS}, got {backend!r}")
+    return backend
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels on CPU tensors through its interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why the Triton kernels cannot run on tensors of this device and dtype, or None."""
+    if importlib.util.find_spec("triton") is None:
+        return "the triton package is not installed"
+    if device.type == "cpu" and not interpreting():
+        return ("the tensors are on the CPU; the Triton kernels need CUDA tensors "
+                "(or TRITON_INTERPRET=1 to run them on CPU through Triton's interpreter)")
+    if device.type not in ("cuda", "cpu"):
+        return f"the tensors are on a {device.type} device; the Triton kernels need CUDA tensors"
+    if dtype not in TRITON_DTYPES:
+        return f"dtype {dtype} is not supported (expected one of {TRITON_DTYPES})"
+    return None
+
+
+def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The backend that will run: one of "triton", "reference", "native"."""
+    check_backend_name(backend)
+    if backend == "auto":
+        env = os.environ.get(ENV_VAR, "")
+        if env:
+            backend = check_backend_name(env, what=f"the environment variable {ENV_VAR}")
+    if backend == "auto":
+        if (device.type == "cuda" and dtype in AUTO_TRITON_DTYPES
+                and triton_unavailable_reason(device, dtype) is None):
+            return "triton"
+        return "native"
+    if backend == "triton":
+        reason = triton_unavailable_reason(device, dtype)
+        if reason is not None:
+            raise RuntimeError(f"fusedrnn: backend='triton' cannot run here: {reason}")
+    return backend

@@ -1,0 +1,220 @@
+"""Layer and cell ops, and the dispatch that sends each call to a backend.
+
+Building blocks, from the bottom up:
+- ``lstm_layer`` / ``gru_layer``: one layer, one direction, time-major input, optional lengths.
+- ``lstm_cell`` / ``gru_cell``: one step.
+- ``lstm`` / ``gru``: the multi-layer, optionally bidirectional stack with inter-layer dropout
+  and PackedSequence data, with the same arguments as ``torch._VF.lstm`` / ``torch._VF.gru``;
+  the drop-in modules call these.
+
+The layer and cell ops take ``backend`` in {"auto", "triton", "reference"}; "auto" picks the
+Triton kernels where they can run and the reference otherwise. ``lstm`` / ``gru`` also take
+"native", which is torch's own op.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, _VF
+
+from fusedrnn import backend as _backend
+from fusedrnn import reference
+
+
+def _layer_backend(backend: str, x: Tensor) -> str:
+    chosen = _backend.resolve(backend, x.device, x.dtype)
+    if chosen == "native":
+        if backend == "native":
+            raise ValueError("backend='native' is only available for the whole stack "
+                             "(fusedrnn.functional.lstm / gru and the modules), not per layer")
+        chosen = "reference"  # "auto" off CUDA: the layer ops have no native counterpart
+    return chosen
+
+
+def _triton_ops():
+    # imported lazily: the kernels need triton, which the reference path does not
+    from fusedrnn import autograd
+    return autograd
+
+
+# ----------------------------------------------------------------------------------------
+# one layer, one direction
+# ----------------------------------------------------------------------------------------
+def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
+               b_ih: Tensor | None = None, b_hh: Tensor | None = None,
+               w_hr: Tensor | None = None, lengths: Tensor | None = None,
+               reverse: bool = False, backend: str = "auto"):
+    """One LSTM layer over time-major x (T, B, I); h0 (B, P or H), c0 (B, H).
+
+    ``lengths`` (B,) holds each sequence's length: past it a sequence keeps its state and
+    outputs zeros. Returns (out (T, B, P or H), h_n, c_n).
+    """
+    if _layer_backend(backend, x) == "triton":
+        return _triton_ops().lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
+                                        reverse)
+    return reference.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+
+
+def gru_layer(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor,
+              b_ih: Tensor | None = None, b_hh: Tensor | None = None,
+              lengths: Tensor | None = None, reverse: bool = False, backend: str = "auto"):
+    """One GRU layer over time-major x (T, B, I); h0 (B, H). Returns (out (T, B, H), h_n)."""
+    if _layer_backend(backend, x) == "triton":
+        return _triton_ops().gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
+    return reference.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
+
+
+# ----------------------------------------------------------------------------------------
+# cells: one step, (B, I) input
+# ----------------------------------------------------------------------------------------
+def lstm_cell(x: Tensor, h: Tensor, c: Tensor, w_ih: Tensor, w_hh: Tensor,
+              b_ih: Tensor | None = None, b_hh: Tensor | None = None, backend: str = "auto"):
+    """One LSTM step. Returns (h', c')."""
+    if _backend.resolve(backend, x.device, x.dtype) == "native":
+        return _VF.lstm_cell(x, (h, c), w_ih, w_hh, b_ih, b_hh)
+    if _layer_backend(backend, x) == "triton":
+        # a cell is a layer of one step: the same kernels and autograd Function
+        _, h_new, c_new = _triton_ops().lstm_layer(x.unsqueeze(0), h, c, w_ih, w_hh, b_ih,
+                                                   b_hh, None, None, False)
+        return h_new, c_new
+    return reference.lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh)
+
+
+def gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor,
+             b_ih: Tensor | None = None, b_hh: Tensor | None = None, backend: str = "auto"):
+    """One GRU step. Returns h'."""
+    if _backend.resolve(backend, x.device, x.dtype) == "native":
+        return _VF.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh)
+    if _layer_backend(backend, x) == "triton":
+        return _triton_ops().gru_layer(x.unsqueeze(0), h, w_ih, w_hh, b_ih, b_hh, None,
+                                       False)[1]
+    return reference.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh)
+
+
+# ----------------------------------------------------------------------------------------
+# the stack: layers x directions, dropout between layers, packed or padded input
+# ----------------------------------------------------------------------------------------
+def _packed_to_padded(data: Tensor, batch_sizes: Tensor):
+    """PackedSequence data (N, I) -> time-major padded (T, B, I), lengths (B,), index.
+
+    The packed order is row-major over the (T, B) grid of valid positions, so one index
+    built from ``batch_sizes`` (on the CPU, no device sync) moves data both ways.
+    """
+    T, B = batch_sizes.numel(), int(batch_sizes[0])
+    valid = torch.arange(B) < batch_sizes.unsqueeze(1)  # (T, B)
+    index = valid.flatten().nonzero().squeeze(1).to(data.device)
+    padded = data.new_zeros(T * B, data.shape[-1]).index_copy(0, index, data)
+    return padded.view(T, B, -1), valid.sum(0).to(data.device), index
+
+
+def _check_state(name: str, state: Tensor, x: Tensor) -> None:
+    if state.dtype != x.dtype:
+        raise RuntimeError(f"{name} dtype ({state.dtype}) does not match input dtype "
+                           f"({x.dtype}); pass {name}.to({x.dtype})")
+    if state.device != x.device:
+        raise RuntimeError(f"Input and hidden tensors are not at the same device, found input "
+                           f"tensor at {x.device} and {name} tensor at {state.device}")
+
+
+def _check_weights(weights, x: Tensor) -> None:
+    for w in weights:
+        if w.device != x.device:
+            raise RuntimeError(f"Input and parameter tensors are not at the same device, found "
+                               f"input tensor at {x.device} and parameter tensor at {w.device}")
+        if w.dtype != x.dtype:
+            raise ValueError(f"RNN input dtype ({x.dtype}) does not match weight dtype "
+                             f"({w.dtype})")
+
+
+def _split_weights(weights, has_biases: bool, n_groups: int):
+    """Flat weight list -> per (layer, direction) tuple (w_ih, w_hh, b_ih, b_hh, w_hr)."""
+    per = len(weights) // n_groups
+    groups = []
+    for k in range(n_groups):
+        ws = list(weights[k * per:(k + 1) * per])
+        w_ih, w_hh = ws[0], ws[1]
+        b_ih, b_hh = (ws[2], ws[3]) if has_biases else (None, None)
+        w_hr = ws[-1] if per in (3, 5) else None  # proj_size adds weight_hr last
+        groups.append((w_ih, w_hh, b_ih, b_hh, w_hr))
+    return groups
+
+
+def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
+           has_biases: bool, num_layers: int, dropout: float, train: bool,
+           bidirectional: bool, batch_first: bool, backend: str):
+    lstm_mode = cell == "lstm"
+    h0, c0 = hx if lstm_mode else (hx, None)
+    _check_state("hx[0]" if lstm_mode else "hx", h0, input)
+    if lstm_mode:
+        _check_state("hx[1]", c0, input)
+    _check_weights(weights, input)
+
+    if batch_sizes is not None:
+        x, lengths, index = _packed_to_padded(input, batch_sizes)
+    else:
+        if input.shape[1 if batch_first else 0] == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        x, lengths, index = (input.transpose(0, 1) if batch_first else input), None, None
+
+    D = 2 if bidirectional else 1
+    groups = _split_weights(weights, has_biases, num_layers * D)
+    h_n, c_n = [], []
+    for layer in range(num_layers):
+        outs = []
+        for d in range(D):
+            k = layer * D + d
+            w_ih, w_hh, b_ih, b_hh, w_hr = groups[k]
+            if lstm_mode:
+                out, h, c = lstm_layer(x, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
+                                       reverse=d == 1, backend=backend)
+                c_n.append(c)
+            else:
+                out, h = gru_layer(x, h0[k], w_ih, w_hh, b_ih, b_hh, lengths,
+                                   reverse=d == 1, backend=backend)
+            outs.append(out)
+            h_n.append(h)
+        x = outs[0] if D == 1 else torch.cat(outs, dim=-1)
+        if dropout > 0 and train and layer < num_layers - 1:
+            x = F.dropout(x, p=dropout, training=True)
+
+    if index is not None:
+        output = x.reshape(-1, x.shape[-1]).index_select(0, index)
+    else:
+        output = x.transpose(0, 1) if batch_first else x
+    hidden = torch.stack(h_n)
+    return (output, hidden, torch.stack(c_n)) if lstm_mode else (output, hidden)
+
+
+def lstm(input: Tensor, batch_sizes: Tensor | None, hx: tuple[Tensor, Tensor], weights,
+         has_biases: bool, num_layers: int, dropout: float, train: bool, bidirectional: bool,
+         batch_first: bool = False, backend: str = "auto"):
+    """Multi-layer LSTM with ``torch._VF.lstm``'s arguments. Returns (output, h_n, c_n).
+
+    ``input`` is padded (3-D) when ``batch_sizes`` is None, else PackedSequence data (2-D).
+    ``weights`` is the module's flat weight list (per layer and direction: w_ih, w_hh,
+    [b_ih, b_hh], [w_hr]).
+    """
+    chosen = _backend.resolve(backend, input.device, input.dtype)
+    if chosen == "native":
+        if batch_sizes is None:
+            return _VF.lstm(input, hx, weights, has_biases, num_layers, dropout, train,
+                            bidirectional, batch_first)
+        return _VF.lstm(input, batch_sizes, hx, weights, has_biases, num_layers, dropout, train,
+                        bidirectional)
+    return _stack("lstm", input, batch_sizes, hx, weights, has_biases, num_layers, dropout,
+                  train, bidirectional, batch_first, chosen)
+
+
+def gru(input: Tensor, batch_sizes: Tensor | None, hx: Tensor, weights, has_biases: bool,
+        num_layers: int, dropout: float, train: bool, bidirectional: bool,
+        batch_first: bool = False, backend: str = "auto"):
+    """Multi-layer GRU with ``torch._VF.gru``'s arguments. Returns (output, h_n)."""
+    chosen = _backend.resolve(backend, input.device, input.dtype)
+    if chosen == "native":
+        if batch_sizes is None:
+            return _VF.gru(input, hx, weights, has_biases, num_layers, dropout, train,
+                           bidirectional, batch_first)
+        return _VF.gru(input, batch_sizes, hx, weights, has_biases, num_layers, dropout, train,
+                       bidirectional)
+    return _stack("gru", input, batch_sizes, hx, weights, has_biases, num_layers, dropout,
+                  train, bidirectional, batch_first, chosen)

@@ -1,0 +1,216 @@
+"""Drop-in modules: subclasses of torch.nn.LSTM / GRU / LSTMCell / GRUCell.
+
+Same constructor (plus keyword ``backend``), parameters, initialization, ``state_dict`` and
+``repr`` as torch's; ``isinstance(m, nn.LSTM)`` holds. ``forward`` handles the input forms
+exactly as torch's does (the argument checks below mirror ``torch/nn/modules/rnn.py``) and
+hands the math to :mod:`fusedrnn.functional`; ``backend="native"`` is torch's own forward.
+The modules know nothing about Triton.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
+
+from fusedrnn import backend as _backend
+from fusedrnn import functional
+
+
+class _BackendMixin:
+    """The ``backend`` attribute: "auto" | "triton" | "reference" | "native"."""
+
+    def _set_backend(self, backend: str) -> None:
+        self.backend = _backend.check_backend_name(backend)
+
+    def _resolve_backend(self, x) -> str:
+        if not isinstance(x, Tensor):
+            return "native"  # let torch's forward raise its own error for non-tensor input
+        return _backend.resolve(getattr(self, "backend", "auto"), x.device, x.dtype)
+
+
+def _zeros_state(module, batch: int, size: int, like: Tensor) -> Tensor:
+    D = 2 if module.bidirectional else 1
+    return torch.zeros(module.num_layers * D, batch, size, dtype=like.dtype, device=like.device)
+
+
+def _rnn_forward(module, input, hx, backend: str):
+    """torch's LSTM/GRU forward with ``_VF.lstm``/``_VF.gru`` replaced by fusedrnn's."""
+    module._update_flat_weights()
+    lstm_mode = module.mode == "LSTM"
+    name = "LSTM" if lstm_mode else "GRU"
+    real_hidden = module.proj_size if module.proj_size > 0 else module.hidden_size
+    sorted_indices = unsorted_indices = batch_sizes = None
+    is_batched, batch_dim = True, 0 if module.batch_first else 1
+
+    if isinstance(input, PackedSequence):
+        input, batch_sizes, sorted_indices, unsorted_indices = input
+        max_batch = int(batch_sizes[0])
+        if hx is None:
+            hx = _zeros_state(module, max_batch, real_hidden, input)
+            if lstm_mode:
+                hx = (hx, _zeros_state(module, max_batch, module.hidden_size, input))
+    else:
+        if input.dim() not in (2, 3):
+            raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        is_batched = input.dim() == 3
+        if not is_batched:
+            input = input.unsqueeze(batch_dim)
+        max_batch = input.size(batch_dim)
+        if hx is None:
+            hx = _zeros_state(module, max_batch, real_hidden, input)
+            if lstm_mode:
+                hx = (hx, _zeros_state(module, max_batch, module.hidden_size, input))
+        elif lstm_mode:
+            want = 3 if is_batched else 2
+            if hx[0].dim() != want or hx[1].dim() != want:
+                kind = "batched 3-D" if is_batched else "unbatched 2-D"
+                raise RuntimeError(f"For {kind} input, hx and cx should also be {want}-D but got "
+                                   f"({hx[0].dim()}-D, {hx[1].dim()}-D) tensors")
+            if not is_batched:
+                hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+        else:
+            want = 3 if is_batched else 2
+            if hx.dim() != want:
+                kind = "batched 3-D" if is_batched else "unbatched 2-D"
+                raise RuntimeError(f"For {kind} input, hx should also be {want}-D but got "
+                                   f"{hx.dim()}-D tensor")
+            if not is_batched:
+                hx = hx.unsqueeze(1)
+    # torch leaves a user-given hx for packed input to the C++ op's checks; ours are clearer
+    module.check_forward_args(input, hx, batch_sizes)
+    hx = module.permute_hidden(hx, sorted_indices)
+
+    op = functional.lstm if lstm_mode else functional.gru
+    result = op(input, batch_sizes, hx, module._flat_weights, module.bias, module.num_layers,
+                float(module.dropout), module.training, module.bidirectional,
+                module.batch_first, backend)
+    output, hidden = result[0], (result[1:] if lstm_mode else result[1])
+
+    if batch_sizes is not None:
+        return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
+                module.permute_hidden(hidden, unsorted_indices))
+    if not is_batched:
+        output = output.squeeze(batch_dim)
+        hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1)) if lstm_mode else hidden.squeeze(1)
+    return output, hidden
+
+
+class LSTM(_BackendMixin, nn.LSTM):
+    __doc__ = (nn.LSTM.__doc__ or "") + """
+    fusedrnn: takes the keyword ``backend`` ("auto" | "triton" | "reference" | "native")."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_backend(backend)
+
+    def forward(self, input, hx=None):
+        backend = self._resolve_backend(input.data if isinstance(input, PackedSequence) else input)
+        if backend == "native":
+            return super().forward(input, hx)
+        return _rnn_forward(self, input, hx, backend)
+
+
+class GRU(_BackendMixin, nn.GRU):
+    __doc__ = (nn.GRU.__doc__ or "") + """
+    fusedrnn: takes the keyword ``backend`` ("auto" | "triton" | "reference" | "native")."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_backend(backend)
+
+    def forward(self, input, hx=None):
+        backend = self._resolve_backend(input.data if isinstance(input, PackedSequence) else input)
+        if backend == "native":
+            return super().forward(input, hx)
+        return _rnn_forward(self, input, hx, backend)
+
+
+# ----------------------------------------------------------------------------------------
+# cells
+# ----------------------------------------------------------------------------------------
+def _check_cell_args(module, x: Tensor, states) -> None:
+    """The checks ``_VF.lstm_cell`` / ``_VF.gru_cell`` make, with the same messages."""
+    if x.size(1) != module.input_size:
+        raise RuntimeError(f"input has inconsistent input_size: got {x.size(1)} expected "
+                           f"{module.input_size}")
+    if x.dtype != module.weight_ih.dtype:
+        raise RuntimeError(f"input dtype ({x.dtype}) does not match weight dtype "
+                           f"({module.weight_ih.dtype})")
+    for k, s in enumerate(states):
+        if s.dim() != 2:
+            raise RuntimeError(f"hidden{k} must be 2-D (batch, hidden_size) for 2-D input, got "
+                               f"{s.dim()}-D")
+        if s.size(0) != x.size(0):
+            raise RuntimeError(f"Input batch size {x.size(0)} doesn't match hidden{k} batch size "
+                               f"{s.size(0)}")
+        if s.size(1) != module.hidden_size:
+            raise RuntimeError(f"hidden{k} has inconsistent hidden_size: got {s.size(1)}, "
+                               f"expected {module.hidden_size}")
+        if s.dtype != x.dtype:
+            raise RuntimeError(f"hidden{k} dtype ({s.dtype}) does not match input dtype "
+                               f"({x.dtype})")
+        if s.device != x.device:
+            raise RuntimeError(f"Input and hidden tensors are not at the same device, found "
+                               f"input tensor at {x.device} and hidden{k} tensor at {s.device}")
+
+
+class LSTMCell(_BackendMixin, nn.LSTMCell):
+    __doc__ = (nn.LSTMCell.__doc__ or "") + """
+    fusedrnn: takes the keyword ``backend`` ("auto" | "triton" | "reference" | "native")."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_backend(backend)
+
+    def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):
+        backend = self._resolve_backend(input)
+        if backend == "native":
+            return super().forward(input, hx)
+        if input.dim() not in (1, 2):
+            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None:
+            for idx, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got "
+                                     f"{value.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = input.new_zeros(input.size(0), self.hidden_size)
+            hx = (zeros, zeros)
+        elif not is_batched:
+            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        _check_cell_args(self, input, hx)
+        h, c = functional.lstm_cell(input, hx[0], hx[1], self.weight_ih, self.weight_hh,
+                                    self.bias_ih, self.bias_hh, backend=backend)
+        return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
+
+
+class GRUCell(_BackendMixin, nn.GRUCell):
+    __doc__ = (nn.GRUCell.__doc__ or "") + """
+    fusedrnn: takes the keyword ``backend`` ("auto" | "triton" | "reference" | "native")."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_backend(backend)
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        backend = self._resolve_backend(input)
+        if backend == "native":
+            return super().forward(input, hx)
+        if input.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            hx = input.new_zeros(input.size(0), self.hidden_size)
+        elif not is_batched:
+            hx = hx.unsqueeze(0)
+        _check_cell_args(self, input, (hx,))
+        h = functional.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                                self.bias_hh, backend=backend)
+        return h if is_batched else h.squeeze(0)

@@ -1,0 +1,108 @@
+"""Pure-PyTorch reference math: the oracle every kernel is tested against.
+
+Readable on purpose and differentiable by autograd. PyTorch's conventions exactly:
+LSTM gates are stacked i, f, g, o; GRU gates r, z, n with the reset gate applied to the
+recurrent term *after* its bias: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).
+
+Layers are time-major: x is (T, B, I). A layer runs one direction; with per-sequence
+``lengths`` a sequence whose length is over keeps its state and outputs zeros, and the
+reverse direction starts at each sequence's own last valid element.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+# ----------------------------------------------------------------------------------------
+# pointwise steps: gates from precomputed projections, then the state update
+# ----------------------------------------------------------------------------------------
+def lstm_pointwise(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """gates = x W_ih^T + b_ih + h W_hh^T + b_hh, shape (B, 4H). Returns (o*tanh(c'), c')."""
+    i, f, g, o = gates.chunk(4, dim=-1)
+    i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
+    c_new = f * c + i * g
+    return o * torch.tanh(c_new), c_new
+
+
+def gru_pointwise(gx: Tensor, gh: Tensor, h: Tensor) -> Tensor:
+    """gx = x W_ih^T + b_ih and gh = h W_hh^T + b_hh, each (B, 3H). Returns h'."""
+    xr, xz, xn = gx.chunk(3, dim=-1)
+    hr, hz, hn = gh.chunk(3, dim=-1)
+    r = torch.sigmoid(xr + hr)
+    z = torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    return (1 - z) * n + z * h
+
+
+def _linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    y = x @ w.t()
+    return y if b is None else y + b
+
+
+# ----------------------------------------------------------------------------------------
+# cells: one step
+# ----------------------------------------------------------------------------------------
+def lstm_cell(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None):
+    """One LSTM step on (B, I) input. Returns (h', c'); h' is projected when w_hr is given."""
+    return lstm_cell_from_proj(_linear(x, w_ih, b_ih), h, c, w_hh, b_hh, w_hr)
+
+
+def lstm_cell_from_proj(gx, h, c, w_hh, b_hh=None, w_hr=None):
+    """One LSTM step given the input projection gx = x W_ih^T + b_ih, shape (B, 4H)."""
+    h_new, c_new = lstm_pointwise(gx + _linear(h, w_hh, b_hh), c)
+    if w_hr is not None:
+        h_new = h_new @ w_hr.t()
+    return h_new, c_new
+
+
+def gru_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One GRU step on (B, I) input. Returns h'."""
+    return gru_pointwise(_linear(x, w_ih, b_ih), _linear(h, w_hh, b_hh), h)
+
+
+# ----------------------------------------------------------------------------------------
+# layers: the time loop, one direction
+# ----------------------------------------------------------------------------------------
+def _time_order(T: int, reverse: bool):
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def _valid(lengths: Tensor | None, t: int) -> Tensor | None:
+    """(B, 1) bool mask of the sequences still running at time t, or None without lengths."""
+    return None if lengths is None else (lengths > t).unsqueeze(-1)
+
+
+def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None,
+               reverse=False):
+    """x (T, B, I), h0 (B, P or H), c0 (B, H). Returns out (T, B, P or H), h_n, c_n."""
+    xproj = _linear(x, w_ih, b_ih)  # all steps at once: no recurrence in the input term
+    h, c = h0, c0
+    outs = [None] * x.shape[0]
+    for t in _time_order(x.shape[0], reverse):
+        h_new, c_new = lstm_cell_from_proj(xproj[t], h, c, w_hh, b_hh, w_hr)
+        m = _valid(lengths, t)
+        if m is None:
+            h, c, outs[t] = h_new, c_new, h_new
+        else:
+            h, c = torch.where(m, h_new, h), torch.where(m, c_new, c)
+            outs[t] = torch.where(m, h_new, torch.zeros_like(h_new))
+    out = torch.stack(outs) if outs else x.new_zeros(0, x.shape[1], h0.shape[-1])
+    return out, h, c
+
+
+def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False):
+    """x (T, B, I), h0 (B, H). Returns out (T, B, H), h_n."""
+    xproj = _linear(x, w_ih, b_ih)
+    h = h0
+    outs = [None] * x.shape[0]
+    for t in _time_order(x.shape[0], reverse):
+        h_new = gru_pointwise(xproj[t], _linear(h, w_hh, b_hh), h)
+        m = _valid(lengths, t)
+        if m is None:
+            h, outs[t] = h_new, h_new
+        else:
+            h = torch.where(m, h_new, h)
+            outs[t] = torch.where(m, h_new, torch.zeros_like(h_new))
+    out = torch.stack(outs) if outs else x.new_zeros(0, x.shape[1], h0.shape[-1])
+    return out, h

@@ -1,0 +1,129 @@
+"""Shared test helpers: run a module and an oracle on the same inputs, compare everything."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import fusedrnn
+
+# ||out - ref|| / ||ref|| bounds, by dtype (GUIDE section 4)
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    if a.shape != b.shape:
+        raise AssertionError(f"shape {tuple(a.shape)} != {tuple(b.shape)}")
+    if not torch.isfinite(a).all():
+        return math.inf  # NaN never passes
+    denom = b.norm().item()
+    diff = (a - b).norm().item()
+    return diff if denom == 0 else diff / denom
+
+
+def assert_close(a, b, tol, what=""):
+    err = rel_err(a, b)
+    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e}"
+
+
+def assert_all_close(got: dict, want: dict, tol: float):
+    assert got.keys() == want.keys(), (sorted(got), sorted(want))
+    for k in want:
+        if want[k] is None:
+            assert got[k] is None, f"{k}: expected no gradient"
+        else:
+            assert got[k] is not None, f"{k}: missing gradient"
+            assert_close(got[k], want[k], tol, k)
+
+
+def twin(mode: str, kwargs: dict, backend: str, dtype=torch.float64, device="cpu"):
+    """(torch module, fusedrnn module with the same weights)."""
+    ref = getattr(nn, mode)(**kwargs, dtype=dtype, device=device)
+    ours = getattr(fusedrnn, mode)(**kwargs, backend=backend, dtype=dtype, device=device)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def make_rnn_inputs(cfg: dict, dtype=torch.float64, device="cpu", gen=None):
+    """Random x, hx and lengths for an LSTM/GRU config (see rnn_config)."""
+    D = 2 if cfg["bidirectional"] else 1
+    L, B, T, I, H = cfg["num_layers"], cfg["B"], cfg["T"], cfg["input_size"], cfg["hidden_size"]
+    P = cfg.get("proj_size", 0) or H
+    kw = dict(dtype=dtype, device=device)
+    x = torch.randn(B, T, I, **kw) if cfg["batch_first"] else torch.randn(T, B, I, **kw)
+    if cfg["unbatched"]:
+        x = torch.randn(T, I, **kw)
+    hx = None
+    if cfg["hx"]:
+        shape = (L * D, P) if cfg["unbatched"] else (L * D, B, P)
+        cshape = (L * D, H) if cfg["unbatched"] else (L * D, B, H)
+        hx = (torch.randn(shape, **kw), torch.randn(cshape, **kw)) if cfg["mode"] == "LSTM" \
+            else torch.randn(shape, **kw)
+    lengths = None
+    if cfg["packed"]:
+        lengths = torch.randint(1, T + 1, (B,))
+        lengths[torch.randint(0, B, (1,))] = T  # pad_packed_sequence restores T this way
+        if cfg["packed"] == "sorted":
+            lengths = lengths.sort(descending=True).values
+    return x, hx, lengths
+
+
+def run_rnn(m, cfg: dict, x, hx, lengths):
+    """Forward through m; returns the list of output tensors (padded when packed)."""
+    inp = x
+    if lengths is not None:
+        inp = pack_padded_sequence(x, lengths, batch_first=cfg["batch_first"],
+                                   enforce_sorted=cfg["packed"] == "sorted")
+    out, hid = m(inp) if hx is None else m(inp, hx)
+    if lengths is not None:
+        out = pad_packed_sequence(out, batch_first=cfg["batch_first"])[0]
+    return [out] + (list(hid) if isinstance(hid, tuple) else [hid])
+
+
+def outputs_and_grads(m, cfg, x, hx, lengths, seed=0):
+    """Outputs, and the gradients of a random projection of them w.r.t. every input."""
+    x = x.detach().requires_grad_()
+    hx_l = [] if hx is None else (list(hx) if isinstance(hx, tuple) else [hx])
+    hx_l = [h.detach().requires_grad_() for h in hx_l]
+    hx_arg = None if hx is None else (tuple(hx_l) if isinstance(hx, tuple) else hx_l[0])
+    outs = run_rnn(m, cfg, x, hx_arg, lengths)
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o)).sum()
+               for o in outs)
+    names = ["input"] + [f"hx[{k}]" for k in range(len(hx_l))] + [n for n, _ in m.named_parameters()]
+    tensors = [x] + hx_l + [p for _, p in m.named_parameters()]
+    grads = torch.autograd.grad(loss, tensors, allow_unused=True)
+    result = {f"out[{k}]": o for k, o in enumerate(outs)}
+    result.update({f"grad {n}": gr for n, gr in zip(names, grads)})
+    return result
+
+
+def rnn_config(**over):
+    cfg = dict(mode="LSTM", input_size=5, hidden_size=7, num_layers=1, bias=True,
+               batch_first=False, bidirectional=False, proj_size=0, dropout=0.0, T=4, B=3,
+               unbatched=False, packed=None, hx=True)
+    cfg.update(over)
+    if cfg["mode"] != "LSTM":
+        cfg["proj_size"] = 0
+    if cfg["unbatched"]:
+        cfg["packed"] = None
+    return cfg
+
+
+def module_kwargs(cfg: dict) -> dict:
+    keys = ["input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+            "bidirectional"] + (["proj_size"] if cfg["mode"] == "LSTM" else [])
+    return {k: cfg[k] for k in keys}
+
+
+def check_module_against_torch(cfg: dict, backend: str, dtype=torch.float64, tol=None,
+                               device="cpu"):
+    """Module on `backend` vs torch.nn in `dtype`: every output and gradient."""
+    ref, ours = twin(cfg["mode"], module_kwargs(cfg), backend, dtype, device)
+    x, hx, lengths = make_rnn_inputs(cfg, dtype, device)
+    want = outputs_and_grads(ref, cfg, x, hx, lengths)
+    got = outputs_and_grads(ours, cfg, x, hx, lengths)
+    assert_all_close(got, want, TOL[dtype] if tol is None else tol)

@@ -1,0 +1,54 @@
+"""The backend rules: auto, the environment override, and triton's clear refusals."""
+import pytest
+import torch
+
+import fusedrnn
+from fusedrnn import backend
+
+
+def test_auto_on_cpu_is_native_and_costs_nothing(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.nn.LSTM, "forward",
+                        lambda self, *a: calls.append(1) or ("native", None))
+    m = fusedrnn.LSTM(3, 4)
+    assert m(torch.randn(2, 1, 3))[0] == "native" and calls == [1]
+
+
+def test_resolve_rules(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    assert backend.resolve("auto", cpu, torch.float32) == "native"
+    assert backend.resolve("reference", cpu, torch.float32) == "reference"
+    monkeypatch.setenv(backend.ENV_VAR, "reference")
+    assert backend.resolve("auto", cpu, torch.float32) == "reference"
+    assert backend.resolve("native", cpu, torch.float32) == "native"  # only overrides auto
+    monkeypatch.setenv(backend.ENV_VAR, "bogus")
+    with pytest.raises(ValueError, match=backend.ENV_VAR):
+        backend.resolve("auto", cpu, torch.float32)
+
+
+def test_env_override_reaches_modules(monkeypatch):
+    monkeypatch.setenv(backend.ENV_VAR, "reference")
+    m = fusedrnn.GRU(3, 4)
+    monkeypatch.setattr(torch.nn.GRU, "forward", lambda *a: pytest.fail("native ran"))
+    out, h = m(torch.randn(2, 1, 3))
+    assert out.shape == (2, 1, 4)
+
+
+def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    m = fusedrnn.LSTM(3, 4, backend="triton")
+    with pytest.raises(RuntimeError, match="backend='triton' cannot run here.*CUDA"):
+        m(torch.randn(2, 1, 3))
+
+
+def test_triton_unsupported_dtype_is_a_clear_error():
+    with pytest.raises(RuntimeError, match="dtype"):
+        backend.resolve("triton", torch.device("cpu"), torch.int32)
+
+
+def test_functional_layer_rejects_native():
+    x = torch.randn(2, 1, 3)
+    with pytest.raises(ValueError, match="native"):
+        fusedrnn.functional.gru_layer(x, torch.zeros(1, 4), torch.randn(12, 3),
+                                      torch.randn(12, 4), backend="native")

@@ -1,0 +1,107 @@
+"""convert() keeps the very same parameters; state_dict and repr match torch's both ways."""
+import copy
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import fusedrnn
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(3, 4), nn.Tanh())
+        self.rnns = nn.ModuleList([nn.LSTM(4, 6, batch_first=True), nn.GRU(6, 5)])
+        self.cells = nn.ModuleDict({"lstm": nn.LSTMCell(5, 5), "gru": nn.GRUCell(5, 5)})
+
+    def forward(self, x):
+        y, _ = self.rnns[0](self.encoder(x))
+        y, _ = self.rnns[1](y.transpose(0, 1))
+        h, c = self.cells["lstm"](y[-1])
+        return self.cells["gru"](h, c)
+
+
+def test_convert_nested_model_same_outputs_same_parameters():
+    model = Model().double()
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    before = model(x)
+    params = {n: p for n, p in model.named_parameters()}
+    out = fusedrnn.convert(model, backend="reference")
+    assert out is model
+    assert type(model.rnns[0]) is fusedrnn.LSTM and type(model.rnns[1]) is fusedrnn.GRU
+    assert type(model.cells["lstm"]) is fusedrnn.LSTMCell
+    assert type(model.cells["gru"]) is fusedrnn.GRUCell
+    assert all(m.backend == "reference" for m in [*model.rnns, *model.cells.values()])
+    for n, p in model.named_parameters():
+        assert p is params[n], n
+    torch.testing.assert_close(model(x), before, rtol=1e-12, atol=1e-12)
+    # gradients land on the original parameter objects (optimizer state stays valid)
+    model(x).sum().backward()
+    assert all(p.grad is not None for p in params.values())
+
+
+def test_convert_keeps_mode_and_leaves_converted_alone():
+    model = nn.Sequential(nn.LSTM(3, 4)).eval()
+    fusedrnn.convert(model)
+    first = model[0]
+    assert not first.training and isinstance(first, nn.LSTM)
+    fusedrnn.convert(model, backend="native")
+    assert model[0] is first and first.backend == "auto"
+    rnn = nn.GRU(2, 3)
+    assert type(fusedrnn.convert(rnn)) is fusedrnn.GRU
+
+
+def test_convert_keeps_optimizer_and_tied_weights_working():
+    model = nn.Sequential(nn.LSTM(3, 3))
+    model[0].weight_hh_l0 = model[0].weight_ih_l0  # tied
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    fusedrnn.convert(model, backend="reference")
+    assert model[0].weight_hh_l0 is model[0].weight_ih_l0
+    before = model[0].weight_ih_l0.detach().clone()
+    model(torch.randn(2, 1, 3))[0].sum().backward()
+    opt.step()
+    assert not torch.equal(before, model[0].weight_ih_l0)
+
+
+@pytest.mark.parametrize("mode,args,kwargs", [
+    ("LSTM", (3, 5), dict(num_layers=2, bidirectional=True, proj_size=2, bias=False)),
+    ("GRU", (3, 5), dict(num_layers=2, batch_first=True, dropout=0.2)),
+    ("LSTMCell", (3, 5), dict(bias=False)),
+    ("GRUCell", (3, 5), {}),
+])
+def test_state_dict_and_repr(mode, args, kwargs):
+    ref = getattr(nn, mode)(*args, **kwargs)
+    ours = getattr(fusedrnn, mode)(*args, **kwargs)
+    assert repr(ours) == repr(ref)
+    assert isinstance(ours, getattr(nn, mode))
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    ours.load_state_dict(ref.state_dict())
+    for k, v in ours.state_dict().items():
+        assert torch.equal(v, ref.state_dict()[k])
+    back = getattr(nn, mode)(*args, **kwargs)
+    back.load_state_dict(ours.state_dict())
+    for k, v in back.state_dict().items():
+        assert torch.equal(v, ours.state_dict()[k])
+
+
+def test_initialization_matches_torch():
+    torch.manual_seed(3)
+    ref = nn.LSTM(4, 6, num_layers=2, proj_size=3)
+    torch.manual_seed(3)
+    ours = fusedrnn.LSTM(4, 6, num_layers=2, proj_size=3)
+    for (n, a), (_, b) in zip(ref.named_parameters(), ours.named_parameters()):
+        assert torch.equal(a, b), n
+
+
+def test_pickle_deepcopy_and_to():
+    m = fusedrnn.LSTM(3, 4, backend="reference")
+    for clone in (pickle.loads(pickle.dumps(m)), copy.deepcopy(m)):
+        assert type(clone) is fusedrnn.LSTM and clone.backend == "reference"
+        x = torch.randn(2, 1, 3)
+        torch.testing.assert_close(clone(x)[0], m(x)[0])
+    m64 = m.double()
+    assert m64._flat_weights[0].dtype == torch.float64
+    assert m64(torch.randn(2, 1, 3, dtype=torch.float64))[0].dtype == torch.float64
