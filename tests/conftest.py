@@ -10,3 +10,49 @@ if not torch.cuda.is_available():
 
 # FUSEDRNN_BACKEND would change what "auto" means under the tests' feet
 os.environ.pop("FUSEDRNN_BACKEND", None)
+
+
+# ----------------------------------------------------------------------------------------
+# fixtures for the kernel tests
+# ----------------------------------------------------------------------------------------
+import collections  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """Every buffer the launchers allocate starts as NaN, so an unwritten element fails."""
+    from fusedrnn.kernels import common, gru, lstm
+
+    real = common.empty
+
+    def nan_empty(*shape, dtype, device):
+        return real(*shape, dtype=dtype, device=device).fill_(float("nan"))
+
+    for mod in (common, gru, lstm):
+        monkeypatch.setattr(mod, "empty", nan_empty)
+
+
+class _CountingKernel:
+    def __init__(self, kernel, name, counts):
+        self.kernel, self.name, self.counts = kernel, name, counts
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.counts[self.name] += 1
+            return self.kernel[grid](*args, **kwargs)
+        return launch
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Counter of Triton kernel launches by kernel name during the test."""
+    from fusedrnn.kernels import gru, lstm
+
+    counts = collections.Counter()
+    for mod in (gru, lstm):
+        for name in dir(mod):
+            if name.endswith("_kernel"):
+                monkeypatch.setattr(mod, name, _CountingKernel(getattr(mod, name), name, counts))
+    return counts

@@ -1,0 +1,196 @@
+"""Shared pieces of the RNN kernels: jit helpers (activations, the one dot, tile GEMMs,
+the carried state gradient) and the launch-side rules (block sizes, allocation, checks)."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+# ----------------------------------------------------------------------------------------
+# jit helpers
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def tanh(x):
+    # libdevice's tanh does not run in the interpreter; exp(-2|x|) never overflows
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def dot(a, b, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + a @ b. Every tl.dot of the package goes through here.
+
+    IEEE: full-precision fp32 (no tf32). UPCAST: the interpreter multiplies bf16 operands
+    as raw integers (GUIDE section 4), so under it they are upcast; on a GPU bf16 stays on
+    the tensor cores.
+    """
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    if IEEE:
+        acc = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
+def mm_tile(acc, a_ptr, stride_am, offs_m, mask_m, w_ptr, stride_wk, stride_wn, offs_n, mask_n,
+            K, BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """acc[m, n] += sum_k a[m, k] * w[k, n], for k < K.
+
+    a: rows ``offs_m`` of a row-major (M, K) operand, element stride 1 along k.
+    w: any strides, so W (stride_wk=row stride, stride_wn=1) and W^T (stride_wk=1,
+       stride_wn=row stride) are both one call. a is cast to w's dtype, so fp32 gradient
+       buffers meet bf16/fp16 weights on the tensor cores.
+    """
+    a_rows = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am
+    w_cols = w_ptr + offs_n.to(tl.int64)[None, :] * stride_wn
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        mask_k = offs_k < K
+        a = tl.load(a_rows + offs_k[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        w = tl.load(w_cols + offs_k.to(tl.int64)[:, None] * stride_wk,
+                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        acc = dot(a.to(w.dtype), w, acc, IEEE, UPCAST)
+    return acc
+
+
+@triton.jit
+def state_grad(g_ptr, stride_gb, dg_next_ptr, stride_dgb, w_ptr, stride_w, offs_b, mask_b,
+               offs_k, mask_k, NG_H, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
+               BLOCK_J: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """Gradient w.r.t. the state h_t, columns ``offs_k``: the carried part in g (what the
+    step after t left: its direct term, or the whole gradient where that step was padding)
+    plus the recurrent part dgates_{t+1} @ W_hh, reduced over all NG_H gate rows."""
+    mask = mask_b[:, None] & mask_k[None, :]
+    g = tl.load(g_ptr + offs_b.to(tl.int64)[:, None] * stride_gb + offs_k[None, :], mask=mask,
+                other=0.0)
+    acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=g.dtype)
+    acc = mm_tile(acc, dg_next_ptr, stride_dgb, offs_b, mask_b, w_ptr, stride_w, 1, offs_k,
+                  mask_k, NG_H, BLOCK_J, IEEE, UPCAST)
+    return g + acc
+
+
+@triton.jit
+def valid_rows(len_ptr, offs_b, mask_b, t, HAS_LENGTHS: tl.constexpr):
+    """(BLOCK_B,) mask of the sequences still running at time t."""
+    if HAS_LENGTHS:
+        n = tl.load(len_ptr + offs_b, mask=mask_b, other=0)
+        return mask_b & (t < n)
+    else:
+        return mask_b
+
+
+# ----------------------------------------------------------------------------------------
+# launch side
+# ----------------------------------------------------------------------------------------
+def empty(*shape, dtype, device):
+    """Every buffer a kernel writes comes from here, so tests can poison them with NaN."""
+    return torch.empty(*shape, dtype=dtype, device=device)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation and cell-state dtype: fp32, or fp64 for fp64 inputs."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def block_sizes(batch: int, width: int, reduce: int) -> tuple[int, int, int]:
+    """(BLOCK_B, BLOCK_N, BLOCK_K) for a step kernel: batch rows, output columns per program
+    and the reduction chunk. tl.dot needs every dimension >= 16; past 64 rows / 32 columns
+    the four fp32 LSTM accumulators (4 * 64 * 32 = 8192 values) start to crowd 4 warps'
+    registers. A rule, not autotuning: it must not depend on T."""
+    block_b = min(64, max(16, triton.next_power_of_2(batch)))
+    block_n = min(32, max(16, triton.next_power_of_2(width)))
+    block_k = min(64, max(16, triton.next_power_of_2(reduce)))
+    return block_b, block_n, block_k
+
+
+NUM_WARPS = 4
+TL_ACC = {torch.float32: tl.float32, torch.float64: tl.float64}
+
+
+def step_slots(t: int, s: int, T: int, reverse: bool, save: bool) -> tuple[int, int]:
+    """(rd, wr): history slots of h_{t-1} and h_t at step s (time index t)."""
+    if not save:
+        return s % 2, (s + 1) % 2
+    return (t + 1, t) if reverse else (t, t + 1)
+
+
+def time_order(T: int, reverse: bool):
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def dot_flags(dtype: torch.dtype, device: torch.device, allow_tf32: bool = False):
+    """(IEEE, UPCAST) constexprs of :func:`dot` for operands of this dtype and device."""
+    ieee = dtype in (torch.float32, torch.float64) and not allow_tf32
+    upcast = device.type == "cpu" and dtype == torch.bfloat16  # interpreter trap
+    return ieee, upcast
+
+
+def like_layout(x: torch.Tensor, T: int, B: int, N: int, dtype) -> torch.Tensor:
+    """A new (T, B, N) tensor laid out like x: batch-major storage when x is a batch-first
+    view, so batch_first input gives batch_first output without a transpose copy."""
+    if x.dim() == 3 and x.stride(0) < x.stride(1):
+        return empty(B, T, N, dtype=dtype, device=x.device).transpose(0, 1)
+    return empty(T, B, N, dtype=dtype, device=x.device)
+
+
+def check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"fusedrnn: {msg}")
+
+
+def check_layer_args(x, states, weights, lengths):
+    """Shapes, dtypes, devices of a layer call. states: {name: (tensor, (B, N))};
+    weights: {name: (tensor or None, expected shape)}."""
+    check(x.dim() == 3, f"x must be 3-D (T, B, I), got shape {tuple(x.shape)}")
+    check(x.is_floating_point(), f"x must be a floating-point tensor, got {x.dtype}")
+    for name, (t, shape) in {**states, **weights}.items():
+        if t is None:
+            continue
+        check(tuple(t.shape) == tuple(shape),
+              f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+        check(t.dtype == x.dtype, f"{name} must have x's dtype {x.dtype}, got {t.dtype}")
+        check(t.device == x.device, f"{name} must be on x's device {x.device}, got {t.device}")
+    if lengths is not None:
+        check(tuple(lengths.shape) == (x.shape[1],),
+              f"lengths must have shape ({x.shape[1]},), got {tuple(lengths.shape)}")
+        check(not lengths.is_floating_point(), f"lengths must be integers, got {lengths.dtype}")
+        check(lengths.device == x.device,
+              f"lengths must be on x's device {x.device}, got {lengths.device}")
+
+
+def weight_grads(x, dgi, dgh, prev_h, w_ih, w_hh, needs, extra_dh0, dc0=None, d_proj=None):
+    """The GEMMs over all steps after the recurrence: dx, dh0, [dc0], dW_ih, dW_hh, db_ih,
+    db_hh, [dW_hr]. dgi: gradients of x W_ih^T + b_ih; dgh: of h W_hh^T + b_hh."""
+    lp = x.dtype
+    g_carry, dg_first = extra_dh0
+    need_x, need_h0 = needs[0], needs[1]
+    k = 3 if dc0 is not None else 2  # index of w_ih's flag in `needs`
+    need_wih, need_whh, need_bih, need_bhh = needs[k:k + 4]
+    flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731
+    dx = (dgi.to(lp) @ w_ih) if need_x else None
+    dh0 = (g_carry + dg_first @ w_hh.to(g_carry.dtype)).to(lp) if need_h0 else None
+    dw_ih = (flat(dgi).t().to(lp) @ flat(x)) if need_wih else None
+    dw_hh = (flat(dgh).t().to(lp) @ flat(prev_h)) if need_whh else None
+    db_ih = flat(dgi).sum(0).to(lp) if need_bih else None
+    db_hh = flat(dgh).sum(0).to(lp) if need_bhh else None
+    grads = [dx, dh0]
+    if dc0 is not None:
+        grads.append(dc0.to(lp) if needs[2] else None)
+    grads += [dw_ih, dw_hh, db_ih, db_hh]
+    if dc0 is not None:
+        dw_hr = None
+        if d_proj is not None and needs[7]:
+            dhp, hraw = d_proj
+            dw_hr = flat(dhp).t().to(lp) @ flat(hraw)
+        grads.append(dw_hr)
+    return tuple(grads)

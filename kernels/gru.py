@@ -1,0 +1,214 @@
+"""GRU step kernels (forward and backward) and their launchers.
+
+One layer, one direction; same structure and buffers as :mod:`fusedrnn.kernels.lstm`.
+The input projection x W_ih^T + b_ih (+ b_hr, b_hz folded in: they add before the
+sigmoid) is one GEMM before the loop. b_hn stays apart since the reset gate multiplies
+the recurrent term after its bias: n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn)).
+
+Saved per step (T, B, 4H): r, z, n and W_hn h + b_hn. Backward keeps two gradient
+buffers: dg (T+1, B, 3H) of the recurrent pre-activations (r, z, r * dn) and dxn (T, B, H)
+of the input's n part (dn), since the reset gate separates them.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from fusedrnn.kernels.common import (NUM_WARPS, TL_ACC, block_sizes, check, check_layer_args,
+                                     compute_dtype, dot, dot_flags, empty, like_layout,
+                                     sigmoid, state_grad, step_slots, tanh, time_order,
+                                     valid_rows, weight_grads)
+
+
+@triton.jit(do_not_specialize=["t", "rd", "wr"])
+def gru_fwd_step_kernel(
+    xg_ptr, s_xg_t, s_xg_b,       # input projection (T, B, 3H), r and z recurrent biases in
+    w_ptr, s_w,                   # W_hh: (3H, H)
+    bhn_ptr,                      # HAS_BIAS: b_hn (H,)
+    h_ptr, s_h_slot, s_h_b,       # state history (slots, B, H): reads rd, writes wr
+    out_ptr, s_o_t, s_o_b,        # output (T, B, H), zero past a sequence's length
+    ga_ptr, s_ga_t, s_ga_b,       # SAVE: r, z, n, W_hn h + b_hn (T, B, 4H), ACC
+    len_ptr, t, rd, wr, B, H,
+    ACC: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+):
+    i_h, i_b = tl.program_id(0), tl.program_id(1)
+    o_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    m_h, m_b = o_h < H, o_b < B
+    m = m_b[:, None] & m_h[None, :]
+    o_b64 = o_b.to(tl.int64)
+
+    # recurrent term for r, z, n of the same hidden units, one load of h per chunk
+    b_r = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    b_z = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    b_n = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    p_h = h_ptr + rd.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b
+    p_w = w_ptr + o_h.to(tl.int64)[None, :] * s_w
+    gate_rows = H * s_w  # W_hh itself has < 2^31 elements
+    for k0 in range(0, H, BLOCK_K):
+        o_k = k0 + tl.arange(0, BLOCK_K)
+        m_k = o_k < H
+        b_h = tl.load(p_h + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
+        m_w = m_k[:, None] & m_h[None, :]
+        p_wk = p_w + o_k[:, None]
+        b_r = dot(b_h, tl.load(p_wk, mask=m_w, other=0.0), b_r, IEEE, UPCAST)
+        b_z = dot(b_h, tl.load(p_wk + gate_rows, mask=m_w, other=0.0), b_z, IEEE, UPCAST)
+        b_n = dot(b_h, tl.load(p_wk + 2 * gate_rows, mask=m_w, other=0.0), b_n, IEEE, UPCAST)
+    if HAS_BIAS:
+        b_n += tl.load(bhn_ptr + o_h, mask=m_h, other=0.0).to(ACC)[None, :]
+
+    p_x = xg_ptr + t.to(tl.int64) * s_xg_t + o_b64[:, None] * s_xg_b + o_h[None, :]
+    b_r = sigmoid(b_r + tl.load(p_x, mask=m, other=0.0).to(ACC))
+    b_z = sigmoid(b_z + tl.load(p_x + H, mask=m, other=0.0).to(ACC))
+    b_nn = tanh(tl.load(p_x + 2 * H, mask=m, other=0.0).to(ACC) + b_r * b_n)
+
+    p_hs = h_ptr + o_b64[:, None] * s_h_b + o_h[None, :]
+    b_h_prev = tl.load(p_hs + rd.to(tl.int64) * s_h_slot, mask=m, other=0.0).to(ACC)
+    b_hn = (1.0 - b_z) * b_nn + b_z * b_h_prev
+    valid = valid_rows(len_ptr, o_b, m_b, t, HAS_LENGTHS)[:, None]
+    tl.store(p_hs + wr.to(tl.int64) * s_h_slot,
+             tl.where(valid, b_hn, b_h_prev).to(h_ptr.dtype.element_ty), mask=m)
+    p_o = out_ptr + t.to(tl.int64) * s_o_t + o_b64[:, None] * s_o_b + o_h[None, :]
+    tl.store(p_o, tl.where(valid, b_hn, 0.0).to(out_ptr.dtype.element_ty), mask=m)
+    if SAVE:
+        p_ga = ga_ptr + t.to(tl.int64) * s_ga_t + o_b64[:, None] * s_ga_b + o_h[None, :]
+        tl.store(p_ga, b_r, mask=m)
+        tl.store(p_ga + H, b_z, mask=m)
+        tl.store(p_ga + 2 * H, b_nn, mask=m)
+        tl.store(p_ga + 3 * H, b_n, mask=m)
+
+
+@triton.jit(do_not_specialize=["t", "t_next", "rd"])
+def gru_bwd_step_kernel(
+    dg_ptr, s_dg_t, s_dg_b,       # recurrent pre-activation gradients (T+1, B, 3H), ACC:
+                                  # writes t, reads t_next
+    dxn_ptr, s_dxn_t, s_dxn_b,    # gradient of the input's n pre-activation (T, B, H), ACC
+    w_ptr, s_w,                   # W_hh: (3H, H)
+    g_ptr, s_g_b,                 # carried gradient of the state (B, H), ACC, in place
+    do_ptr, s_do_t, s_do_b,       # output gradient (T, B, H)
+    ga_ptr, s_ga_t, s_ga_b,       # saved r, z, n, W_hn h + b_hn (T, B, 4H)
+    h_ptr, s_h_slot, s_h_b,       # state history: h_{t-1} in slot rd
+    len_ptr, t, t_next, rd, B, H,
+    HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+):
+    i_h, i_b = tl.program_id(0), tl.program_id(1)
+    o_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    m_h, m_b = o_h < H, o_b < B
+    m = m_b[:, None] & m_h[None, :]
+    o_b64 = o_b.to(tl.int64)
+    b_gs = state_grad(g_ptr, s_g_b, dg_ptr + t_next.to(tl.int64) * s_dg_t, s_dg_b, w_ptr, s_w,
+                      o_b, m_b, o_h, m_h, 3 * H, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
+    ACC = b_gs.dtype
+    p_do = do_ptr + t.to(tl.int64) * s_do_t + o_b64[:, None] * s_do_b + o_h[None, :]
+    b_dh = b_gs + tl.load(p_do, mask=m, other=0.0).to(ACC)
+
+    p_ga = ga_ptr + t.to(tl.int64) * s_ga_t + o_b64[:, None] * s_ga_b + o_h[None, :]
+    b_r = tl.load(p_ga, mask=m, other=0.0)
+    b_z = tl.load(p_ga + H, mask=m, other=0.0)
+    b_nn = tl.load(p_ga + 2 * H, mask=m, other=0.0)
+    b_n = tl.load(p_ga + 3 * H, mask=m, other=0.0)
+    p_hs = h_ptr + rd.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b + o_h[None, :]
+    b_h_prev = tl.load(p_hs, mask=m, other=0.0).to(ACC)
+
+    b_dnn = b_dh * (1.0 - b_z) * (1.0 - b_nn * b_nn)      # through n = tanh(.)
+    b_dz = b_dh * (b_h_prev - b_nn) * b_z * (1.0 - b_z)
+    b_dr = b_dnn * b_n * b_r * (1.0 - b_r)
+    valid = valid_rows(len_ptr, o_b, m_b, t, HAS_LENGTHS)[:, None]
+    p_dg = dg_ptr + t.to(tl.int64) * s_dg_t + o_b64[:, None] * s_dg_b + o_h[None, :]
+    tl.store(p_dg, tl.where(valid, b_dr, 0.0), mask=m)
+    tl.store(p_dg + H, tl.where(valid, b_dz, 0.0), mask=m)
+    tl.store(p_dg + 2 * H, tl.where(valid, b_dnn * b_r, 0.0), mask=m)
+    p_dxn = dxn_ptr + t.to(tl.int64) * s_dxn_t + o_b64[:, None] * s_dxn_b + o_h[None, :]
+    tl.store(p_dxn, tl.where(valid, b_dnn, 0.0), mask=m)
+    # h_t = ... + z * h_{t-1}: the direct term is carried; past a length, all of it is
+    tl.store(g_ptr + o_b64[:, None] * s_g_b + o_h[None, :],
+             tl.where(valid, b_dh * b_z, b_gs), mask=m)
+
+
+# ----------------------------------------------------------------------------------------
+# launchers
+# ----------------------------------------------------------------------------------------
+def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, allow_tf32=False):
+    """Runs one GRU layer. Returns out, h_n, and (if save) the buffers backward needs."""
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    check(T > 0, "x must have at least one time step")
+    check((b_ih is None) == (b_hh is None), "b_ih and b_hh must be given together")
+    check_layer_args(x, {"h0": (h0, (B, H))}, {
+        "w_ih": (w_ih, (3 * H, x.shape[2])), "w_hh": (w_hh, (3 * H, H)),
+        "b_ih": (b_ih, (3 * H,)), "b_hh": (b_hh, (3 * H,))}, lengths)
+    acc = compute_dtype(x.dtype)
+    dev = x.device
+
+    bias = None
+    if b_ih is not None:
+        bias = torch.cat([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:]])
+    xg = F.linear(x, w_ih, bias)
+    if xg.stride(-1) != 1:
+        xg = xg.contiguous()
+    n_slots = T + 1 if save else 2
+    hs = empty(n_slots, B, H, dtype=x.dtype, device=dev)
+    out = like_layout(x, T, B, H, x.dtype)
+    gates = empty(T, B, 4 * H, dtype=acc, device=dev) if save else hs
+    first = step_slots(T - 1 if reverse else 0, 0, T, reverse, save)[0]
+    hs[first] = h0
+    len_arg = lengths if lengths is not None else hs
+    bhn = b_hh[2 * H:] if b_hh is not None else hs
+
+    BB, BH, BK = block_sizes(B, H, H)
+    ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
+    grid = (triton.cdiv(H, BH), triton.cdiv(B, BB))
+    wr = first
+    for s, t in enumerate(time_order(T, reverse) if B else ()):
+        rd, wr = step_slots(t, s, T, reverse, save)
+        gru_fwd_step_kernel[grid](
+            xg, xg.stride(0), xg.stride(1), w_hh, w_hh.stride(0), bhn,
+            hs, hs.stride(0), hs.stride(1), out, out.stride(0), out.stride(1),
+            gates, gates.stride(0), gates.stride(1), len_arg, t, rd, wr, B, H,
+            ACC=TL_ACC[acc], HAS_BIAS=b_hh is not None, SAVE=save,
+            HAS_LENGTHS=lengths is not None, BLOCK_B=BB, BLOCK_H=BH, BLOCK_K=BK,
+            IEEE=ieee, UPCAST=upcast, num_warps=NUM_WARPS)
+    h_n = hs[wr].clone()  # not a view of the buffers saved for backward
+    return out, h_n, ((hs, gates) if save else None)
+
+
+def gru_backward(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn, needs=(True,) * 6,
+                 allow_tf32=False):
+    """Gradients (x, h0, w_ih, w_hh, b_ih, b_hh) of one GRU layer; None where not needed."""
+    hs, gates = saved
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    acc, dev = gates.dtype, x.device
+    dg = empty(T + 1, B, 3 * H, dtype=acc, device=dev)
+    dg[T] = 0
+    dxn = empty(T, B, H, dtype=acc, device=dev)
+    g = d_hn.to(acc, copy=True)
+    if d_out.stride(-1) != 1:
+        d_out = d_out.contiguous()
+    len_arg = lengths if lengths is not None else hs
+
+    BB, BH, BK = block_sizes(B, H, 3 * H)
+    ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
+    grid = (triton.cdiv(H, BH), triton.cdiv(B, BB))
+    for t in (reversed(time_order(T, reverse)) if B else ()):
+        rd = step_slots(t, 0, T, reverse, True)[0]
+        t_next = (t - 1 if t > 0 else T) if reverse else t + 1
+        gru_bwd_step_kernel[grid](
+            dg, dg.stride(0), dg.stride(1), dxn, dxn.stride(0), dxn.stride(1),
+            w_hh, w_hh.stride(0), g, g.stride(0), d_out, d_out.stride(0), d_out.stride(1),
+            gates, gates.stride(0), gates.stride(1), hs, hs.stride(0), hs.stride(1),
+            len_arg, t, t_next, rd, B, H,
+            HAS_LENGTHS=lengths is not None, BLOCK_B=BB, BLOCK_H=BH, BLOCK_K=BK,
+            IEEE=ieee, UPCAST=upcast, num_warps=NUM_WARPS)
+
+    dgh = dg[:T]
+    dgi = torch.cat([dgh[..., :2 * H], dxn], dim=-1)
+    t_first = T - 1 if reverse else 0
+    prev_h = hs[1:] if reverse else hs[:T]
+    return weight_grads(x, dgi, dgh, prev_h, w_ih, w_hh, needs, extra_dh0=(g, dg[t_first]))

@@ -1,0 +1,143 @@
+"""Compile every kernel, at the block sizes its launcher picks, for real GPU targets.
+
+Run as a script in a process without TRITON_INTERPRET (the kernels must be JIT functions):
+the launchers are called on CPU tensors with each kernel replaced by a recorder, so no
+kernel runs; every distinct launch is then compiled with ``triton.compile`` for sm_80 and
+sm_90 and ``cuobjdump --dump-resource-usage`` reads registers, spills and shared memory.
+
+    python tests/compilecheck.py [--hidden 128 1024] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from fusedrnn.kernels import gru, lstm
+
+TARGETS = {"sm_80": GPUTarget("cuda", 80, 32), "sm_90": GPUTarget("cuda", 90, 32)}
+_TL = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16",
+       torch.bfloat16: "bf16", torch.int64: "i64", torch.int32: "i32", torch.bool: "i1"}
+
+
+class Recorder:
+    """Stands in for a @triton.jit kernel: records each launch's signature instead of running."""
+
+    def __init__(self, kernel, launches):
+        self.kernel, self.launches = kernel, launches
+
+    def __getitem__(self, grid):
+        def record(*args, num_warps=4, **constexprs):
+            names = self.kernel.arg_names
+            sig = {}
+            for name, value in zip(names, args):
+                if isinstance(value, torch.Tensor):
+                    sig[name] = "*" + _TL[value.dtype]
+                else:
+                    sig[name] = "i32" if abs(int(value)) < 2 ** 31 else "i64"
+            for name in constexprs:
+                sig[name] = "constexpr"
+            key = (self.kernel.fn.__name__, tuple(sorted(sig.items())),
+                   tuple(sorted((k, str(v)) for k, v in constexprs.items())), num_warps)
+            self.launches.setdefault(key, (self.kernel, sig, constexprs, num_warps))
+        return record
+
+
+def capture(hidden_sizes, batch=64, dtypes=(torch.float32, torch.bfloat16)):
+    """Every distinct kernel launch the LSTM and GRU launchers make, forward and backward."""
+    launches = {}
+    for mod in (lstm, gru):
+        for name in dir(mod):
+            if name.endswith("_kernel"):
+                setattr(mod, name, Recorder(getattr(mod, name), launches))
+    T, I = 2, 32
+    for H in hidden_sizes:
+        for dt in dtypes:
+            kw = dict(dtype=dt)
+            x = torch.randn(T, batch, I, **kw)
+            lengths = torch.full((batch,), T, dtype=torch.int64)
+            for proj in (0, H // 2):
+                K = proj or H
+                w_hr = torch.randn(proj, H, **kw) if proj else None
+                args = (x, torch.zeros(batch, K, **kw), torch.zeros(batch, H, **kw),
+                        torch.randn(4 * H, I, **kw), torch.randn(4 * H, K, **kw),
+                        torch.randn(4 * H, **kw), torch.randn(4 * H, **kw), w_hr)
+                for save in (False, True):
+                    out, h, c, saved = lstm.lstm_forward(*args, lengths, False, save)
+                lstm.lstm_backward(x, args[3], args[4], w_hr, lengths, False, saved,
+                                   torch.randn_like(out), torch.randn_like(h),
+                                   torch.randn_like(c))
+            gargs = (x, torch.zeros(batch, H, **kw), torch.randn(3 * H, I, **kw),
+                     torch.randn(3 * H, H, **kw), torch.randn(3 * H, **kw),
+                     torch.randn(3 * H, **kw))
+            for save in (False, True):
+                out, h, saved = gru.gru_forward(*gargs, lengths, False, save)
+            gru.gru_backward(x, gargs[2], gargs[3], lengths, False, saved,
+                             torch.randn_like(out), torch.randn_like(h))
+    return launches
+
+
+def _cuobjdump() -> str:
+    path = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    return str(path) if path.exists() else "cuobjdump"
+
+
+def resources(cubin: bytes) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        text = subprocess.run([_cuobjdump(), "--dump-resource-usage", f.name],
+                              capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
+    fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", text))
+    return {"registers": int(fields.get("REG", -1)), "spill_bytes": int(fields.get("LOCAL", -1)),
+            "stack": int(fields.get("STACK", -1)), "shared": int(fields.get("SHARED", -1))}
+
+
+def compile_all(launches) -> list[dict]:
+    rows = []
+    for (name, _, consts, warps), (kernel, sig, constexprs, num_warps) in launches.items():
+        src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
+        for tname, target in TARGETS.items():
+            compiled = triton.compile(src, target=target, options={"num_warps": num_warps})
+            rows.append({"kernel": name, "target": tname,
+                         "dtype": sig["w_ptr"][1:],  # the weights' dtype is the layer's
+                         "config": {k: str(v) for k, v in constexprs.items()},
+                         **resources(compiled.asm["cubin"])})
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hidden", type=int, nargs="+", default=[64, 256, 1024])
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        sys.exit("run without TRITON_INTERPRET: the kernels must be JIT functions")
+    rows = compile_all(capture(args.hidden))
+    print(f"{'kernel':24} {'target':6} {'dtype':5} {'blocks (B,N,K)':16} {'regs':>5} "
+          f"{'spill':>6} {'smem':>6}")
+    for r in rows:
+        c = r["config"]
+        blocks = ",".join(c.get(k, "-") for k in ("BLOCK_B", "BLOCK_H" if "BLOCK_H" in c
+                                                  else "BLOCK_P", "BLOCK_K"))
+        print(f"{r['kernel']:24} {r['target']:6} {r['dtype']:5} {blocks:16} "
+              f"{r['registers']:5d} {r['spill_bytes']:6d} {r['shared']:6d}")
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

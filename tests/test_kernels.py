@@ -1,0 +1,178 @@
+"""The Triton layer kernels against fusedrnn.reference: forward and every gradient.
+
+On a machine without a GPU they run under TRITON_INTERPRET=1 (conftest). Outputs are
+poisoned with NaN before the kernels write them; the launch counter proves the kernels ran.
+"""
+import pytest
+import torch
+
+from fusedrnn import functional, reference
+from rnncheck import TOL, assert_close, rel_err
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+F64 = torch.float64
+
+
+def _lstm_args(T, B, I, H, P, bias, dtype, lengths):
+    kw = dict(dtype=dtype, device=DEVICE)
+    K = P or H
+    s = H ** -0.5
+    args = dict(x=torch.randn(T, B, I, **kw), h0=torch.randn(B, K, **kw) * 0.5,
+                c0=torch.randn(B, H, **kw) * 0.5,
+                w_ih=torch.randn(4 * H, I, **kw) * s, w_hh=torch.randn(4 * H, K, **kw) * s,
+                b_ih=torch.randn(4 * H, **kw) * s if bias else None,
+                b_hh=torch.randn(4 * H, **kw) * s if bias else None,
+                w_hr=torch.randn(P, H, **kw) * s if P else None)
+    if lengths:
+        lens = torch.randint(1, T + 1, (B,), device=DEVICE)
+        lens[0] = T
+        args["lengths"] = lens
+    return args
+
+
+def _gru_args(T, B, I, H, bias, dtype, lengths):
+    args = _lstm_args(T, B, I, H, 0, bias, dtype, lengths)
+    for k in ("w_ih", "w_hh", "b_ih", "b_hh"):
+        if args[k] is not None:
+            args[k] = args[k][: 3 * H].contiguous()
+    del args["c0"], args["w_hr"]
+    return args
+
+
+def _run(fn, args, backend, reverse, seed=0):
+    """Outputs and the gradients of a fixed random projection of them w.r.t. every input."""
+    leaves = {k: v.detach().requires_grad_() for k, v in args.items()
+              if v is not None and k != "lengths"}
+    call = {k: leaves.get(k, v) for k, v in args.items()}
+    outs = fn(**call, reverse=reverse, backend=backend)
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    loss = sum((o.double() * torch.randn(o.shape, generator=g, device=DEVICE, dtype=F64)).sum()
+               for o in outs)
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+    res = {f"out{k}": o for k, o in enumerate(outs)}
+    res.update({f"d{k}": gr for k, gr in zip(leaves, grads)})
+    return res
+
+
+def _compare(fn, args, reverse, tol):
+    ref_args = {k: (v.double() if v is not None and v.is_floating_point() else v)
+                for k, v in args.items()}
+    want = _run(fn, ref_args, "reference", reverse)
+    got = _run(fn, args, "triton", reverse)
+    for k in want:
+        assert_close(got[k], want[k], tol, k)
+    return got, want
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("T", [1, 7])
+@pytest.mark.parametrize("H", [1, 20, 33, 64])
+def test_lstm_layer_sizes(H, T, B, dtype, poison, launches):
+    args = _lstm_args(T, B, 5, H, 0, True, dtype, lengths=False)
+    _compare(functional.lstm_layer, args, reverse=False, tol=TOL[dtype])
+    assert launches["lstm_fwd_step_kernel"] == T and launches["lstm_bwd_step_kernel"] == T
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("T", [1, 7])
+@pytest.mark.parametrize("H", [1, 20, 33, 64])
+def test_gru_layer_sizes(H, T, B, dtype, poison, launches):
+    args = _gru_args(T, B, 5, H, True, dtype, lengths=False)
+    _compare(functional.gru_layer, args, reverse=False, tol=TOL[dtype])
+    assert launches["gru_fwd_step_kernel"] == T and launches["gru_bwd_step_kernel"] == T
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("proj", [0, 7])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("lengths", [False, True])
+def test_lstm_layer_options(lengths, reverse, bias, proj, dtype, poison, launches):
+    args = _lstm_args(7, 3, 4, 20, proj, bias, dtype, lengths)
+    _compare(functional.lstm_layer, args, reverse, tol=TOL[dtype])
+    if proj:
+        assert launches["proj_fwd_step_kernel"] == 7 and launches["proj_bwd_step_kernel"] == 7
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("lengths", [False, True])
+def test_gru_layer_options(lengths, reverse, bias, dtype, poison, launches):
+    args = _gru_args(7, 3, 4, 20, bias, dtype, lengths)
+    _compare(functional.gru_layer, args, reverse, tol=TOL[dtype])
+    assert launches["gru_fwd_step_kernel"] == 7
+
+
+def test_batch_first_strides_need_no_copy(poison):
+    """A batch-first view goes in as strides and the output comes back batch-major."""
+    args = _lstm_args(6, 3, 4, 20, 0, True, torch.float32, lengths=True)
+    args["x"] = args["x"].transpose(0, 1).contiguous().transpose(0, 1)
+    out = functional.lstm_layer(**args, backend="triton")[0]
+    assert out.stride(1) > out.stride(0)
+    _compare(functional.lstm_layer, args, reverse=True, tol=1e-5)
+
+
+def test_inference_saves_nothing(poison, launches):
+    args = _lstm_args(5, 3, 4, 20, 0, True, torch.float32, lengths=True)
+    with torch.no_grad():
+        out, h, c = functional.lstm_layer(**args, backend="triton")
+    want = reference.lstm_layer(**args)
+    assert_close(out, want[0], 1e-5, "out")
+    assert_close(h, want[1], 1e-5, "h_n")
+    assert_close(c, want[2], 1e-5, "c_n")
+    assert launches["lstm_fwd_step_kernel"] == 5 and launches["lstm_bwd_step_kernel"] == 0
+    assert not out.requires_grad
+
+
+LOW = [torch.float16, torch.bfloat16]
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_low_precision(cell, dtype, poison):
+    """fp16/bf16 inputs: within 1e-2 of float64, and within twice torch's own error there."""
+    H, T, B = 32, 7, 3
+    mode = torch.nn.LSTM if cell == "lstm" else torch.nn.GRU
+    m = mode(16, H, dtype=F64, device=DEVICE)
+    x = torch.randn(T, B, 16, dtype=F64, device=DEVICE)
+    want = m(x)[0]
+    try:
+        torch_err = rel_err(m.to(dtype)(x.to(dtype))[0], want)
+    except RuntimeError as e:  # torch has no CPU kernel for this dtype
+        pytest.skip(f"torch.nn.{mode.__name__} cannot run in {dtype} here: {e}")
+    w = [getattr(m, n) for n in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")]
+    h0 = torch.zeros(B, H, dtype=dtype, device=DEVICE)
+    with torch.no_grad():
+        if cell == "lstm":
+            got = functional.lstm_layer(x.to(dtype), h0, h0, *w, backend="triton")[0]
+        else:
+            got = functional.gru_layer(x.to(dtype), h0, *w, backend="triton")[0]
+    err = rel_err(got, want)
+    assert got.dtype == dtype
+    assert err <= TOL[dtype], err
+    assert err <= 2 * torch_err + 1e-3, (err, torch_err)
+
+
+@pytest.mark.parametrize("dtype", LOW)
+def test_low_precision_gradients(dtype, poison):
+    args = _lstm_args(5, 3, 16, 32, 0, True, dtype, lengths=True)
+    _compare(functional.lstm_layer, args, reverse=True, tol=TOL[dtype])
+    args = _gru_args(5, 3, 16, 32, True, dtype, lengths=True)
+    _compare(functional.gru_layer, args, reverse=False, tol=TOL[dtype])
+
+
+def test_launcher_rejects_bad_shapes():
+    args = _lstm_args(3, 2, 4, 8, 0, True, torch.float32, lengths=False)
+    from fusedrnn.kernels import lstm
+    bad = dict(args, h0=torch.zeros(2, 9, device=DEVICE))
+    with pytest.raises(ValueError, match=r"h0 must have shape \(2, 8\)"):
+        lstm.lstm_forward(**bad, lengths=None, reverse=False, save=False)
+    bad = dict(args, w_hh=args["w_hh"].double())
+    with pytest.raises(ValueError, match="w_hh must have x's dtype"):
+        lstm.lstm_forward(**bad, lengths=None, reverse=False, save=False)
+    with pytest.raises(ValueError, match="lengths must be integers"):
+        lstm.lstm_forward(**args, lengths=torch.ones(2, device=DEVICE), reverse=False,
+                          save=False)
