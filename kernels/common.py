@@ -102,18 +102,21 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def block_sizes(batch: int, width: int, reduce: int) -> tuple[int, int, int]:
-    """(BLOCK_B, BLOCK_N, BLOCK_K) for a step kernel: batch rows, output columns per program
-    and the reduction chunk. tl.dot needs every dimension >= 16; past 64 rows / 32 columns
-    the four fp32 LSTM accumulators (4 * 64 * 32 = 8192 values) start to crowd 4 warps'
-    registers. A rule, not autotuning: it must not depend on T."""
+def block_sizes(batch: int, width: int) -> tuple[int, int, int, int]:
+    """(BLOCK_B, BLOCK_N, BLOCK_K, num_warps) for a step kernel: batch rows and output
+    columns per program, the reduction chunk, and warps. A rule, not autotuning, and never
+    a function of T. tl.dot needs every dimension >= 16. Register budget, read off the
+    sm_80/sm_90 compile check: the four fp32 LSTM accumulators of a 64 x 32 tile plus the
+    dot operands spill with 4 warps or with a 32-deep chunk (fp32 dots run on FMAs and hold
+    their operands in registers), so chunks are 16 deep and tiles of >= 1024 values get
+    8 warps."""
     block_b = min(64, max(16, triton.next_power_of_2(batch)))
     block_n = min(32, max(16, triton.next_power_of_2(width)))
-    block_k = min(64, max(16, triton.next_power_of_2(reduce)))
-    return block_b, block_n, block_k
+    block_k = 16
+    warps = 8 if block_b * block_n >= 1024 else 4
+    return block_b, block_n, block_k, warps
 
 
-NUM_WARPS = 4
 TL_ACC = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from fusedrnn.kernels.common import (NUM_WARPS, TL_ACC, block_sizes, check, check_layer_args,
+from fusedrnn.kernels.common import (TL_ACC, block_sizes, check, check_layer_args,
                                      compute_dtype, dot, dot_flags, empty, like_layout,
                                      sigmoid, state_grad, step_slots, tanh, time_order,
                                      valid_rows, weight_grads)
@@ -161,7 +161,7 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, allow_tf3
     len_arg = lengths if lengths is not None else hs
     bhn = b_hh[2 * H:] if b_hh is not None else hs
 
-    BB, BH, BK = block_sizes(B, H, H)
+    BB, BH, BK, warps = block_sizes(B, H)
     ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
     grid = (triton.cdiv(H, BH), triton.cdiv(B, BB))
     wr = first
@@ -173,7 +173,7 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, allow_tf3
             gates, gates.stride(0), gates.stride(1), len_arg, t, rd, wr, B, H,
             ACC=TL_ACC[acc], HAS_BIAS=b_hh is not None, SAVE=save,
             HAS_LENGTHS=lengths is not None, BLOCK_B=BB, BLOCK_H=BH, BLOCK_K=BK,
-            IEEE=ieee, UPCAST=upcast, num_warps=NUM_WARPS)
+            IEEE=ieee, UPCAST=upcast, num_warps=warps)
     h_n = hs[wr].clone()  # not a view of the buffers saved for backward
     return out, h_n, ((hs, gates) if save else None)
 
@@ -193,7 +193,7 @@ def gru_backward(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn, needs=(Tru
         d_out = d_out.contiguous()
     len_arg = lengths if lengths is not None else hs
 
-    BB, BH, BK = block_sizes(B, H, 3 * H)
+    BB, BH, BK, warps = block_sizes(B, H)
     ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
     grid = (triton.cdiv(H, BH), triton.cdiv(B, BB))
     for t in (reversed(time_order(T, reverse)) if B else ()):
@@ -205,7 +205,7 @@ def gru_backward(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn, needs=(Tru
             gates, gates.stride(0), gates.stride(1), hs, hs.stride(0), hs.stride(1),
             len_arg, t, t_next, rd, B, H,
             HAS_LENGTHS=lengths is not None, BLOCK_B=BB, BLOCK_H=BH, BLOCK_K=BK,
-            IEEE=ieee, UPCAST=upcast, num_warps=NUM_WARPS)
+            IEEE=ieee, UPCAST=upcast, num_warps=warps)
 
     dgh = dg[:T]
     dgi = torch.cat([dgh[..., :2 * H], dxn], dim=-1)

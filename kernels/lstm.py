@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from fusedrnn.kernels.common import (NUM_WARPS, TL_ACC, block_sizes, check, check_layer_args,
+from fusedrnn.kernels.common import (TL_ACC, block_sizes, check, check_layer_args,
                                      compute_dtype, dot, dot_flags, empty, like_layout, mm_tile,
                                      sigmoid, state_grad, step_slots, tanh, time_order,
                                      valid_rows, weight_grads)
@@ -250,11 +250,11 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save
     cs[first] = c0
     len_arg = lengths if lengths is not None else cs
 
-    BB, BH, BK = block_sizes(B, H, K)
+    BB, BH, BK, warps = block_sizes(B, H)
     ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
     grid = (triton.cdiv(H, BH), triton.cdiv(B, BB))
     if w_hr is not None:
-        BBp, BP, BKp = block_sizes(B, K, H)
+        BBp, BP, BKp, warps_p = block_sizes(B, K)
         grid_p = (triton.cdiv(K, BP), triton.cdiv(B, BBp))
     wr = first
     for s, t in enumerate(time_order(T, reverse)):
@@ -270,7 +270,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save
             t, rd, wr, hr_t, B, H, K,
             ACC=TL_ACC[acc], HAS_PROJ=w_hr is not None, SAVE=save,
             HAS_LENGTHS=lengths is not None, BLOCK_B=BB, BLOCK_H=BH, BLOCK_K=BK,
-            IEEE=ieee, UPCAST=upcast, num_warps=NUM_WARPS)
+            IEEE=ieee, UPCAST=upcast, num_warps=warps)
         if w_hr is not None:
             proj_fwd_step_kernel[grid_p](
                 hraw, hraw.stride(0), hraw.stride(1), w_hr, w_hr.stride(0),
@@ -278,7 +278,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save
                 len_arg, t, rd, wr, hr_t, B, K, H,
                 ACC=TL_ACC[acc], HAS_LENGTHS=lengths is not None,
                 BLOCK_B=BBp, BLOCK_P=BP, BLOCK_K=BKp, IEEE=ieee, UPCAST=upcast,
-                num_warps=NUM_WARPS)
+                num_warps=warps_p)
     if B == 0:
         wr = first
     # copies, not views: h_n/c_n must not alias the buffers saved for backward
@@ -305,11 +305,11 @@ def lstm_backward(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_hn, d_c
     dhp = empty(T, B, K, dtype=acc, device=dev) if has_proj else dg
     len_arg = lengths if lengths is not None else cs
 
-    BB, BH, BK = block_sizes(B, H, 4 * H if not has_proj else K)
+    BB, BH, BK, warps = block_sizes(B, H)
     ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
     grid = (triton.cdiv(H, BH), triton.cdiv(B, BB))
     if has_proj:
-        BBp, BP, BKp = block_sizes(B, K, 4 * H)
+        BBp, BP, BKp, warps_p = block_sizes(B, K)
         grid_p = (triton.cdiv(K, BP), triton.cdiv(B, BBp))
     for t in (reversed(time_order(T, reverse)) if B else ()):
         rd, wr = step_slots(t, 0, T, reverse, True)
@@ -320,7 +320,7 @@ def lstm_backward(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_hn, d_c
                 d_out, d_out.stride(0), d_out.stride(1), dhp, dhp.stride(0), dhp.stride(1),
                 len_arg, t, t_next, B, H, K,
                 HAS_LENGTHS=lengths is not None, BLOCK_B=BBp, BLOCK_P=BP, BLOCK_K=BKp,
-                IEEE=ieee, UPCAST=upcast, num_warps=NUM_WARPS)
+                IEEE=ieee, UPCAST=upcast, num_warps=warps_p)
         lstm_bwd_step_kernel[grid](
             dg, dg.stride(0), dg.stride(1), w_hh, w_hh.stride(0), g, g.stride(0),
             d_out, d_out.stride(0), d_out.stride(1), dhp, dhp.stride(0), dhp.stride(1),
@@ -328,7 +328,7 @@ def lstm_backward(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_hn, d_c
             gc, gc.stride(0), gates, gates.stride(0), gates.stride(1),
             cs, cs.stride(0), cs.stride(1), len_arg, t, t_next, rd, wr, B, H, K,
             HAS_PROJ=has_proj, HAS_LENGTHS=lengths is not None,
-            BLOCK_B=BB, BLOCK_H=BH, BLOCK_K=BK, IEEE=ieee, UPCAST=upcast, num_warps=NUM_WARPS)
+            BLOCK_B=BB, BLOCK_H=BH, BLOCK_K=BK, IEEE=ieee, UPCAST=upcast, num_warps=warps)
 
     dgs = dg[:T]
     t_first = T - 1 if reverse else 0

@@ -101,8 +101,10 @@ def resources(cubin: bytes) -> dict:
     finally:
         os.unlink(f.name)
     fields = dict(re.findall(r"(REG|STACK|SHARED|LOCAL):(\d+)", text))
-    return {"registers": int(fields.get("REG", -1)), "spill_bytes": int(fields.get("LOCAL", -1)),
-            "stack": int(fields.get("STACK", -1)), "shared": int(fields.get("SHARED", -1))}
+    # ptxas spills registers to the stack frame: STACK > 0 is a spill as much as LOCAL > 0
+    return {"registers": int(fields.get("REG", -1)), "local": int(fields.get("LOCAL", -1)),
+            "stack": int(fields.get("STACK", -1)), "shared": int(fields.get("SHARED", -1)),
+            "spill_bytes": int(fields.get("LOCAL", -1)) + int(fields.get("STACK", -1))}
 
 
 def compile_all(launches) -> list[dict]:
@@ -111,7 +113,7 @@ def compile_all(launches) -> list[dict]:
         src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
         for tname, target in TARGETS.items():
             compiled = triton.compile(src, target=target, options={"num_warps": num_warps})
-            rows.append({"kernel": name, "target": tname,
+            rows.append({"kernel": name, "target": tname, "num_warps": num_warps,
                          "dtype": sig["w_ptr"][1:],  # the weights' dtype is the layer's
                          "config": {k: str(v) for k, v in constexprs.items()},
                          **resources(compiled.asm["cubin"])})
@@ -126,14 +128,14 @@ def main(argv=None):
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("run without TRITON_INTERPRET: the kernels must be JIT functions")
     rows = compile_all(capture(args.hidden))
-    print(f"{'kernel':24} {'target':6} {'dtype':5} {'blocks (B,N,K)':16} {'regs':>5} "
-          f"{'spill':>6} {'smem':>6}")
+    print(f"{'kernel':24} {'target':6} {'dtype':5} {'blocks (B,N,K)':14} {'warps':>5} "
+          f"{'regs':>5} {'local':>6} {'stack':>6} {'smem':>6}")
     for r in rows:
         c = r["config"]
         blocks = ",".join(c.get(k, "-") for k in ("BLOCK_B", "BLOCK_H" if "BLOCK_H" in c
                                                   else "BLOCK_P", "BLOCK_K"))
-        print(f"{r['kernel']:24} {r['target']:6} {r['dtype']:5} {blocks:16} "
-              f"{r['registers']:5d} {r['spill_bytes']:6d} {r['shared']:6d}")
+        print(f"{r['kernel']:24} {r['target']:6} {r['dtype']:5} {blocks:14} {r['num_warps']:5d} "
+              f"{r['registers']:5d} {r['local']:6d} {r['stack']:6d} {r['shared']:6d}")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 from torch import nn
@@ -111,6 +112,24 @@ def rnn_config(**over):
     if cfg["unbatched"]:
         cfg["packed"] = None
     return cfg
+
+
+def random_configs(n: int, seed: int, max_hidden=12, max_layers=3, max_T=6, max_B=4):
+    """n seeded random module configurations covering every option (a broad sweep beside
+    the fixed grids; seeded so a failure names a reproducible config)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        H = rng.randint(1, max_hidden)
+        out.append(rnn_config(
+            mode=rng.choice(["LSTM", "GRU"]), input_size=rng.randint(1, 9), hidden_size=H,
+            num_layers=rng.randint(1, max_layers), bias=rng.random() < 0.7,
+            batch_first=rng.random() < 0.5, bidirectional=rng.random() < 0.5,
+            proj_size=rng.randint(1, H - 1) if H > 1 and rng.random() < 0.4 else 0,
+            T=rng.randint(1, max_T), B=rng.randint(1, max_B), unbatched=rng.random() < 0.2,
+            packed=rng.choice([None, None, "sorted", "unsorted"]), hx=rng.random() < 0.6,
+            dropout=rng.choice([0.0, 0.0, 1.0])))
+    return out
 
 
 def module_kwargs(cfg: dict) -> dict:

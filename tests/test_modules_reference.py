@@ -1,13 +1,10 @@
 """Drop-in modules on backend="reference" against torch.nn in float64: outputs and gradients."""
-import random
-
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
 
 import fusedrnn
 from rnncheck import (assert_all_close, check_module_against_torch, make_rnn_inputs,
-                      module_kwargs, outputs_and_grads, rnn_config, twin)
+                      module_kwargs, outputs_and_grads, random_configs, rnn_config, twin)
 
 MODES = ["LSTM", "GRU"]
 
@@ -96,21 +93,9 @@ def test_dropout_distribution(mode, monkeypatch):
     assert not calls
 
 
-_RANDOM_CONFIG = st.fixed_dictionaries(dict(
-    mode=st.sampled_from(MODES), input_size=st.integers(1, 9), hidden_size=st.integers(1, 12),
-    num_layers=st.integers(1, 3), bias=st.booleans(), batch_first=st.booleans(),
-    bidirectional=st.booleans(), proj_size=st.integers(0, 4), T=st.integers(1, 6),
-    B=st.integers(1, 4), unbatched=st.booleans(), packed=st.sampled_from([None, "sorted",
-                                                                          "unsorted"]),
-    hx=st.booleans()))
-
-
-@settings(max_examples=60, deadline=None)
-@given(_RANDOM_CONFIG)
+@pytest.mark.parametrize("cfg", random_configs(80, seed=2026), ids=lambda c: str(sorted(c.items())))
 def test_random_configs(cfg):
-    if cfg["proj_size"] >= cfg["hidden_size"]:
-        cfg["proj_size"] = 0
-    check_module_against_torch(rnn_config(**cfg), "reference")
+    check_module_against_torch(cfg, "reference")
 
 
 # ----------------------------------------------------------------------------------------

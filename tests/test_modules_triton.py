@@ -5,9 +5,8 @@ The launch counter proves the Triton kernels ran rather than a fallback.
 """
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
 
-from rnncheck import TOL, check_module_against_torch, rnn_config, twin
+from rnncheck import check_module_against_torch, random_configs, rnn_config, twin
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 MODES = ["LSTM", "GRU"]
@@ -84,17 +83,8 @@ def test_cells(mode, batched, poison, launches):
     assert launches[kernel] == 1
 
 
-_RANDOM = st.fixed_dictionaries(dict(
-    mode=st.sampled_from(MODES), input_size=st.integers(1, 6), hidden_size=st.integers(1, 9),
-    num_layers=st.integers(1, 2), bias=st.booleans(), batch_first=st.booleans(),
-    bidirectional=st.booleans(), proj_size=st.integers(0, 3), T=st.integers(1, 4),
-    B=st.integers(1, 3), unbatched=st.booleans(),
-    packed=st.sampled_from([None, "sorted", "unsorted"]), hx=st.booleans()))
-
-
-@settings(max_examples=15, deadline=None)
-@given(_RANDOM)
-def test_random_configs(cfg):
-    if cfg["proj_size"] >= cfg["hidden_size"]:
-        cfg["proj_size"] = 0
-    check_module_against_torch(rnn_config(**cfg), "triton", device=DEVICE)
+@pytest.mark.parametrize("cfg", random_configs(16, seed=7, max_hidden=9, max_layers=2,
+                                                max_T=4, max_B=3),
+                         ids=lambda c: str(sorted(c.items())))
+def test_random_configs(cfg, poison, launches):
+    _check(cfg, launches)

@@ -1,0 +1,84 @@
+"""What the benchmark runs: configurations and the grids of GUIDE section 5."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    cell: str            # "lstm" | "gru"
+    dtype: str           # key of DTYPES
+    mode: str            # "inference" (forward under inference_mode) | "training" (fwd + bwd)
+    B: int
+    H: int
+    T: int
+    I: int
+    layers: int = 1
+    bidirectional: bool = False
+
+    @property
+    def gates(self) -> int:
+        return 4 if self.cell == "lstm" else 3
+
+    def label(self) -> str:
+        extra = f" L={self.layers}" if self.layers > 1 else ""
+        extra += " bidir" if self.bidirectional else ""
+        return (f"{self.cell} {self.dtype} {self.mode} B={self.B} H={self.H} T={self.T} "
+                f"I={self.I}{extra}")
+
+    def recurrent_flops(self) -> float:
+        """Flops of h_{t-1} W_hh^T over the sequence (x3 for training: forward, dgates W_hh,
+        dgates^T h), all layers and directions."""
+        per = 2.0 * self.B * self.gates * self.H * self.H * self.T
+        dirs = self.layers * (2 if self.bidirectional else 1)
+        return per * dirs * (3 if self.mode == "training" else 1)
+
+    def recurrent_bytes(self) -> float:
+        """The fewest bytes the recurrence must move per sequence: W_hh once, and per step
+        the gate pre-activations in, h out (and c in and out for the LSTM, in fp32); x2 for
+        training, which reads them back."""
+        elt = torch.finfo(DTYPES[self.dtype]).bits // 8
+        per_step = self.B * (self.gates * self.H + self.H) * elt
+        if self.cell == "lstm":
+            per_step += self.B * self.H * 4 * 2
+        total = self.gates * self.H * self.H * elt + per_step * self.T
+        dirs = self.layers * (2 if self.bidirectional else 1)
+        return total * dirs * (2 if self.mode == "training" else 1)
+
+    def cudnn_persistent_likely(self) -> bool:
+        """Whether PyTorch's heuristics likely put cuDNN on a persistent algorithm (GUIDE
+        section 5): fp16 single-layer unidirectional LSTM with H and I multiples of 128,
+        H <= 1024, B <= 128 and a multiple of 8; or H <= 192."""
+        if self.H <= 192:
+            return True
+        return (self.cell == "lstm" and self.dtype == "fp16" and self.layers == 1
+                and not self.bidirectional and self.H % 128 == 0 and self.I % 128 == 0
+                and self.H <= 1024 and self.B <= 128 and self.B % 8 == 0)
+
+
+def gpu_grid(cells, dtypes, modes, batches, hiddens, T=256, quick=False):
+    """GUIDE section 5: 1-layer configs over B x H with I = H, plus 2-layer bidirectional
+    at B=32, H=512, plus cuDNN's persistent fp16 LSTM case. Small configs first, so a run
+    cut by its time budget keeps the most rows."""
+    if quick:
+        batches = [b for b in batches if b in (8, 128)] or batches[:2]
+        hiddens = [h for h in hiddens if h in (256, 1024)] or hiddens[:2]
+    grid = [Config(c, d, m, b, h, T, h)
+            for h, b, c, d, m in itertools.product(hiddens, batches, cells, dtypes, modes)]
+    grid += [Config(c, d, m, 32, 512, T, 512, layers=2, bidirectional=True)
+             for c, d, m in itertools.product(cells, dtypes, modes)]
+    if "lstm" in cells and not quick:
+        grid += [Config("lstm", "fp16", m, 16, h, T, h)
+                 for h, m in itertools.product((512, 768, 1024), modes)]
+    return grid
+
+
+def cpu_grid(cells, modes):
+    """Small CPU sizes: what a machine without a GPU can time in a minute or two."""
+    return [Config(c, "fp32", m, b, h, 32, h)
+            for h, b, c, m in itertools.product((64, 256), (1, 16), cells, modes)]

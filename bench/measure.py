@@ -1,0 +1,118 @@
+"""One configuration: build each implementation on the same weights and inputs, check it
+against the baseline, then time it. A configuration that fails its check is not timed."""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import torch
+from torch import nn
+
+import fusedrnn
+from bench.configs import DTYPES, Config
+
+# ||impl - baseline|| / ||baseline|| allowed, by dtype: two implementations of the same
+# low-precision recurrence drift apart over T steps, and cuDNN may use TF32 for fp32
+CHECK_TOL = {"fp32": 5e-3, "bf16": 5e-2, "fp16": 5e-2}
+L2_BYTES = 64 * 2 ** 20  # inputs rotate through copies until they exceed this (H100: 50 MB)
+
+
+def make_module(cfg: Config, impl: str, device, state=None):
+    """The module behind an implementation name; all share `state` (the same weights)."""
+    kw = dict(num_layers=cfg.layers, bidirectional=cfg.bidirectional, device=device,
+              dtype=DTYPES[cfg.dtype])
+    cls = {"lstm": "LSTM", "gru": "GRU"}[cfg.cell]
+    if impl in ("cudnn", "torch.nn", "native-nocudnn"):
+        m = getattr(nn, cls)(cfg.I, cfg.H, **kw)
+    else:
+        backend = {"fused": "triton", "triton-interp": "triton"}.get(impl, impl)
+        m = getattr(fusedrnn, cls)(cfg.I, cfg.H, backend=backend, **kw)
+    if state is not None:
+        m.load_state_dict(state)
+    return m
+
+
+def _call(m, impl, x):
+    if impl == "native-nocudnn":
+        with torch.backends.cudnn.flags(enabled=False):
+            return m(x)
+    return m(x)
+
+
+def run_once(m, impl, x, mode, g_out=None):
+    """Outputs (and in training, the gradients of x and of every parameter)."""
+    if mode == "inference":
+        with torch.inference_mode():
+            return [_call(m, impl, x)[0]]
+    x = x.detach().requires_grad_()
+    out = _call(m, impl, x)[0]
+    grads = torch.autograd.grad(out, [x, *m.parameters()], g_out)
+    return [out, *grads]
+
+
+def rel_err(a, b) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    if not torch.isfinite(a).all():
+        return math.inf
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def timer(device):
+    """ms of one call of fn: do_bench's median on a GPU (after warm-up), else the median
+    of wall-clock repetitions."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return lambda fn: triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median")
+
+    def cpu(fn, reps=7):
+        fn()
+        fn()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+    return cpu
+
+
+def measure(cfg: Config, impls, baseline: str, device, time_it=True):
+    """Rows, one per implementation: error vs the baseline, and its time unless it failed."""
+    dtype = DTYPES[cfg.dtype]
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    base = make_module(cfg, baseline, device)
+    state = base.state_dict()
+    x = torch.randn(cfg.T, cfg.B, cfg.I, generator=gen).to(device, dtype)
+    D = 2 if cfg.bidirectional else 1
+    g_out = torch.randn(cfg.T, cfg.B, D * cfg.H, generator=gen).to(device, dtype)
+    want = run_once(base, baseline, x, cfg.mode, g_out)
+    copies = max(1, min(16, math.ceil(L2_BYTES / max(1, x.numel() * x.element_size()))))
+    xs = [x] + [x.clone() for _ in range(copies - 1)] if device.type == "cuda" else [x]
+    time_ms = timer(device)
+    rows = []
+    for impl in impls:
+        row = dict(config=cfg.label(), **cfg.__dict__, impl=impl, baseline=baseline,
+                   cudnn_persistent_likely=cfg.cudnn_persistent_likely()
+                   if device.type == "cuda" else None)
+        try:
+            m = base if impl == baseline else make_module(cfg, impl, device, state)
+            got = run_once(m, impl, x, cfg.mode, g_out)
+            row["error"] = max(rel_err(a, b) for a, b in zip(got, want))
+            row["status"] = "ok" if row["error"] <= CHECK_TOL[cfg.dtype] else "FAILED"
+            if row["status"] == "ok" and time_it:
+                k = iter(range(10 ** 12))
+                row["ms"] = time_ms(lambda: run_once(m, impl, xs[next(k) % len(xs)],
+                                                     cfg.mode, g_out))
+        except Exception as e:  # a crash is a failed configuration, reported, not hidden
+            row.update(status="FAILED", error=None, exception=f"{type(e).__name__}: {e}"[:300])
+        rows.append(row)
+    base_ms = next((r.get("ms") for r in rows if r["impl"] == baseline), None)
+    for r in rows:
+        if "ms" in r:
+            r["us_per_step"] = r["ms"] * 1e3 / cfg.T
+            r["speedup_vs_baseline"] = base_ms / r["ms"] if base_ms else None
+            r["recurrent_tflops"] = cfg.recurrent_flops() / (r["ms"] * 1e-3) / 1e12
+            r["recurrent_gbps"] = cfg.recurrent_bytes() / (r["ms"] * 1e-3) / 1e9
+    return rows

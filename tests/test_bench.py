@@ -1,0 +1,66 @@
+"""The benchmark's own logic: a wrong result is reported as failed and never timed; the
+table, JSON, plot and README section come out of the rows."""
+import json
+
+import torch
+
+import fusedrnn
+from bench import configs, measure, report
+
+
+def test_wrong_result_is_failed_and_not_timed(monkeypatch):
+    cfg = configs.Config("gru", "fp32", "training", 2, 8, 3, 4)
+    real = fusedrnn.functional.gru
+
+    def off_by_a_bit(*args, **kwargs):
+        out, h = real(*args, **kwargs)
+        return out * 1.01, h
+
+    monkeypatch.setattr(fusedrnn.functional, "gru", off_by_a_bit)
+    rows = measure.measure(cfg, ["torch.nn", "reference", "native"], "torch.nn",
+                           torch.device("cpu"))
+    by = {r["impl"]: r for r in rows}
+    assert by["reference"]["status"] == "FAILED" and "ms" not in by["reference"]
+    assert by["native"]["status"] == "ok" and by["native"]["ms"] > 0
+    assert by["torch.nn"]["speedup_vs_baseline"] == 1.0
+    assert "FAILED" in report.table(rows)
+
+
+def test_crash_is_failed(monkeypatch):
+    cfg = configs.Config("lstm", "fp32", "inference", 2, 8, 3, 4)
+    monkeypatch.setattr(fusedrnn.functional, "lstm", lambda *a, **k: 1 / 0)
+    (row,) = [r for r in measure.measure(cfg, ["torch.nn", "reference"], "torch.nn",
+                                         torch.device("cpu")) if r["impl"] == "reference"]
+    assert row["status"] == "FAILED" and "ZeroDivisionError" in row["exception"]
+
+
+def test_outputs_and_readme_section(tmp_path, monkeypatch):
+    rows = []
+    for h in (128, 256):
+        cfg = configs.Config("lstm", "bf16", "inference", 8, h, 16, h)
+        for impl, ms in (("cudnn", 2.0), ("fused", 1.0)):
+            rows.append(dict(config=cfg.label(), **cfg.__dict__, impl=impl, baseline="cudnn",
+                             status="ok", error=1e-3, ms=ms, speedup_vs_baseline=2.0 / ms))
+    path = tmp_path / "run.json"
+    report.write_json(path, {"gpu": "Test GPU", "driver": "1"}, rows, [])
+    assert report.plot(json.loads(path.read_text())["rows"], tmp_path / "run.png", "fused", "t")
+    assert (tmp_path / "run.png").stat().st_size > 0
+    section = report.readme_section(path)
+    assert "Test GPU" in section and "2.00x" in section and section.count("| lstm bf16") == 2
+    readme = tmp_path / "README.md"
+    readme.write_text(f"top\n{report.README_START}\nold\n{report.README_END}\nbottom\n")
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    report.update_readme(path)
+    text = readme.read_text()
+    assert "old" not in text and "Test GPU" in text and text.endswith("bottom\n")
+
+
+def test_grid_matches_the_guide():
+    grid = configs.gpu_grid(["lstm", "gru"], ["fp32", "bf16"], ["inference", "training"],
+                            [1, 8, 32, 128, 512], [128, 256, 512, 1024, 2048])
+    one_layer = [c for c in grid if c.layers == 1 and c.dtype != "fp16"]
+    assert len(one_layer) == 2 * 2 * 2 * 5 * 5
+    assert any(c.layers == 2 and c.bidirectional and c.B == 32 and c.H == 512 for c in grid)
+    assert all(c.T == 256 and c.I == c.H for c in grid)
+    assert configs.Config("lstm", "fp16", "inference", 16, 768, 256, 768).cudnn_persistent_likely()
+    assert not configs.Config("gru", "bf16", "inference", 16, 768, 256, 768).cudnn_persistent_likely()
