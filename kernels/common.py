@@ -2,6 +2,8 @@
 the carried state gradient) and the launch-side rules (block sizes, allocation, checks)."""
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -89,6 +91,73 @@ def valid_rows(len_ptr, offs_b, mask_b, t, HAS_LENGTHS: tl.constexpr):
         return mask_b
 
 
+@triton.jit
+def grid_barrier(sem_ptr, ASM_ACQUIRE: tl.constexpr):
+    """Every program of the grid waits here until all have arrived. Reusable without reset.
+
+    sem_ptr: one int32, zero-initialized, for this launch only. Each arrival adds 1, except
+    program 0 which adds INT_MIN - (programs - 1): the sum over one barrier flips the sign
+    bit exactly once, and each program waits to see that bit differ from what it read on
+    arrival (the scheme of PyTorch inductor's cooperative reductions). The arrival is a
+    release, the polling an acquire, both at GPU scope, so the stores before the barrier are
+    visible to every program after it. ASM_ACQUIRE polls with a plain ``ld.acquire.gpu``
+    from every thread: a scalar tl.atomic_add in the loop would add a block barrier and a
+    shared-memory broadcast to every iteration (Triton issue 7125). The interpreter cannot
+    run inline PTX; there the grid is one program and the loop ends at once.
+    """
+    tl.debug_barrier()  # every warp's stores are issued before this program arrives
+    if tl.program_id(0) == 0:
+        arrive = tl.full((), -2147483648, tl.int32) - (tl.num_programs(0) - 1)
+    else:
+        arrive = tl.full((), 1, tl.int32)
+    old = tl.atomic_add(sem_ptr, arrive, sem="release", scope="gpu")
+    flipped = False
+    while not flipped:
+        if ASM_ACQUIRE:
+            now = tl.inline_asm_elementwise("ld.global.acquire.gpu.b32 $0, [$1];", "=r,l",
+                                            [sem_ptr], dtype=tl.int32, is_pure=False, pack=1)
+        else:
+            now = tl.atomic_add(sem_ptr, 0, sem="acquire", scope="gpu")
+        flipped = ((old ^ now) & -2147483648) != 0
+    tl.debug_barrier()
+
+
+@triton.jit
+def fwd_step(s, T, REVERSE: tl.constexpr, SAVE: tl.constexpr):
+    """Forward step s -> (t, rd, wr): its time index and the history slots of h_{t-1}, h_t.
+    Training keeps T+1 slots, indexed so slot t+1 (forward) / t (reverse) holds h_t;
+    inference keeps two and alternates."""
+    s = tl.full((), 0, tl.int32) + s  # a tensor even where the interpreter's loop gives an int
+    if REVERSE:
+        t = T - 1 - s
+    else:
+        t = s
+    if SAVE:
+        if REVERSE:
+            rd, wr = t + 1, t
+        else:
+            rd, wr = t, t + 1
+    else:
+        rd, wr = s % 2, (s + 1) % 2
+    return t, rd, wr
+
+
+@triton.jit
+def bwd_step(s, T, REVERSE: tl.constexpr):
+    """Backward step s (0 is the forward pass's last step) -> (t, t_next, rd, wr): t_next is
+    the step the forward pass ran after t; past the end it is slot T, which stays zero."""
+    s = tl.full((), 0, tl.int32) + s  # a tensor even where the interpreter's loop gives an int
+    if REVERSE:
+        t = s
+        t_next = tl.where(s == 0, T, s - 1)
+        rd, wr = t + 1, t
+    else:
+        t = T - 1 - s
+        t_next = t + 1
+        rd, wr = t, t + 1
+    return t, t_next, rd, wr
+
+
 # ----------------------------------------------------------------------------------------
 # launch side
 # ----------------------------------------------------------------------------------------
@@ -120,15 +189,94 @@ def block_sizes(batch: int, width: int) -> tuple[int, int, int, int]:
 TL_ACC = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
-def step_slots(t: int, s: int, T: int, reverse: bool, save: bool) -> tuple[int, int]:
-    """(rd, wr): history slots of h_{t-1} and h_t at step s (time index t)."""
+def first_slot(T: int, reverse: bool, save: bool) -> int:
+    """History slot of h0 (see fwd_step)."""
+    return T if (save and reverse) else 0
+
+
+def last_slot(T: int, reverse: bool, save: bool) -> int:
+    """History slot of h_n (see fwd_step)."""
     if not save:
-        return s % 2, (s + 1) % 2
-    return (t + 1, t) if reverse else (t, t + 1)
+        return T % 2
+    return 0 if reverse else T
 
 
-def time_order(T: int, reverse: bool):
-    return range(T - 1, -1, -1) if reverse else range(T)
+KERNEL_ENV = "FUSEDRNN_KERNEL"  # "auto" | "step" | "sequence": which recurrent kernel runs
+
+
+def sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def use_sequence_kernel(n_tiles: int, device: torch.device) -> bool:
+    """The rule between the step kernels (one launch per time step, as many programs as
+    tiles) and the sequence kernels (one launch for all steps, at most one program per SM,
+    meeting at a grid barrier between steps).
+
+    The sequence kernel saves T launches (6-13 us each from Python) and T reloads of W_hh
+    into fresh programs; it loses parallelism when the tiles of one step outnumber the SMs
+    many times over, since each program then walks its tiles one after another while the
+    step kernel would spread them over several resident programs per SM. So: the sequence
+    kernel while a step has at most 8 tiles per SM, the step kernel beyond. Under the
+    interpreter the sequence kernel (a grid of one program) is the default: nothing there
+    is co-resident or timed. FUSEDRNN_KERNEL=step|sequence overrides the rule (the
+    benchmark times both). Not yet checked on a GPU: see bench/results.
+    """
+    choice = os.environ.get(KERNEL_ENV, "auto")
+    if choice not in ("auto", "step", "sequence"):
+        raise ValueError(f"{KERNEL_ENV} must be auto, step or sequence, got {choice!r}")
+    if choice != "auto":
+        return choice == "sequence"
+    if device.type != "cuda":
+        return True
+    return n_tiles <= 8 * sm_count(device)
+
+
+def _cooperative_launch() -> dict:
+    """Triton's cooperative launch where the installed version has it: the driver then
+    refuses a grid that cannot be co-resident instead of letting the barrier hang."""
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:
+        return {}
+    fields = getattr(CUDAOptions, "__dataclass_fields__", {})
+    return {"launch_cooperative_grid": True} if "launch_cooperative_grid" in fields else {}
+
+
+def run_steps(kernel, args: dict, T: int, phases, persistent: bool, device, num_warps: int):
+    """Launch a recurrent kernel over T steps.
+
+    ``phases``: [(flags, n_tiles)] in their order within a step, e.g. the gates then the
+    projection; a later phase reads what every tile of the earlier one wrote. Step mode
+    launches each phase of each step on its own grid of n_tiles programs (the launch
+    boundary is the barrier); sequence mode launches once, with min(tiles, SMs) programs
+    (one under the interpreter) that loop over the tiles and meet at grid barriers.
+    """
+    if persistent:
+        n_tiles = max(n for _, n in phases)
+        n_progs = 1 if device.type == "cpu" else min(n_tiles, sm_count(device))
+        flags = {k: any(f[k] for f, _ in phases) for k in phases[0][0]}
+        extra = _cooperative_launch() if device.type == "cuda" else {}
+        sem = torch.zeros(1, dtype=torch.int32, device=device)
+        kernel[(n_progs,)](**args, **flags, sem_ptr=sem, s0=0, n_steps=T, PERSISTENT=True,
+                           ASM_ACQUIRE=device.type == "cuda", num_warps=num_warps, **extra)
+        return
+    for s in range(T):
+        for flags, n_tiles in phases:
+            kernel[(n_tiles,)](**args, **flags, sem_ptr=args["len_ptr"], s0=s, n_steps=1,
+                               PERSISTENT=False, ASM_ACQUIRE=False, num_warps=num_warps)
+
+
+def pointer_args(**tensors) -> dict:
+    """Keyword arguments ``{name}_ptr`` and ``s_{prefix}_{dim}`` (``s_{prefix}`` for dim "")
+    for a kernel's pointer and its strides. Each value: (tensor, dims[, prefix])."""
+    out = {}
+    for name, (t, dims, *prefix) in tensors.items():
+        out[f"{name}_ptr"] = t
+        pre = prefix[0] if prefix else name
+        for d, dim in enumerate(dims):
+            out[f"s_{pre}_{dim}" if dim else f"s_{pre}"] = t.stride(d)
+    return out
 
 
 def dot_flags(dtype: torch.dtype, device: torch.device, allow_tf32: bool = False):

@@ -16,14 +16,16 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from fusedrnn.kernels.common import (TL_ACC, block_sizes, check, check_layer_args,
-                                     compute_dtype, dot, dot_flags, empty, like_layout,
-                                     sigmoid, state_grad, step_slots, tanh, time_order,
+from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check_layer_args,
+                                     compute_dtype, dot, dot_flags, empty, first_slot, fwd_step,
+                                     grid_barrier, last_slot, like_layout, pointer_args,
+                                     run_steps, sigmoid, state_grad, tanh, use_sequence_kernel,
                                      valid_rows, weight_grads)
 
 
-@triton.jit(do_not_specialize=["t", "rd", "wr"])
-def gru_fwd_step_kernel(
+@triton.jit
+def _gru_fwd_tile(
+    i_h, i_b,                     # the tile: block of hidden units, block of batch rows
     xg_ptr, s_xg_t, s_xg_b,       # input projection (T, B, 3H), r and z recurrent biases in
     w_ptr, s_w,                   # W_hh: (3H, H)
     bhn_ptr,                      # HAS_BIAS: b_hn (H,)
@@ -35,7 +37,6 @@ def gru_fwd_step_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    i_h, i_b = tl.program_id(0), tl.program_id(1)
     o_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
     o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
     m_h, m_b = o_h < H, o_b < B
@@ -82,8 +83,9 @@ def gru_fwd_step_kernel(
         tl.store(p_ga + 3 * H, b_n, mask=m)
 
 
-@triton.jit(do_not_specialize=["t", "t_next", "rd"])
-def gru_bwd_step_kernel(
+@triton.jit
+def _gru_bwd_tile(
+    i_h, i_b,
     dg_ptr, s_dg_t, s_dg_b,       # recurrent pre-activation gradients (T+1, B, 3H), ACC:
                                   # writes t, reads t_next
     dxn_ptr, s_dxn_t, s_dxn_b,    # gradient of the input's n pre-activation (T, B, H), ACC
@@ -96,7 +98,6 @@ def gru_bwd_step_kernel(
     HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    i_h, i_b = tl.program_id(0), tl.program_id(1)
     o_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
     o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
     m_h, m_b = o_h < H, o_b < B
@@ -132,6 +133,56 @@ def gru_bwd_step_kernel(
 
 
 # ----------------------------------------------------------------------------------------
+# kernels: step mode (one step, a program per tile) or sequence mode (every step, programs
+# loop over tiles and meet at grid barriers); see fusedrnn.kernels.common.run_steps
+# ----------------------------------------------------------------------------------------
+@triton.jit(do_not_specialize=["s0", "n_steps", "T"])
+def gru_fwd_kernel(
+    xg_ptr, s_xg_t, s_xg_b, w_ptr, s_w, bhn_ptr, h_ptr, s_h_slot, s_h_b,
+    out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b,  # see the tile
+    len_ptr, sem_ptr, s0, n_steps, T, B, H,
+    ACC: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    REVERSE: tl.constexpr, PERSISTENT: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr,
+):
+    pid, n_progs = tl.program_id(0), tl.num_programs(0)
+    n_b, n_h = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H)
+    for s in range(s0, s0 + n_steps):
+        t, rd, wr = fwd_step(s, T, REVERSE, SAVE)
+        for tile in range(pid, n_h * n_b, n_progs):
+            _gru_fwd_tile(tile % n_h, tile // n_h, xg_ptr, s_xg_t, s_xg_b, w_ptr, s_w, bhn_ptr,
+                          h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b,
+                          len_ptr, t, rd, wr, B, H, ACC, HAS_BIAS, SAVE, HAS_LENGTHS,
+                          BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
+        if PERSISTENT:
+            grid_barrier(sem_ptr, ASM_ACQUIRE)
+
+
+@triton.jit(do_not_specialize=["s0", "n_steps", "T"])
+def gru_bwd_kernel(
+    dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, w_ptr, s_w, g_ptr, s_g_b,
+    do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b, h_ptr, s_h_slot, s_h_b,  # see the tile
+    len_ptr, sem_ptr, s0, n_steps, T, B, H,
+    HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr, PERSISTENT: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr,
+):
+    pid, n_progs = tl.program_id(0), tl.num_programs(0)
+    n_b, n_h = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H)
+    for s in range(s0, s0 + n_steps):
+        t, t_next, rd, wr = bwd_step(s, T, REVERSE)
+        for tile in range(pid, n_h * n_b, n_progs):
+            _gru_bwd_tile(tile % n_h, tile // n_h, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t,
+                          s_dxn_b, w_ptr, s_w, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b,
+                          ga_ptr, s_ga_t, s_ga_b, h_ptr, s_h_slot, s_h_b,
+                          len_ptr, t, t_next, rd, B, H,
+                          HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
+        if PERSISTENT:
+            grid_barrier(sem_ptr, ASM_ACQUIRE)
+
+
+# ----------------------------------------------------------------------------------------
 # launchers
 # ----------------------------------------------------------------------------------------
 def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, allow_tf32=False):
@@ -156,25 +207,25 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, allow_tf3
     hs = empty(n_slots, B, H, dtype=x.dtype, device=dev)
     out = like_layout(x, T, B, H, x.dtype)
     gates = empty(T, B, 4 * H, dtype=acc, device=dev) if save else hs
-    first = step_slots(T - 1 if reverse else 0, 0, T, reverse, save)[0]
+    first = first_slot(T, reverse, save)
     hs[first] = h0
-    len_arg = lengths if lengths is not None else hs
-    bhn = b_hh[2 * H:] if b_hh is not None else hs
 
-    BB, BH, BK, warps = block_sizes(B, H)
-    ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
-    grid = (triton.cdiv(H, BH), triton.cdiv(B, BB))
-    wr = first
-    for s, t in enumerate(time_order(T, reverse) if B else ()):
-        rd, wr = step_slots(t, s, T, reverse, save)
-        gru_fwd_step_kernel[grid](
-            xg, xg.stride(0), xg.stride(1), w_hh, w_hh.stride(0), bhn,
-            hs, hs.stride(0), hs.stride(1), out, out.stride(0), out.stride(1),
-            gates, gates.stride(0), gates.stride(1), len_arg, t, rd, wr, B, H,
+    if B > 0:
+        BB, BH, BK, warps = block_sizes(B, H)
+        ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
+        args = dict(
+            **pointer_args(xg=(xg, "tb"), w=(w_hh, ("",)), h=(hs, ("slot", "b")),
+                           out=(out, "tb", "o"), ga=(gates, "tb")),
+            bhn_ptr=b_hh[2 * H:] if b_hh is not None else hs,
+            len_ptr=lengths if lengths is not None else hs, T=T, B=B, H=H,
             ACC=TL_ACC[acc], HAS_BIAS=b_hh is not None, SAVE=save,
-            HAS_LENGTHS=lengths is not None, BLOCK_B=BB, BLOCK_H=BH, BLOCK_K=BK,
-            IEEE=ieee, UPCAST=upcast, num_warps=warps)
-    h_n = hs[wr].clone()  # not a view of the buffers saved for backward
+            HAS_LENGTHS=lengths is not None, REVERSE=reverse, BLOCK_B=BB, BLOCK_H=BH,
+            BLOCK_K=BK, IEEE=ieee, UPCAST=upcast)
+        n_tiles = triton.cdiv(B, BB) * triton.cdiv(H, BH)
+        run_steps(gru_fwd_kernel, args, T, [({}, n_tiles)],
+                  use_sequence_kernel(n_tiles, dev), dev, warps)
+    last = last_slot(T, reverse, save) if B > 0 else first
+    h_n = hs[last].clone()  # not a view of the buffers saved for backward
     return out, h_n, ((hs, gates) if save else None)
 
 
@@ -191,21 +242,19 @@ def gru_backward(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn, needs=(Tru
     g = d_hn.to(acc, copy=True)
     if d_out.stride(-1) != 1:
         d_out = d_out.contiguous()
-    len_arg = lengths if lengths is not None else hs
 
-    BB, BH, BK, warps = block_sizes(B, H)
-    ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
-    grid = (triton.cdiv(H, BH), triton.cdiv(B, BB))
-    for t in (reversed(time_order(T, reverse)) if B else ()):
-        rd = step_slots(t, 0, T, reverse, True)[0]
-        t_next = (t - 1 if t > 0 else T) if reverse else t + 1
-        gru_bwd_step_kernel[grid](
-            dg, dg.stride(0), dg.stride(1), dxn, dxn.stride(0), dxn.stride(1),
-            w_hh, w_hh.stride(0), g, g.stride(0), d_out, d_out.stride(0), d_out.stride(1),
-            gates, gates.stride(0), gates.stride(1), hs, hs.stride(0), hs.stride(1),
-            len_arg, t, t_next, rd, B, H,
-            HAS_LENGTHS=lengths is not None, BLOCK_B=BB, BLOCK_H=BH, BLOCK_K=BK,
-            IEEE=ieee, UPCAST=upcast, num_warps=warps)
+    if B > 0:
+        BB, BH, BK, warps = block_sizes(B, H)
+        ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
+        args = dict(
+            **pointer_args(dg=(dg, "tb"), dxn=(dxn, "tb"), w=(w_hh, ("",)), g=(g, "b"),
+                           do=(d_out, "tb"), ga=(gates, "tb"), h=(hs, ("slot", "b"))),
+            len_ptr=lengths if lengths is not None else hs, T=T, B=B, H=H,
+            HAS_LENGTHS=lengths is not None, REVERSE=reverse, BLOCK_B=BB, BLOCK_H=BH,
+            BLOCK_K=BK, IEEE=ieee, UPCAST=upcast)
+        n_tiles = triton.cdiv(B, BB) * triton.cdiv(H, BH)
+        run_steps(gru_bwd_kernel, args, T, [({}, n_tiles)],
+                  use_sequence_kernel(n_tiles, dev), dev, warps)
 
     dgh = dg[:T]
     dgi = torch.cat([dgh[..., :2 * H], dxn], dim=-1)

@@ -16,19 +16,21 @@ two and alternates. A sequence past its length keeps its state and outputs zeros
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from fusedrnn.kernels.common import (TL_ACC, block_sizes, check, check_layer_args,
-                                     compute_dtype, dot, dot_flags, empty, like_layout, mm_tile,
-                                     sigmoid, state_grad, step_slots, tanh, time_order,
-                                     valid_rows, weight_grads)
+from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check_layer_args,
+                                     compute_dtype, dot, dot_flags, empty, first_slot, fwd_step,
+                                     grid_barrier, last_slot, like_layout, mm_tile, pointer_args,
+                                     run_steps,
+                                     sigmoid, state_grad, tanh, use_sequence_kernel, valid_rows,
+                                     weight_grads)
 
 
-@triton.jit(do_not_specialize=["t", "rd", "wr", "hr_t"])
-def lstm_fwd_step_kernel(
+@triton.jit
+def _gates_fwd_tile(
+    i_h, i_b,                     # the tile: block of hidden units, block of batch rows
     xg_ptr, s_xg_t, s_xg_b,       # input projection x W_ih^T + b_ih + b_hh: (T, B, 4H)
     w_ptr, s_w,                   # W_hh: (4H, K)
     h_ptr, s_h_slot, s_h_b,       # state history (slots, B, K): reads rd; writes wr (no proj)
@@ -42,7 +44,6 @@ def lstm_fwd_step_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    i_h, i_b = tl.program_id(0), tl.program_id(1)
     o_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
     o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
     m_h, m_b = o_h < H, o_b < B
@@ -99,8 +100,9 @@ def lstm_fwd_step_kernel(
         tl.store(p_ga + 3 * H, b_o, mask=m)
 
 
-@triton.jit(do_not_specialize=["t", "rd", "wr", "hr_t"])
-def proj_fwd_step_kernel(
+@triton.jit
+def _proj_fwd_tile(
+    i_p, i_b,                     # the tile: block of projected units, block of batch rows
     hr_ptr, s_hr_t, s_hr_b,       # o * tanh(c_t) (T or 1, B, H)
     w_ptr, s_w,                   # W_hr: (P, H)
     h_ptr, s_h_slot, s_h_b,       # state history (slots, B, P): reads rd, writes wr
@@ -111,7 +113,6 @@ def proj_fwd_step_kernel(
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """h_t = (o * tanh(c_t)) W_hr^T for a tile of the P projected units."""
-    i_p, i_b = tl.program_id(0), tl.program_id(1)
     o_p = i_p * BLOCK_P + tl.arange(0, BLOCK_P)
     o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
     m_p, m_b = o_p < P, o_b < B
@@ -128,8 +129,9 @@ def proj_fwd_step_kernel(
     tl.store(p_o, tl.where(valid, b_h, 0.0).to(out_ptr.dtype.element_ty), mask=m)
 
 
-@triton.jit(do_not_specialize=["t", "t_next"])
-def proj_bwd_step_kernel(
+@triton.jit
+def _proj_bwd_tile(
+    i_p, i_b,
     dg_ptr, s_dg_t, s_dg_b,       # gate gradients (T+1, B, 4H), ACC: reads slot t_next
     w_ptr, s_w,                   # W_hh: (4H, P)
     g_ptr, s_g_b,                 # carried gradient of the state (B, P), ACC, in place
@@ -139,7 +141,6 @@ def proj_bwd_step_kernel(
     HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    i_p, i_b = tl.program_id(0), tl.program_id(1)
     o_p = i_p * BLOCK_P + tl.arange(0, BLOCK_P)
     o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
     m_p, m_b = o_p < P, o_b < B
@@ -155,8 +156,9 @@ def proj_bwd_step_kernel(
     tl.store(g_ptr + o_b64[:, None] * s_g_b + o_p[None, :], tl.where(valid, 0.0, b_g), mask=m)
 
 
-@triton.jit(do_not_specialize=["t", "t_next", "rd", "wr"])
-def lstm_bwd_step_kernel(
+@triton.jit
+def _gates_bwd_tile(
+    i_h, i_b,
     dg_ptr, s_dg_t, s_dg_b,       # gate gradients (T+1, B, 4H), ACC: writes t, reads t_next
     w_ptr, s_w,                   # no proj: W_hh (4H, H)
     g_ptr, s_g_b,                 # no proj: carried gradient of the state (B, H), in place
@@ -171,7 +173,6 @@ def lstm_bwd_step_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    i_h, i_b = tl.program_id(0), tl.program_id(1)
     o_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
     o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
     m_h, m_b = o_h < H, o_b < B
@@ -217,8 +218,98 @@ def lstm_bwd_step_kernel(
 
 
 # ----------------------------------------------------------------------------------------
+# kernels: one per direction of the pass, in step mode (one step, a program per tile) or
+# sequence mode (every step, programs loop over tiles and meet at grid barriers)
+# ----------------------------------------------------------------------------------------
+@triton.jit(do_not_specialize=["s0", "n_steps", "T"])
+def lstm_fwd_kernel(
+    xg_ptr, s_xg_t, s_xg_b, w_ptr, s_w, h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot, s_c_b,
+    out_ptr, s_o_t, s_o_b, hr_ptr, s_hr_t, s_hr_b, ga_ptr, s_ga_t, s_ga_b,  # see the tiles
+    w_hr_ptr, s_whr,              # proj: W_hr (P, H)
+    len_ptr,                      # HAS_LENGTHS: (B,) sequence lengths
+    sem_ptr,                      # PERSISTENT: the grid barrier's int32, zeroed per launch
+    s0, n_steps, T, B, H, K,      # steps s0 .. s0+n_steps-1 of T; K: state width (P or H)
+    ACC: tl.constexpr, HAS_PROJ: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    REVERSE: tl.constexpr, RUN_GATES: tl.constexpr, RUN_PROJ: tl.constexpr,
+    PERSISTENT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    ASM_ACQUIRE: tl.constexpr,
+):
+    pid, n_progs = tl.program_id(0), tl.num_programs(0)
+    n_b, n_h, n_p = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H), tl.cdiv(K, BLOCK_P)
+    for s in range(s0, s0 + n_steps):
+        t, rd, wr = fwd_step(s, T, REVERSE, SAVE)
+        if SAVE:
+            hr_t = t
+        else:
+            hr_t = t * 0
+        if RUN_GATES:
+            for tile in range(pid, n_h * n_b, n_progs):
+                _gates_fwd_tile(tile % n_h, tile // n_h, xg_ptr, s_xg_t, s_xg_b, w_ptr, s_w,
+                                h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot, s_c_b,
+                                out_ptr, s_o_t, s_o_b, hr_ptr, s_hr_t, s_hr_b,
+                                ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, hr_t, B, H, K,
+                                ACC, HAS_PROJ, SAVE, HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K,
+                                IEEE, UPCAST)
+            if PERSISTENT:
+                grid_barrier(sem_ptr, ASM_ACQUIRE)
+        if RUN_PROJ:
+            for tile in range(pid, n_p * n_b, n_progs):
+                _proj_fwd_tile(tile % n_p, tile // n_p, hr_ptr, s_hr_t, s_hr_b, w_hr_ptr, s_whr,
+                               h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b,
+                               len_ptr, t, rd, wr, hr_t, B, K, H,
+                               ACC, HAS_LENGTHS, BLOCK_B, BLOCK_P, BLOCK_K, IEEE, UPCAST)
+            if PERSISTENT:
+                grid_barrier(sem_ptr, ASM_ACQUIRE)
+
+
+@triton.jit(do_not_specialize=["s0", "n_steps", "T"])
+def lstm_bwd_kernel(
+    dg_ptr, s_dg_t, s_dg_b, w_ptr, s_w, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b,
+    dhp_ptr, s_dhp_t, s_dhp_b, w_hr_ptr, s_whr, gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b,
+    c_ptr, s_c_slot, s_c_b,       # see the tiles
+    len_ptr, sem_ptr,
+    s0, n_steps, T, B, H, K,      # backward steps s0 .. s0+n_steps-1 (0 = last forward step)
+    HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr,
+    RUN_GATES: tl.constexpr, RUN_PROJ: tl.constexpr, PERSISTENT: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr,
+):
+    pid, n_progs = tl.program_id(0), tl.num_programs(0)
+    n_b, n_h, n_p = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H), tl.cdiv(K, BLOCK_P)
+    for s in range(s0, s0 + n_steps):
+        t, t_next, rd, wr = bwd_step(s, T, REVERSE)
+        if RUN_PROJ:
+            for tile in range(pid, n_p * n_b, n_progs):
+                _proj_bwd_tile(tile % n_p, tile // n_p, dg_ptr, s_dg_t, s_dg_b, w_ptr, s_w,
+                               g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, dhp_ptr, s_dhp_t, s_dhp_b,
+                               len_ptr, t, t_next, B, H, K,
+                               HAS_LENGTHS, BLOCK_B, BLOCK_P, BLOCK_K, IEEE, UPCAST)
+            if PERSISTENT:
+                grid_barrier(sem_ptr, ASM_ACQUIRE)
+        if RUN_GATES:
+            for tile in range(pid, n_h * n_b, n_progs):
+                _gates_bwd_tile(tile % n_h, tile // n_h, dg_ptr, s_dg_t, s_dg_b, w_ptr, s_w,
+                                g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, dhp_ptr, s_dhp_t, s_dhp_b,
+                                w_hr_ptr, s_whr, gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b,
+                                c_ptr, s_c_slot, s_c_b, len_ptr, t, t_next, rd, wr, B, H, K,
+                                HAS_PROJ, HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
+            if PERSISTENT:
+                grid_barrier(sem_ptr, ASM_ACQUIRE)
+
+
+# ----------------------------------------------------------------------------------------
 # launchers
 # ----------------------------------------------------------------------------------------
+def _tiling(B, H, K):
+    """Block sizes and tile counts of the gates (over H) and projection (over K) phases."""
+    BB, BH, BK, warps = block_sizes(B, H)
+    _, BP, _, warps_p = block_sizes(B, K)
+    n_b = triton.cdiv(B, BB)
+    return dict(BLOCK_B=BB, BLOCK_H=BH, BLOCK_P=BP, BLOCK_K=BK), \
+        n_b * triton.cdiv(H, BH), n_b * triton.cdiv(K, BP), max(warps, warps_p)
+
+
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save,
                  allow_tf32=False):
     """Runs one LSTM layer. Returns out, h_n, c_n, and (if save) the buffers backward needs."""
@@ -235,6 +326,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save
     check(w_hr is not None or K == H, f"w_hh has {K} columns but hidden is {H} and no w_hr")
     acc = compute_dtype(x.dtype)
     dev = x.device
+    has_proj = w_hr is not None
 
     xg = F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
     if xg.stride(-1) != 1:
@@ -244,46 +336,31 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save
     cs = empty(n_slots, B, H, dtype=acc, device=dev)
     out = like_layout(x, T, B, K, x.dtype)
     gates = empty(T, B, 4 * H, dtype=acc, device=dev) if save else cs
-    hraw = empty(T if save else 1, B, H, dtype=x.dtype, device=dev) if w_hr is not None else hs
-    first = step_slots(T - 1 if reverse else 0, 0, T, reverse, save)[0]
+    hraw = empty(T if save else 1, B, H, dtype=x.dtype, device=dev) if has_proj else hs
+    first = first_slot(T, reverse, save)
     hs[first] = h0
     cs[first] = c0
-    len_arg = lengths if lengths is not None else cs
 
-    BB, BH, BK, warps = block_sizes(B, H)
-    ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
-    grid = (triton.cdiv(H, BH), triton.cdiv(B, BB))
-    if w_hr is not None:
-        BBp, BP, BKp, warps_p = block_sizes(B, K)
-        grid_p = (triton.cdiv(K, BP), triton.cdiv(B, BBp))
-    wr = first
-    for s, t in enumerate(time_order(T, reverse)):
-        if B == 0:
-            break
-        rd, wr = step_slots(t, s, T, reverse, save)
-        hr_t = t if save else 0
-        lstm_fwd_step_kernel[grid](
-            xg, xg.stride(0), xg.stride(1), w_hh, w_hh.stride(0),
-            hs, hs.stride(0), hs.stride(1), cs, cs.stride(0), cs.stride(1),
-            out, out.stride(0), out.stride(1), hraw, hraw.stride(0), hraw.stride(1),
-            gates, gates.stride(0), gates.stride(1), len_arg,
-            t, rd, wr, hr_t, B, H, K,
-            ACC=TL_ACC[acc], HAS_PROJ=w_hr is not None, SAVE=save,
-            HAS_LENGTHS=lengths is not None, BLOCK_B=BB, BLOCK_H=BH, BLOCK_K=BK,
-            IEEE=ieee, UPCAST=upcast, num_warps=warps)
-        if w_hr is not None:
-            proj_fwd_step_kernel[grid_p](
-                hraw, hraw.stride(0), hraw.stride(1), w_hr, w_hr.stride(0),
-                hs, hs.stride(0), hs.stride(1), out, out.stride(0), out.stride(1),
-                len_arg, t, rd, wr, hr_t, B, K, H,
-                ACC=TL_ACC[acc], HAS_LENGTHS=lengths is not None,
-                BLOCK_B=BBp, BLOCK_P=BP, BLOCK_K=BKp, IEEE=ieee, UPCAST=upcast,
-                num_warps=warps_p)
-    if B == 0:
-        wr = first
+    if B > 0:
+        blocks, n_gate_tiles, n_proj_tiles, warps = _tiling(B, H, K)
+        ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
+        args = dict(
+            **pointer_args(xg=(xg, "tb"), w=(w_hh, ("",)), h=(hs, ("slot", "b")),
+                           c=(cs, ("slot", "b")), out=(out, "tb", "o"), hr=(hraw, "tb"),
+                           ga=(gates, "tb")),
+            w_hr_ptr=w_hr if has_proj else w_hh, s_whr=w_hr.stride(0) if has_proj else 0,
+            len_ptr=lengths if lengths is not None else cs, T=T, B=B, H=H, K=K,
+            ACC=TL_ACC[acc], HAS_PROJ=has_proj, SAVE=save, HAS_LENGTHS=lengths is not None,
+            REVERSE=reverse, IEEE=ieee, UPCAST=upcast, **blocks)
+        phases = [(dict(RUN_GATES=True, RUN_PROJ=False), n_gate_tiles)]
+        if has_proj:
+            phases.append((dict(RUN_GATES=False, RUN_PROJ=True), n_proj_tiles))
+        persistent = use_sequence_kernel(max(n for _, n in phases), dev)
+        run_steps(lstm_fwd_kernel, args, T, phases, persistent, dev, warps)
+    last = last_slot(T, reverse, save) if B > 0 else first
     # copies, not views: h_n/c_n must not alias the buffers saved for backward
-    h_n, c_n = hs[wr].clone(), cs[wr].to(x.dtype, copy=True)
-    saved = (hs, cs, gates, hraw if w_hr is not None else None) if save else None
+    h_n, c_n = hs[last].clone(), cs[last].to(x.dtype, copy=True)
+    saved = (hs, cs, gates, hraw if has_proj else None) if save else None
     return out, h_n, c_n, saved
 
 
@@ -295,44 +372,34 @@ def lstm_backward(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_hn, d_c
     T, B, _ = x.shape
     H, K = w_hh.shape[0] // 4, w_hh.shape[1]
     acc, dev = cs.dtype, x.device
+    has_proj = w_hr is not None
     dg = empty(T + 1, B, 4 * H, dtype=acc, device=dev)
     dg[T] = 0
     g = d_hn.to(acc, copy=True)
     gc = d_cn.to(acc, copy=True)
     if d_out.stride(-1) != 1:
         d_out = d_out.contiguous()
-    has_proj = w_hr is not None
     dhp = empty(T, B, K, dtype=acc, device=dev) if has_proj else dg
-    len_arg = lengths if lengths is not None else cs
 
-    BB, BH, BK, warps = block_sizes(B, H)
-    ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
-    grid = (triton.cdiv(H, BH), triton.cdiv(B, BB))
-    if has_proj:
-        BBp, BP, BKp, warps_p = block_sizes(B, K)
-        grid_p = (triton.cdiv(K, BP), triton.cdiv(B, BBp))
-    for t in (reversed(time_order(T, reverse)) if B else ()):
-        rd, wr = step_slots(t, 0, T, reverse, True)
-        t_next = (t - 1 if t > 0 else T) if reverse else t + 1
+    if B > 0:
+        blocks, n_gate_tiles, n_proj_tiles, warps = _tiling(B, H, K)
+        ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
+        args = dict(
+            **pointer_args(dg=(dg, "tb"), w=(w_hh, ("",)), g=(g, "b"), do=(d_out, "tb"),
+                           dhp=(dhp, "tb"), gc=(gc, "b"), ga=(gates, "tb"),
+                           c=(cs, ("slot", "b"))),
+            w_hr_ptr=w_hr if has_proj else w_hh, s_whr=w_hr.stride(0) if has_proj else 0,
+            len_ptr=lengths if lengths is not None else cs, T=T, B=B, H=H, K=K,
+            HAS_PROJ=has_proj, HAS_LENGTHS=lengths is not None, REVERSE=reverse,
+            IEEE=ieee, UPCAST=upcast, **blocks)
+        phases = [(dict(RUN_GATES=True, RUN_PROJ=False), n_gate_tiles)]
         if has_proj:
-            proj_bwd_step_kernel[grid_p](
-                dg, dg.stride(0), dg.stride(1), w_hh, w_hh.stride(0), g, g.stride(0),
-                d_out, d_out.stride(0), d_out.stride(1), dhp, dhp.stride(0), dhp.stride(1),
-                len_arg, t, t_next, B, H, K,
-                HAS_LENGTHS=lengths is not None, BLOCK_B=BBp, BLOCK_P=BP, BLOCK_K=BKp,
-                IEEE=ieee, UPCAST=upcast, num_warps=warps_p)
-        lstm_bwd_step_kernel[grid](
-            dg, dg.stride(0), dg.stride(1), w_hh, w_hh.stride(0), g, g.stride(0),
-            d_out, d_out.stride(0), d_out.stride(1), dhp, dhp.stride(0), dhp.stride(1),
-            w_hr if has_proj else w_hh, w_hr.stride(0) if has_proj else 0,
-            gc, gc.stride(0), gates, gates.stride(0), gates.stride(1),
-            cs, cs.stride(0), cs.stride(1), len_arg, t, t_next, rd, wr, B, H, K,
-            HAS_PROJ=has_proj, HAS_LENGTHS=lengths is not None,
-            BLOCK_B=BB, BLOCK_H=BH, BLOCK_K=BK, IEEE=ieee, UPCAST=upcast, num_warps=warps)
+            phases.insert(0, (dict(RUN_GATES=False, RUN_PROJ=True), n_proj_tiles))
+        persistent = use_sequence_kernel(max(n for _, n in phases), dev)
+        run_steps(lstm_bwd_kernel, args, T, phases, persistent, dev, warps)
 
     dgs = dg[:T]
     t_first = T - 1 if reverse else 0
     prev_h = hs[1:] if reverse else hs[:T]  # h_{t-1} of each time index t
     return weight_grads(x, dgs, dgs, prev_h, w_ih, w_hh, needs, extra_dh0=(g, dg[t_first]),
                         dc0=gc, d_proj=(dhp, hraw) if has_proj else None)
-

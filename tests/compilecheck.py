@@ -10,7 +10,9 @@ sm_90 and ``cuobjdump --dump-resource-usage`` reads registers, spills and shared
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import multiprocessing
 import os
 import pathlib
 import re
@@ -24,6 +26,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from fusedrnn.kernels import gru, lstm
+from fusedrnn.kernels.common import KERNEL_ENV
 
 TARGETS = {"sm_80": GPUTarget("cuda", 80, 32), "sm_90": GPUTarget("cuda", 90, 32)}
 _TL = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16",
@@ -37,30 +40,43 @@ class Recorder:
         self.kernel, self.launches = kernel, launches
 
     def __getitem__(self, grid):
-        def record(*args, num_warps=4, **constexprs):
-            names = self.kernel.arg_names
+        def record(*args, num_warps=4, **kwargs):
+            bound = inspect.signature(self.kernel.fn).bind(*args, **kwargs).arguments
+            names = {p.name for p in self.kernel.params if p.is_constexpr}
+            constexprs = {k: v for k, v in bound.items() if k in names}
+            if constexprs.get("PERSISTENT"):
+                constexprs["ASM_ACQUIRE"] = True  # what a CUDA launch passes
             sig = {}
-            for name, value in zip(names, args):
-                if isinstance(value, torch.Tensor):
+            for name, value in bound.items():
+                if name in constexprs:
+                    sig[name] = "constexpr"
+                elif isinstance(value, torch.Tensor):
                     sig[name] = "*" + _TL[value.dtype]
                 else:
                     sig[name] = "i32" if abs(int(value)) < 2 ** 31 else "i64"
-            for name in constexprs:
-                sig[name] = "constexpr"
             key = (self.kernel.fn.__name__, tuple(sorted(sig.items())),
                    tuple(sorted((k, str(v)) for k, v in constexprs.items())), num_warps)
             self.launches.setdefault(key, (self.kernel, sig, constexprs, num_warps))
         return record
 
 
-def capture(hidden_sizes, batch=64, dtypes=(torch.float32, torch.bfloat16)):
+def capture(hidden_sizes, batches=(1, 64), dtypes=(torch.float32, torch.bfloat16)):
     """Every distinct kernel launch the LSTM and GRU launchers make, forward and backward."""
     launches = {}
     for mod in (lstm, gru):
         for name in dir(mod):
-            if name.endswith("_kernel"):
+            if name.endswith("_kernel") and hasattr(getattr(mod, name), "arg_names"):
                 setattr(mod, name, Recorder(getattr(mod, name), launches))
     T, I = 2, 32
+    for mode in ("step", "sequence"):
+        os.environ[KERNEL_ENV] = mode
+        for batch in batches:
+            _capture_launchers(hidden_sizes, batch, dtypes, T, I)
+    os.environ.pop(KERNEL_ENV)
+    return launches
+
+
+def _capture_launchers(hidden_sizes, batch, dtypes, T, I):
     for H in hidden_sizes:
         for dt in dtypes:
             kw = dict(dtype=dt)
@@ -84,7 +100,6 @@ def capture(hidden_sizes, batch=64, dtypes=(torch.float32, torch.bfloat16)):
                 out, h, saved = gru.gru_forward(*gargs, lengths, False, save)
             gru.gru_backward(x, gargs[2], gargs[3], lengths, False, saved,
                              torch.randn_like(out), torch.randn_like(h))
-    return launches
 
 
 def _cuobjdump() -> str:
@@ -107,17 +122,50 @@ def resources(cubin: bytes) -> dict:
             "spill_bytes": int(fields.get("LOCAL", -1)) + int(fields.get("STACK", -1))}
 
 
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
+
+
+def hot_spills(cubin: bytes) -> int:
+    """Local-memory accesses (spill loads/stores, LDL/STL) inside the innermost loops of the
+    SASS: the hot loops (the reduction over K). Spills ptxas places outside them cost a few
+    bytes per step at most; inside them they cost every iteration."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        sass = subprocess.run([_cuobjdump(), "-sass", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    finally:
+        os.unlink(f.name)
+    code = [(int(a, 16), ins) for a, ins in _SASS_LINE.findall(sass)]
+    loops = []
+    for addr, ins in code:
+        m = re.search(r"\bBRA\s+(?:`\(\.L_x_\d+\)\s*)?0x([0-9a-f]+)", ins)
+        if m and int(m.group(1), 16) <= addr:
+            loops.append((int(m.group(1), 16), addr))
+    innermost = [(a, b) for a, b in loops
+                 if not any((c, d) != (a, b) and a <= c and d <= b for c, d in loops)]
+    return sum(1 for addr, ins in code if re.search(r"\b(LDL|STL)\b", ins)
+               and any(a <= addr <= b for a, b in innermost))
+
+
+_JOBS = []  # (launch, target) pairs, read by forked workers
+
+
+def _compile_one(k: int) -> dict:
+    (name, _, _, _), (kernel, sig, constexprs, num_warps), tname = _JOBS[k]
+    src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
+    compiled = triton.compile(src, target=TARGETS[tname], options={"num_warps": num_warps})
+    return {"kernel": name, "target": tname, "num_warps": num_warps,
+            "dtype": sig["w_ptr"][1:],  # the weights' dtype is the layer's
+            "config": {k: str(v) for k, v in constexprs.items()},
+            **resources(compiled.asm["cubin"]), "hot_spills": hot_spills(compiled.asm["cubin"])}
+
+
 def compile_all(launches) -> list[dict]:
-    rows = []
-    for (name, _, consts, warps), (kernel, sig, constexprs, num_warps) in launches.items():
-        src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
-        for tname, target in TARGETS.items():
-            compiled = triton.compile(src, target=target, options={"num_warps": num_warps})
-            rows.append({"kernel": name, "target": tname, "num_warps": num_warps,
-                         "dtype": sig["w_ptr"][1:],  # the weights' dtype is the layer's
-                         "config": {k: str(v) for k, v in constexprs.items()},
-                         **resources(compiled.asm["cubin"])})
-    return rows
+    """Compile every recorded launch for every target, on all cores."""
+    _JOBS[:] = [(key, launch, tname) for key, launch in launches.items() for tname in TARGETS]
+    with multiprocessing.get_context("fork").Pool(os.cpu_count()) as pool:
+        return pool.map(_compile_one, range(len(_JOBS)))
 
 
 def main(argv=None):
@@ -128,14 +176,15 @@ def main(argv=None):
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("run without TRITON_INTERPRET: the kernels must be JIT functions")
     rows = compile_all(capture(args.hidden))
-    print(f"{'kernel':24} {'target':6} {'dtype':5} {'blocks (B,N,K)':14} {'warps':>5} "
-          f"{'regs':>5} {'local':>6} {'stack':>6} {'smem':>6}")
+    print(f"{'kernel':24} {'target':6} {'dtype':5} {'blocks (B,H,K)':14} {'warps':>5} "
+          f"{'regs':>5} {'local':>6} {'stack':>6} {'smem':>6} {'hot-loop spills':>15}")
     for r in rows:
         c = r["config"]
-        blocks = ",".join(c.get(k, "-") for k in ("BLOCK_B", "BLOCK_H" if "BLOCK_H" in c
-                                                  else "BLOCK_P", "BLOCK_K"))
+        blocks = ",".join(c.get(k, "-") for k in ("BLOCK_B", "BLOCK_H", "BLOCK_K"))
+        blocks += " seq" if c.get("PERSISTENT") == "True" else " step"
         print(f"{r['kernel']:24} {r['target']:6} {r['dtype']:5} {blocks:14} {r['num_warps']:5d} "
-              f"{r['registers']:5d} {r['local']:6d} {r['stack']:6d} {r['shared']:6d}")
+              f"{r['registers']:5d} {r['local']:6d} {r['stack']:6d} {r['shared']:6d} "
+              f"{r['hot_spills']:15d}")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows

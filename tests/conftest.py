@@ -53,6 +53,15 @@ def launches(monkeypatch):
     counts = collections.Counter()
     for mod in (gru, lstm):
         for name in dir(mod):
-            if name.endswith("_kernel"):
+            if name.endswith("_kernel") and hasattr(getattr(mod, name), "arg_names"):
                 monkeypatch.setattr(mod, name, _CountingKernel(getattr(mod, name), name, counts))
     return counts
+
+
+@pytest.fixture(params=["step", "sequence"])
+def kernel_mode(request, monkeypatch):
+    """Runs the test once with the step kernels and once with the sequence kernels."""
+    from fusedrnn.kernels.common import KERNEL_ENV
+
+    monkeypatch.setenv(KERNEL_ENV, request.param)
+    return request.param

@@ -68,20 +68,22 @@ def _compare(fn, args, reverse, tol):
 @pytest.mark.parametrize("B", [1, 3])
 @pytest.mark.parametrize("T", [1, 7])
 @pytest.mark.parametrize("H", [1, 20, 33, 64])
-def test_lstm_layer_sizes(H, T, B, dtype, poison, launches):
+def test_lstm_layer_sizes(H, T, B, dtype, kernel_mode, poison, launches):
     args = _lstm_args(T, B, 5, H, 0, True, dtype, lengths=False)
     _compare(functional.lstm_layer, args, reverse=False, tol=TOL[dtype])
-    assert launches["lstm_fwd_step_kernel"] == T and launches["lstm_bwd_step_kernel"] == T
+    n = T if kernel_mode == "step" else 1
+    assert launches["lstm_fwd_kernel"] == n and launches["lstm_bwd_kernel"] == n
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("B", [1, 3])
 @pytest.mark.parametrize("T", [1, 7])
 @pytest.mark.parametrize("H", [1, 20, 33, 64])
-def test_gru_layer_sizes(H, T, B, dtype, poison, launches):
+def test_gru_layer_sizes(H, T, B, dtype, kernel_mode, poison, launches):
     args = _gru_args(T, B, 5, H, True, dtype, lengths=False)
     _compare(functional.gru_layer, args, reverse=False, tol=TOL[dtype])
-    assert launches["gru_fwd_step_kernel"] == T and launches["gru_bwd_step_kernel"] == T
+    n = T if kernel_mode == "step" else 1
+    assert launches["gru_fwd_kernel"] == n and launches["gru_bwd_kernel"] == n
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
@@ -89,21 +91,40 @@ def test_gru_layer_sizes(H, T, B, dtype, poison, launches):
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("lengths", [False, True])
-def test_lstm_layer_options(lengths, reverse, bias, proj, dtype, poison, launches):
+def test_lstm_layer_options(lengths, reverse, bias, proj, dtype, kernel_mode, poison, launches):
     args = _lstm_args(7, 3, 4, 20, proj, bias, dtype, lengths)
     _compare(functional.lstm_layer, args, reverse, tol=TOL[dtype])
-    if proj:
-        assert launches["proj_fwd_step_kernel"] == 7 and launches["proj_bwd_step_kernel"] == 7
+    # step mode: one launch per step, two with the projection's own phase
+    n = (14 if proj else 7) if kernel_mode == "step" else 1
+    assert launches["lstm_fwd_kernel"] == n and launches["lstm_bwd_kernel"] == n
 
 
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("lengths", [False, True])
-def test_gru_layer_options(lengths, reverse, bias, dtype, poison, launches):
+def test_gru_layer_options(lengths, reverse, bias, dtype, kernel_mode, poison, launches):
     args = _gru_args(7, 3, 4, 20, bias, dtype, lengths)
     _compare(functional.gru_layer, args, reverse, tol=TOL[dtype])
-    assert launches["gru_fwd_step_kernel"] == 7
+    n = 7 if kernel_mode == "step" else 1
+    assert launches["gru_fwd_kernel"] == n and launches["gru_bwd_kernel"] == n
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("H,B", [(20, 3), (70, 40)])  # one tile; several tiles per program
+def test_sequence_kernel_launches_do_not_grow_with_T(cell, H, B, poison, launches):
+    """Default rule under the interpreter: the sequence kernels, one launch per layer pass."""
+    counts = []
+    for T in (3, 9):
+        launches.clear()
+        if cell == "lstm":
+            args = _lstm_args(T, B, 4, H, 5, True, torch.float64, lengths=True)
+            _compare(functional.lstm_layer, args, reverse=True, tol=1e-10)
+        else:
+            args = _gru_args(T, B, 4, H, True, torch.float64, lengths=True)
+            _compare(functional.gru_layer, args, reverse=True, tol=1e-10)
+        counts.append(dict(launches))
+    assert counts[0] == counts[1] == {f"{cell}_fwd_kernel": 1, f"{cell}_bwd_kernel": 1}
 
 
 def test_batch_first_strides_need_no_copy(poison):
@@ -123,7 +144,7 @@ def test_inference_saves_nothing(poison, launches):
     assert_close(out, want[0], 1e-5, "out")
     assert_close(h, want[1], 1e-5, "h_n")
     assert_close(c, want[2], 1e-5, "c_n")
-    assert launches["lstm_fwd_step_kernel"] == 5 and launches["lstm_bwd_step_kernel"] == 0
+    assert launches["lstm_fwd_kernel"] == 1 and launches["lstm_bwd_kernel"] == 0
     assert not out.requires_grad
 
 
