@@ -1,8 +1,9 @@
 """python -m bench: fusedrnn against cuDNN, correctness first, then time.
 
 On a GPU: the grid of GUIDE section 5 (or --quick), implementations fused (the Triton
-kernels), cudnn (torch.nn, the baseline), reference and native-nocudnn at the smaller
-sizes. Without a GPU: the Triton kernels under the interpreter at a tiny size as a
+kernels as the package picks them), fused-step and fused-seq (forced to the step or the
+sequence kernels, so the rule between them can be checked), cudnn (torch.nn, the
+baseline), and reference and native-nocudnn at the smaller sizes. Without a GPU: the Triton kernels under the interpreter at a tiny size as a
 correctness smoke test, and CPU timings of auto/native/reference against torch.nn.
 Writes a table, JSON and a PNG plot under --out.
 """
@@ -58,7 +59,8 @@ def smoke_interpreter():
     for cell in ("lstm", "gru"):
         for mode in ("inference", "training"):
             cfg = configs.Config(cell, "fp32", mode, 3, 16, 4, 8, layers=2, bidirectional=True)
-            rows += [r for r in measure.measure(cfg, ["torch.nn", "triton-interp"], "torch.nn",
+            rows += [r for r in measure.measure(cfg, ["torch.nn", "triton-interp",
+                                                      "triton-interp-step"], "torch.nn",
                                                 torch.device("cpu"), time_it=False)
                      if r["impl"] != "torch.nn"]
     return rows
@@ -86,7 +88,8 @@ def main(argv=None) -> int:
         _progress(k, len(grid), cfg.label(), t0)
         if HAS_GPU:
             small = cfg.H <= 512 and cfg.B <= 32
-            impls = ["cudnn", "fused"] + (["reference", "native-nocudnn"] if small else [])
+            impls = ["cudnn", "fused", "fused-step", "fused-seq"]
+            impls += ["reference", "native-nocudnn"] if small else []
         else:
             impls = ["torch.nn", "auto", "native", "reference"]
         over = HAS_GPU and time.time() - t0 > args.budget_s

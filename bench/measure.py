@@ -2,7 +2,9 @@
 against the baseline, then time it. A configuration that fails its check is not timed."""
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import statistics
 import time
 
@@ -11,11 +13,18 @@ from torch import nn
 
 import fusedrnn
 from bench.configs import DTYPES, Config
+from fusedrnn.kernels.common import KERNEL_ENV
 
 # ||impl - baseline|| / ||baseline|| allowed, by dtype: two implementations of the same
 # low-precision recurrence drift apart over T steps, and cuDNN may use TF32 for fp32
 CHECK_TOL = {"fp32": 5e-3, "bf16": 5e-2, "fp16": 5e-2}
 L2_BYTES = 64 * 2 ** 20  # inputs rotate through copies until they exceed this (H100: 50 MB)
+
+
+# fusedrnn implementations: the Triton backend with the kernel rule (fused), or forced to
+# the step kernels or the sequence (persistent) kernels; value: FUSEDRNN_KERNEL
+KERNEL_VARIANTS = {"fused": "auto", "fused-step": "step", "fused-seq": "sequence",
+                   "triton-interp": "auto", "triton-interp-step": "step"}
 
 
 def make_module(cfg: Config, impl: str, device, state=None):
@@ -26,18 +35,34 @@ def make_module(cfg: Config, impl: str, device, state=None):
     if impl in ("cudnn", "torch.nn", "native-nocudnn"):
         m = getattr(nn, cls)(cfg.I, cfg.H, **kw)
     else:
-        backend = {"fused": "triton", "triton-interp": "triton"}.get(impl, impl)
+        backend = "triton" if impl in KERNEL_VARIANTS else impl
         m = getattr(fusedrnn, cls)(cfg.I, cfg.H, backend=backend, **kw)
     if state is not None:
         m.load_state_dict(state)
     return m
 
 
+@contextlib.contextmanager
+def _kernel_variant(impl):
+    """FUSEDRNN_KERNEL set for the implementation's calls, restored afterwards."""
+    old = os.environ.get(KERNEL_ENV)
+    if impl in KERNEL_VARIANTS:
+        os.environ[KERNEL_ENV] = KERNEL_VARIANTS[impl]
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(KERNEL_ENV, None)
+        else:
+            os.environ[KERNEL_ENV] = old
+
+
 def _call(m, impl, x):
-    if impl == "native-nocudnn":
-        with torch.backends.cudnn.flags(enabled=False):
-            return m(x)
-    return m(x)
+    with _kernel_variant(impl):
+        if impl == "native-nocudnn":
+            with torch.backends.cudnn.flags(enabled=False):
+                return m(x)
+        return m(x)
 
 
 def run_once(m, impl, x, mode, g_out=None):
@@ -47,7 +72,8 @@ def run_once(m, impl, x, mode, g_out=None):
             return [_call(m, impl, x)[0]]
     x = x.detach().requires_grad_()
     out = _call(m, impl, x)[0]
-    grads = torch.autograd.grad(out, [x, *m.parameters()], g_out)
+    with _kernel_variant(impl):
+        grads = torch.autograd.grad(out, [x, *m.parameters()], g_out)
     return [out, *grads]
 
 

@@ -52,7 +52,7 @@ def machine() -> dict:
 
 
 def table(rows) -> str:
-    head = (f"{'configuration':58} {'impl':15} {'status':7} {'error':>8} {'ms':>9} "
+    head = (f"{'configuration':58} {'impl':18} {'status':7} {'error':>8} {'ms':>9} "
             f"{'us/step':>8} {'vs base':>8} {'TFLOP/s':>8} {'GB/s':>8}")
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -62,7 +62,7 @@ def table(rows) -> str:
             return format(v, fmt) if isinstance(v, (int, float)) else "-".rjust(width)
         status = r["status"] + ("*" if r.get("cudnn_persistent_likely") and
                                 r["impl"] == "cudnn" else "")
-        lines.append(f"{r['config']:58} {r['impl']:15} {status:7} {f('error', '8.1e')} "
+        lines.append(f"{r['config']:58} {r['impl']:18} {status:7} {f('error', '8.1e')} "
                      f"{f('ms', '9.3f')} {f('us_per_step', '8.1f')} "
                      f"{f('speedup_vs_baseline', '7.2f')}{'x' if r.get('speedup_vs_baseline') else ' '} "
                      f"{f('recurrent_tflops', '8.2f')} "
