@@ -2,12 +2,19 @@
 
 One Function per op; the cells are layers of one step and use the layer Functions. When
 no gradient is needed the launchers run directly with ``save=False``: nothing is saved and
-no gate buffers are written.
+no gate buffers are written. Under torch.compile the same launchers run inside the custom
+ops of :mod:`fusedrnn.ops` instead, which the compiler sees as single graph nodes.
+
+The kernels' backward is not itself differentiable. A backward asked to build a graph
+(``create_graph=True``: gradient penalties, double backward) recomputes the layer with
+:mod:`fusedrnn.reference` and differentiates that, so higher derivatives are exact, at the
+reference's speed.
 """
 from __future__ import annotations
 
 import torch
 
+from fusedrnn import reference
 from fusedrnn.kernels import gru as _gru
 from fusedrnn.kernels import lstm as _lstm
 
@@ -16,22 +23,34 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _differentiable_backward(fn, inputs, grad_outputs):
+    """Gradients of ``fn(*inputs)`` w.r.t. the tensor inputs, as a graph (create_graph)."""
+    wrt = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    with torch.enable_grad():
+        outs = fn(*inputs)
+        grads = iter(torch.autograd.grad(outs, wrt, grad_outputs, create_graph=True,
+                                         allow_unused=True))
+    return tuple(next(grads) if isinstance(t, torch.Tensor) and t.requires_grad else None
+                 for t in inputs)
+
+
 class LSTMLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
         out, h_n, c_n, saved = _lstm.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                                   lengths, reverse, save=True)
-        hs, cs, gates, hraw = saved
-        ctx.save_for_backward(x, w_ih, w_hh, w_hr, lengths, hs, cs, gates, hraw)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, *saved)
         ctx.reverse = reverse
         return out, h_n, c_n
 
     @staticmethod
     def backward(ctx, d_out, d_hn, d_cn):
-        x, w_ih, w_hh, w_hr, lengths, hs, cs, gates, hraw = ctx.saved_tensors
-        grads = _lstm.lstm_backward(x, w_ih, w_hh, w_hr, lengths, ctx.reverse,
-                                    (hs, cs, gates, hraw), d_out, d_hn, d_cn,
-                                    needs=ctx.needs_input_grad[:8])
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, *saved = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, ctx.reverse)
+            return _differentiable_backward(reference.lstm_layer, inputs, (d_out, d_hn, d_cn))
+        grads = _lstm.lstm_backward(x, w_ih, w_hh, w_hr, lengths, ctx.reverse, saved, d_out,
+                                    d_hn, d_cn, needs=ctx.needs_input_grad[:8])
         return (*grads, None, None)
 
 
@@ -40,22 +59,30 @@ class GRULayer(torch.autograd.Function):
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
         out, h_n, saved = _gru.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
                                            save=True)
-        ctx.save_for_backward(x, w_ih, w_hh, lengths, *saved)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, *saved)
         ctx.reverse = reverse
         return out, h_n
 
     @staticmethod
     def backward(ctx, d_out, d_hn):
-        x, w_ih, w_hh, lengths, hs, gates = ctx.saved_tensors
-        grads = _gru.gru_backward(x, w_ih, w_hh, lengths, ctx.reverse, (hs, gates), d_out,
-                                  d_hn, needs=ctx.needs_input_grad[:6])
+        x, h0, w_ih, w_hh, b_ih, b_hh, lengths, *saved = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse)
+            return _differentiable_backward(reference.gru_layer, inputs, (d_out, d_hn))
+        grads = _gru.gru_backward(x, w_ih, w_hh, lengths, ctx.reverse, saved, d_out, d_hn,
+                                  needs=ctx.needs_input_grad[:6])
         return (*grads, None, None)
 
 
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None,
                reverse=False):
     """One LSTM layer on the Triton kernels. Returns (out, h_n, c_n)."""
-    if _needs_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
+    train = _needs_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
+    if torch.compiler.is_compiling():
+        from fusedrnn import ops
+        return ops.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
+                              train)[:3]
+    if train:
         return LSTMLayer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
     out, h_n, c_n, _ = _lstm.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
                                           reverse, save=False)
@@ -64,7 +91,11 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
 
 def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False):
     """One GRU layer on the Triton kernels. Returns (out, h_n)."""
-    if _needs_grad(x, h0, w_ih, w_hh, b_ih, b_hh):
+    train = _needs_grad(x, h0, w_ih, w_hh, b_ih, b_hh)
+    if torch.compiler.is_compiling():
+        from fusedrnn import ops
+        return ops.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train)[:2]
+    if train:
         return GRULayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
     out, h_n, _ = _gru.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save=False)
     return out, h_n

@@ -4,7 +4,8 @@
 - ``"reference"``: fusedrnn's pure-PyTorch math (:mod:`fusedrnn.reference`).
 - ``"native"``: torch's own op (cuDNN on GPU, oneDNN on CPU).
 - ``"auto"``: triton where it is supported, otherwise native, so converting a model never
-  breaks it or makes it slower. ``FUSEDRNN_BACKEND`` overrides ``"auto"`` (only ``"auto"``).
+  breaks it or makes it slower; under torch.compile, reference instead of native (torch's
+  RNN ops do not compile). ``FUSEDRNN_BACKEND`` overrides ``"auto"`` (only ``"auto"``).
 
 Asking for ``"triton"`` where it cannot run raises; it never falls back silently.
 """
@@ -58,7 +59,9 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
         if (device.type == "cuda" and dtype in AUTO_TRITON_DTYPES
                 and triton_unavailable_reason(device, dtype) is None):
             return "triton"
-        return "native"
+        # torch's own RNN ops do not compile (graph break, or an AOT autograd failure with
+        # fullgraph=True); the reference is plain tensor code that does
+        return "reference" if torch.compiler.is_compiling() else "native"
     if backend == "triton":
         reason = triton_unavailable_reason(device, dtype)
         if reason is not None:

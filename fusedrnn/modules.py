@@ -8,6 +8,8 @@ The modules know nothing about Triton.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
@@ -26,6 +28,31 @@ class _BackendMixin:
         if not isinstance(x, Tensor):
             return "native"  # let torch's forward raise its own error for non-tensor input
         return _backend.resolve(getattr(self, "backend", "auto"), x.device, x.dtype)
+
+
+def _autocast_dtype(module, device_type: str):
+    """The dtype torch's own module computes in under autocast here, or None.
+
+    Mirrors torch's autocast op lists: on CUDA the cuDNN RNN op and the LSTM/GRU cell ops
+    run in the autocast dtype; on the CPU only the full LSTM does, and GRU and the cells
+    stay in float32."""
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    if device_type == "cuda" or (device_type == "cpu" and isinstance(module, nn.LSTM)):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def _autocast_cast(module, x: Tensor, states, weights):
+    """(x, states, weights, context) as torch's module runs them under autocast: cast to the
+    autocast dtype with autocast then off (as inside torch's cast RNN ops), or untouched
+    with autocast left as it is (torch's uncast ops decompose into autocast matmuls)."""
+    dt = _autocast_dtype(module, x.device.type)
+    if dt is None:
+        return x, states, weights, contextlib.nullcontext()
+    cast = lambda t: t if t is None else t.to(dt)  # noqa: E731
+    return (cast(x), [cast(s) for s in states], [cast(w) for w in weights],
+            torch.autocast(x.device.type, enabled=False))
 
 
 def _zeros_state(module, batch: int, size: int, like: Tensor) -> Tensor:
@@ -81,9 +108,12 @@ def _rnn_forward(module, input, hx, backend: str):
     hx = module.permute_hidden(hx, sorted_indices)
 
     op = functional.lstm if lstm_mode else functional.gru
-    result = op(input, batch_sizes, hx, module._flat_weights, module.bias, module.num_layers,
-                float(module.dropout), module.training, module.bidirectional,
-                module.batch_first, backend)
+    states = list(hx) if lstm_mode else [hx]
+    input, states, weights, ctx = _autocast_cast(module, input, states, module._flat_weights)
+    with ctx:
+        result = op(input, batch_sizes, tuple(states) if lstm_mode else states[0], weights,
+                    module.bias, module.num_layers, float(module.dropout), module.training,
+                    module.bidirectional, module.batch_first, backend)
     output, hidden = result[0], (result[1:] if lstm_mode else result[1])
 
     if batch_sizes is not None:
@@ -128,14 +158,14 @@ class GRU(_BackendMixin, nn.GRU):
 # ----------------------------------------------------------------------------------------
 # cells
 # ----------------------------------------------------------------------------------------
-def _check_cell_args(module, x: Tensor, states) -> None:
+def _check_cell_args(module, x: Tensor, states, weight_ih: Tensor) -> None:
     """The checks ``_VF.lstm_cell`` / ``_VF.gru_cell`` make, with the same messages."""
     if x.size(1) != module.input_size:
         raise RuntimeError(f"input has inconsistent input_size: got {x.size(1)} expected "
                            f"{module.input_size}")
-    if x.dtype != module.weight_ih.dtype:
+    if x.dtype != weight_ih.dtype:
         raise RuntimeError(f"input dtype ({x.dtype}) does not match weight dtype "
-                           f"({module.weight_ih.dtype})")
+                           f"({weight_ih.dtype})")
     for k, s in enumerate(states):
         if s.dim() != 2:
             raise RuntimeError(f"hidden{k} must be 2-D (batch, hidden_size) for 2-D input, got "
@@ -181,9 +211,11 @@ class LSTMCell(_BackendMixin, nn.LSTMCell):
             hx = (zeros, zeros)
         elif not is_batched:
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
-        _check_cell_args(self, input, hx)
-        h, c = functional.lstm_cell(input, hx[0], hx[1], self.weight_ih, self.weight_hh,
-                                    self.bias_ih, self.bias_hh, backend=backend)
+        input, hx, weights, ctx = _autocast_cast(self, input, list(hx), [
+            self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh])
+        _check_cell_args(self, input, hx, weights[0])
+        with ctx:
+            h, c = functional.lstm_cell(input, hx[0], hx[1], *weights, backend=backend)
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
 
 
@@ -210,7 +242,9 @@ class GRUCell(_BackendMixin, nn.GRUCell):
             hx = input.new_zeros(input.size(0), self.hidden_size)
         elif not is_batched:
             hx = hx.unsqueeze(0)
-        _check_cell_args(self, input, (hx,))
-        h = functional.gru_cell(input, hx, self.weight_ih, self.weight_hh, self.bias_ih,
-                                self.bias_hh, backend=backend)
+        input, (hx,), weights, ctx = _autocast_cast(self, input, [hx], [
+            self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh])
+        _check_cell_args(self, input, (hx,), weights[0])
+        with ctx:
+            h = functional.gru_cell(input, hx, *weights, backend=backend)
         return h if is_batched else h.squeeze(0)

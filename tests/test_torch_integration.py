@@ -1,0 +1,213 @@
+"""Where PyTorch users need fusedrnn to work: torch.compile, the custom ops, autocast, double
+backward, backward in eval mode, determinism, DistributedDataParallel, CUDA graphs."""
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import fusedrnn
+from fusedrnn import functional, ops
+from rnncheck import assert_close
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _grads(m, x, hx=None):
+    x = x.detach().requires_grad_()
+    out, hid = m(x) if hx is None else m(x, hx)
+    loss = out.square().sum() + sum(h.sum() for h in (hid if isinstance(hid, tuple) else (hid,)))
+    return [out, *torch.autograd.grad(loss, [x, *m.parameters()])]
+
+
+# ----------------------------------------------------------------------------------------
+# torch.compile
+# ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["triton", "reference", "auto"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_compile_fullgraph_matches_eager(mode, backend):
+    fusedrnn.allow_compile()
+    torch._dynamo.reset()
+    m = getattr(fusedrnn, mode)(4, 6, batch_first=True, bidirectional=backend == "triton",
+                                backend=backend, device=DEVICE)
+    x = torch.randn(2, 3, 4, device=DEVICE)
+    compiled = torch.compile(m, fullgraph=True)
+    for got, want in zip(_grads(compiled, x), _grads(m, x)):
+        assert_close(got, want, 1e-5, mode)
+
+
+def test_default_backend_compiles_fullgraph_on_cpu():
+    """A stock nn.LSTM fails fullgraph compilation on the CPU even with allow_rnn (PyTorch
+    issues 91439, 141184; an AOT autograd assertion on torch 2.13); the drop-in on its
+    default backend compiles, since "auto" picks the reference under torch.compile."""
+    fusedrnn.allow_compile()
+    torch._dynamo.reset()
+    m = fusedrnn.LSTM(4, 5)
+    x = torch.randn(3, 2, 4)
+    assert_close(torch.compile(m, fullgraph=True)(x)[0], m(x)[0], 1e-5, "out")
+
+
+def _op_args(cell, dtype=torch.float64, lengths=True, proj=False, requires_grad=True,
+             sizes=(3, 2, 4, 5)):
+    kw = dict(dtype=dtype, device=DEVICE, requires_grad=requires_grad)
+    T, B, I, H = sizes
+    G = 4 if cell == "lstm" else 3
+    K = H - 2 if proj else H
+    x = torch.randn(T, B, I, **kw)
+    w = dict(w_ih=torch.randn(G * H, I, **kw), w_hh=torch.randn(G * H, K, **kw),
+             b_ih=torch.randn(G * H, **kw), b_hh=torch.randn(G * H, **kw))
+    lens = torch.tensor([T] + [T - 1] * (B - 1), device=DEVICE) if lengths else None
+    if cell == "lstm":
+        w_hr = torch.randn(K, H, **kw) if proj else None
+        return (x, torch.randn(B, K, **kw), torch.randn(B, H, **kw), *w.values(), w_hr, lens)
+    return (x, torch.randn(B, H, **kw), *w.values(), lens)
+
+
+@pytest.mark.parametrize("proj", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_opcheck_lstm_op(reverse, proj):
+    torch.library.opcheck(ops.lstm_layer, (*_op_args("lstm", proj=proj), reverse, True))
+    # save=False is the inference variant: nothing kept, so no backward to check
+    torch.library.opcheck(ops.lstm_layer, (*_op_args("lstm", proj=proj, requires_grad=False),
+                                           reverse, False))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_opcheck_gru_op(reverse):
+    torch.library.opcheck(ops.gru_layer, (*_op_args("gru"), reverse, True))
+    torch.library.opcheck(ops.gru_layer, (*_op_args("gru", lengths=False, requires_grad=False),
+                                          reverse, False))
+
+
+# ----------------------------------------------------------------------------------------
+# derivatives: gradcheck through the kernels, gradgradcheck through the reference fallback
+# ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gradcheck_and_gradgradcheck(cell):
+    fn = functional.lstm_layer if cell == "lstm" else functional.gru_layer
+    args = _op_args(cell, proj=cell == "lstm", sizes=(2, 2, 2, 3))  # small: numerical Jacobians
+
+    def layer(*a):
+        return fn(*a, reverse=True, backend="triton")
+
+    assert torch.autograd.gradcheck(layer, args)
+    assert torch.autograd.gradgradcheck(layer, args)
+
+
+def test_gradient_penalty_through_module():
+    """create_graph=True through a drop-in: the double backward of a gradient penalty."""
+    m = fusedrnn.LSTM(3, 4, backend="triton", dtype=torch.float64, device=DEVICE)
+    # cuDNN's RNN backward is not differentiable: compare with fusedrnn's reference
+    ref = fusedrnn.LSTM(3, 4, backend="reference", dtype=torch.float64, device=DEVICE)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(4, 2, 3, dtype=torch.float64, device=DEVICE)
+    results = []
+    for mod in (m, ref):
+        xi = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(mod(xi)[0].sum(), xi, create_graph=True)
+        penalty = g.square().sum()
+        results.append(torch.autograd.grad(penalty, list(mod.parameters())))
+    for a, b in zip(*results):
+        assert_close(a, b, 1e-10, "second derivative")
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_backward_in_eval_mode(backend):
+    """cuDNN refuses RNN backward in eval mode (PyTorch issues 37965, 15788); ours runs."""
+    m = fusedrnn.GRU(3, 4, num_layers=2, backend=backend, device=DEVICE)
+    x = torch.randn(5, 2, 3, device=DEVICE)
+    train = _grads(m, x)
+    m.eval()
+    for got, want in zip(_grads(m, x), train):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("kernel_mode_name", ["step", "sequence"])
+def test_bitwise_deterministic(kernel_mode_name, monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_KERNEL", kernel_mode_name)
+    m = fusedrnn.LSTM(5, 20, num_layers=2, bidirectional=True, proj_size=7, backend="triton",
+                      device=DEVICE)
+    x = torch.randn(6, 40, 5, device=DEVICE)
+    first, second = _grads(m, x), _grads(m, x)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------
+# autocast
+# ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "LSTMCell", "GRUCell"])
+def test_autocast_dtypes_match_torch(mode, backend):
+    ref = getattr(nn, mode)(4, 8, device=DEVICE)
+    ours = getattr(fusedrnn, mode)(4, 8, backend=backend, device=DEVICE)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 3, 4, device=DEVICE) if mode in ("LSTM", "GRU") else \
+        torch.randn(3, 4, device=DEVICE)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        want, got = ref(x), ours(x)
+    flat = lambda o: [o] if torch.is_tensor(o) else [t for p in o for t in flat(p)]  # noqa
+    for a, b in zip(flat(got), flat(want)):
+        assert a.dtype == b.dtype
+        assert_close(a.float(), b.float(), 3e-2, mode)
+
+
+# ----------------------------------------------------------------------------------------
+# DistributedDataParallel: two CPU processes with gloo vs one process on the whole batch
+# ----------------------------------------------------------------------------------------
+def _ddp_worker(rank, world, init_file, state, x, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    torch.manual_seed(0)
+    m = fusedrnn.LSTM(3, 4, num_layers=2, backend="reference")
+    m.load_state_dict(state)
+    ddp = nn.parallel.DistributedDataParallel(m)
+    shard = x.chunk(world, dim=1)[rank]
+    ddp(shard)[0].square().mean().backward()
+    if rank == 0:
+        torch.save([p.grad for p in m.parameters()], os.path.join(out_dir, "grads.pt"))
+    dist.destroy_process_group()
+
+
+def test_ddp_gradients_equal_single_process(tmp_path):
+    m = fusedrnn.LSTM(3, 4, num_layers=2, backend="reference")
+    x = torch.randn(5, 4, 3)
+    m(x)[0].square().mean().backward()
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "rdzv"), m.state_dict(), x, str(tmp_path)),
+             nprocs=2, join=True)
+    for got, want in zip(torch.load(tmp_path / "grads.pt"), [p.grad for p in m.parameters()]):
+        assert_close(got, want, 1e-6, "ddp grad")
+
+
+# ----------------------------------------------------------------------------------------
+# CUDA graphs (GPU only)
+# ----------------------------------------------------------------------------------------
+@needs_gpu
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_cuda_graph_training_step_matches_eager(mode):
+    m = getattr(fusedrnn, mode)(16, 32, backend="triton", device="cuda")
+    static_x = torch.randn(8, 4, 16, device="cuda")
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm-up: compile the kernels outside the capture
+        for _ in range(2):
+            m.zero_grad(set_to_none=True)
+            m(static_x)[0].sum().backward()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    m.zero_grad(set_to_none=True)
+    with torch.cuda.graph(g):
+        static_out = m(static_x)[0]
+        static_out.sum().backward()
+    x = torch.randn_like(static_x)
+    static_x.copy_(x)
+    g.replay()
+    graph_grads = [p.grad.clone() for p in m.parameters()]
+    eager_out = m(x)[0]
+    eager_grads = torch.autograd.grad(eager_out.sum(), list(m.parameters()))
+    assert_close(static_out, eager_out, 1e-6, "out")
+    for a, b in zip(graph_grads, eager_grads):
+        assert_close(a, b, 1e-5, "grad")
