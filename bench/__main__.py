@@ -3,8 +3,9 @@
 On a GPU: the grid of GUIDE section 5 (or --quick), implementations fused (the Triton
 kernels as the package picks them), fused-step and fused-seq (forced to the step or the
 sequence kernels, so the rule between them can be checked), cudnn (torch.nn, the
-baseline), and reference and native-nocudnn at the smaller sizes. Without a GPU: the Triton kernels under the interpreter at a tiny size as a
-correctness smoke test, and CPU timings of auto/native/reference against torch.nn.
+baseline), and reference and native-nocudnn at the smaller sizes. Without a GPU: the
+Triton kernels under the interpreter at a tiny size as a correctness smoke test, and CPU
+timings of auto/native/reference against torch.nn.
 Writes a table, JSON and a PNG plot under --out.
 """
 from __future__ import annotations

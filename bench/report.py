@@ -60,11 +60,12 @@ def table(rows) -> str:
             v = r.get(key)
             width = int(fmt.split(".")[0])
             return format(v, fmt) if isinstance(v, (int, float)) else "-".rjust(width)
+        x_mark = "x" if r.get("speedup_vs_baseline") else " "
         status = r["status"] + ("*" if r.get("cudnn_persistent_likely") and
                                 r["impl"] == "cudnn" else "")
         lines.append(f"{r['config']:58} {r['impl']:18} {status:7} {f('error', '8.1e')} "
                      f"{f('ms', '9.3f')} {f('us_per_step', '8.1f')} "
-                     f"{f('speedup_vs_baseline', '7.2f')}{'x' if r.get('speedup_vs_baseline') else ' '} "
+                     f"{f('speedup_vs_baseline', '7.2f')}{x_mark} "
                      f"{f('recurrent_tflops', '8.2f')} "
                      f"{f('recurrent_gbps', '8.1f')}")
     return "\n".join(lines)
@@ -124,7 +125,8 @@ def readme_section(path: pathlib.Path) -> str:
            f"torch {info.get('torch')}, triton {info.get('triton')}, commit {info.get('commit')}, "
            f"{info.get('date')}); source: `bench/results/{path.name}`. Speedup = cuDNN time / "
            "fusedrnn time (> 1: fusedrnn is faster).", "",
-           "| configuration | status | fusedrnn ms | cuDNN ms | speedup |", "| --- | --- | ---: | ---: | ---: |"]
+           "| configuration | status | fusedrnn ms | cuDNN ms | speedup |",
+           "| --- | --- | ---: | ---: | ---: |"]
     for r in fused:
         base = next((b for b in rows if b["config"] == r["config"] and b["impl"] == "cudnn"), {})
         ms = f"{r['ms']:.3f}" if "ms" in r else "-"

@@ -82,6 +82,66 @@ def state_grad(g_ptr, stride_gb, dg_next_ptr, stride_dgb, w_ptr, stride_w, offs_
 
 
 @triton.jit
+def tile_offsets(i_n, i_b, N, B, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr):
+    """Offsets and masks of tile (i_n, i_b): columns o_n < N, batch rows o_b < B (and o_b
+    widened to int64 for row offsets), and the 2-D mask."""
+    o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    m_n, m_b = o_n < N, o_b < B
+    return o_n, o_b, m_n, m_b, m_b[:, None] & m_n[None, :], o_b.to(tl.int64)
+
+
+@triton.jit
+def recurrent_gates(p_h, m_b, w_ptr, s_w, o_h, m_h, H, K, ACC: tl.constexpr,
+                    FOUR: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                    BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """h_{t-1} W_hh^T for the gates (3, or 4 if FOUR) of hidden units o_h: rows o_h, H + o_h,
+    ... of W_hh (NG*H, K). p_h points at the batch rows of h_{t-1}. One load of h per chunk
+    of K is shared by the gates' dots, so a tile's gates come out side by side for the
+    pointwise update. Returns four accumulators (the fourth zero unless FOUR)."""
+    b_0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    b_1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    b_2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    b_3 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    p_w = w_ptr + o_h.to(tl.int64)[None, :] * s_w
+    gate_rows = H * s_w  # W_hh itself has < 2^31 elements
+    for k0 in range(0, K, BLOCK_K):
+        o_k = k0 + tl.arange(0, BLOCK_K)
+        m_k = o_k < K
+        b_h = tl.load(p_h + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
+        m_w = m_k[:, None] & m_h[None, :]
+        p_wk = p_w + o_k[:, None]
+        b_0 = dot(b_h, tl.load(p_wk, mask=m_w, other=0.0), b_0, IEEE, UPCAST)
+        b_1 = dot(b_h, tl.load(p_wk + gate_rows, mask=m_w, other=0.0), b_1, IEEE, UPCAST)
+        b_2 = dot(b_h, tl.load(p_wk + 2 * gate_rows, mask=m_w, other=0.0), b_2, IEEE, UPCAST)
+        if FOUR:
+            b_3 = dot(b_h, tl.load(p_wk + 3 * gate_rows, mask=m_w, other=0.0), b_3, IEEE,
+                      UPCAST)
+    return b_0, b_1, b_2, b_3
+
+
+@triton.jit
+def store_step(h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, t, wr, o_b64, o_n, m, valid,
+               b_new, b_prev):
+    """Write step t of one tile: the state h_t into history slot wr (the previous state
+    where a sequence has ended) and the output (zero where it has ended)."""
+    p_hs = h_ptr + wr.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b + o_n[None, :]
+    tl.store(p_hs, tl.where(valid, b_new, b_prev).to(h_ptr.dtype.element_ty), mask=m)
+    p_o = out_ptr + t.to(tl.int64) * s_o_t + o_b64[:, None] * s_o_b + o_n[None, :]
+    tl.store(p_o, tl.where(valid, b_new, 0.0).to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def store_four(ptr, s_t, s_b, t, o_b64, o_n, m, N, b_0, b_1, b_2, b_3):
+    """Write four (BLOCK_B, BLOCK_N) blocks side by side at row t: columns o_n, N + o_n, ..."""
+    p = ptr + t.to(tl.int64) * s_t + o_b64[:, None] * s_b + o_n[None, :]
+    tl.store(p, b_0, mask=m)
+    tl.store(p + N, b_1, mask=m)
+    tl.store(p + 2 * N, b_2, mask=m)
+    tl.store(p + 3 * N, b_3, mask=m)
+
+
+@triton.jit
 def valid_rows(len_ptr, offs_b, mask_b, t, HAS_LENGTHS: tl.constexpr):
     """(BLOCK_B,) mask of the sequences still running at time t."""
     if HAS_LENGTHS:

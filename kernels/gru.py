@@ -17,10 +17,11 @@ import triton
 import triton.language as tl
 
 from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check_layer_args,
-                                     compute_dtype, dot, dot_flags, empty, first_slot, fwd_step,
+                                     compute_dtype, dot_flags, empty, first_slot, fwd_step,
                                      grid_barrier, last_slot, like_layout, pointer_args,
-                                     run_steps, sigmoid, state_grad, tanh, use_sequence_kernel,
-                                     valid_rows, weight_grads)
+                                     recurrent_gates, run_steps, sigmoid, state_grad,
+                                     store_four, store_step, tanh, tile_offsets,
+                                     use_sequence_kernel, valid_rows, weight_grads)
 
 
 @triton.jit
@@ -37,28 +38,10 @@ def _gru_fwd_tile(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    o_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    m_h, m_b = o_h < H, o_b < B
-    m = m_b[:, None] & m_h[None, :]
-    o_b64 = o_b.to(tl.int64)
-
-    # recurrent term for r, z, n of the same hidden units, one load of h per chunk
-    b_r = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
-    b_z = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
-    b_n = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     p_h = h_ptr + rd.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b
-    p_w = w_ptr + o_h.to(tl.int64)[None, :] * s_w
-    gate_rows = H * s_w  # W_hh itself has < 2^31 elements
-    for k0 in range(0, H, BLOCK_K):
-        o_k = k0 + tl.arange(0, BLOCK_K)
-        m_k = o_k < H
-        b_h = tl.load(p_h + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
-        m_w = m_k[:, None] & m_h[None, :]
-        p_wk = p_w + o_k[:, None]
-        b_r = dot(b_h, tl.load(p_wk, mask=m_w, other=0.0), b_r, IEEE, UPCAST)
-        b_z = dot(b_h, tl.load(p_wk + gate_rows, mask=m_w, other=0.0), b_z, IEEE, UPCAST)
-        b_n = dot(b_h, tl.load(p_wk + 2 * gate_rows, mask=m_w, other=0.0), b_n, IEEE, UPCAST)
+    b_r, b_z, b_n, _ = recurrent_gates(p_h, m_b, w_ptr, s_w, o_h, m_h, H, H, ACC, False,
+                                       BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
     if HAS_BIAS:
         b_n += tl.load(bhn_ptr + o_h, mask=m_h, other=0.0).to(ACC)[None, :]
 
@@ -67,20 +50,14 @@ def _gru_fwd_tile(
     b_z = sigmoid(b_z + tl.load(p_x + H, mask=m, other=0.0).to(ACC))
     b_nn = tanh(tl.load(p_x + 2 * H, mask=m, other=0.0).to(ACC) + b_r * b_n)
 
-    p_hs = h_ptr + o_b64[:, None] * s_h_b + o_h[None, :]
-    b_h_prev = tl.load(p_hs + rd.to(tl.int64) * s_h_slot, mask=m, other=0.0).to(ACC)
+    p_hs = h_ptr + rd.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b + o_h[None, :]
+    b_h_prev = tl.load(p_hs, mask=m, other=0.0).to(ACC)
     b_hn = (1.0 - b_z) * b_nn + b_z * b_h_prev
     valid = valid_rows(len_ptr, o_b, m_b, t, HAS_LENGTHS)[:, None]
-    tl.store(p_hs + wr.to(tl.int64) * s_h_slot,
-             tl.where(valid, b_hn, b_h_prev).to(h_ptr.dtype.element_ty), mask=m)
-    p_o = out_ptr + t.to(tl.int64) * s_o_t + o_b64[:, None] * s_o_b + o_h[None, :]
-    tl.store(p_o, tl.where(valid, b_hn, 0.0).to(out_ptr.dtype.element_ty), mask=m)
+    store_step(h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, t, wr, o_b64, o_h, m, valid,
+               b_hn, b_h_prev)
     if SAVE:
-        p_ga = ga_ptr + t.to(tl.int64) * s_ga_t + o_b64[:, None] * s_ga_b + o_h[None, :]
-        tl.store(p_ga, b_r, mask=m)
-        tl.store(p_ga + H, b_z, mask=m)
-        tl.store(p_ga + 2 * H, b_nn, mask=m)
-        tl.store(p_ga + 3 * H, b_n, mask=m)
+        store_four(ga_ptr, s_ga_t, s_ga_b, t, o_b64, o_h, m, H, b_r, b_z, b_nn, b_n)
 
 
 @triton.jit
@@ -98,11 +75,7 @@ def _gru_bwd_tile(
     HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    o_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    m_h, m_b = o_h < H, o_b < B
-    m = m_b[:, None] & m_h[None, :]
-    o_b64 = o_b.to(tl.int64)
+    o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     b_gs = state_grad(g_ptr, s_g_b, dg_ptr + t_next.to(tl.int64) * s_dg_t, s_dg_b, w_ptr, s_w,
                       o_b, m_b, o_h, m_h, 3 * H, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
     ACC = b_gs.dtype

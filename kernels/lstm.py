@@ -21,10 +21,11 @@ import triton
 import triton.language as tl
 
 from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check_layer_args,
-                                     compute_dtype, dot, dot_flags, empty, first_slot, fwd_step,
+                                     compute_dtype, dot_flags, empty, first_slot, fwd_step,
                                      grid_barrier, last_slot, like_layout, mm_tile, pointer_args,
-                                     run_steps,
-                                     sigmoid, state_grad, tanh, use_sequence_kernel, valid_rows,
+                                     recurrent_gates, run_steps, sigmoid, state_grad,
+                                     store_four, store_step, tanh, tile_offsets,
+                                     use_sequence_kernel, valid_rows,
                                      weight_grads)
 
 
@@ -44,31 +45,10 @@ def _gates_fwd_tile(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    o_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    m_h, m_b = o_h < H, o_b < B
-    m = m_b[:, None] & m_h[None, :]
-    o_b64 = o_b.to(tl.int64)
-
-    # recurrent term for the four gates of the same hidden units: h_{t-1} W_hh[gate rows]^T,
-    # one load of h per chunk of K shared by the four dots
-    b_i = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
-    b_f = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
-    b_g = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
-    b_o = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     p_h = h_ptr + rd.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b
-    p_w = w_ptr + o_h.to(tl.int64)[None, :] * s_w
-    gate_rows = H * s_w  # W_hh itself has < 2^31 elements
-    for k0 in range(0, K, BLOCK_K):
-        o_k = k0 + tl.arange(0, BLOCK_K)
-        m_k = o_k < K
-        b_h = tl.load(p_h + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
-        m_w = m_k[:, None] & m_h[None, :]
-        p_wk = p_w + o_k[:, None]
-        b_i = dot(b_h, tl.load(p_wk, mask=m_w, other=0.0), b_i, IEEE, UPCAST)
-        b_f = dot(b_h, tl.load(p_wk + gate_rows, mask=m_w, other=0.0), b_f, IEEE, UPCAST)
-        b_g = dot(b_h, tl.load(p_wk + 2 * gate_rows, mask=m_w, other=0.0), b_g, IEEE, UPCAST)
-        b_o = dot(b_h, tl.load(p_wk + 3 * gate_rows, mask=m_w, other=0.0), b_o, IEEE, UPCAST)
+    b_i, b_f, b_g, b_o = recurrent_gates(p_h, m_b, w_ptr, s_w, o_h, m_h, H, K, ACC, True,
+                                         BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
 
     p_x = xg_ptr + t.to(tl.int64) * s_xg_t + o_b64[:, None] * s_xg_b + o_h[None, :]
     b_i = sigmoid(b_i + tl.load(p_x, mask=m, other=0.0).to(ACC))
@@ -86,18 +66,12 @@ def _gates_fwd_tile(
         p_hr = hr_ptr + hr_t.to(tl.int64) * s_hr_t + o_b64[:, None] * s_hr_b + o_h[None, :]
         tl.store(p_hr, b_hn.to(hr_ptr.dtype.element_ty), mask=m)
     else:
-        p_hs = h_ptr + o_b64[:, None] * s_h_b + o_h[None, :]
-        b_h_prev = tl.load(p_hs + rd.to(tl.int64) * s_h_slot, mask=m, other=0.0).to(ACC)
-        tl.store(p_hs + wr.to(tl.int64) * s_h_slot,
-                 tl.where(valid, b_hn, b_h_prev).to(h_ptr.dtype.element_ty), mask=m)
-        p_o = out_ptr + t.to(tl.int64) * s_o_t + o_b64[:, None] * s_o_b + o_h[None, :]
-        tl.store(p_o, tl.where(valid, b_hn, 0.0).to(out_ptr.dtype.element_ty), mask=m)
+        p_hs = h_ptr + rd.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b + o_h[None, :]
+        b_h_prev = tl.load(p_hs, mask=m, other=0.0).to(ACC)
+        store_step(h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, t, wr, o_b64, o_h, m, valid,
+                   b_hn, b_h_prev)
     if SAVE:
-        p_ga = ga_ptr + t.to(tl.int64) * s_ga_t + o_b64[:, None] * s_ga_b + o_h[None, :]
-        tl.store(p_ga, b_i, mask=m)
-        tl.store(p_ga + H, b_f, mask=m)
-        tl.store(p_ga + 2 * H, b_g, mask=m)
-        tl.store(p_ga + 3 * H, b_o, mask=m)
+        store_four(ga_ptr, s_ga_t, s_ga_b, t, o_b64, o_h, m, H, b_i, b_f, b_g, b_o)
 
 
 @triton.jit
@@ -113,20 +87,14 @@ def _proj_fwd_tile(
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
     """h_t = (o * tanh(c_t)) W_hr^T for a tile of the P projected units."""
-    o_p = i_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    m_p, m_b = o_p < P, o_b < B
-    m = m_b[:, None] & m_p[None, :]
-    o_b64 = o_b.to(tl.int64)
+    o_p, o_b, m_p, m_b, m, o_b64 = tile_offsets(i_p, i_b, P, B, BLOCK_P, BLOCK_B)
     b_h = mm_tile(tl.zeros((BLOCK_B, BLOCK_P), dtype=ACC), hr_ptr + hr_t.to(tl.int64) * s_hr_t,
                   s_hr_b, o_b, m_b, w_ptr, 1, s_w, o_p, m_p, H, BLOCK_K, IEEE, UPCAST)
     valid = valid_rows(len_ptr, o_b, m_b, t, HAS_LENGTHS)[:, None]
-    p_hs = h_ptr + o_b64[:, None] * s_h_b + o_p[None, :]
-    b_h_prev = tl.load(p_hs + rd.to(tl.int64) * s_h_slot, mask=m, other=0.0).to(ACC)
-    tl.store(p_hs + wr.to(tl.int64) * s_h_slot,
-             tl.where(valid, b_h, b_h_prev).to(h_ptr.dtype.element_ty), mask=m)
-    p_o = out_ptr + t.to(tl.int64) * s_o_t + o_b64[:, None] * s_o_b + o_p[None, :]
-    tl.store(p_o, tl.where(valid, b_h, 0.0).to(out_ptr.dtype.element_ty), mask=m)
+    p_hs = h_ptr + rd.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b + o_p[None, :]
+    b_h_prev = tl.load(p_hs, mask=m, other=0.0).to(ACC)
+    store_step(h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, t, wr, o_b64, o_p, m, valid,
+               b_h, b_h_prev)
 
 
 @triton.jit
@@ -141,11 +109,7 @@ def _proj_bwd_tile(
     HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    o_p = i_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    m_p, m_b = o_p < P, o_b < B
-    m = m_b[:, None] & m_p[None, :]
-    o_b64 = o_b.to(tl.int64)
+    o_p, o_b, m_p, m_b, m, o_b64 = tile_offsets(i_p, i_b, P, B, BLOCK_P, BLOCK_B)
     b_g = state_grad(g_ptr, s_g_b, dg_ptr + t_next.to(tl.int64) * s_dg_t, s_dg_b, w_ptr, s_w,
                      o_b, m_b, o_p, m_p, 4 * H, BLOCK_B, BLOCK_P, BLOCK_K, IEEE, UPCAST)
     p_do = do_ptr + t.to(tl.int64) * s_do_t + o_b64[:, None] * s_do_b + o_p[None, :]
@@ -173,11 +137,7 @@ def _gates_bwd_tile(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    o_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    o_b = i_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    m_h, m_b = o_h < H, o_b < B
-    m = m_b[:, None] & m_h[None, :]
-    o_b64 = o_b.to(tl.int64)
+    o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     ACC = gc_ptr.dtype.element_ty
     # gradient reaching o * tanh(c_t)
     if HAS_PROJ:
@@ -204,11 +164,11 @@ def _gates_bwd_tile(
 
     b_dc = b_gc + b_dh * b_o * (1.0 - b_tc * b_tc)
     valid = valid_rows(len_ptr, o_b, m_b, t, HAS_LENGTHS)[:, None]
-    p_dg = dg_ptr + t.to(tl.int64) * s_dg_t + o_b64[:, None] * s_dg_b + o_h[None, :]
-    tl.store(p_dg, tl.where(valid, b_dc * b_g * b_i * (1.0 - b_i), 0.0), mask=m)
-    tl.store(p_dg + H, tl.where(valid, b_dc * b_c_prev * b_f * (1.0 - b_f), 0.0), mask=m)
-    tl.store(p_dg + 2 * H, tl.where(valid, b_dc * b_i * (1.0 - b_g * b_g), 0.0), mask=m)
-    tl.store(p_dg + 3 * H, tl.where(valid, b_dh * b_tc * b_o * (1.0 - b_o), 0.0), mask=m)
+    store_four(dg_ptr, s_dg_t, s_dg_b, t, o_b64, o_h, m, H,
+               tl.where(valid, b_dc * b_g * b_i * (1.0 - b_i), 0.0),
+               tl.where(valid, b_dc * b_c_prev * b_f * (1.0 - b_f), 0.0),
+               tl.where(valid, b_dc * b_i * (1.0 - b_g * b_g), 0.0),
+               tl.where(valid, b_dh * b_tc * b_o * (1.0 - b_o), 0.0))
     tl.store(p_gc, tl.where(valid, b_dc * b_f, b_gc), mask=m)
     if not HAS_PROJ:
         # the state's gradient now lives in dg[t] (applied by the step before); past a

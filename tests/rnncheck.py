@@ -94,7 +94,8 @@ def outputs_and_grads(m, cfg, x, hx, lengths, seed=0):
     g = torch.Generator().manual_seed(seed)
     loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o)).sum()
                for o in outs)
-    names = ["input"] + [f"hx[{k}]" for k in range(len(hx_l))] + [n for n, _ in m.named_parameters()]
+    names = (["input"] + [f"hx[{k}]" for k in range(len(hx_l))]
+             + [n for n, _ in m.named_parameters()])
     tensors = [x] + hx_l + [p for _, p in m.named_parameters()]
     grads = torch.autograd.grad(loss, tensors, allow_unused=True)
     result = {f"out[{k}]": o for k, o in enumerate(outs)}

@@ -61,7 +61,8 @@ def test_hidden_dtype_and_packed_hidden_shape_are_named():
     with pytest.raises(RuntimeError, match=r"hx\[1\] dtype"):
         ours(X, (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4, dtype=torch.float64)))
     packed = pack_padded_sequence(X, [5, 3])
-    with pytest.raises(RuntimeError, match=r"Expected hidden\[0\] size \(1, 2, 4\), got \[1, 3, 4\]"):
+    with pytest.raises(RuntimeError,
+                       match=r"Expected hidden\[0\] size \(1, 2, 4\), got \[1, 3, 4\]"):
         ours(packed, (torch.zeros(1, 3, 4), torch.zeros(1, 2, 4)))
     with pytest.raises(RuntimeError, match="input_size"):
         ours(pack_padded_sequence(torch.randn(5, 2, 7), [5, 3]))

@@ -15,7 +15,8 @@ def test_lstm_layer_matches_torch(proj_size, reverse):
     m = nn.LSTM(5, 7, proj_size=proj_size, bidirectional=reverse, dtype=F64)
     x = torch.randn(6, 3, 5, dtype=F64)
     P = proj_size or 7
-    h0, c0 = torch.randn(2 if reverse else 1, 3, P, dtype=F64), torch.randn(2 if reverse else 1, 3, 7, dtype=F64)
+    D = 2 if reverse else 1
+    h0, c0 = torch.randn(D, 3, P, dtype=F64), torch.randn(D, 3, 7, dtype=F64)
     out, (h, c) = m(x, (h0, c0))
     sfx = "_reverse" if reverse else ""
     d = 1 if reverse else 0
