@@ -43,7 +43,8 @@ def triton_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str |
                 "(or TRITON_INTERPRET=1 to run them on CPU through Triton's interpreter)")
     if device.type not in ("cuda", "cpu"):
         return f"the tensors are on a {device.type} device; the Triton kernels need CUDA tensors"
-    if dtype not in TRITON_DTYPES:
+    if dtype.is_floating_point and dtype not in TRITON_DTYPES:
+        # (non-float input is left to the modules' own checks, which raise as torch's do)
         return f"dtype {dtype} is not supported (expected one of {TRITON_DTYPES})"
     return None
 

@@ -2,6 +2,7 @@
 the carried state gradient) and the launch-side rules (block sizes, allocation, checks)."""
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -264,8 +265,13 @@ def last_slot(T: int, reverse: bool, save: bool) -> int:
 KERNEL_ENV = "FUSEDRNN_KERNEL"  # "auto" | "step" | "sequence": which recurrent kernel runs
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def use_sequence_kernel(n_tiles: int, device: torch.device) -> bool:

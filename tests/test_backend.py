@@ -44,7 +44,7 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
 
 def test_triton_unsupported_dtype_is_a_clear_error():
     with pytest.raises(RuntimeError, match="dtype"):
-        backend.resolve("triton", torch.device("cpu"), torch.int32)
+        backend.resolve("triton", torch.device("cpu"), torch.float8_e4m3fn)
 
 
 def test_functional_layer_rejects_native():

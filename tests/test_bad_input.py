@@ -6,7 +6,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
 
-BACKENDS = ["reference", "native"]
+BACKENDS = ["reference", "native", "triton"]
 
 
 def _both(mode, *args, backend, **kwargs):
@@ -31,6 +31,7 @@ X = torch.randn(5, 2, 3)
     ((torch.randn(1, 2, 3, 4),), "Expected input to be 2D or 3D"),
     ((torch.randn(5, 2, 4),), "input_size"),
     ((X.double(),), "dtype"),
+    ((X.long(),), "dtype"),
     ((X, (torch.zeros(2, 3, 4), torch.zeros(2, 2, 4))), r"hidden\[0\] size"),
     ((X, (torch.zeros(2, 2, 4), torch.zeros(2, 2, 5))), r"hidden\[1\] size"),
     ((X, (torch.zeros(2, 4), torch.zeros(2, 4))), "should also be 3-D"),
