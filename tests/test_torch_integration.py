@@ -159,6 +159,7 @@ def test_autocast_dtypes_match_torch(mode, backend):
 # DistributedDataParallel: two CPU processes with gloo vs one process on the whole batch
 # ----------------------------------------------------------------------------------------
 def _ddp_worker(rank, world, init_file, state, x, out_dir):
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world)
     torch.manual_seed(0)
@@ -169,6 +170,7 @@ def _ddp_worker(rank, world, init_file, state, x, out_dir):
     ddp(shard)[0].square().mean().backward()
     if rank == 0:
         torch.save([p.grad for p in m.parameters()], os.path.join(out_dir, "grads.pt"))
+    dist.barrier()  # nobody tears gloo down while a peer still has work in flight
     dist.destroy_process_group()
 
 
