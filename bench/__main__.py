@@ -111,9 +111,13 @@ def main(argv=None) -> int:
     report.write_json(json_path, info, rows, sys.argv[1:] if argv is None else argv)
     impl = "fused" if HAS_GPU else "auto"
     png = json_path.with_suffix(".png")
-    report.plot(rows, png, impl, f"{impl} vs {baseline} on {info.get('gpu') or 'CPU'}")
+    wrote = [str(json_path)]
+    if report.plot(rows, png, impl, f"{impl} vs {baseline} on {info.get('gpu') or 'CPU'}"):
+        wrote.append(str(png))
+    elif not report.have_matplotlib():
+        print(report.PLOT_NEEDS)
     failed = [r for r in rows if r["status"] == "FAILED"]
-    print(f"\nwrote {json_path} and {png}; {len(rows)} rows, {len(failed)} failed, "
+    print(f"\nwrote {' and '.join(wrote)}; {len(rows)} rows, {len(failed)} failed, "
           f"{time.time() - t0:.0f}s")
     if not HAS_GPU:
         print("GPU timings need a GPU; committed GPU results live in bench/results/.")

@@ -76,9 +76,24 @@ def write_json(path: pathlib.Path, info: dict, rows, argv) -> None:
     path.write_text(json.dumps({"machine": info, "argv": argv, "rows": rows}, indent=1))
 
 
+PLOT_NEEDS = ("plot skipped: matplotlib is not installed (pip install matplotlib, or "
+              "pip install -e '.[bench]')")
+
+
+def have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def plot(rows, path: pathlib.Path, impl: str, title: str) -> bool:
     """Speedup of `impl` vs the baseline over hidden size, a line per batch size, a panel
-    per (cell, dtype, mode). Returns False when there is nothing to plot."""
+    per (cell, dtype, mode). Returns False when there is nothing to plot or matplotlib
+    (an optional dependency, the bench extra) is missing; the caller says so."""
+    if not have_matplotlib():
+        return False
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -150,7 +165,8 @@ def update_readme(path: pathlib.Path | None = None) -> pathlib.Path | None:
         body = "No GPU results are committed yet, so this README makes no speed claim."
     else:
         rows = json.loads(path.read_text())["rows"]
-        plot(rows, path.with_suffix(".png"), "fused", f"fusedrnn vs cuDNN ({path.stem})")
+        if not plot(rows, path.with_suffix(".png"), "fused", f"fusedrnn vs cuDNN ({path.stem})"):
+            print(PLOT_NEEDS if not have_matplotlib() else "plot skipped: no fused rows")
         body = readme_section(path)
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)

@@ -11,6 +11,7 @@ Asking for ``"triton"`` where it cannot run raises; it never falls back silently
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -49,8 +50,37 @@ def triton_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str |
     return None
 
 
-def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The backend that will run: one of "triton", "reference", "native"."""
+@functools.lru_cache(maxsize=None)
+def native_cpu_autocast_lstm_runs(dtype: torch.dtype) -> bool:
+    """Whether torch's own LSTM runs under CPU autocast in ``dtype`` on this host.
+
+    Under CPU autocast torch's LSTM goes to a oneDNN primitive that needs CPU support for
+    the low-precision dtype: on x86 CPUs without AVX-512 (AVX2 only) creating it fails with
+    "could not create a primitive descriptor for the LSTM forward propagation primitive".
+    One tiny forward, once per process and dtype, tells."""
+    m = torch.nn.LSTM(1, 1)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+            m(torch.zeros(1, 1, 1))
+    except RuntimeError:
+        return False
+    return True
+
+
+def cpu_autocast_fallback(device: torch.device) -> bool:
+    """True where ``"auto"`` must not pick the native LSTM: under CPU autocast on a CPU
+    whose oneDNN has no primitive for the autocast dtype. The reference runs instead, so a
+    converted model works on every CPU (torch's own module raises there)."""
+    return (device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            and not native_cpu_autocast_lstm_runs(torch.get_autocast_dtype("cpu")))
+
+
+def resolve(backend: str, device: torch.device, dtype: torch.dtype,
+            autocast_lstm: bool = False) -> str:
+    """The backend that will run: one of "triton", "reference", "native".
+
+    autocast_lstm: the call is torch's full LSTM, the one RNN op CPU autocast casts, so
+    "auto" avoids native where oneDNN cannot run it (:func:`cpu_autocast_fallback`)."""
     check_backend_name(backend)
     if backend == "auto":
         env = os.environ.get(ENV_VAR, "")
@@ -62,7 +92,11 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
             return "triton"
         # torch's own RNN ops do not compile (graph break, or an AOT autograd failure with
         # fullgraph=True); the reference is plain tensor code that does
-        return "reference" if torch.compiler.is_compiling() else "native"
+        if torch.compiler.is_compiling():
+            return "reference"
+        if autocast_lstm and cpu_autocast_fallback(device):
+            return "reference"
+        return "native"
     if backend == "triton":
         reason = triton_unavailable_reason(device, dtype)
         if reason is not None:

@@ -27,7 +27,8 @@ class _BackendMixin:
     def _resolve_backend(self, x) -> str:
         if not isinstance(x, Tensor):
             return "native"  # let torch's forward raise its own error for non-tensor input
-        return _backend.resolve(getattr(self, "backend", "auto"), x.device, x.dtype)
+        return _backend.resolve(getattr(self, "backend", "auto"), x.device, x.dtype,
+                                autocast_lstm=isinstance(self, nn.LSTM))
 
 
 def _autocast_dtype(module, device_type: str):

@@ -1,6 +1,7 @@
 """The benchmark's own logic: a wrong result is reported as failed and never timed; the
 table, JSON, plot and README section come out of the rows."""
 import json
+import sys
 
 import torch
 
@@ -65,3 +66,17 @@ def test_grid_matches_the_guide():
     assert configs.Config("lstm", "fp16", "inference", 16, 768, 256, 768).cudnn_persistent_likely()
     gru = configs.Config("gru", "bf16", "inference", 16, 768, 256, 768)
     assert not gru.cudnn_persistent_likely()
+
+
+def test_bench_finishes_without_matplotlib(tmp_path, monkeypatch, capsys):
+    """matplotlib is the bench extra, not a dependency: without it the run still writes its
+    JSON, says once that the plot was skipped and how to get it, and exits 0."""
+    from bench import __main__ as bench_main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    monkeypatch.setattr(configs, "cpu_grid", lambda cells, modes: [
+        configs.Config("gru", "fp32", "inference", 2, 8, 3, 8)])
+    assert bench_main.main(["--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("plot skipped: matplotlib is not installed") == 1
+    assert len(list(tmp_path.glob("*.json"))) == 1 and not list(tmp_path.glob("*.png"))

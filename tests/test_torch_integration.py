@@ -1,6 +1,10 @@
 """Where PyTorch users need fusedrnn to work: torch.compile, the custom ops, autocast, double
 backward, backward in eval mode, determinism, DistributedDataParallel, CUDA graphs."""
+import copy
 import os
+import subprocess
+import sys
+import warnings
 
 import pytest
 import torch
@@ -139,7 +143,22 @@ def test_bitwise_deterministic(kernel_mode_name, monkeypatch):
 # ----------------------------------------------------------------------------------------
 # autocast
 # ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("backend", ["reference", "triton"])
+def _torch_under_autocast(ref, x, dtype):
+    """What torch's own module computes for x under autocast in ``dtype``.
+
+    Where torch's CPU LSTM cannot run under autocast on this host (oneDNN has no
+    low-precision LSTM primitive on x86 CPUs without AVX-512), the answer is what torch's
+    autocast-cast op would compute: the module and input in ``dtype``, autocast off."""
+    if (x.device.type == "cpu" and isinstance(ref, nn.LSTM)
+            and not fusedrnn.backend.native_cpu_autocast_lstm_runs(dtype)):
+        warnings.warn(f"torch's LSTM cannot run under CPU autocast ({dtype}) on this CPU: "
+                      f"comparing with torch's LSTM cast to {dtype} instead")
+        return copy.deepcopy(ref).to(dtype)(x.to(dtype))
+    with torch.autocast(x.device.type, dtype=dtype):
+        return ref(x)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton", "auto"])
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "LSTMCell", "GRUCell"])
 def test_autocast_dtypes_match_torch(mode, backend):
     ref = getattr(nn, mode)(4, 8, device=DEVICE)
@@ -147,12 +166,58 @@ def test_autocast_dtypes_match_torch(mode, backend):
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(5, 3, 4, device=DEVICE) if mode in ("LSTM", "GRU") else \
         torch.randn(3, 4, device=DEVICE)
+    want = _torch_under_autocast(ref, x, torch.bfloat16)
     with torch.autocast(DEVICE, dtype=torch.bfloat16):
-        want, got = ref(x), ours(x)
+        got = ours(x)
     flat = lambda o: [o] if torch.is_tensor(o) else [t for p in o for t in flat(p)]  # noqa
     for a, b in zip(flat(got), flat(want)):
         assert a.dtype == b.dtype
         assert_close(a.float(), b.float(), 3e-2, mode)
+
+
+def test_auto_avoids_native_lstm_where_cpu_autocast_cannot_run(monkeypatch):
+    """On a CPU whose oneDNN has no bf16 LSTM, "auto" runs the reference under CPU autocast
+    (torch's module raises there); elsewhere it stays native."""
+    x = torch.randn(5, 3, 4)
+    monkeypatch.setattr(fusedrnn.backend, "native_cpu_autocast_lstm_runs", lambda dt: False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fusedrnn.backend.resolve("auto", x.device, x.dtype, autocast_lstm=True) \
+            == "reference"
+        assert fusedrnn.backend.resolve("auto", x.device, x.dtype) == "native"  # GRU: fp32
+        assert fusedrnn.backend.resolve("native", x.device, x.dtype, autocast_lstm=True) \
+            == "native"  # asked for explicitly: torch's behaviour, torch's error
+    assert fusedrnn.backend.resolve("auto", x.device, x.dtype, autocast_lstm=True) == "native"
+    monkeypatch.setattr(fusedrnn.backend, "native_cpu_autocast_lstm_runs", lambda dt: True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fusedrnn.backend.resolve("auto", x.device, x.dtype, autocast_lstm=True) \
+            == "native"
+
+
+_AVX2_SCRIPT = """
+import torch, fusedrnn
+from fusedrnn.backend import native_cpu_autocast_lstm_runs
+ours = fusedrnn.LSTM(4, 8)
+ref = torch.nn.LSTM(4, 8).to(torch.bfloat16)
+ref.load_state_dict(ours.state_dict())  # what torch's autocast-cast op computes with
+x = torch.randn(5, 3, 4)
+with torch.autocast("cpu", dtype=torch.bfloat16):
+    out, (h, c) = ours(x)
+err = ((out.float() - ref(x.bfloat16())[0].float()).norm() / out.float().norm()).item()
+assert out.dtype == torch.bfloat16 and err < 3e-2, (out.dtype, err)
+print("native_runs", native_cpu_autocast_lstm_runs(torch.bfloat16), "err", err)
+"""
+
+
+def test_default_lstm_under_cpu_autocast_on_an_avx2_only_cpu():
+    """The AVX2-only host of issue 10, emulated: ONEDNN_MAX_CPU_ISA=AVX2 caps oneDNN at
+    AVX2 (it must be set before torch starts, hence a subprocess). A default drop-in LSTM
+    still runs under CPU bf16 autocast there, with torch's numbers."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    env.pop("TRITON_INTERPRET", None)
+    run = subprocess.run([sys.executable, "-c", _AVX2_SCRIPT], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    print(run.stdout)
 
 
 # ----------------------------------------------------------------------------------------
