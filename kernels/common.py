@@ -9,6 +9,9 @@ import torch
 import triton
 import triton.language as tl
 
+from fusedrnn.kernels import barrier_errors
+from fusedrnn.kernels.plan import KERNEL_ENV  # noqa: F401  (re-exported for tests, tools)
+
 
 # ----------------------------------------------------------------------------------------
 # jit helpers
@@ -153,34 +156,59 @@ def valid_rows(len_ptr, offs_b, mask_b, t, HAS_LENGTHS: tl.constexpr):
 
 
 @triton.jit
-def grid_barrier(sem_ptr, ASM_ACQUIRE: tl.constexpr):
-    """Every program of the grid waits here until all have arrived. Reusable without reset.
+def group_barrier(sem_ptr, n_members, leader, err_ptr, step, ASM_ACQUIRE: tl.constexpr,
+                  SPIN_LIMIT: tl.constexpr):
+    """The programs of one group (the whole grid, or one batch group) wait here until all
+    n_members have arrived. Reusable without reset. Bounded: never hangs.
 
-    sem_ptr: one int32, zero-initialized, for this launch only. Each arrival adds 1, except
-    program 0 which adds INT_MIN - (programs - 1): the sum over one barrier flips the sign
-    bit exactly once, and each program waits to see that bit differ from what it read on
-    arrival (the scheme of PyTorch inductor's cooperative reductions). The arrival is a
-    release, the polling an acquire, both at GPU scope, so the stores before the barrier are
-    visible to every program after it. ASM_ACQUIRE polls with a plain ``ld.acquire.gpu``
-    from every thread: a scalar tl.atomic_add in the loop would add a block barrier and a
-    shared-memory broadcast to every iteration (Triton issue 7125). The interpreter cannot
-    run inline PTX; there the grid is one program and the loop ends at once.
+    sem_ptr: the group's int32 counter, zero-initialized, for this launch only. Each arrival
+    adds 1, except the group's leader which adds INT_MIN - (n_members - 1): the sum over one
+    barrier flips the sign bit exactly once, and each program waits to see that bit differ
+    from what it read on arrival (the scheme of PyTorch inductor's cooperative reductions).
+    The arrival is a release, the polling an acquire, both at GPU scope, so the stores
+    before the barrier are visible to every member after it. ASM_ACQUIRE polls with a plain
+    ``ld.acquire.gpu`` from every thread: a scalar tl.atomic_add in the loop would add a
+    block barrier and a shared-memory broadcast to every iteration (Triton issue 7125).
+
+    The bound (issue 15): a program gives up after SPIN_LIMIT polls (about a second on a
+    GPU, far beyond any real wait), and records [1, step, program, n_members] in err_ptr
+    (int32[4], zeroed per launch; the first failure wins). Once err_ptr is set, no program
+    waits at any barrier again, so the whole grid leaves the kernel promptly; the launcher
+    reads the word and raises (fusedrnn.kernels.barrier_errors). A program never knows
+    whether another is merely late or gone, so the error word, not the data, is the truth.
     """
     tl.debug_barrier()  # every warp's stores are issued before this program arrives
-    if tl.program_id(0) == 0:
-        arrive = tl.full((), -2147483648, tl.int32) - (tl.num_programs(0) - 1)
+    if leader:
+        arrive = tl.full((), -2147483648, tl.int32) - (n_members - 1)
     else:
         arrive = tl.full((), 1, tl.int32)
     old = tl.atomic_add(sem_ptr, arrive, sem="release", scope="gpu")
-    flipped = False
-    while not flipped:
+    ok = (tl.load(err_ptr, volatile=True) != 0).to(tl.int32)  # a failure: never wait again
+    n = 0
+    while (ok == 0) & (n < SPIN_LIMIT):
         if ASM_ACQUIRE:
             now = tl.inline_asm_elementwise("ld.global.acquire.gpu.b32 $0, [$1];", "=r,l",
                                             [sem_ptr], dtype=tl.int32, is_pure=False, pack=1)
         else:
             now = tl.atomic_add(sem_ptr, 0, sem="acquire", scope="gpu")
-        flipped = ((old ^ now) & -2147483648) != 0
+        ok = (((old ^ now) & -2147483648) != 0).to(tl.int32)
+        n += 1
+        if n % 256 == 0:  # a failure elsewhere ends this wait too
+            ok = ok | (tl.load(err_ptr, volatile=True) != 0).to(tl.int32)
+    if ok == 0:
+        first = tl.atomic_cas(err_ptr, 0, 1, sem="relaxed", scope="gpu") == 0
+        if first:
+            tl.store(err_ptr + 1, step)
+            tl.store(err_ptr + 2, tl.program_id(0))
+            tl.store(err_ptr + 3, n_members)
     tl.debug_barrier()
+
+
+@triton.jit
+def grid_barrier(sem_ptr, err_ptr, step, ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr):
+    """Every program of the grid waits here (group_barrier over the whole grid)."""
+    group_barrier(sem_ptr, tl.num_programs(0), tl.program_id(0) == 0, err_ptr, step,
+                  ASM_ACQUIRE, SPIN_LIMIT)
 
 
 @triton.jit
@@ -262,9 +290,6 @@ def last_slot(T: int, reverse: bool, save: bool) -> int:
     return 0 if reverse else T
 
 
-KERNEL_ENV = "FUSEDRNN_KERNEL"  # "auto" | "step" | "sequence": which recurrent kernel runs
-
-
 @functools.lru_cache(maxsize=None)
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
@@ -272,30 +297,6 @@ def _sm_count(index: int) -> int:
 
 def sm_count(device: torch.device) -> int:
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-
-
-def use_sequence_kernel(n_tiles: int, device: torch.device) -> bool:
-    """The rule between the step kernels (one launch per time step, as many programs as
-    tiles) and the sequence kernels (one launch for all steps, at most one program per SM,
-    meeting at a grid barrier between steps).
-
-    The sequence kernel saves T launches (6-13 us each from Python) and T reloads of W_hh
-    into fresh programs; it loses parallelism when the tiles of one step outnumber the SMs
-    many times over, since each program then walks its tiles one after another while the
-    step kernel would spread them over several resident programs per SM. So: the sequence
-    kernel while a step has at most 8 tiles per SM, the step kernel beyond. Under the
-    interpreter the sequence kernel (a grid of one program) is the default: nothing there
-    is co-resident or timed. FUSEDRNN_KERNEL=step|sequence overrides the rule (the
-    benchmark times both). Not yet checked on a GPU: see bench/results.
-    """
-    choice = os.environ.get(KERNEL_ENV, "auto")
-    if choice not in ("auto", "step", "sequence"):
-        raise ValueError(f"{KERNEL_ENV} must be auto, step or sequence, got {choice!r}")
-    if choice != "auto":
-        return choice == "sequence"
-    if device.type != "cuda":
-        return True
-    return n_tiles <= 8 * sm_count(device)
 
 
 def _cooperative_launch() -> dict:
@@ -322,15 +323,37 @@ def run_steps(kernel, args: dict, T: int, phases, persistent: bool, device, num_
         n_tiles = max(n for _, n in phases)
         n_progs = 1 if device.type == "cpu" else min(n_tiles, sm_count(device))
         flags = {k: any(f[k] for f, _ in phases) for k in phases[0][0]}
-        extra = _cooperative_launch() if device.type == "cuda" else {}
-        sem = torch.zeros(1, dtype=torch.int32, device=device)
-        kernel[(n_progs,)](**args, **flags, sem_ptr=sem, s0=0, n_steps=T, PERSISTENT=True,
-                           ASM_ACQUIRE=device.type == "cuda", num_warps=num_warps, **extra)
+        sem, err = barrier_words(1, device)
+        kernel[(n_progs,)](**args, **flags, sem_ptr=sem, err_ptr=err, s0=0, n_steps=T,
+                           PERSISTENT=True, **barrier_flags(device), num_warps=num_warps,
+                           **launch_options(device))
+        barrier_errors.watch(err, getattr(kernel, "__name__", getattr(kernel, "name", "")))
         return
     for s in range(T):
         for flags, n_tiles in phases:
-            kernel[(n_tiles,)](**args, **flags, sem_ptr=args["len_ptr"], s0=s, n_steps=1,
-                               PERSISTENT=False, ASM_ACQUIRE=False, num_warps=num_warps)
+            kernel[(n_tiles,)](**args, **flags, sem_ptr=args["len_ptr"], err_ptr=args["len_ptr"],
+                               s0=s, n_steps=1, PERSISTENT=False, ASM_ACQUIRE=False,
+                               SPIN_LIMIT=1, num_warps=num_warps)
+
+
+# Polls before a barrier gives up: ~0.3 us each on a GPU (an L2 round trip), so about a
+# second, far beyond any real wait between two steps. Tests lower it.
+BARRIER_SPIN_LIMIT = 1 << 22
+
+
+def barrier_words(n_groups: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zeroed barrier counters (one per group) and the int32[4] error word, one allocation."""
+    words = torch.zeros(n_groups + 4, dtype=torch.int32, device=device)
+    return words[:n_groups], words[n_groups:]
+
+
+def barrier_flags(device) -> dict:
+    return dict(ASM_ACQUIRE=device.type == "cuda", SPIN_LIMIT=BARRIER_SPIN_LIMIT)
+
+
+def launch_options(device) -> dict:
+    """Cooperative launch on CUDA where Triton has it (see _cooperative_launch)."""
+    return _cooperative_launch() if device.type == "cuda" else {}
 
 
 def pointer_args(**tensors) -> dict:

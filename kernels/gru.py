@@ -21,7 +21,8 @@ from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check
                                      grid_barrier, last_slot, like_layout, pointer_args,
                                      recurrent_gates, run_steps, sigmoid, state_grad,
                                      store_four, store_step, tanh, tile_offsets,
-                                     use_sequence_kernel, valid_rows, weight_grads)
+                                     valid_rows, weight_grads)
+from fusedrnn.kernels.plan import plan_for
 
 
 @triton.jit
@@ -42,6 +43,21 @@ def _gru_fwd_tile(
     p_h = h_ptr + rd.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b
     b_r, b_z, b_n, _ = recurrent_gates(p_h, m_b, w_ptr, s_w, o_h, m_h, H, H, ACC, False,
                                        BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
+    gru_update_fwd(b_r, b_z, b_n, i_h, i_b, xg_ptr, s_xg_t, s_xg_b, bhn_ptr, h_ptr, s_h_slot,
+                   s_h_b, out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr,
+                   B, H, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, BLOCK_B, BLOCK_H)
+
+
+@triton.jit
+def gru_update_fwd(
+    b_r, b_z, b_n,                # (BLOCK_B, BLOCK_H) recurrent parts h_{t-1} W_hh^T per gate
+    i_h, i_b, xg_ptr, s_xg_t, s_xg_b, bhn_ptr, h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b,
+    ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, B, H,  # as in _gru_fwd_tile
+    ACC: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """The rest of a forward step for one tile, shared with the weight-stationary kernel."""
+    o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     if HAS_BIAS:
         b_n += tl.load(bhn_ptr + o_h, mask=m_h, other=0.0).to(ACC)[None, :]
 
@@ -78,6 +94,21 @@ def _gru_bwd_tile(
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     b_gs = state_grad(g_ptr, s_g_b, dg_ptr + t_next.to(tl.int64) * s_dg_t, s_dg_b, w_ptr, s_w,
                       o_b, m_b, o_h, m_h, 3 * H, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
+    gru_update_bwd(b_gs, i_h, i_b, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, g_ptr,
+                   s_g_b, do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b, h_ptr, s_h_slot,
+                   s_h_b, len_ptr, t, rd, B, H, HAS_LENGTHS, BLOCK_B, BLOCK_H)
+
+
+@triton.jit
+def gru_update_bwd(
+    b_gs,                         # gradient of h_t so far: carried + dgates_{t+1} W_hh
+    i_h, i_b, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, g_ptr, s_g_b,
+    do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b, h_ptr, s_h_slot, s_h_b,
+    len_ptr, t, rd, B, H,         # as in _gru_bwd_tile
+    HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """The rest of a backward step for one tile, shared with the weight-stationary kernel."""
+    o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     ACC = b_gs.dtype
     p_do = do_ptr + t.to(tl.int64) * s_do_t + o_b64[:, None] * s_do_b + o_h[None, :]
     b_dh = b_gs + tl.load(p_do, mask=m, other=0.0).to(ACC)
@@ -113,11 +144,12 @@ def _gru_bwd_tile(
 def gru_fwd_kernel(
     xg_ptr, s_xg_t, s_xg_b, w_ptr, s_w, bhn_ptr, h_ptr, s_h_slot, s_h_b,
     out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b,  # see the tile
-    len_ptr, sem_ptr, s0, n_steps, T, B, H,
+    len_ptr, sem_ptr, err_ptr, s0, n_steps, T, B, H,
     ACC: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     REVERSE: tl.constexpr, PERSISTENT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr,
+    SPIN_LIMIT: tl.constexpr,
 ):
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_b, n_h = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H)
@@ -129,17 +161,17 @@ def gru_fwd_kernel(
                           len_ptr, t, rd, wr, B, H, ACC, HAS_BIAS, SAVE, HAS_LENGTHS,
                           BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
         if PERSISTENT:
-            grid_barrier(sem_ptr, ASM_ACQUIRE)
+            grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
 
 @triton.jit(do_not_specialize=["s0", "n_steps", "T"])
 def gru_bwd_kernel(
     dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, w_ptr, s_w, g_ptr, s_g_b,
     do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b, h_ptr, s_h_slot, s_h_b,  # see the tile
-    len_ptr, sem_ptr, s0, n_steps, T, B, H,
+    len_ptr, sem_ptr, err_ptr, s0, n_steps, T, B, H,
     HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr, PERSISTENT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr,
+    BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_b, n_h = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H)
@@ -152,7 +184,7 @@ def gru_bwd_kernel(
                           len_ptr, t, t_next, rd, B, H,
                           HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
         if PERSISTENT:
-            grid_barrier(sem_ptr, ASM_ACQUIRE)
+            grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
 
 # ----------------------------------------------------------------------------------------
@@ -183,9 +215,21 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, allow_tf3
     first = first_slot(T, reverse, save)
     hs[first] = h0
 
-    if B > 0:
+    ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
+    kplan = plan_for("gru", x.dtype, B, H, H, False, dev, save, ieee) if B > 0 else None
+    if B > 0 and kplan["kernel"] == "stationary":
+        from fusedrnn.kernels import stationary  # it imports this module's update functions
+        stationary.launch_fwd(kplan, dict(
+            **pointer_args(xg=(xg, "tb"), w=(w_hh, ("",)), h=(hs, ("slot", "b")),
+                           out=(out, "tb", "o"), ga=(gates, "tb")),
+            c_ptr=hs, s_c_slot=0, s_c_b=0,
+            bhn_ptr=b_hh[2 * H:] if b_hh is not None else hs,
+            len_ptr=lengths if lengths is not None else hs, T=T, B=B, H=H, LSTM=False,
+            ACC=TL_ACC[acc], HAS_BIAS=b_hh is not None, SAVE=save,
+            HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast),
+            B, dev)
+    elif B > 0:
         BB, BH, BK, warps = block_sizes(B, H)
-        ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
         args = dict(
             **pointer_args(xg=(xg, "tb"), w=(w_hh, ("",)), h=(hs, ("slot", "b")),
                            out=(out, "tb", "o"), ga=(gates, "tb")),
@@ -195,8 +239,8 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, allow_tf3
             HAS_LENGTHS=lengths is not None, REVERSE=reverse, BLOCK_B=BB, BLOCK_H=BH,
             BLOCK_K=BK, IEEE=ieee, UPCAST=upcast)
         n_tiles = triton.cdiv(B, BB) * triton.cdiv(H, BH)
-        run_steps(gru_fwd_kernel, args, T, [({}, n_tiles)],
-                  use_sequence_kernel(n_tiles, dev), dev, warps)
+        run_steps(gru_fwd_kernel, args, T, [({}, n_tiles)], kplan["kernel"] == "sequence", dev,
+                  warps)
     last = last_slot(T, reverse, save) if B > 0 else first
     h_n = hs[last].clone()  # not a view of the buffers saved for backward
     return out, h_n, ((hs, gates) if save else None)
@@ -216,9 +260,19 @@ def gru_backward(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn, needs=(Tru
     if d_out.stride(-1) != 1:
         d_out = d_out.contiguous()
 
-    if B > 0:
+    ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
+    kplan = plan_for("gru", x.dtype, B, H, H, False, dev, True, ieee) if B > 0 else None
+    if B > 0 and kplan["kernel"] == "stationary":
+        from fusedrnn.kernels import stationary
+        stationary.launch_bwd(kplan, dict(
+            **pointer_args(dg=(dg, "tb"), dxn=(dxn, "tb"), w=(w_hh, ("",)), g=(g, "b"),
+                           do=(d_out, "tb"), ga=(gates, "tb"), h=(hs, ("slot", "b"))),
+            gc_ptr=g, s_gc_b=0, c_ptr=g, s_c_slot=0, s_c_b=0,
+            len_ptr=lengths if lengths is not None else hs, T=T, B=B, H=H, LSTM=False,
+            ACC=TL_ACC[acc], HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee,
+            UPCAST=upcast), B, dev)
+    elif B > 0:
         BB, BH, BK, warps = block_sizes(B, H)
-        ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
         args = dict(
             **pointer_args(dg=(dg, "tb"), dxn=(dxn, "tb"), w=(w_hh, ("",)), g=(g, "b"),
                            do=(d_out, "tb"), ga=(gates, "tb"), h=(hs, ("slot", "b"))),
@@ -226,8 +280,8 @@ def gru_backward(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn, needs=(Tru
             HAS_LENGTHS=lengths is not None, REVERSE=reverse, BLOCK_B=BB, BLOCK_H=BH,
             BLOCK_K=BK, IEEE=ieee, UPCAST=upcast)
         n_tiles = triton.cdiv(B, BB) * triton.cdiv(H, BH)
-        run_steps(gru_bwd_kernel, args, T, [({}, n_tiles)],
-                  use_sequence_kernel(n_tiles, dev), dev, warps)
+        run_steps(gru_bwd_kernel, args, T, [({}, n_tiles)], kplan["kernel"] == "sequence", dev,
+                  warps)
 
     dgh = dg[:T]
     dgi = torch.cat([dgh[..., :2 * H], dxn], dim=-1)

@@ -25,8 +25,8 @@ from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check
                                      grid_barrier, last_slot, like_layout, mm_tile, pointer_args,
                                      recurrent_gates, run_steps, sigmoid, state_grad,
                                      store_four, store_step, tanh, tile_offsets,
-                                     use_sequence_kernel, valid_rows,
-                                     weight_grads)
+                                     valid_rows, weight_grads)
+from fusedrnn.kernels.plan import plan_for
 
 
 @triton.jit
@@ -49,7 +49,24 @@ def _gates_fwd_tile(
     p_h = h_ptr + rd.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b
     b_i, b_f, b_g, b_o = recurrent_gates(p_h, m_b, w_ptr, s_w, o_h, m_h, H, K, ACC, True,
                                          BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
+    lstm_update_fwd(b_i, b_f, b_g, b_o, i_h, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot,
+                    s_h_b, c_ptr, s_c_slot, s_c_b, out_ptr, s_o_t, s_o_b, hr_ptr, s_hr_t,
+                    s_hr_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, hr_t, B, H,
+                    ACC, HAS_PROJ, SAVE, HAS_LENGTHS, BLOCK_B, BLOCK_H)
 
+
+@triton.jit
+def lstm_update_fwd(
+    b_i, b_f, b_g, b_o,           # (BLOCK_B, BLOCK_H) recurrent parts h_{t-1} W_hh^T per gate
+    i_h, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot, s_c_b,
+    out_ptr, s_o_t, s_o_b, hr_ptr, s_hr_t, s_hr_b, ga_ptr, s_ga_t, s_ga_b,
+    len_ptr, t, rd, wr, hr_t, B, H,  # as in _gates_fwd_tile
+    ACC: tl.constexpr, HAS_PROJ: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """The rest of a forward step for one tile, shared with the weight-stationary kernel:
+    input projection, nonlinearities, cell update, and the stores."""
+    o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     p_x = xg_ptr + t.to(tl.int64) * s_xg_t + o_b64[:, None] * s_xg_b + o_h[None, :]
     b_i = sigmoid(b_i + tl.load(p_x, mask=m, other=0.0).to(ACC))
     b_f = sigmoid(b_f + tl.load(p_x + H, mask=m, other=0.0).to(ACC))
@@ -144,12 +161,29 @@ def _gates_bwd_tile(
         b_dh = mm_tile(tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC),
                        dhp_ptr + t.to(tl.int64) * s_dhp_t, s_dhp_b, o_b, m_b,
                        w_hr_ptr, s_whr, 1, o_h, m_h, P, BLOCK_K, IEEE, UPCAST)
+        b_gs = b_dh
     else:
         b_gs = state_grad(g_ptr, s_g_b, dg_ptr + t_next.to(tl.int64) * s_dg_t, s_dg_b, w_ptr,
                           s_w, o_b, m_b, o_h, m_h, 4 * H, BLOCK_B, BLOCK_H, BLOCK_K, IEEE,
                           UPCAST)
         p_do = do_ptr + t.to(tl.int64) * s_do_t + o_b64[:, None] * s_do_b + o_h[None, :]
         b_dh = b_gs + tl.load(p_do, mask=m, other=0.0).to(ACC)
+    lstm_update_bwd(b_dh, b_gs, i_h, i_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, gc_ptr, s_gc_b,
+                    ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, len_ptr, t, rd, wr, B, H,
+                    HAS_PROJ, HAS_LENGTHS, BLOCK_B, BLOCK_H)
+
+
+@triton.jit
+def lstm_update_bwd(
+    b_dh, b_gs,                   # gradient reaching o * tanh(c_t); the state's (no proj)
+    i_h, i_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b,
+    c_ptr, s_c_slot, s_c_b, len_ptr, t, rd, wr, B, H,  # as in _gates_bwd_tile
+    HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """The rest of a backward step for one tile, shared with the weight-stationary kernel:
+    the gate gradients of step t and the carried cell and state gradients."""
+    o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
 
     p_ga = ga_ptr + t.to(tl.int64) * s_ga_t + o_b64[:, None] * s_ga_b + o_h[None, :]
     b_i = tl.load(p_ga, mask=m, other=0.0)
@@ -187,13 +221,13 @@ def lstm_fwd_kernel(
     out_ptr, s_o_t, s_o_b, hr_ptr, s_hr_t, s_hr_b, ga_ptr, s_ga_t, s_ga_b,  # see the tiles
     w_hr_ptr, s_whr,              # proj: W_hr (P, H)
     len_ptr,                      # HAS_LENGTHS: (B,) sequence lengths
-    sem_ptr,                      # PERSISTENT: the grid barrier's int32, zeroed per launch
+    sem_ptr, err_ptr,             # PERSISTENT: the grid barrier's int32 and its error word
     s0, n_steps, T, B, H, K,      # steps s0 .. s0+n_steps-1 of T; K: state width (P or H)
     ACC: tl.constexpr, HAS_PROJ: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     REVERSE: tl.constexpr, RUN_GATES: tl.constexpr, RUN_PROJ: tl.constexpr,
     PERSISTENT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-    ASM_ACQUIRE: tl.constexpr,
+    ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_b, n_h, n_p = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H), tl.cdiv(K, BLOCK_P)
@@ -212,7 +246,7 @@ def lstm_fwd_kernel(
                                 ACC, HAS_PROJ, SAVE, HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K,
                                 IEEE, UPCAST)
             if PERSISTENT:
-                grid_barrier(sem_ptr, ASM_ACQUIRE)
+                grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
         if RUN_PROJ:
             for tile in range(pid, n_p * n_b, n_progs):
                 _proj_fwd_tile(tile % n_p, tile // n_p, hr_ptr, s_hr_t, s_hr_b, w_hr_ptr, s_whr,
@@ -220,7 +254,7 @@ def lstm_fwd_kernel(
                                len_ptr, t, rd, wr, hr_t, B, K, H,
                                ACC, HAS_LENGTHS, BLOCK_B, BLOCK_P, BLOCK_K, IEEE, UPCAST)
             if PERSISTENT:
-                grid_barrier(sem_ptr, ASM_ACQUIRE)
+                grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
 
 @triton.jit(do_not_specialize=["s0", "n_steps", "T"])
@@ -228,12 +262,13 @@ def lstm_bwd_kernel(
     dg_ptr, s_dg_t, s_dg_b, w_ptr, s_w, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b,
     dhp_ptr, s_dhp_t, s_dhp_b, w_hr_ptr, s_whr, gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b,
     c_ptr, s_c_slot, s_c_b,       # see the tiles
-    len_ptr, sem_ptr,
+    len_ptr, sem_ptr, err_ptr,
     s0, n_steps, T, B, H, K,      # backward steps s0 .. s0+n_steps-1 (0 = last forward step)
     HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr,
     RUN_GATES: tl.constexpr, RUN_PROJ: tl.constexpr, PERSISTENT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr,
+    SPIN_LIMIT: tl.constexpr,
 ):
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_b, n_h, n_p = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H), tl.cdiv(K, BLOCK_P)
@@ -246,7 +281,7 @@ def lstm_bwd_kernel(
                                len_ptr, t, t_next, B, H, K,
                                HAS_LENGTHS, BLOCK_B, BLOCK_P, BLOCK_K, IEEE, UPCAST)
             if PERSISTENT:
-                grid_barrier(sem_ptr, ASM_ACQUIRE)
+                grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
         if RUN_GATES:
             for tile in range(pid, n_h * n_b, n_progs):
                 _gates_bwd_tile(tile % n_h, tile // n_h, dg_ptr, s_dg_t, s_dg_b, w_ptr, s_w,
@@ -255,7 +290,7 @@ def lstm_bwd_kernel(
                                 c_ptr, s_c_slot, s_c_b, len_ptr, t, t_next, rd, wr, B, H, K,
                                 HAS_PROJ, HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
             if PERSISTENT:
-                grid_barrier(sem_ptr, ASM_ACQUIRE)
+                grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
 
 # ----------------------------------------------------------------------------------------
@@ -301,9 +336,19 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save
     hs[first] = h0
     cs[first] = c0
 
-    if B > 0:
+    ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
+    kplan = plan_for("lstm", x.dtype, B, H, K, has_proj, dev, save, ieee) if B > 0 else None
+    if B > 0 and kplan["kernel"] == "stationary":
+        from fusedrnn.kernels import stationary  # it imports this module's update functions
+        stationary.launch_fwd(kplan, dict(
+            **pointer_args(xg=(xg, "tb"), w=(w_hh, ("",)), h=(hs, ("slot", "b")),
+                           c=(cs, ("slot", "b")), out=(out, "tb", "o"), ga=(gates, "tb")),
+            bhn_ptr=cs, len_ptr=lengths if lengths is not None else cs, T=T, B=B, H=H,
+            LSTM=True, ACC=TL_ACC[acc], HAS_BIAS=False, SAVE=save,
+            HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast),
+            B, dev)
+    elif B > 0:
         blocks, n_gate_tiles, n_proj_tiles, warps = _tiling(B, H, K)
-        ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
         args = dict(
             **pointer_args(xg=(xg, "tb"), w=(w_hh, ("",)), h=(hs, ("slot", "b")),
                            c=(cs, ("slot", "b")), out=(out, "tb", "o"), hr=(hraw, "tb"),
@@ -315,8 +360,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save
         phases = [(dict(RUN_GATES=True, RUN_PROJ=False), n_gate_tiles)]
         if has_proj:
             phases.append((dict(RUN_GATES=False, RUN_PROJ=True), n_proj_tiles))
-        persistent = use_sequence_kernel(max(n for _, n in phases), dev)
-        run_steps(lstm_fwd_kernel, args, T, phases, persistent, dev, warps)
+        run_steps(lstm_fwd_kernel, args, T, phases, kplan["kernel"] == "sequence", dev, warps)
     last = last_slot(T, reverse, save) if B > 0 else first
     # copies, not views: h_n/c_n must not alias the buffers saved for backward
     h_n, c_n = hs[last].clone(), cs[last].to(x.dtype, copy=True)
@@ -341,9 +385,20 @@ def lstm_backward(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_hn, d_c
         d_out = d_out.contiguous()
     dhp = empty(T, B, K, dtype=acc, device=dev) if has_proj else dg
 
-    if B > 0:
+    ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
+    kplan = plan_for("lstm", x.dtype, B, H, K, has_proj, dev, True, ieee) if B > 0 else None
+    if B > 0 and kplan["kernel"] == "stationary":
+        from fusedrnn.kernels import stationary
+        stationary.launch_bwd(kplan, dict(
+            **pointer_args(dg=(dg, "tb"), w=(w_hh, ("",)), g=(g, "b"), do=(d_out, "tb"),
+                           gc=(gc, "b"), ga=(gates, "tb"), c=(cs, ("slot", "b")),
+                           h=(hs, ("slot", "b"))),
+            dxn_ptr=dg, s_dxn_t=0, s_dxn_b=0,
+            len_ptr=lengths if lengths is not None else cs, T=T, B=B, H=H, LSTM=True,
+            ACC=TL_ACC[acc], HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee,
+            UPCAST=upcast), B, dev)
+    elif B > 0:
         blocks, n_gate_tiles, n_proj_tiles, warps = _tiling(B, H, K)
-        ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
         args = dict(
             **pointer_args(dg=(dg, "tb"), w=(w_hh, ("",)), g=(g, "b"), do=(d_out, "tb"),
                            dhp=(dhp, "tb"), gc=(gc, "b"), ga=(gates, "tb"),
@@ -355,8 +410,7 @@ def lstm_backward(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_hn, d_c
         phases = [(dict(RUN_GATES=True, RUN_PROJ=False), n_gate_tiles)]
         if has_proj:
             phases.insert(0, (dict(RUN_GATES=False, RUN_PROJ=True), n_proj_tiles))
-        persistent = use_sequence_kernel(max(n for _, n in phases), dev)
-        run_steps(lstm_bwd_kernel, args, T, phases, persistent, dev, warps)
+        run_steps(lstm_bwd_kernel, args, T, phases, kplan["kernel"] == "sequence", dev, warps)
 
     dgs = dg[:T]
     t_first = T - 1 if reverse else 0

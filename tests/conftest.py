@@ -48,19 +48,21 @@ class _CountingKernel:
 @pytest.fixture
 def launches(monkeypatch):
     """Counter of Triton kernel launches by kernel name during the test."""
-    from fusedrnn.kernels import gru, lstm
+    from fusedrnn.kernels import gru, lstm, stationary
 
     counts = collections.Counter()
-    for mod in (gru, lstm):
+    for mod in (gru, lstm, stationary):
         for name in dir(mod):
             if name.endswith("_kernel") and hasattr(getattr(mod, name), "arg_names"):
                 monkeypatch.setattr(mod, name, _CountingKernel(getattr(mod, name), name, counts))
     return counts
 
 
-@pytest.fixture(params=["step", "sequence"])
+@pytest.fixture(params=["step", "sequence", "stationary"])
 def kernel_mode(request, monkeypatch):
-    """Runs the test once with the step kernels and once with the sequence kernels."""
+    """Runs the test once with each kind of recurrent kernel: step, streaming sequence, and
+    weight-stationary sequence (forced: under the interpreter it is one program, which
+    keeps W resident where the layer is one tile and loops over the tiles otherwise)."""
     from fusedrnn.kernels.common import KERNEL_ENV
 
     monkeypatch.setenv(KERNEL_ENV, request.param)

@@ -1,0 +1,147 @@
+"""The plan: which recurrent kernel runs a layer pass, on how many programs, with what tiles.
+
+One function, :func:`plan`, maps (cell, dtype, batch, hidden, state width, projection,
+training, SM count) to a dict with the kernel ("stationary", "sequence" or "step"), its
+grid, blocks and warps, whether W_hh stays on chip, and a one-line reason.
+``fusedrnn.explain`` shows it per layer and direction; the benchmark records it.
+
+The kernels (GUIDE section 3):
+- ``stationary``: weight-stationary sequence kernel (kernels/stationary.py). A program owns
+  U hidden units (all gate rows of them) for BB batch rows, loads that slice of W_hh once
+  and keeps it on chip (shared memory) for all T steps; the programs of a batch group meet
+  at their own barrier between steps. Needs every program co-resident: one per SM at most.
+- ``sequence``: the streaming sequence kernel (one launch, programs loop over tiles, W_hh
+  re-read from L2 every step): where the slice does not fit on chip.
+- ``step``: one launch per step: where a step has far more tiles than the GPU has SMs.
+``FUSEDRNN_KERNEL=step|sequence|stationary`` overrides the choice.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+KERNEL_ENV = "FUSEDRNN_KERNEL"  # "auto" | "step" | "sequence" | "stationary"
+KERNELS = ("auto", "step", "sequence", "stationary")
+
+# Bytes of W_hh one program may keep in shared memory: an H100/H200 block gets up to 227 KB;
+# the rest is left for the h chunks and the layout conversions of the gate split.
+SMEM_W_BUDGET = 160 * 1024
+UNIT_CHOICES = (4, 8, 16, 32)     # U: hidden units per program; 4U gate rows are the MMA's M
+BATCH_CHOICES = (64, 32, 16, 8)   # BB: batch rows per program, the MMA's N
+MAX_K_CHUNKS = 4                  # K as at most 4 power-of-two chunks (768 = 3 x 256)
+
+
+def kernel_choice() -> str:
+    choice = os.environ.get(KERNEL_ENV, "auto")
+    if choice not in KERNELS:
+        raise ValueError(f"{KERNEL_ENV} must be one of {KERNELS}, got {choice!r}")
+    return choice
+
+
+def k_chunks(K: int) -> tuple[int, int]:
+    """(NK, KC): K columns as NK <= 4 chunks of KC (a power of two >= 16), with the least
+    padding, chunks of at most 256 where that covers K, then the fewest chunks."""
+    best = None
+    for nk in range(1, MAX_K_CHUNKS + 1):
+        kc = max(16, triton.next_power_of_2(triton.cdiv(K, nk)))
+        key = (kc > 256, nk * kc, nk)
+        if best is None or key < best[0]:
+            best = (key, nk, kc)
+    return best[1], best[2]
+
+
+def _warps(rows: int, cols: int) -> int:
+    """Warps for an (rows x cols) MMA output: one m16n8 tile per warp, 2 to 8 warps."""
+    tiles = max(1, rows // 16) * max(1, cols // 8)
+    return max(2, min(8, 1 << (tiles.bit_length() - 1)))
+
+
+def _stationary(cell, dtype, B, H, sm, forced):
+    """(U, BB, NK, KC, programs, smem) of the best weight-stationary tiling, or None."""
+    nk, kc = k_chunks(H)
+    elt = torch.empty((), dtype=dtype).element_size()
+    best = None
+    for bb in BATCH_CHOICES:
+        if bb > max(8, triton.next_power_of_2(B)):
+            continue
+        for u in UNIT_CHOICES:
+            smem = 4 * u * nk * kc * elt
+            n_u, n_b = triton.cdiv(H, u), triton.cdiv(B, bb)
+            if smem > SMEM_W_BUDGET or n_u * n_b > sm:
+                continue
+            key = (n_u * n_b, bb)
+            if best is None or key > best[0]:
+                best = (key, (u, bb, nk, kc, n_u * n_b, smem))
+    if best is None and forced:
+        # forced where it cannot stay on chip: stream W per tile, programs loop over tiles
+        u, bb = (8 if H > 8 else 4), min(16, max(8, triton.next_power_of_2(B)))
+        return u, bb, nk, kc, triton.cdiv(H, u) * triton.cdiv(B, bb), 4 * u * nk * kc * elt
+    return None if best is None else best[1]
+
+
+def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
+         proj: bool = False, training: bool = False, sm_count: int = 132,
+         cuda: bool = True, ieee: bool = False) -> dict:
+    """The kernel, grid and tiles for one layer pass in one direction (see module doc).
+
+    cell: "lstm" or "gru"; K: the state width (proj_size, else H); sm_count: SMs of the
+    GPU (1 under the interpreter, where programs run one after another); cuda: False under
+    the interpreter; ieee: exact fp32 (no TF32)."""
+    K = K or H
+    choice = kernel_choice()
+    g = 4 if cell == "lstm" else 3
+    base = dict(cell=cell, dtype=str(dtype).replace("torch.", ""), B=B, H=H, K=K,
+                training=training, sm_count=sm_count)
+    why_not = None
+    if proj:
+        why_not = "proj_size: the weight-stationary kernels take no projection yet"
+    elif cuda and ieee and dtype == torch.float32:
+        why_not = ("exact fp32 (allow_tf32 off) runs its dots on FMAs with W in registers, "
+                   "which does not fit on chip")
+    if why_not is None and choice in ("auto", "stationary"):
+        st = _stationary(cell, dtype, B, H, sm_count, forced=choice == "stationary")
+        if st is not None:
+            u, bb, nk, kc, tiles, smem = st
+            programs = min(tiles, sm_count)
+            resident = programs == tiles
+            reason = (f"weight-stationary: {triton.cdiv(H, u)} unit groups of {u} x "
+                      f"{triton.cdiv(B, bb)} batch groups of {bb} = {tiles} programs "
+                      f"on {sm_count} SMs, {smem // 1024} KB of W_hh each on chip")
+            if not resident:
+                reason = (f"weight-stationary kernel forced ({KERNEL_ENV}), {tiles} tiles on "
+                          f"{programs} programs: W_hh re-read per tile")
+            return dict(base, kernel="stationary", programs=programs, tiles=tiles,
+                        weights_on_chip=resident, reason=reason, U=u, BB=bb, NK=nk, KC=kc,
+                        warps=_warps(4 * u, bb), w_bytes=smem, gates=g)
+        if why_not is None:
+            why_not = (f"no tiling keeps a W_hh slice under {SMEM_W_BUDGET // 1024} KB with "
+                       f"at most {sm_count} programs")
+    if choice == "stationary":
+        why_not = f"{KERNEL_ENV}=stationary, but {why_not}"
+    from fusedrnn.kernels.common import block_sizes  # the streaming kernels' tiles
+    bb, bh, bk, warps = block_sizes(B, H)
+    tiles = triton.cdiv(B, bb) * triton.cdiv(H, bh)
+    if choice in ("step", "sequence"):
+        kernel = choice
+        reason = f"{KERNEL_ENV}={choice}"
+    elif not cuda or tiles <= 8 * sm_count:
+        kernel = "sequence"
+        reason = f"streaming sequence kernel ({why_not})"
+    else:
+        kernel = "step"
+        reason = f"step kernels: {tiles} tiles a step is over 8 per SM ({why_not})"
+    programs = min(tiles, sm_count) if kernel == "sequence" else tiles
+    return dict(base, kernel=kernel, programs=programs, tiles=tiles, weights_on_chip=False,
+                reason=reason, BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, warps=warps, gates=g)
+
+
+def plan_for(cell: str, dtype: torch.dtype, B: int, H: int, K: int, proj: bool, device,
+             training: bool, ieee: bool) -> dict:
+    """:func:`plan` for tensors on ``device``: its SM count on CUDA; one program under the
+    interpreter (programs run one after another there, so a barrier with two would hang)."""
+    if device.type == "cuda":
+        from fusedrnn.kernels.common import sm_count
+        return plan(cell, dtype, B, H, K, proj, training, sm_count(device), True, ieee)
+    return plan(cell, dtype, B, H, K, proj, training, 1, False, ieee)

@@ -1,0 +1,332 @@
+"""Weight-stationary sequence kernels, LSTM and GRU, forward and backward (GUIDE section 3).
+
+One launch runs all T steps of a layer pass. Program (i_u, i_b) owns U hidden units (all
+gate rows of them: 4U rows of W_hh for LSTM, 3U for GRU) for BB batch rows. Before the time
+loop it loads its slice of W_hh once; every step it only reads the state of its batch rows
+(the broadcast of h_{t-1}, or of the gate gradients in backward) and its own inputs, so W
+never comes from L2 again. In standard Triton the hoisted slice lives in shared memory
+and is re-read per step with ldmatrix, which costs shared-memory bandwidth only.
+
+Forward, per step: gates^T (4U, BB) = W_slice (4U, K) . h_{t-1}^T (K, BB), the gate rows
+as the MMA's M side so U can be small. K = H is NK chunks of KC columns (768 = 3 x 256),
+each its own dot and accumulator (independent MMA chains). The gate tile is transposed
+and split into the four (BB, U) gate blocks, and the pointwise update is the streaming
+kernels' own (lstm.lstm_update_fwd, gru.gru_update_fwd): the same math and stores.
+
+Backward, per step: dh^T (U, BB) = sum over gates g and chunks c of
+W_hh[g*H + c*KC : ..., units]^T (U, KC) . dgates_{t+1}^T (KC, BB): each program keeps the
+columns of W_hh its units' state gradient needs, one accumulator per gate. Then the gate
+gradients of step t, as in the streaming kernels (lstm_update_bwd, gru_update_bwd).
+No atomics in the math: deterministic.
+
+Barriers: each batch group has its own counter (its programs exchange only its rows of h),
+so more batch groups split the broadcast instead of multiplying it. RESIDENT (one tile per
+program, the plan's normal case) is what keeps W on chip; otherwise (forced with more
+tiles than programs, and always under the interpreter, where programs run one after
+another) one program loops over the tiles, re-loading each slice, with a grid barrier.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from fusedrnn.kernels import barrier_errors
+from fusedrnn.kernels.common import (barrier_flags, barrier_words, bwd_step, dot, fwd_step,
+                                     grid_barrier, group_barrier, launch_options,
+                                     tile_offsets)
+from fusedrnn.kernels.gru import gru_update_bwd, gru_update_fwd
+from fusedrnn.kernels.lstm import lstm_update_bwd, lstm_update_fwd
+
+
+# ----------------------------------------------------------------------------------------
+# the slices of W_hh a program keeps
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def _w_rows_chunk(w_ptr, s_w, i_u, c, H, G: tl.constexpr, U: tl.constexpr, KC: tl.constexpr):
+    """Forward slice, chunk c: (4U, KC); row r is gate r // U of unit i_u*U + r % U (gate 3
+    of a GRU is zero), columns c*KC .. of W_hh."""
+    r = tl.arange(0, 4 * U)
+    gate, unit = r // U, i_u * U + r % U
+    o_k = c * KC + tl.arange(0, KC)
+    m = ((gate < G) & (unit < H))[:, None] & (o_k < H)[None, :]
+    p = w_ptr + (gate * H + unit).to(tl.int64)[:, None] * s_w + o_k[None, :]
+    return tl.load(p, mask=m, other=0.0)
+
+
+@triton.jit
+def _w_rows(w_ptr, s_w, i_u, H, G: tl.constexpr, U: tl.constexpr, KC: tl.constexpr,
+            NK: tl.constexpr):
+    """The forward slice as NK chunks (repeats of chunk 0 past NK, never used)."""
+    w0 = _w_rows_chunk(w_ptr, s_w, i_u, 0, H, G, U, KC)
+    w1, w2, w3 = w0, w0, w0
+    if NK > 1:
+        w1 = _w_rows_chunk(w_ptr, s_w, i_u, 1, H, G, U, KC)
+    if NK > 2:
+        w2 = _w_rows_chunk(w_ptr, s_w, i_u, 2, H, G, U, KC)
+    if NK > 3:
+        w3 = _w_rows_chunk(w_ptr, s_w, i_u, 3, H, G, U, KC)
+    return w0, w1, w2, w3
+
+
+@triton.jit
+def _w_cols_chunk(w_ptr, s_w, i_u, g, c, H, U: tl.constexpr, KC: tl.constexpr):
+    """Backward slice of gate g, chunk c: (U, KC) = W_hh[g*H + c*KC + k, i_u*U + u]^T."""
+    o_u = i_u * U + tl.arange(0, U)
+    o_k = c * KC + tl.arange(0, KC)
+    m = (o_u < H)[:, None] & (o_k < H)[None, :]
+    p = w_ptr + (g * H + o_k).to(tl.int64)[None, :] * s_w + o_u[:, None]
+    return tl.load(p, mask=m, other=0.0)
+
+
+@triton.jit
+def _w_cols(w_ptr, s_w, i_u, g, H, U: tl.constexpr, KC: tl.constexpr, NK: tl.constexpr):
+    w0 = _w_cols_chunk(w_ptr, s_w, i_u, g, 0, H, U, KC)
+    w1, w2, w3 = w0, w0, w0
+    if NK > 1:
+        w1 = _w_cols_chunk(w_ptr, s_w, i_u, g, 1, H, U, KC)
+    if NK > 2:
+        w2 = _w_cols_chunk(w_ptr, s_w, i_u, g, 2, H, U, KC)
+    if NK > 3:
+        w3 = _w_cols_chunk(w_ptr, s_w, i_u, g, 3, H, U, KC)
+    return w0, w1, w2, w3
+
+
+# ----------------------------------------------------------------------------------------
+# the per-step matrix products
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def _chunk_dot(w, p_x, m_b, c, H, ACC: tl.constexpr, KC: tl.constexpr, IEEE: tl.constexpr,
+               UPCAST: tl.constexpr):
+    """w (M, KC) . x^T chunk c (KC, BB), where p_x (1, BB) points at the batch rows of x."""
+    o_k = c * KC + tl.arange(0, KC)
+    b_x = tl.load(p_x + o_k[:, None], mask=(o_k < H)[:, None] & m_b[None, :], other=0.0)
+    acc = tl.zeros((w.shape[0], b_x.shape[1]), dtype=ACC)
+    return dot(w, b_x.to(w.dtype), acc, IEEE, UPCAST)
+
+
+@triton.jit
+def _chunks_dot(w0, w1, w2, w3, p_x, m_b, H, ACC: tl.constexpr, KC: tl.constexpr,
+                NK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """sum over the NK chunks: one accumulator each, so the MMA chains run side by side."""
+    acc = _chunk_dot(w0, p_x, m_b, 0, H, ACC, KC, IEEE, UPCAST)
+    if NK > 1:
+        acc += _chunk_dot(w1, p_x, m_b, 1, H, ACC, KC, IEEE, UPCAST)
+    if NK > 2:
+        acc += _chunk_dot(w2, p_x, m_b, 2, H, ACC, KC, IEEE, UPCAST)
+    if NK > 3:
+        acc += _chunk_dot(w3, p_x, m_b, 3, H, ACC, KC, IEEE, UPCAST)
+    return acc
+
+
+@triton.jit
+def _split_gates(acc, U: tl.constexpr, BB: tl.constexpr):
+    """(4U, BB) gate rows -> four (BB, U) blocks, gates 0..3: column j of the transpose is
+    gate j // U = 2a + b, unit j % U."""
+    x = tl.reshape(tl.trans(acc), (BB, 2, 2, U))
+    x = tl.permute(x, (0, 3, 1, 2))           # (BB, U, a, b)
+    lo, hi = tl.split(x)                      # b = 0, 1: (BB, U, a)
+    g0, g2 = tl.split(lo)
+    g1, g3 = tl.split(hi)
+    return g0, g1, g2, g3
+
+
+# ----------------------------------------------------------------------------------------
+# one tile of one step
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def _fwd_tile(
+    i_u, i_b, w0, w1, w2, w3,
+    xg_ptr, s_xg_t, s_xg_b, bhn_ptr, h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot, s_c_b,
+    out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, B, H,
+    LSTM: tl.constexpr, ACC: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, U: tl.constexpr, BB: tl.constexpr, KC: tl.constexpr,
+    NK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+):
+    o_b = i_b * BB + tl.arange(0, BB)
+    m_b = o_b < B
+    p_h = h_ptr + rd.to(tl.int64) * s_h_slot + o_b.to(tl.int64)[None, :] * s_h_b
+    acc = _chunks_dot(w0, w1, w2, w3, p_h, m_b, H, ACC, KC, NK, IEEE, UPCAST)
+    g0, g1, g2, g3 = _split_gates(acc, U, BB)
+    if LSTM:
+        lstm_update_fwd(g0, g1, g2, g3, i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot,
+                        s_h_b, c_ptr, s_c_slot, s_c_b, out_ptr, s_o_t, s_o_b, h_ptr, 0, 0,
+                        ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, t, B, H,
+                        ACC, False, SAVE, HAS_LENGTHS, BB, U)
+    else:
+        gru_update_fwd(g0, g1, g2, i_u, i_b, xg_ptr, s_xg_t, s_xg_b, bhn_ptr, h_ptr, s_h_slot,
+                       s_h_b, out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd,
+                       wr, B, H, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, BB, U)
+
+
+@triton.jit
+def _bwd_tile(
+    i_u, i_b, w00, w01, w02, w03, w10, w11, w12, w13, w20, w21, w22, w23,
+    w30, w31, w32, w33,
+    dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b,
+    gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b,
+    len_ptr, t, t_next, rd, wr, B, H,
+    LSTM: tl.constexpr, ACC: tl.constexpr, HAS_LENGTHS: tl.constexpr, U: tl.constexpr,
+    BB: tl.constexpr, KC: tl.constexpr, NK: tl.constexpr, IEEE: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_u, i_b, H, B, U, BB)
+    p_dg = dg_ptr + t_next.to(tl.int64) * s_dg_t + o_b64[None, :] * s_dg_b
+    # one accumulator per gate: four independent MMA chains
+    acc = _chunks_dot(w00, w01, w02, w03, p_dg, m_b, H, ACC, KC, NK, IEEE, UPCAST)
+    acc += _chunks_dot(w10, w11, w12, w13, p_dg + H, m_b, H, ACC, KC, NK, IEEE, UPCAST)
+    acc += _chunks_dot(w20, w21, w22, w23, p_dg + 2 * H, m_b, H, ACC, KC, NK, IEEE, UPCAST)
+    if LSTM:
+        acc += _chunks_dot(w30, w31, w32, w33, p_dg + 3 * H, m_b, H, ACC, KC, NK, IEEE,
+                           UPCAST)
+    b_g = tl.load(g_ptr + o_b64[:, None] * s_g_b + o_h[None, :], mask=m, other=0.0)
+    b_gs = b_g + tl.trans(acc)                # carried + dgates_{t+1} W_hh, (BB, U)
+    if LSTM:
+        p_do = do_ptr + t.to(tl.int64) * s_do_t + o_b64[:, None] * s_do_b + o_h[None, :]
+        b_dh = b_gs + tl.load(p_do, mask=m, other=0.0).to(ACC)
+        lstm_update_bwd(b_dh, b_gs, i_u, i_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, gc_ptr,
+                        s_gc_b, ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, len_ptr, t,
+                        rd, wr, B, H, False, HAS_LENGTHS, BB, U)
+    else:
+        gru_update_bwd(b_gs, i_u, i_b, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b,
+                       g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b, h_ptr,
+                       s_h_slot, s_h_b, len_ptr, t, rd, B, H, HAS_LENGTHS, BB, U)
+
+
+# ----------------------------------------------------------------------------------------
+# kernels
+# ----------------------------------------------------------------------------------------
+@triton.jit(do_not_specialize=["T"])
+def stationary_fwd_kernel(
+    xg_ptr, s_xg_t, s_xg_b,       # input projection (T, B, G*H) (GRU: r, z biases in)
+    w_ptr, s_w,                   # W_hh (G*H, H)
+    bhn_ptr,                      # GRU with bias: b_hn (H,)
+    h_ptr, s_h_slot, s_h_b,       # state history (slots, B, H): reads rd, writes wr
+    c_ptr, s_c_slot, s_c_b,       # LSTM: cell history (slots, B, H), ACC
+    out_ptr, s_o_t, s_o_b,        # output (T, B, H), zero past a sequence's length
+    ga_ptr, s_ga_t, s_ga_b,       # SAVE: gates (T, B, 4H), ACC (see lstm.py, gru.py)
+    len_ptr,                      # HAS_LENGTHS: (B,) sequence lengths
+    sem_ptr, err_ptr,             # barrier counters (one per batch group), error word
+    T, B, H,
+    LSTM: tl.constexpr, ACC: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr, RESIDENT: tl.constexpr,
+    U: tl.constexpr, BB: tl.constexpr, KC: tl.constexpr, NK: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr,
+    SPIN_LIMIT: tl.constexpr,
+):
+    G: tl.constexpr = 4 if LSTM else 3
+    pid, n_progs = tl.program_id(0), tl.num_programs(0)
+    n_u = tl.cdiv(H, U)
+    n_tiles = n_u * tl.cdiv(B, BB)
+    if RESIDENT:  # the slice, loaded once: the time loop reads no W from global memory
+        w0, w1, w2, w3 = _w_rows(w_ptr, s_w, pid % n_u, H, G, U, KC, NK)
+    for s in range(0, T):
+        t, rd, wr = fwd_step(s, T, REVERSE, SAVE)
+        if RESIDENT:
+            _fwd_tile(pid % n_u, pid // n_u, w0, w1, w2, w3, xg_ptr, s_xg_t, s_xg_b, bhn_ptr,
+                      h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot, s_c_b, out_ptr, s_o_t, s_o_b,
+                      ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, B, H, LSTM, ACC, HAS_BIAS,
+                      SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE, UPCAST)
+            group_barrier(sem_ptr + pid // n_u, n_u, pid % n_u == 0, err_ptr, s, ASM_ACQUIRE,
+                          SPIN_LIMIT)
+        else:
+            for tile in range(pid, n_tiles, n_progs):
+                v0, v1, v2, v3 = _w_rows(w_ptr, s_w, tile % n_u, H, G, U, KC, NK)
+                _fwd_tile(tile % n_u, tile // n_u, v0, v1, v2, v3, xg_ptr, s_xg_t, s_xg_b,
+                          bhn_ptr, h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot, s_c_b,
+                          out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr,
+                          B, H, LSTM, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE,
+                          UPCAST)
+            grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
+
+
+@triton.jit
+def _w_cols_all(w_ptr, s_w, i_u, H, LSTM: tl.constexpr, U: tl.constexpr, KC: tl.constexpr,
+                NK: tl.constexpr):
+    """The backward slice: every gate's chunks (gate 3 repeats gate 0 for a GRU, unused)."""
+    w00, w01, w02, w03 = _w_cols(w_ptr, s_w, i_u, 0, H, U, KC, NK)
+    w10, w11, w12, w13 = _w_cols(w_ptr, s_w, i_u, 1, H, U, KC, NK)
+    w20, w21, w22, w23 = _w_cols(w_ptr, s_w, i_u, 2, H, U, KC, NK)
+    w30, w31, w32, w33 = w00, w01, w02, w03
+    if LSTM:
+        w30, w31, w32, w33 = _w_cols(w_ptr, s_w, i_u, 3, H, U, KC, NK)
+    return (w00, w01, w02, w03, w10, w11, w12, w13, w20, w21, w22, w23,
+            w30, w31, w32, w33)
+
+
+@triton.jit(do_not_specialize=["T"])
+def stationary_bwd_kernel(
+    dg_ptr, s_dg_t, s_dg_b,       # recurrent pre-activation gradients (T+1, B, G*H), ACC
+    dxn_ptr, s_dxn_t, s_dxn_b,    # GRU: gradient of the input's n pre-activation (T, B, H)
+    w_ptr, s_w,                   # W_hh (G*H, H)
+    g_ptr, s_g_b,                 # carried gradient of the state (B, H), ACC, in place
+    do_ptr, s_do_t, s_do_b,       # output gradient (T, B, H)
+    gc_ptr, s_gc_b,               # LSTM: carried gradient of the cell state (B, H), ACC
+    ga_ptr, s_ga_t, s_ga_b,       # saved gates (T, B, 4H), ACC
+    c_ptr, s_c_slot, s_c_b,       # LSTM: cell history
+    h_ptr, s_h_slot, s_h_b,       # GRU: state history
+    len_ptr, sem_ptr, err_ptr, T, B, H,
+    LSTM: tl.constexpr, ACC: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    REVERSE: tl.constexpr, RESIDENT: tl.constexpr, U: tl.constexpr, BB: tl.constexpr,
+    KC: tl.constexpr, NK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+):
+    pid, n_progs = tl.program_id(0), tl.num_programs(0)
+    n_u = tl.cdiv(H, U)
+    n_tiles = n_u * tl.cdiv(B, BB)
+    if RESIDENT:
+        (w00, w01, w02, w03, w10, w11, w12, w13, w20, w21, w22, w23,
+         w30, w31, w32, w33) = _w_cols_all(w_ptr, s_w, pid % n_u, H, LSTM, U, KC, NK)
+    for s in range(0, T):
+        t, t_next, rd, wr = bwd_step(s, T, REVERSE)
+        if RESIDENT:
+            _bwd_tile(pid % n_u, pid // n_u, w00, w01, w02, w03, w10, w11, w12, w13,
+                      w20, w21, w22, w23, w30, w31, w32, w33,
+                      dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, g_ptr, s_g_b,
+                      do_ptr, s_do_t, s_do_b, gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b,
+                      c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b, len_ptr,
+                      t, t_next, rd, wr, B, H, LSTM, ACC, HAS_LENGTHS, U, BB, KC, NK, IEEE,
+                      UPCAST)
+            group_barrier(sem_ptr + pid // n_u, n_u, pid % n_u == 0, err_ptr, s, ASM_ACQUIRE,
+                          SPIN_LIMIT)
+        else:
+            for tile in range(pid, n_tiles, n_progs):
+                (v00, v01, v02, v03, v10, v11, v12, v13, v20, v21, v22, v23,
+                 v30, v31, v32, v33) = _w_cols_all(w_ptr, s_w, tile % n_u, H, LSTM, U, KC,
+                                                   NK)
+                _bwd_tile(tile % n_u, tile // n_u, v00, v01, v02, v03, v10, v11, v12, v13,
+                          v20, v21, v22, v23, v30, v31, v32, v33,
+                          dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, g_ptr, s_g_b,
+                          do_ptr, s_do_t, s_do_b, gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b,
+                          c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b, len_ptr,
+                          t, t_next, rd, wr, B, H, LSTM, ACC, HAS_LENGTHS, U, BB, KC, NK,
+                          IEEE, UPCAST)
+            grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
+
+
+# ----------------------------------------------------------------------------------------
+# launchers: the buffers come from lstm.py / gru.py, which call these
+# ----------------------------------------------------------------------------------------
+def _grid(plan: dict, device) -> tuple[int, bool]:
+    programs = plan["programs"] if device.type == "cuda" else 1
+    return programs, programs == plan["tiles"]
+
+
+def launch_fwd(plan: dict, args: dict, B: int, device) -> None:
+    """args: the kernel's pointers, strides, T, B, H and LSTM .. REVERSE, IEEE, UPCAST."""
+    programs, resident = _grid(plan, device)
+    sem, err = barrier_words(triton.cdiv(B, plan["BB"]), device)
+    stationary_fwd_kernel[(programs,)](
+        **args, sem_ptr=sem, err_ptr=err, RESIDENT=resident, U=plan["U"], BB=plan["BB"],
+        KC=plan["KC"], NK=plan["NK"], **barrier_flags(device), num_warps=plan["warps"],
+        **launch_options(device))
+    barrier_errors.watch(err, "stationary forward")
+
+
+def launch_bwd(plan: dict, args: dict, B: int, device) -> None:
+    programs, resident = _grid(plan, device)
+    sem, err = barrier_words(triton.cdiv(B, plan["BB"]), device)
+    stationary_bwd_kernel[(programs,)](
+        **args, sem_ptr=sem, err_ptr=err, RESIDENT=resident, U=plan["U"], BB=plan["BB"],
+        KC=plan["KC"], NK=plan["NK"], **barrier_flags(device), num_warps=plan["warps"],
+        **launch_options(device))
+    barrier_errors.watch(err, "stationary backward")
