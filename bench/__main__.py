@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         _progress(k, len(grid), cfg.label(), t0)
         if HAS_GPU:
             small = cfg.H <= 512 and cfg.B <= 32
-            impls = ["cudnn", "fused", "fused-step", "fused-seq"]
+            impls = ["cudnn", "fused", "fused-step", "fused-seq", "fused-stationary"]
             impls += ["reference", "native-nocudnn"] if small else []
         else:
             impls = ["torch.nn", "auto", "native", "reference"]

@@ -23,7 +23,17 @@ L2_BYTES = 64 * 2 ** 20  # inputs rotate through copies until they exceed this (
 # fusedrnn implementations: the Triton backend with the kernel rule (fused), or forced to
 # the step kernels or the sequence (persistent) kernels; value: FUSEDRNN_KERNEL
 KERNEL_VARIANTS = {"fused": "auto", "fused-step": "step", "fused-seq": "sequence",
+                   "fused-stationary": "stationary",
                    "triton-interp": "auto", "triton-interp-step": "step"}
+
+
+def plan_of(m, impl, x) -> dict:
+    """The plan (fusedrnn.explain) of layer 0, forward direction, as the row records it."""
+    with _kernel_variant(impl):
+        p = fusedrnn.explain(m, x)[0]
+    keys = ("kernel", "programs", "weights_on_chip", "reason", "U", "BB", "warps")
+    return {**{k: p[k] for k in keys if k in p},
+            "backward": {k: p["backward"][k] for k in keys if k in p["backward"]}}
 
 
 def make_module(cfg: Config, impl: str, device, state=None):
@@ -124,6 +134,8 @@ def measure(cfg: Config, impls, baseline: str, device, time_it=True):
                    if device.type == "cuda" else None)
         try:
             m = base if impl == baseline else make_module(cfg, impl, device, state)
+            if impl in KERNEL_VARIANTS:
+                row["plan"] = plan_of(m, impl, x)
             got = run_once(m, impl, x, cfg.mode, g_out)
             row["error"] = max(rel_err(a, b) for a, b in zip(got, want))
             row["status"] = "ok" if row["error"] <= CHECK_TOL[cfg.dtype] else "FAILED"

@@ -368,8 +368,14 @@ def pointer_args(**tensors) -> dict:
     return out
 
 
-def dot_flags(dtype: torch.dtype, device: torch.device, allow_tf32: bool = False):
-    """(IEEE, UPCAST) constexprs of :func:`dot` for operands of this dtype and device."""
+def dot_flags(dtype: torch.dtype, device: torch.device, allow_tf32: bool | None = None):
+    """(IEEE, UPCAST) constexprs of :func:`dot` for operands of this dtype and device.
+
+    fp32 follows torch: ``torch.backends.cudnn.allow_tf32`` (True by default, what cuDNN's
+    fp32 RNN does) gives TF32 MMAs on CUDA; False gives exact fp32. The interpreter (CPU
+    tensors) always computes exactly."""
+    if allow_tf32 is None:
+        allow_tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32
     ieee = dtype in (torch.float32, torch.float64) and not allow_tf32
     upcast = device.type == "cpu" and dtype == torch.bfloat16  # interpreter trap
     return ieee, upcast

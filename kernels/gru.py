@@ -190,7 +190,7 @@ def gru_bwd_kernel(
 # ----------------------------------------------------------------------------------------
 # launchers
 # ----------------------------------------------------------------------------------------
-def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, allow_tf32=False):
+def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, allow_tf32=None):
     """Runs one GRU layer. Returns out, h_n, and (if save) the buffers backward needs."""
     T, B, _ = x.shape
     H = w_hh.shape[1]
@@ -247,7 +247,7 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, allow_tf3
 
 
 def gru_backward(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn, needs=(True,) * 6,
-                 allow_tf32=False):
+                 allow_tf32=None):
     """Gradients (x, h0, w_ih, w_hh, b_ih, b_hh) of one GRU layer; None where not needed."""
     hs, gates = saved
     T, B, _ = x.shape
@@ -261,7 +261,8 @@ def gru_backward(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn, needs=(Tru
         d_out = d_out.contiguous()
 
     ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
-    kplan = plan_for("gru", x.dtype, B, H, H, False, dev, True, ieee) if B > 0 else None
+    kplan = plan_for("gru", x.dtype, B, H, H, False, dev, True, ieee,
+                     backward=True) if B > 0 else None
     if B > 0 and kplan["kernel"] == "stationary":
         from fusedrnn.kernels import stationary
         stationary.launch_bwd(kplan, dict(

@@ -306,7 +306,7 @@ def _tiling(B, H, K):
 
 
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save,
-                 allow_tf32=False):
+                 allow_tf32=None):
     """Runs one LSTM layer. Returns out, h_n, c_n, and (if save) the buffers backward needs."""
     T, B, _ = x.shape
     H = w_hh.shape[0] // 4
@@ -369,7 +369,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save
 
 
 def lstm_backward(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_hn, d_cn,
-                  needs=(True,) * 8, allow_tf32=False):
+                  needs=(True,) * 8, allow_tf32=None):
     """Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) of one LSTM layer; None where
     ``needs`` says a gradient is not wanted."""
     hs, cs, gates, hraw = saved
@@ -386,7 +386,8 @@ def lstm_backward(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_hn, d_c
     dhp = empty(T, B, K, dtype=acc, device=dev) if has_proj else dg
 
     ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
-    kplan = plan_for("lstm", x.dtype, B, H, K, has_proj, dev, True, ieee) if B > 0 else None
+    kplan = plan_for("lstm", x.dtype, B, H, K, has_proj, dev, True, ieee,
+                     backward=True) if B > 0 else None
     if B > 0 and kplan["kernel"] == "stationary":
         from fusedrnn.kernels import stationary
         stationary.launch_bwd(kplan, dict(

@@ -31,6 +31,16 @@ SMEM_W_BUDGET = 160 * 1024
 UNIT_CHOICES = (4, 8, 16, 32)     # U: hidden units per program; 4U gate rows are the MMA's M
 BATCH_CHOICES = (64, 32, 16, 8)   # BB: batch rows per program, the MMA's N
 MAX_K_CHUNKS = 4                  # K as at most 4 power-of-two chunks (768 = 3 x 256)
+# The backward's slice (G*H rows x U columns, the MMA's B operand, N = U <= 32) is kept by
+# Triton in registers, not shared memory: beyond ~192 bytes a thread it spills (sm_90
+# compile check: 0 B at GRU H=256 U=4, 200 B at LSTM H=256, 3-7 KB at H >= 768). Past that
+# the backward runs the streaming sequence kernel.
+BWD_W_REG_BYTES = 192
+# The per-step operand (h_{t-1}^T forward, dgates_{t+1} in fp32 backward) is staged through
+# registers: past ~512 bytes a thread forward (BB=64 at H=1024) and 256 backward (fp32
+# BB=64 at H=256: 4 KB) it spilled kilobytes on sm_90.
+X_REG_BYTES = 512
+X_REG_BYTES_BWD = 256
 
 
 def kernel_choice() -> str:
@@ -52,16 +62,21 @@ def k_chunks(K: int) -> tuple[int, int]:
     return best[1], best[2]
 
 
-def _warps(rows: int, cols: int) -> int:
-    """Warps for an (rows x cols) MMA output: one m16n8 tile per warp, 2 to 8 warps."""
-    tiles = max(1, rows // 16) * max(1, cols // 8)
-    return max(2, min(8, 1 << (tiles.bit_length() - 1)))
+def _warps(rows: int) -> int:
+    """Warps of a weight-stationary program whose MMA output has ``rows`` rows (forward:
+    the 4U gate rows; backward: the BB batch rows).
+
+    Triton lays a kernel with several connected dots out as warpsPerCTA = [num_warps, 1]
+    (all warps along M; AccelerateMatmul's chained-dot rule), so any warp past rows / 16
+    would redo another warp's MMAs: one warp per 16 gate rows, at most 8."""
+    return max(1, min(8, rows // 16))
 
 
-def _stationary(cell, dtype, B, H, sm, forced):
+def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules):
     """(U, BB, NK, KC, programs, smem) of the best weight-stationary tiling, or None."""
     nk, kc = k_chunks(H)
     elt = torch.empty((), dtype=dtype).element_size()
+    gates = 4 if cell == "lstm" else 3
     best = None
     for bb in BATCH_CHOICES:
         if bb > max(8, triton.next_power_of_2(B)):
@@ -70,6 +85,13 @@ def _stationary(cell, dtype, B, H, sm, forced):
             smem = 4 * u * nk * kc * elt
             n_u, n_b = triton.cdiv(H, u), triton.cdiv(B, bb)
             if smem > SMEM_W_BUDGET or n_u * n_b > sm:
+                continue
+            if backward and gates * nk * kc * u * elt > BWD_W_REG_BYTES * 32 * _warps(bb):
+                continue
+            x_elt = max(4, elt) if backward else elt
+            warps = _warps(bb) if backward else _warps(4 * u)
+            budget = X_REG_BYTES_BWD if backward else X_REG_BYTES
+            if cuda_rules and nk * kc * bb * x_elt > budget * 32 * warps:
                 continue
             key = (n_u * n_b, bb)
             if best is None or key > best[0]:
@@ -83,17 +105,19 @@ def _stationary(cell, dtype, B, H, sm, forced):
 
 def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
          proj: bool = False, training: bool = False, sm_count: int = 132,
-         cuda: bool = True, ieee: bool = False) -> dict:
+         cuda: bool = True, ieee: bool = False, backward: bool = False) -> dict:
     """The kernel, grid and tiles for one layer pass in one direction (see module doc).
 
-    cell: "lstm" or "gru"; K: the state width (proj_size, else H); sm_count: SMs of the
-    GPU (1 under the interpreter, where programs run one after another); cuda: False under
-    the interpreter; ieee: exact fp32 (no TF32)."""
+    cell: "lstm" or "gru"; K: the state width (proj_size, else H); training: the forward
+    saves for a backward; sm_count: SMs of the GPU (1 under the interpreter, where programs
+    run one after another); cuda: False under the interpreter; ieee: exact fp32 (no TF32);
+    backward: plan the backward pass instead of the forward."""
     K = K or H
     choice = kernel_choice()
     g = 4 if cell == "lstm" else 3
     base = dict(cell=cell, dtype=str(dtype).replace("torch.", ""), B=B, H=H, K=K,
-                training=training, sm_count=sm_count)
+                training=training, sm_count=sm_count,
+                pass_="backward" if backward else "forward")
     why_not = None
     if proj:
         why_not = "proj_size: the weight-stationary kernels take no projection yet"
@@ -101,7 +125,8 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
         why_not = ("exact fp32 (allow_tf32 off) runs its dots on FMAs with W in registers, "
                    "which does not fit on chip")
     if why_not is None and choice in ("auto", "stationary"):
-        st = _stationary(cell, dtype, B, H, sm_count, forced=choice == "stationary")
+        st = _stationary(cell, dtype, B, H, sm_count, choice == "stationary" or not cuda,
+                         backward and cuda, cuda)
         if st is not None:
             u, bb, nk, kc, tiles, smem = st
             programs = min(tiles, sm_count)
@@ -114,10 +139,12 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
                           f"{programs} programs: W_hh re-read per tile")
             return dict(base, kernel="stationary", programs=programs, tiles=tiles,
                         weights_on_chip=resident, reason=reason, U=u, BB=bb, NK=nk, KC=kc,
-                        warps=_warps(4 * u, bb), w_bytes=smem, gates=g)
+                        warps=_warps(4 * u), warps_bwd=_warps(bb), w_bytes=smem, gates=g)
         if why_not is None:
             why_not = (f"no tiling keeps a W_hh slice under {SMEM_W_BUDGET // 1024} KB with "
-                       f"at most {sm_count} programs")
+                       f"at most {sm_count} programs"
+                       + (f" and under {BWD_W_REG_BYTES} B of registers a thread (backward)"
+                          if backward else ""))
     if choice == "stationary":
         why_not = f"{KERNEL_ENV}=stationary, but {why_not}"
     from fusedrnn.kernels.common import block_sizes  # the streaming kernels' tiles
@@ -138,10 +165,12 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
 
 
 def plan_for(cell: str, dtype: torch.dtype, B: int, H: int, K: int, proj: bool, device,
-             training: bool, ieee: bool) -> dict:
+             training: bool, ieee: bool, backward: bool = False) -> dict:
     """:func:`plan` for tensors on ``device``: its SM count on CUDA; one program under the
-    interpreter (programs run one after another there, so a barrier with two would hang)."""
+    interpreter (programs run one after another there, so a barrier with two would hang;
+    the weight-stationary kernel loops over the tiles there when there are several)."""
     if device.type == "cuda":
         from fusedrnn.kernels.common import sm_count
-        return plan(cell, dtype, B, H, K, proj, training, sm_count(device), True, ieee)
-    return plan(cell, dtype, B, H, K, proj, training, 1, False, ieee)
+        return plan(cell, dtype, B, H, K, proj, training, sm_count(device), True, ieee,
+                    backward)
+    return plan(cell, dtype, B, H, K, proj, training, 1, False, ieee, backward)

@@ -13,10 +13,11 @@ each its own dot and accumulator (independent MMA chains). The gate tile is tran
 and split into the four (BB, U) gate blocks, and the pointwise update is the streaming
 kernels' own (lstm.lstm_update_fwd, gru.gru_update_fwd): the same math and stores.
 
-Backward, per step: dh^T (U, BB) = sum over gates g and chunks c of
-W_hh[g*H + c*KC : ..., units]^T (U, KC) . dgates_{t+1}^T (KC, BB): each program keeps the
-columns of W_hh its units' state gradient needs, one accumulator per gate. Then the gate
-gradients of step t, as in the streaming kernels (lstm_update_bwd, gru_update_bwd).
+Backward, per step: dh (BB, U) = sum over gates g and chunks c of dgates_{t+1} (BB, KC) .
+W_hh[g*H + c*KC : ..., units] (KC, U): each program keeps the columns of W_hh its units'
+state gradient needs (as the MMA's B operand, which Triton stages in shared memory; as the
+A operand the slice stayed in registers and spilled kilobytes). Then the gate gradients of
+step t, as in the streaming kernels (lstm_update_bwd, gru_update_bwd).
 No atomics in the math: deterministic.
 
 Barriers: each batch group has its own counter (its programs exchange only its rows of h),
@@ -70,11 +71,12 @@ def _w_rows(w_ptr, s_w, i_u, H, G: tl.constexpr, U: tl.constexpr, KC: tl.constex
 
 @triton.jit
 def _w_cols_chunk(w_ptr, s_w, i_u, g, c, H, U: tl.constexpr, KC: tl.constexpr):
-    """Backward slice of gate g, chunk c: (U, KC) = W_hh[g*H + c*KC + k, i_u*U + u]^T."""
+    """Backward slice of gate g, chunk c: (KC, U) = W_hh[g*H + c*KC + k, i_u*U + u], the
+    MMA's B operand (so it stays in shared memory like the forward's slice)."""
     o_u = i_u * U + tl.arange(0, U)
     o_k = c * KC + tl.arange(0, KC)
-    m = (o_u < H)[:, None] & (o_k < H)[None, :]
-    p = w_ptr + (g * H + o_k).to(tl.int64)[None, :] * s_w + o_u[:, None]
+    m = (o_k < H)[:, None] & (o_u < H)[None, :]
+    p = w_ptr + (g * H + o_k).to(tl.int64)[:, None] * s_w + o_u[None, :]
     return tl.load(p, mask=m, other=0.0)
 
 
@@ -115,6 +117,29 @@ def _chunks_dot(w0, w1, w2, w3, p_x, m_b, H, ACC: tl.constexpr, KC: tl.constexpr
         acc += _chunk_dot(w2, p_x, m_b, 2, H, ACC, KC, IEEE, UPCAST)
     if NK > 3:
         acc += _chunk_dot(w3, p_x, m_b, 3, H, ACC, KC, IEEE, UPCAST)
+    return acc
+
+
+@triton.jit
+def _chunk_dot_t(p_x, w, m_b, c, H, ACC: tl.constexpr, KC: tl.constexpr, IEEE: tl.constexpr,
+                 UPCAST: tl.constexpr):
+    """x chunk c (BB, KC) . w (KC, N), where p_x (BB, 1) points at the batch rows of x."""
+    o_k = c * KC + tl.arange(0, KC)
+    b_x = tl.load(p_x + o_k[None, :], mask=m_b[:, None] & (o_k < H)[None, :], other=0.0)
+    acc = tl.zeros((b_x.shape[0], w.shape[1]), dtype=ACC)
+    return dot(b_x.to(w.dtype), w, acc, IEEE, UPCAST)
+
+
+@triton.jit
+def _chunks_dot_t(p_x, w0, w1, w2, w3, m_b, H, ACC: tl.constexpr, KC: tl.constexpr,
+                  NK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    acc = _chunk_dot_t(p_x, w0, m_b, 0, H, ACC, KC, IEEE, UPCAST)
+    if NK > 1:
+        acc += _chunk_dot_t(p_x, w1, m_b, 1, H, ACC, KC, IEEE, UPCAST)
+    if NK > 2:
+        acc += _chunk_dot_t(p_x, w2, m_b, 2, H, ACC, KC, IEEE, UPCAST)
+    if NK > 3:
+        acc += _chunk_dot_t(p_x, w3, m_b, 3, H, ACC, KC, IEEE, UPCAST)
     return acc
 
 
@@ -170,16 +195,16 @@ def _bwd_tile(
     UPCAST: tl.constexpr,
 ):
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_u, i_b, H, B, U, BB)
-    p_dg = dg_ptr + t_next.to(tl.int64) * s_dg_t + o_b64[None, :] * s_dg_b
-    # one accumulator per gate: four independent MMA chains
-    acc = _chunks_dot(w00, w01, w02, w03, p_dg, m_b, H, ACC, KC, NK, IEEE, UPCAST)
-    acc += _chunks_dot(w10, w11, w12, w13, p_dg + H, m_b, H, ACC, KC, NK, IEEE, UPCAST)
-    acc += _chunks_dot(w20, w21, w22, w23, p_dg + 2 * H, m_b, H, ACC, KC, NK, IEEE, UPCAST)
+    p_dg = dg_ptr + t_next.to(tl.int64) * s_dg_t + o_b64[:, None] * s_dg_b
+    # dgates_{t+1} (BB, G*H) . W_hh[:, units] (G*H, U), gate by gate
+    acc = _chunks_dot_t(p_dg, w00, w01, w02, w03, m_b, H, ACC, KC, NK, IEEE, UPCAST)
+    acc += _chunks_dot_t(p_dg + H, w10, w11, w12, w13, m_b, H, ACC, KC, NK, IEEE, UPCAST)
+    acc += _chunks_dot_t(p_dg + 2 * H, w20, w21, w22, w23, m_b, H, ACC, KC, NK, IEEE, UPCAST)
     if LSTM:
-        acc += _chunks_dot(w30, w31, w32, w33, p_dg + 3 * H, m_b, H, ACC, KC, NK, IEEE,
-                           UPCAST)
+        acc += _chunks_dot_t(p_dg + 3 * H, w30, w31, w32, w33, m_b, H, ACC, KC, NK, IEEE,
+                             UPCAST)
     b_g = tl.load(g_ptr + o_b64[:, None] * s_g_b + o_h[None, :], mask=m, other=0.0)
-    b_gs = b_g + tl.trans(acc)                # carried + dgates_{t+1} W_hh, (BB, U)
+    b_gs = b_g + acc                          # carried + dgates_{t+1} W_hh, (BB, U)
     if LSTM:
         p_do = do_ptr + t.to(tl.int64) * s_do_t + o_b64[:, None] * s_do_b + o_h[None, :]
         b_dh = b_gs + tl.load(p_do, mask=m, other=0.0).to(ACC)
@@ -327,6 +352,6 @@ def launch_bwd(plan: dict, args: dict, B: int, device) -> None:
     sem, err = barrier_words(triton.cdiv(B, plan["BB"]), device)
     stationary_bwd_kernel[(programs,)](
         **args, sem_ptr=sem, err_ptr=err, RESIDENT=resident, U=plan["U"], BB=plan["BB"],
-        KC=plan["KC"], NK=plan["NK"], **barrier_flags(device), num_warps=plan["warps"],
+        KC=plan["KC"], NK=plan["NK"], **barrier_flags(device), num_warps=plan["warps_bwd"],
         **launch_options(device))
     barrier_errors.watch(err, "stationary backward")

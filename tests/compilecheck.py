@@ -25,7 +25,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from fusedrnn.kernels import gru, lstm
+from fusedrnn.kernels import common, gru, lstm, plan, stationary
 from fusedrnn.kernels.common import KERNEL_ENV
 
 TARGETS = {"sm_80": GPUTarget("cuda", 80, 32), "sm_90": GPUTarget("cuda", 90, 32)}
@@ -44,7 +44,7 @@ class Recorder:
             bound = inspect.signature(self.kernel.fn).bind(*args, **kwargs).arguments
             names = {p.name for p in self.kernel.params if p.is_constexpr}
             constexprs = {k: v for k, v in bound.items() if k in names}
-            if constexprs.get("PERSISTENT"):
+            if "ASM_ACQUIRE" in constexprs and constexprs.get("PERSISTENT", True):
                 constexprs["ASM_ACQUIRE"] = True  # what a CUDA launch passes
             sig = {}
             for name, value in bound.items():
@@ -60,15 +60,39 @@ class Recorder:
         return record
 
 
-def capture(hidden_sizes, batches=(1, 64), dtypes=(torch.float32, torch.bfloat16)):
-    """Every distinct kernel launch the LSTM and GRU launchers make, forward and backward."""
-    launches = {}
+def _as_on_gpu(sms: int):
+    """Make the launchers, called on CPU tensors, launch what they would on a GPU with
+    ``sms`` SMs: the GPU's plan (and a resident weight-stationary grid), bf16 dots on the
+    tensor cores (no interpreter upcast), fp32 as torch's default (TF32: cudnn.allow_tf32)."""
+    gpu = torch.device("cuda")
+    real_plan = plan.plan
+
+    def plan_for(cell, dtype, B, H, K, proj, device, training, ieee, backward=False):
+        return real_plan(cell, dtype, B, H, K, proj, training, sms, True, ieee, backward)
+
+    def dot_flags(dtype, device, allow_tf32=None):
+        return common.dot_flags(dtype, gpu, True if allow_tf32 is None else allow_tf32)
+
     for mod in (lstm, gru):
+        mod.plan_for, mod.dot_flags = plan_for, dot_flags
+    stationary._grid = lambda p, device: (p["programs"], p["programs"] == p["tiles"])
+
+
+def capture(hidden_sizes, batches=(1, 64), dtypes=(torch.float32, torch.bfloat16),
+            modes=("step", "sequence", "auto"), sms=132):
+    """Every distinct kernel launch the LSTM and GRU launchers make, forward and backward,
+    as they would on a GPU with ``sms`` SMs (``auto``: the plan's own choice, which is the
+    weight-stationary kernel where it fits)."""
+    launches = {}
+    for mod in (lstm, gru, stationary):
         for name in dir(mod):
-            if name.endswith("_kernel") and hasattr(getattr(mod, name), "arg_names"):
+            if isinstance(getattr(mod, name), Recorder):  # captured before: record here now
+                getattr(mod, name).launches = launches
+            elif name.endswith("_kernel") and hasattr(getattr(mod, name), "arg_names"):
                 setattr(mod, name, Recorder(getattr(mod, name), launches))
+    _as_on_gpu(sms)
     T, I = 2, 32
-    for mode in ("step", "sequence"):
+    for mode in modes:
         os.environ[KERNEL_ENV] = mode
         for batch in batches:
             _capture_launchers(hidden_sizes, batch, dtypes, T, I)
@@ -172,9 +196,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--hidden", type=int, nargs="+", default=[64, 256, 1024])
     ap.add_argument("--json")
+    ap.add_argument("--stationary", action="store_true",
+                    help="the weight-stationary kernels' matrix and checks instead")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("run without TRITON_INTERPRET: the kernels must be JIT functions")
+    if args.stationary:
+        return check_stationary(args.json)
     rows = compile_all(capture(args.hidden))
     print(f"{'kernel':24} {'target':6} {'dtype':5} {'blocks (B,H,K)':14} {'warps':>5} "
           f"{'regs':>5} {'local':>6} {'stack':>6} {'smem':>6} {'hot-loop spills':>15}")
@@ -187,6 +215,134 @@ def main(argv=None):
               f"{r['hot_spills']:15d}")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------
+# the weight-stationary kernels: W stays out of the time loop, MMAs are not replicated
+# ----------------------------------------------------------------------------------------
+_DEF = re.compile(r"^\s*((?:%[\w.]+(?::\d+)?)(?:,\s*%[\w.]+(?::\d+)?)*)\s*=\s*(.*)$")
+
+
+def _region(lines, start):
+    """Lines of the region that opens on lines[start] (brace matching)."""
+    depth, out = 0, []
+    for line in lines[start:]:
+        out.append(line)
+        depth += line.count("{") - line.count("}")
+        if depth <= 0 and len(out) > 1:
+            break
+    return out
+
+
+def w_loads_in_time_loop(ttgir: str, arg: str = "w_ptr") -> int:
+    """Global loads (tt.load) inside the time loop (``scf.for %s``) whose pointer derives
+    from the kernel argument ``arg``: what a weight-stationary kernel must not have."""
+    lines = ttgir.splitlines()
+    defs = {}
+    for line in lines:
+        m = _DEF.match(line.split(" loc(")[0])
+        if m:
+            operands = [o.split("#")[0] for o in re.findall(r"%[\w.#]+", m.group(2))]
+            for name in m.group(1).split(","):
+                defs[name.strip().split(":")[0]] = operands
+
+    def from_arg(name, seen):
+        if name == f"%{arg}":
+            return True
+        if name in seen or name not in defs:
+            return False
+        seen.add(name)
+        return any(from_arg(o, seen) for o in defs[name])
+
+    start = next(k for k, line in enumerate(lines) if re.match(r"\s*scf\.for %s = ", line))
+    n = 0
+    for line in _region(lines, start):
+        m = re.search(r"= tt\.load (%[\w.]+)", line)
+        if m and from_arg(m.group(1), set()):
+            n += 1
+    return n
+
+
+def mma_per_step(sass: str) -> int:
+    """Tensor-core MMA instructions (HMMA) one warp issues per time step: those inside the
+    time loop, the outermost loop of the SASS that holds any."""
+    code = [(int(a, 16), ins) for a, ins in _SASS_LINE.findall(sass)]
+    loops = []
+    for addr, ins in code:
+        m = re.search(r"\bBRA\s+(?:`\(\.L_x_\d+\)\s*)?0x([0-9a-f]+)", ins)
+        if m and int(m.group(1), 16) <= addr:
+            loops.append((int(m.group(1), 16), addr))
+    mma = [a for a, ins in code if re.match(r"HMMA\b", ins)]
+    holding = [(a, b) for a, b in loops if any(a <= x <= b for x in mma)]
+    if not holding:
+        return 0
+    a, b = min(holding, key=lambda ab: ab[0] - ab[1])  # the outermost (largest) loop
+    return sum(1 for x in mma if a <= x <= b)
+
+
+def mma_work_per_warp(config: dict, kernel: str, num_warps: int, dtype: str) -> int:
+    """The MMAs a step needs, divided over the warps: m16n8k16 (m16n8k8 for TF32) tiles of
+    the forward's (4U x BB) gates over K = NK*KC, or the backward's G gates of (BB x U)."""
+    U, BB, KC, NK = (int(config[k]) for k in ("U", "BB", "KC", "NK"))
+    k_step = 8 if dtype == "fp32" else 16
+    k_tiles = NK * KC // k_step
+    if kernel == "stationary_fwd_kernel":
+        return max(1, 4 * U // 16) * max(1, BB // 8) * k_tiles // num_warps
+    gates = 4 if config["LSTM"] == "True" else 3
+    return gates * max(1, BB // 16) * max(1, U // 8) * k_tiles // num_warps
+
+
+def _stationary_one(k: int) -> dict:
+    (name, _, _, _), (kernel, sig, constexprs, num_warps), tname = _JOBS[k]
+    src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
+    compiled = triton.compile(src, target=TARGETS[tname], options={"num_warps": num_warps})
+    cubin = compiled.asm["cubin"]
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        sass = subprocess.run([_cuobjdump(), "-sass", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    finally:
+        os.unlink(f.name)
+    dtype = sig["w_ptr"][1:]
+    config = {k: str(v) for k, v in constexprs.items()}
+    return {"kernel": name, "target": tname, "num_warps": num_warps, "dtype": dtype,
+            "config": config, **resources(cubin), "hot_spills": hot_spills(cubin),
+            "dyn_shared": compiled.metadata.shared,
+            "w_loads_in_loop": w_loads_in_time_loop(compiled.asm["ttgir"]),
+            "mma_per_step": mma_per_step(sass),
+            "mma_work": mma_work_per_warp(config, name, num_warps, dtype)}
+
+
+def stationary_matrix(sms=132):
+    """The weight-stationary launches the issue's checks name: fp16/bf16 at B in {1, 16, 64},
+    H in {256, 512, 768, 1024}; fp32 (TF32) at H <= 768. Forward (with and without saving
+    for backward) and backward, LSTM and GRU, as planned for a GPU with ``sms`` SMs."""
+    launches = {}
+    kw = dict(modes=("auto",), sms=sms)
+    for dt, hs in ((torch.bfloat16, (256, 512, 768, 1024)), (torch.float16, (768,)),
+                   (torch.float32, (256, 768))):
+        for B in (1, 16, 64):
+            launches.update(capture(hs, batches=(B,), dtypes=(dt,), **kw))
+    return {k: v for k, v in launches.items() if k[0].startswith("stationary_")}
+
+
+def check_stationary(json_path=None) -> list[dict]:
+    _JOBS[:] = [(key, launch, tname) for key, launch in stationary_matrix().items()
+                for tname in TARGETS]
+    with multiprocessing.get_context("fork").Pool(os.cpu_count()) as pool:
+        rows = pool.map(_stationary_one, range(len(_JOBS)))
+    print(f"{'kernel':22} {'target':6} {'dtype':5} {'U,BB,NKxKC':13} {'warps':>5} {'regs':>5} "
+          f"{'spill':>5} {'smem':>7} {'W ld/step':>9} {'MMA/warp/step':>13} {'work':>5}")
+    for r in rows:
+        c = r["config"]
+        tiles = f"{c['U']},{c['BB']},{c['NK']}x{c['KC']}"
+        print(f"{r['kernel']:22} {r['target']:6} {r['dtype']:5} {tiles:13} {r['num_warps']:5d} "
+              f"{r['registers']:5d} {r['spill_bytes']:5d} {r['dyn_shared']:7d} "
+              f"{r['w_loads_in_loop']:9d} {r['mma_per_step']:13d} {r['mma_work']:5d}")
+    if json_path:
+        pathlib.Path(json_path).write_text(json.dumps(rows, indent=1))
     return rows
 
 

@@ -1,0 +1,59 @@
+"""fusedrnn.explain: which kernel each layer pass of a module would run, and why."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from fusedrnn import backend as _backend
+
+
+def explain(module: nn.Module, input, sm_count: int | None = None) -> list[dict]:
+    """The plan of every layer and direction of ``module`` (an LSTM/GRU or a cell, fusedrnn's
+    or torch's) for ``input``: a list of dicts with at least ``kernel`` ("stationary",
+    "sequence", "step"), ``programs``, ``weights_on_chip`` and ``reason``, plus the grid,
+    tiles and warps, the layer, the direction, the backend the call resolves to, and under
+    ``backward`` the plan of the backward pass.
+
+    ``sm_count`` plans for a GPU with that many SMs (132 for an H100) from any machine;
+    by default the input's GPU, or, for CPU input, Triton's interpreter (one program).
+    Nothing runs."""
+    from fusedrnn.kernels import plan as _plan
+
+    x = input.data if isinstance(input, PackedSequence) else input
+    if isinstance(input, PackedSequence):
+        B = int(input.batch_sizes[0])
+    elif isinstance(module, (nn.LSTMCell, nn.GRUCell)) or x.dim() == 2:
+        B = x.shape[0] if x.dim() == 2 else 1
+    else:
+        B = x.shape[0 if getattr(module, "batch_first", False) else 1]
+    cell = "lstm" if isinstance(module, (nn.LSTM, nn.LSTMCell)) else "gru"
+    if not isinstance(module, (nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell)):
+        raise TypeError(f"explain takes an LSTM, GRU, LSTMCell or GRUCell, got "
+                        f"{type(module).__name__}")
+    H = module.hidden_size
+    proj = getattr(module, "proj_size", 0)
+    layers = getattr(module, "num_layers", 1)
+    dirs = 2 if getattr(module, "bidirectional", False) else 1
+    training = torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
+    if sm_count is None:
+        sms = (_sm(x.device) if x.device.type == "cuda" else 1)
+    else:
+        sms = sm_count
+    cuda = sm_count is not None or x.device.type == "cuda"
+    ieee = x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
+    chosen = _backend.resolve(getattr(module, "backend", "native"), x.device, x.dtype)
+    rows = []
+    for layer in range(layers):
+        for d in range(dirs):
+            p = _plan.plan(cell, x.dtype, B, H, proj or H, bool(proj), training, sms, cuda, ieee)
+            bwd = _plan.plan(cell, x.dtype, B, H, proj or H, bool(proj), training, sms, cuda,
+                             ieee, backward=True)
+            rows.append(dict(p, layer=layer, direction="reverse" if d else "forward",
+                             backend=chosen, backward=bwd))
+    return rows
+
+
+def _sm(device) -> int:
+    from fusedrnn.kernels.common import sm_count
+    return sm_count(device)

@@ -1,0 +1,63 @@
+"""The plan (kernels/plan.py) and fusedrnn.explain: which kernel runs, on how many programs,
+with W_hh on chip or not, and why. Pure functions of the sizes: no GPU needed."""
+import pytest
+import torch
+
+import fusedrnn
+from fusedrnn.kernels.plan import k_chunks, plan
+
+
+def test_cudnn_best_case_fills_the_gpu_with_weights_on_chip():
+    """fp16 LSTM, B=16, H=768 on an H100 (132 SMs): at least 96 programs, W_hh on chip."""
+    p = plan("lstm", torch.float16, 16, 768, sm_count=132, training=True)
+    assert p["kernel"] == "stationary" and p["weights_on_chip"]
+    assert 96 <= p["programs"] <= 132
+    assert p["w_bytes"] <= 160 * 1024 and p["reason"]
+
+
+@pytest.mark.parametrize("K,want", [(768, (3, 256)), (1024, (4, 256)), (256, (1, 256)),
+                                    (20, (1, 32)), (33, (3, 16)), (1, (1, 16))])
+def test_k_chunks_are_powers_of_two_without_padding_768_to_1024(K, want):
+    assert k_chunks(K) == want
+
+
+def test_never_more_programs_than_sms_and_fallbacks_have_a_reason():
+    for B in (1, 8, 32, 128, 512):
+        for H in (128, 256, 512, 1024, 2048):
+            for cell in ("lstm", "gru"):
+                for bwd in (False, True):
+                    p = plan(cell, torch.bfloat16, B, H, sm_count=132, backward=bwd)
+                    assert p["reason"]
+                    if p["kernel"] in ("stationary", "sequence"):
+                        assert p["programs"] <= 132
+                    if p["kernel"] == "stationary":
+                        assert p["weights_on_chip"] and p["programs"] == p["tiles"]
+
+
+def test_projection_and_exact_fp32_stream():
+    p = plan("lstm", torch.bfloat16, 16, 768, K=256, proj=True)
+    assert p["kernel"] != "stationary" and "proj_size" in p["reason"]
+    p = plan("lstm", torch.float32, 16, 256, ieee=True)
+    assert p["kernel"] != "stationary" and "exact fp32" in p["reason"]
+
+
+def test_kernel_override(monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_KERNEL", "step")
+    assert plan("gru", torch.bfloat16, 16, 768)["kernel"] == "step"
+    monkeypatch.setenv("FUSEDRNN_KERNEL", "bogus")
+    with pytest.raises(ValueError, match="FUSEDRNN_KERNEL must be one of"):
+        plan("gru", torch.bfloat16, 16, 768)
+
+
+def test_explain_per_layer_and_direction():
+    m = fusedrnn.LSTM(768, 768, num_layers=2, bidirectional=True, dtype=torch.float16)
+    rows = fusedrnn.explain(m, torch.randn(1024, 16, 768, dtype=torch.float16), sm_count=132)
+    assert len(rows) == 4
+    assert {(r["layer"], r["direction"]) for r in rows} == {
+        (0, "forward"), (0, "reverse"), (1, "forward"), (1, "reverse")}
+    for r in rows:
+        assert {"kernel", "programs", "weights_on_chip", "reason"} <= set(r)
+        assert r["kernel"] == "stationary" and r["programs"] >= 96
+        assert r["backward"]["kernel"] in ("stationary", "sequence", "step")
+    with pytest.raises(TypeError, match="explain takes an LSTM"):
+        fusedrnn.explain(torch.nn.Linear(2, 2), torch.randn(2, 2))
