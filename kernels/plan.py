@@ -37,9 +37,9 @@ MAX_K_CHUNKS = 4                  # K as at most 4 power-of-two chunks (768 = 3 
 # the backward runs the streaming sequence kernel.
 BWD_W_REG_BYTES = 192
 # The per-step operand (h_{t-1}^T forward, dgates_{t+1} in fp32 backward) is staged through
-# registers: past ~512 bytes a thread forward (BB=64 at H=1024) and 256 backward (fp32
+# registers: past ~384 bytes a thread forward (680 B spilled at 512) and 256 backward (fp32
 # BB=64 at H=256: 4 KB) it spilled kilobytes on sm_90.
-X_REG_BYTES = 512
+X_REG_BYTES = 384
 X_REG_BYTES_BWD = 256
 
 
