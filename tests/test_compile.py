@@ -37,7 +37,7 @@ def test_kernels_compile_for_sm80_and_sm90_without_spills(tmp_path, capsys):
 def test_weight_stationary_kernels_keep_w_on_chip(tmp_path, capsys):
     """The design held in place (issue 11), on sm_80 and sm_90 with the installed Triton, for
     the weight-stationary launches a 132-SM GPU plans at fp16/bf16 B in {1, 16, 64}, H in
-    {256, 512, 768, 1024} and fp32 (TF32) H <= 768: no spills; no global load of W_hh inside
+    {256, 512, 768, 1024} and fp32 (TF32) H <= 768: no spills in hot loops (<= 64 B outside); no global load of W_hh inside
     the time loop (traced on the TTGIR from the w_ptr argument); the MMAs each warp issues
     per step (SASS, HMMA in the time loop) equal the work divided over the warps."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -54,7 +54,8 @@ def test_weight_stationary_kernels_keep_w_on_chip(tmp_path, capsys):
     assert all(r["config"]["RESIDENT"] == "True" for r in rows)
     for r in rows:
         what = f"{r['kernel']} {r['target']} {r['dtype']} {r['config']}"
-        assert r["spill_bytes"] <= 8 and r["hot_spills"] == 0, f"spills: {what}"
+        # as the streaming kernels: none in hot loops, a few bytes at most outside them
+        assert r["spill_bytes"] <= 64 and r["hot_spills"] == 0, f"spills: {what}"
         assert r["w_loads_in_loop"] == 0, f"W_hh loaded inside the time loop: {what}"
         assert r["mma_per_step"] == r["mma_work"] > 0, f"MMAs per warp per step: {what}"
 
