@@ -114,8 +114,6 @@ def main(argv=None) -> int:
     wrote = [str(json_path)]
     if report.plot(rows, png, impl, f"{impl} vs {baseline} on {info.get('gpu') or 'CPU'}"):
         wrote.append(str(png))
-    elif not report.have_matplotlib():
-        print(report.PLOT_NEEDS)
     failed = [r for r in rows if r["status"] == "FAILED"]
     print(f"\nwrote {' and '.join(wrote)}; {len(rows)} rows, {len(failed)} failed, "
           f"{time.time() - t0:.0f}s")

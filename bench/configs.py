@@ -51,14 +51,11 @@ class Config:
         return total * dirs * (2 if self.mode == "training" else 1)
 
     def cudnn_persistent_likely(self) -> bool:
-        """Whether PyTorch's heuristics likely put cuDNN on a persistent algorithm (GUIDE
-        section 5): fp16 single-layer unidirectional LSTM with H and I multiples of 128,
-        H <= 1024, B <= 128 and a multiple of 8; or H <= 192."""
-        if self.H <= 192:
-            return True
-        return (self.cell == "lstm" and self.dtype == "fp16" and self.layers == 1
-                and not self.bidirectional and self.H % 128 == 0 and self.I % 128 == 0
-                and self.H <= 1024 and self.B <= 128 and self.B % 8 == 0)
+        """Whether PyTorch's heuristics likely put cuDNN on a persistent algorithm (the
+        package's own rule, which ``auto`` uses too)."""
+        from fusedrnn.kernels.auto_table import cudnn_persistent_likely
+        return cudnn_persistent_likely(self.cell, DTYPES[self.dtype], self.B, self.H, self.I,
+                                       self.layers, self.bidirectional)
 
 
 def gpu_grid(cells, dtypes, modes, batches, hiddens, T=256, quick=False):

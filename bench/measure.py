@@ -12,7 +12,7 @@ from torch import nn
 
 import fusedrnn
 from bench.configs import DTYPES, Config
-from fusedrnn.kernels.common import KERNEL_ENV
+from fusedrnn.kernels.plan import KERNEL_ENV
 
 # ||impl - baseline|| / ||baseline|| allowed, by dtype: two implementations of the same
 # low-precision recurrence drift apart over T steps, and cuDNN may use TF32 for fp32

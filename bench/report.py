@@ -2,6 +2,8 @@
 
     python -m bench.report [RESULTS.json]   regenerate README's results table and plot from
                                             the newest committed bench/results/*.json
+    python -m bench.report --auto-table     ... and the table backend="auto" reads
+                                            (kernels/auto_table.json)
 """
 from __future__ import annotations
 
@@ -76,25 +78,16 @@ def write_json(path: pathlib.Path, info: dict, rows, argv) -> None:
     path.write_text(json.dumps({"machine": info, "argv": argv, "rows": rows}, indent=1))
 
 
-PLOT_NEEDS = ("plot skipped: matplotlib is not installed (pip install matplotlib, or "
-              "pip install -e '.[bench]')")
-
-
-def have_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def plot(rows, path: pathlib.Path, impl: str, title: str) -> bool:
     """Speedup of `impl` vs the baseline over hidden size, a line per batch size, a panel
-    per (cell, dtype, mode). Returns False when there is nothing to plot or matplotlib
-    (an optional dependency, the bench extra) is missing; the caller says so."""
-    if not have_matplotlib():
+    per (cell, dtype, mode). Returns False when there is nothing to plot, or when matplotlib
+    (an optional dependency: the bench extra) is missing, which it then says."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("plot skipped: matplotlib is not installed (pip install matplotlib, or "
+              "pip install -e '.[bench]')")
         return False
-    import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -165,8 +158,7 @@ def update_readme(path: pathlib.Path | None = None) -> pathlib.Path | None:
         body = "No GPU results are committed yet, so this README makes no speed claim."
     else:
         rows = json.loads(path.read_text())["rows"]
-        if not plot(rows, path.with_suffix(".png"), "fused", f"fusedrnn vs cuDNN ({path.stem})"):
-            print(PLOT_NEEDS if not have_matplotlib() else "plot skipped: no fused rows")
+        plot(rows, path.with_suffix(".png"), "fused", f"fusedrnn vs cuDNN ({path.stem})")
         body = readme_section(path)
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
@@ -174,7 +166,27 @@ def update_readme(path: pathlib.Path | None = None) -> pathlib.Path | None:
     return path
 
 
+def write_auto_table(path: pathlib.Path | None = None,
+                     out: pathlib.Path = ROOT / "kernels" / "auto_table.json") -> int:
+    """Write the table ``backend="auto"`` reads (kernels/auto_table.py) from a committed
+    result (the newest by default). Returns the number of rows."""
+    from fusedrnn.kernels.auto_table import table_rows
+
+    path = path or newest_result()
+    if path is None:
+        raise SystemExit("no committed results in bench/results: auto follows the estimates")
+    data = json.loads(path.read_text())
+    rows = table_rows(data["rows"])
+    out.write_text(json.dumps({"source": f"bench/results/{path.name}",
+                               "gpu": data["machine"].get("gpu"), "rows": rows}, indent=1))
+    return len(rows)
+
+
 if __name__ == "__main__":
-    chosen = update_readme(pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else None)
+    args = [a for a in sys.argv[1:] if a != "--auto-table"]
+    source = pathlib.Path(args[0]) if args else None
+    if "--auto-table" in sys.argv[1:]:
+        print(f"kernels/auto_table.json: {write_auto_table(source)} rows")
+    chosen = update_readme(source)
     print(f"README.md results updated from {chosen}" if chosen else
           "no committed results: README.md says so")

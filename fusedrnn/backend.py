@@ -75,6 +75,12 @@ def cpu_autocast_fallback(device: torch.device) -> bool:
             and not native_cpu_autocast_lstm_runs(torch.get_autocast_dtype("cpu")))
 
 
+def chose_by_auto(backend: str) -> bool:
+    """Whether "auto" made the choice: the module's "auto", not overridden by
+    FUSEDRNN_BACKEND."""
+    return backend == "auto" and os.environ.get(ENV_VAR, "") in ("", "auto")
+
+
 def resolve(backend: str, device: torch.device, dtype: torch.dtype,
             autocast_lstm: bool = False) -> str:
     """The backend that will run: one of "triton", "reference", "native".

@@ -37,7 +37,7 @@ def explain(module: nn.Module, input, sm_count: int | None = None) -> list[dict]
     dirs = 2 if getattr(module, "bidirectional", False) else 1
     training = torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
     if sm_count is None:
-        sms = (_sm(x.device) if x.device.type == "cuda" else 1)
+        sms = _plan.sm_count(x.device) if x.device.type == "cuda" else 1
     else:
         sms = sm_count
     cuda = sm_count is not None or x.device.type == "cuda"
@@ -52,8 +52,3 @@ def explain(module: nn.Module, input, sm_count: int | None = None) -> list[dict]
             rows.append(dict(p, layer=layer, direction="reverse" if d else "forward",
                              backend=chosen, backward=bwd))
     return rows
-
-
-def _sm(device) -> int:
-    from fusedrnn.kernels.common import sm_count
-    return sm_count(device)

@@ -24,11 +24,37 @@ class _BackendMixin:
     def _set_backend(self, backend: str) -> None:
         self.backend = _backend.check_backend_name(backend)
 
-    def _resolve_backend(self, x) -> str:
+    def _resolve_backend(self, input) -> str:
+        x = input.data if isinstance(input, PackedSequence) else input
         if not isinstance(x, Tensor):
             return "native"  # let torch's forward raise its own error for non-tensor input
-        return _backend.resolve(getattr(self, "backend", "auto"), x.device, x.dtype,
-                                autocast_lstm=isinstance(self, nn.LSTM))
+        chosen = _backend.resolve(getattr(self, "backend", "auto"), x.device, x.dtype,
+                                  autocast_lstm=isinstance(self, nn.LSTM))
+        if (chosen == "triton" and _backend.chose_by_auto(getattr(self, "backend", "auto"))
+                and isinstance(self, (nn.LSTM, nn.GRU)) and not self._triton_by_table(input)):
+            return "native"
+        return chosen
+
+    def _triton_by_table(self, input) -> bool:
+        """``auto`` on CUDA: the fused kernels only where the table (kernels/auto_table.py,
+        measured rows or the plan's estimates) says they are not slower than cuDNN, and
+        wherever cuDNN cannot serve: under torch.compile, and a backward in eval mode."""
+        from fusedrnn.kernels import auto_table
+        from fusedrnn.kernels.common import sm_count
+
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        if torch.compiler.is_compiling() or (grad and not self.training):
+            return True
+        x = input.data if isinstance(input, PackedSequence) else input
+        if isinstance(input, PackedSequence):
+            B = int(input.batch_sizes[0])  # batch_sizes lives on the CPU: no sync
+        else:
+            B = x.shape[0 if self.batch_first else 1] if x.dim() == 3 else 1
+        grad = grad or (torch.is_grad_enabled() and x.requires_grad)
+        return auto_table.prefers_triton(
+            self.mode.lower(), x.dtype, B, self.hidden_size, self.input_size,
+            getattr(self, "proj_size", 0), self.num_layers, self.bidirectional, grad,
+            sm_count(x.device))[0]
 
 
 def _autocast_dtype(module, device_type: str):
@@ -135,7 +161,7 @@ class LSTM(_BackendMixin, nn.LSTM):
         self._set_backend(backend)
 
     def forward(self, input, hx=None):
-        backend = self._resolve_backend(input.data if isinstance(input, PackedSequence) else input)
+        backend = self._resolve_backend(input)
         if backend == "native":
             return super().forward(input, hx)
         return _rnn_forward(self, input, hx, backend)
@@ -150,7 +176,7 @@ class GRU(_BackendMixin, nn.GRU):
         self._set_backend(backend)
 
     def forward(self, input, hx=None):
-        backend = self._resolve_backend(input.data if isinstance(input, PackedSequence) else input)
+        backend = self._resolve_backend(input)
         if backend == "native":
             return super().forward(input, hx)
         return _rnn_forward(self, input, hx, backend)

@@ -9,8 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fusedrnn.kernels import barrier_errors
-from fusedrnn.kernels.plan import KERNEL_ENV  # noqa: F401  (re-exported for tests, tools)
+from fusedrnn.kernels import barrier_errors, residency
 
 
 # ----------------------------------------------------------------------------------------
@@ -324,10 +323,10 @@ def run_steps(kernel, args: dict, T: int, phases, persistent: bool, device, num_
         n_progs = 1 if device.type == "cpu" else min(n_tiles, sm_count(device))
         flags = {k: any(f[k] for f, _ in phases) for k in phases[0][0]}
         sem, err = barrier_words(1, device)
-        kernel[(n_progs,)](**args, **flags, sem_ptr=sem, err_ptr=err, s0=0, n_steps=T,
-                           PERSISTENT=True, **barrier_flags(device), num_warps=num_warps,
-                           **launch_options(device))
-        barrier_errors.watch(err, getattr(kernel, "__name__", getattr(kernel, "name", "")))
+        launch_sequence(kernel, n_progs, dict(**args, **flags, sem_ptr=sem, err_ptr=err, s0=0,
+                                              n_steps=T, PERSISTENT=True,
+                                              **barrier_flags(device), num_warps=num_warps),
+                        err, device, getattr(kernel, "__name__", getattr(kernel, "name", "")))
         return
     for s in range(T):
         for flags, n_tiles in phases:
@@ -351,9 +350,13 @@ def barrier_flags(device) -> dict:
     return dict(ASM_ACQUIRE=device.type == "cuda", SPIN_LIMIT=BARRIER_SPIN_LIMIT)
 
 
-def launch_options(device) -> dict:
-    """Cooperative launch on CUDA where Triton has it (see _cooperative_launch)."""
-    return _cooperative_launch() if device.type == "cuda" else {}
+def launch_sequence(kernel, programs: int, kwargs: dict, err, device, what: str) -> None:
+    """Launch a sequence kernel (its programs meet at barriers): cooperatively where Triton
+    can, else after the co-residency check; then watch its barrier's error word."""
+    coop = _cooperative_launch() if device.type == "cuda" else {}
+    residency.guard(kernel, programs, kwargs, device, bool(coop), what)
+    kernel[(programs,)](**kwargs, **coop)
+    barrier_errors.watch(err, what)
 
 
 def pointer_args(**tensors) -> dict:

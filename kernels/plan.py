@@ -22,13 +22,18 @@ import os
 import torch
 import triton
 
+from fusedrnn.kernels.common import block_sizes, sm_count
+
 KERNEL_ENV = "FUSEDRNN_KERNEL"  # "auto" | "step" | "sequence" | "stationary"
 KERNELS = ("auto", "step", "sequence", "stationary")
 
 # Bytes of W_hh one program may keep in shared memory: an H100/H200 block gets up to 227 KB;
 # the rest is left for the h chunks and the layout conversions of the gate split.
 SMEM_W_BUDGET = 160 * 1024
-UNIT_CHOICES = (4, 8, 16, 32)     # U: hidden units per program; 4U gate rows are the MMA's M
+# U: hidden units per program; 4U gate rows are the MMA's M. U=16 (M=64, 4 warps) spilled
+# 96-1232 B on sm_80/sm_90 at H >= 768 and compiles to wgmma on sm_90: worth measuring on a
+# GPU, not yet planned.
+UNIT_CHOICES = (4, 8)
 BATCH_CHOICES = (64, 32, 16, 8)   # BB: batch rows per program, the MMA's N
 MAX_K_CHUNKS = 4                  # K as at most 4 power-of-two chunks (768 = 3 x 256)
 # The backward's slice (G*H rows x U columns, the MMA's B operand, N = U <= 32) is kept by
@@ -37,8 +42,8 @@ MAX_K_CHUNKS = 4                  # K as at most 4 power-of-two chunks (768 = 3 
 # the backward runs the streaming sequence kernel.
 BWD_W_REG_BYTES = 192
 # The per-step operand (h_{t-1}^T forward, dgates_{t+1} in fp32 backward) is staged through
-# registers: past ~384 bytes a thread forward (680 B spilled at 512) and 256 backward (fp32
-# BB=64 at H=256: 4 KB) it spilled kilobytes on sm_90.
+# registers: forward, 512 bytes a thread spilled 80-680 B (sm_80/sm_90) and 384 did not;
+# backward, 512 (fp32 BB=64 at H=256) spilled 4 KB.
 X_REG_BYTES = 384
 X_REG_BYTES_BWD = 256
 
@@ -116,8 +121,8 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
     choice = kernel_choice()
     g = 4 if cell == "lstm" else 3
     base = dict(cell=cell, dtype=str(dtype).replace("torch.", ""), B=B, H=H, K=K,
-                training=training, sm_count=sm_count,
-                pass_="backward" if backward else "forward")
+                training=training, sm_count=sm_count)
+    base["pass"] = "backward" if backward else "forward"
     why_not = None
     if proj:
         why_not = "proj_size: the weight-stationary kernels take no projection yet"
@@ -147,7 +152,6 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
                           if backward else ""))
     if choice == "stationary":
         why_not = f"{KERNEL_ENV}=stationary, but {why_not}"
-    from fusedrnn.kernels.common import block_sizes  # the streaming kernels' tiles
     bb, bh, bk, warps = block_sizes(B, H)
     tiles = triton.cdiv(B, bb) * triton.cdiv(H, bh)
     if choice in ("step", "sequence"):
@@ -170,7 +174,6 @@ def plan_for(cell: str, dtype: torch.dtype, B: int, H: int, K: int, proj: bool, 
     interpreter (programs run one after another there, so a barrier with two would hang;
     the weight-stationary kernel loops over the tiles there when there are several)."""
     if device.type == "cuda":
-        from fusedrnn.kernels.common import sm_count
         return plan(cell, dtype, B, H, K, proj, training, sm_count(device), True, ieee,
                     backward)
     return plan(cell, dtype, B, H, K, proj, training, 1, False, ieee, backward)

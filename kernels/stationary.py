@@ -4,142 +4,109 @@ One launch runs all T steps of a layer pass. Program (i_u, i_b) owns U hidden un
 gate rows of them: 4U rows of W_hh for LSTM, 3U for GRU) for BB batch rows. Before the time
 loop it loads its slice of W_hh once; every step it only reads the state of its batch rows
 (the broadcast of h_{t-1}, or of the gate gradients in backward) and its own inputs, so W
-never comes from L2 again. In standard Triton the hoisted slice lives in shared memory
-and is re-read per step with ldmatrix, which costs shared-memory bandwidth only.
+never comes from L2 again. In standard Triton the forward's hoisted slice lives in shared
+memory and is re-read per step with ldmatrix, which costs shared-memory bandwidth only.
 
 Forward, per step: gates^T (4U, BB) = W_slice (4U, K) . h_{t-1}^T (K, BB), the gate rows
 as the MMA's M side so U can be small. K = H is NK chunks of KC columns (768 = 3 x 256),
-each its own dot and accumulator (independent MMA chains). The gate tile is transposed
-and split into the four (BB, U) gate blocks, and the pointwise update is the streaming
+each its own dot (Triton folds their sum back into one accumulator chain, K/16 deep per
+warp, and lays several connected dots out with every warp along M). The gate tile is
+transposed and split into the four (BB, U) gate blocks, and the pointwise update is the streaming
 kernels' own (lstm.lstm_update_fwd, gru.gru_update_fwd): the same math and stores.
 
 Backward, per step: dh (BB, U) = sum over gates g and chunks c of dgates_{t+1} (BB, KC) .
 W_hh[g*H + c*KC : ..., units] (KC, U): each program keeps the columns of W_hh its units'
-state gradient needs (as the MMA's B operand, which Triton stages in shared memory; as the
-A operand the slice stayed in registers and spilled kilobytes). Then the gate gradients of
-step t, as in the streaming kernels (lstm_update_bwd, gru_update_bwd).
+state gradient needs. Triton 3.9 keeps this slice in registers, not shared memory (as the
+A operand too): it spills past H ~ 256, so the plan (kernels/plan.py) uses this backward
+only where it fits. Then the gate gradients of step t, as in the streaming kernels
+(lstm_update_bwd, gru_update_bwd).
 No atomics in the math: deterministic.
 
 Barriers: each batch group has its own counter (its programs exchange only its rows of h),
 so more batch groups split the broadcast instead of multiplying it. RESIDENT (one tile per
 program, the plan's normal case) is what keeps W on chip; otherwise (forced with more
-tiles than programs, and always under the interpreter, where programs run one after
-another) one program loops over the tiles, re-loading each slice, with a grid barrier.
+tiles than programs, or under the interpreter, where programs run one after another and
+the grid is one program) a program loops over the tiles, re-loading each slice, with a
+grid barrier.
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from fusedrnn.kernels import barrier_errors
 from fusedrnn.kernels.common import (barrier_flags, barrier_words, bwd_step, dot, fwd_step,
-                                     grid_barrier, group_barrier, launch_options,
+                                     grid_barrier, group_barrier, launch_sequence,
                                      tile_offsets)
 from fusedrnn.kernels.gru import gru_update_bwd, gru_update_fwd
 from fusedrnn.kernels.lstm import lstm_update_bwd, lstm_update_fwd
 
 
 # ----------------------------------------------------------------------------------------
-# the slices of W_hh a program keeps
+# the slices of W_hh a program keeps, and the per-step products with them
 # ----------------------------------------------------------------------------------------
 @triton.jit
-def _w_rows_chunk(w_ptr, s_w, i_u, c, H, G: tl.constexpr, U: tl.constexpr, KC: tl.constexpr):
-    """Forward slice, chunk c: (4U, KC); row r is gate r // U of unit i_u*U + r % U (gate 3
-    of a GRU is zero), columns c*KC .. of W_hh."""
-    r = tl.arange(0, 4 * U)
-    gate, unit = r // U, i_u * U + r % U
+def _w_chunk(w_ptr, s_w, i_u, g, c, H, G: tl.constexpr, U: tl.constexpr, KC: tl.constexpr,
+             ROWS: tl.constexpr):
+    """Chunk c (columns, or rows, c*KC ..) of a program's slice of W_hh (G*H, H).
+
+    ROWS (forward): (4U, KC); row r is gate r // U of unit i_u*U + r % U (a GRU's gate 3 is
+    zero). Otherwise (backward, gate g): (KC, U) = W_hh[g*H + c*KC + k, i_u*U + u]."""
     o_k = c * KC + tl.arange(0, KC)
-    m = ((gate < G) & (unit < H))[:, None] & (o_k < H)[None, :]
-    p = w_ptr + (gate * H + unit).to(tl.int64)[:, None] * s_w + o_k[None, :]
+    if ROWS:
+        r = tl.arange(0, 4 * U)
+        gate, unit = r // U, i_u * U + r % U
+        m = ((gate < G) & (unit < H))[:, None] & (o_k < H)[None, :]
+        p = w_ptr + (gate * H + unit).to(tl.int64)[:, None] * s_w + o_k[None, :]
+    else:
+        o_u = i_u * U + tl.arange(0, U)
+        m = (o_k < H)[:, None] & (o_u < H)[None, :]
+        p = w_ptr + (g * H + o_k).to(tl.int64)[:, None] * s_w + o_u[None, :]
     return tl.load(p, mask=m, other=0.0)
 
 
 @triton.jit
-def _w_rows(w_ptr, s_w, i_u, H, G: tl.constexpr, U: tl.constexpr, KC: tl.constexpr,
-            NK: tl.constexpr):
-    """The forward slice as NK chunks (repeats of chunk 0 past NK, never used)."""
-    w0 = _w_rows_chunk(w_ptr, s_w, i_u, 0, H, G, U, KC)
+def _w_chunks(w_ptr, s_w, i_u, g, H, G: tl.constexpr, U: tl.constexpr, KC: tl.constexpr,
+              NK: tl.constexpr, ROWS: tl.constexpr):
+    """The slice as NK chunks (repeats of chunk 0 past NK, never used)."""
+    w0 = _w_chunk(w_ptr, s_w, i_u, g, 0, H, G, U, KC, ROWS)
     w1, w2, w3 = w0, w0, w0
     if NK > 1:
-        w1 = _w_rows_chunk(w_ptr, s_w, i_u, 1, H, G, U, KC)
+        w1 = _w_chunk(w_ptr, s_w, i_u, g, 1, H, G, U, KC, ROWS)
     if NK > 2:
-        w2 = _w_rows_chunk(w_ptr, s_w, i_u, 2, H, G, U, KC)
+        w2 = _w_chunk(w_ptr, s_w, i_u, g, 2, H, G, U, KC, ROWS)
     if NK > 3:
-        w3 = _w_rows_chunk(w_ptr, s_w, i_u, 3, H, G, U, KC)
+        w3 = _w_chunk(w_ptr, s_w, i_u, g, 3, H, G, U, KC, ROWS)
     return w0, w1, w2, w3
 
 
 @triton.jit
-def _w_cols_chunk(w_ptr, s_w, i_u, g, c, H, U: tl.constexpr, KC: tl.constexpr):
-    """Backward slice of gate g, chunk c: (KC, U) = W_hh[g*H + c*KC + k, i_u*U + u], the
-    MMA's B operand (so it stays in shared memory like the forward's slice)."""
-    o_u = i_u * U + tl.arange(0, U)
+def _chunk_dot(w, p_x, m_b, c, H, ACC: tl.constexpr, KC: tl.constexpr, ROWS: tl.constexpr,
+               IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """ROWS: w (M, KC) . x^T chunk c (KC, BB), p_x (1, BB) at the batch rows of x.
+    Otherwise: x chunk c (BB, KC) . w (KC, N), p_x (BB, 1). x is cast to w's dtype."""
     o_k = c * KC + tl.arange(0, KC)
-    m = (o_k < H)[:, None] & (o_u < H)[None, :]
-    p = w_ptr + (g * H + o_k).to(tl.int64)[:, None] * s_w + o_u[None, :]
-    return tl.load(p, mask=m, other=0.0)
-
-
-@triton.jit
-def _w_cols(w_ptr, s_w, i_u, g, H, U: tl.constexpr, KC: tl.constexpr, NK: tl.constexpr):
-    w0 = _w_cols_chunk(w_ptr, s_w, i_u, g, 0, H, U, KC)
-    w1, w2, w3 = w0, w0, w0
-    if NK > 1:
-        w1 = _w_cols_chunk(w_ptr, s_w, i_u, g, 1, H, U, KC)
-    if NK > 2:
-        w2 = _w_cols_chunk(w_ptr, s_w, i_u, g, 2, H, U, KC)
-    if NK > 3:
-        w3 = _w_cols_chunk(w_ptr, s_w, i_u, g, 3, H, U, KC)
-    return w0, w1, w2, w3
-
-
-# ----------------------------------------------------------------------------------------
-# the per-step matrix products
-# ----------------------------------------------------------------------------------------
-@triton.jit
-def _chunk_dot(w, p_x, m_b, c, H, ACC: tl.constexpr, KC: tl.constexpr, IEEE: tl.constexpr,
-               UPCAST: tl.constexpr):
-    """w (M, KC) . x^T chunk c (KC, BB), where p_x (1, BB) points at the batch rows of x."""
-    o_k = c * KC + tl.arange(0, KC)
-    b_x = tl.load(p_x + o_k[:, None], mask=(o_k < H)[:, None] & m_b[None, :], other=0.0)
-    acc = tl.zeros((w.shape[0], b_x.shape[1]), dtype=ACC)
-    return dot(w, b_x.to(w.dtype), acc, IEEE, UPCAST)
-
-
-@triton.jit
-def _chunks_dot(w0, w1, w2, w3, p_x, m_b, H, ACC: tl.constexpr, KC: tl.constexpr,
-                NK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
-    """sum over the NK chunks: one accumulator each, so the MMA chains run side by side."""
-    acc = _chunk_dot(w0, p_x, m_b, 0, H, ACC, KC, IEEE, UPCAST)
-    if NK > 1:
-        acc += _chunk_dot(w1, p_x, m_b, 1, H, ACC, KC, IEEE, UPCAST)
-    if NK > 2:
-        acc += _chunk_dot(w2, p_x, m_b, 2, H, ACC, KC, IEEE, UPCAST)
-    if NK > 3:
-        acc += _chunk_dot(w3, p_x, m_b, 3, H, ACC, KC, IEEE, UPCAST)
+    if ROWS:
+        b_x = tl.load(p_x + o_k[:, None], mask=(o_k < H)[:, None] & m_b[None, :], other=0.0)
+        acc = tl.zeros((w.shape[0], b_x.shape[1]), dtype=ACC)
+        acc = dot(w, b_x.to(w.dtype), acc, IEEE, UPCAST)
+    else:
+        b_x = tl.load(p_x + o_k[None, :], mask=m_b[:, None] & (o_k < H)[None, :], other=0.0)
+        acc = tl.zeros((b_x.shape[0], w.shape[1]), dtype=ACC)
+        acc = dot(b_x.to(w.dtype), w, acc, IEEE, UPCAST)
     return acc
 
 
 @triton.jit
-def _chunk_dot_t(p_x, w, m_b, c, H, ACC: tl.constexpr, KC: tl.constexpr, IEEE: tl.constexpr,
-                 UPCAST: tl.constexpr):
-    """x chunk c (BB, KC) . w (KC, N), where p_x (BB, 1) points at the batch rows of x."""
-    o_k = c * KC + tl.arange(0, KC)
-    b_x = tl.load(p_x + o_k[None, :], mask=m_b[:, None] & (o_k < H)[None, :], other=0.0)
-    acc = tl.zeros((b_x.shape[0], w.shape[1]), dtype=ACC)
-    return dot(b_x.to(w.dtype), w, acc, IEEE, UPCAST)
-
-
-@triton.jit
-def _chunks_dot_t(p_x, w0, w1, w2, w3, m_b, H, ACC: tl.constexpr, KC: tl.constexpr,
-                  NK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
-    acc = _chunk_dot_t(p_x, w0, m_b, 0, H, ACC, KC, IEEE, UPCAST)
+def _chunks_dot(w0, w1, w2, w3, p_x, m_b, H, ACC: tl.constexpr, KC: tl.constexpr,
+                NK: tl.constexpr, ROWS: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+    """The sum over the NK chunks (Triton folds it into one accumulator chain)."""
+    acc = _chunk_dot(w0, p_x, m_b, 0, H, ACC, KC, ROWS, IEEE, UPCAST)
     if NK > 1:
-        acc += _chunk_dot_t(p_x, w1, m_b, 1, H, ACC, KC, IEEE, UPCAST)
+        acc += _chunk_dot(w1, p_x, m_b, 1, H, ACC, KC, ROWS, IEEE, UPCAST)
     if NK > 2:
-        acc += _chunk_dot_t(p_x, w2, m_b, 2, H, ACC, KC, IEEE, UPCAST)
+        acc += _chunk_dot(w2, p_x, m_b, 2, H, ACC, KC, ROWS, IEEE, UPCAST)
     if NK > 3:
-        acc += _chunk_dot_t(p_x, w3, m_b, 3, H, ACC, KC, IEEE, UPCAST)
+        acc += _chunk_dot(w3, p_x, m_b, 3, H, ACC, KC, ROWS, IEEE, UPCAST)
     return acc
 
 
@@ -170,7 +137,7 @@ def _fwd_tile(
     o_b = i_b * BB + tl.arange(0, BB)
     m_b = o_b < B
     p_h = h_ptr + rd.to(tl.int64) * s_h_slot + o_b.to(tl.int64)[None, :] * s_h_b
-    acc = _chunks_dot(w0, w1, w2, w3, p_h, m_b, H, ACC, KC, NK, IEEE, UPCAST)
+    acc = _chunks_dot(w0, w1, w2, w3, p_h, m_b, H, ACC, KC, NK, True, IEEE, UPCAST)
     g0, g1, g2, g3 = _split_gates(acc, U, BB)
     if LSTM:
         lstm_update_fwd(g0, g1, g2, g3, i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot,
@@ -197,12 +164,13 @@ def _bwd_tile(
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_u, i_b, H, B, U, BB)
     p_dg = dg_ptr + t_next.to(tl.int64) * s_dg_t + o_b64[:, None] * s_dg_b
     # dgates_{t+1} (BB, G*H) . W_hh[:, units] (G*H, U), gate by gate
-    acc = _chunks_dot_t(p_dg, w00, w01, w02, w03, m_b, H, ACC, KC, NK, IEEE, UPCAST)
-    acc += _chunks_dot_t(p_dg + H, w10, w11, w12, w13, m_b, H, ACC, KC, NK, IEEE, UPCAST)
-    acc += _chunks_dot_t(p_dg + 2 * H, w20, w21, w22, w23, m_b, H, ACC, KC, NK, IEEE, UPCAST)
+    acc = _chunks_dot(w00, w01, w02, w03, p_dg, m_b, H, ACC, KC, NK, False, IEEE, UPCAST)
+    acc += _chunks_dot(w10, w11, w12, w13, p_dg + H, m_b, H, ACC, KC, NK, False, IEEE, UPCAST)
+    acc += _chunks_dot(w20, w21, w22, w23, p_dg + 2 * H, m_b, H, ACC, KC, NK, False, IEEE,
+                       UPCAST)
     if LSTM:
-        acc += _chunks_dot_t(p_dg + 3 * H, w30, w31, w32, w33, m_b, H, ACC, KC, NK, IEEE,
-                             UPCAST)
+        acc += _chunks_dot(w30, w31, w32, w33, p_dg + 3 * H, m_b, H, ACC, KC, NK, False, IEEE,
+                           UPCAST)
     b_g = tl.load(g_ptr + o_b64[:, None] * s_g_b + o_h[None, :], mask=m, other=0.0)
     b_gs = b_g + acc                          # carried + dgates_{t+1} W_hh, (BB, U)
     if LSTM:
@@ -243,7 +211,7 @@ def stationary_fwd_kernel(
     n_u = tl.cdiv(H, U)
     n_tiles = n_u * tl.cdiv(B, BB)
     if RESIDENT:  # the slice, loaded once: the time loop reads no W from global memory
-        w0, w1, w2, w3 = _w_rows(w_ptr, s_w, pid % n_u, H, G, U, KC, NK)
+        w0, w1, w2, w3 = _w_chunks(w_ptr, s_w, pid % n_u, 0, H, G, U, KC, NK, True)
     for s in range(0, T):
         t, rd, wr = fwd_step(s, T, REVERSE, SAVE)
         if RESIDENT:
@@ -255,7 +223,7 @@ def stationary_fwd_kernel(
                           SPIN_LIMIT)
         else:
             for tile in range(pid, n_tiles, n_progs):
-                v0, v1, v2, v3 = _w_rows(w_ptr, s_w, tile % n_u, H, G, U, KC, NK)
+                v0, v1, v2, v3 = _w_chunks(w_ptr, s_w, tile % n_u, 0, H, G, U, KC, NK, True)
                 _fwd_tile(tile % n_u, tile // n_u, v0, v1, v2, v3, xg_ptr, s_xg_t, s_xg_b,
                           bhn_ptr, h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot, s_c_b,
                           out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr,
@@ -268,12 +236,12 @@ def stationary_fwd_kernel(
 def _w_cols_all(w_ptr, s_w, i_u, H, LSTM: tl.constexpr, U: tl.constexpr, KC: tl.constexpr,
                 NK: tl.constexpr):
     """The backward slice: every gate's chunks (gate 3 repeats gate 0 for a GRU, unused)."""
-    w00, w01, w02, w03 = _w_cols(w_ptr, s_w, i_u, 0, H, U, KC, NK)
-    w10, w11, w12, w13 = _w_cols(w_ptr, s_w, i_u, 1, H, U, KC, NK)
-    w20, w21, w22, w23 = _w_cols(w_ptr, s_w, i_u, 2, H, U, KC, NK)
+    w00, w01, w02, w03 = _w_chunks(w_ptr, s_w, i_u, 0, H, 4, U, KC, NK, False)
+    w10, w11, w12, w13 = _w_chunks(w_ptr, s_w, i_u, 1, H, 4, U, KC, NK, False)
+    w20, w21, w22, w23 = _w_chunks(w_ptr, s_w, i_u, 2, H, 4, U, KC, NK, False)
     w30, w31, w32, w33 = w00, w01, w02, w03
     if LSTM:
-        w30, w31, w32, w33 = _w_cols(w_ptr, s_w, i_u, 3, H, U, KC, NK)
+        w30, w31, w32, w33 = _w_chunks(w_ptr, s_w, i_u, 3, H, 4, U, KC, NK, False)
     return (w00, w01, w02, w03, w10, w11, w12, w13, w20, w21, w22, w23,
             w30, w31, w32, w33)
 
@@ -331,27 +299,22 @@ def stationary_bwd_kernel(
 # ----------------------------------------------------------------------------------------
 # launchers: the buffers come from lstm.py / gru.py, which call these
 # ----------------------------------------------------------------------------------------
-def _grid(plan: dict, device) -> tuple[int, bool]:
-    programs = plan["programs"] if device.type == "cuda" else 1
-    return programs, programs == plan["tiles"]
+def _launch(kernel, plan: dict, args: dict, B: int, device, warps: int, what: str) -> None:
+    """One launch of plan["programs"] programs (one under the interpreter: the plan was made
+    for one SM), each owning one tile when there are as many tiles (RESIDENT)."""
+    programs = plan["programs"]
+    sem, err = barrier_words(triton.cdiv(B, plan["BB"]), device)
+    launch_sequence(kernel, programs, dict(
+        **args, sem_ptr=sem, err_ptr=err, RESIDENT=programs == plan["tiles"], U=plan["U"],
+        BB=plan["BB"], KC=plan["KC"], NK=plan["NK"], **barrier_flags(device),
+        num_warps=warps), err, device, what)
 
 
 def launch_fwd(plan: dict, args: dict, B: int, device) -> None:
     """args: the kernel's pointers, strides, T, B, H and LSTM .. REVERSE, IEEE, UPCAST."""
-    programs, resident = _grid(plan, device)
-    sem, err = barrier_words(triton.cdiv(B, plan["BB"]), device)
-    stationary_fwd_kernel[(programs,)](
-        **args, sem_ptr=sem, err_ptr=err, RESIDENT=resident, U=plan["U"], BB=plan["BB"],
-        KC=plan["KC"], NK=plan["NK"], **barrier_flags(device), num_warps=plan["warps"],
-        **launch_options(device))
-    barrier_errors.watch(err, "stationary forward")
+    _launch(stationary_fwd_kernel, plan, args, B, device, plan["warps"], "stationary forward")
 
 
 def launch_bwd(plan: dict, args: dict, B: int, device) -> None:
-    programs, resident = _grid(plan, device)
-    sem, err = barrier_words(triton.cdiv(B, plan["BB"]), device)
-    stationary_bwd_kernel[(programs,)](
-        **args, sem_ptr=sem, err_ptr=err, RESIDENT=resident, U=plan["U"], BB=plan["BB"],
-        KC=plan["KC"], NK=plan["NK"], **barrier_flags(device), num_warps=plan["warps_bwd"],
-        **launch_options(device))
-    barrier_errors.watch(err, "stationary backward")
+    _launch(stationary_bwd_kernel, plan, args, B, device, plan["warps_bwd"],
+            "stationary backward")

@@ -63,7 +63,7 @@ def kernel_mode(request, monkeypatch):
     """Runs the test once with each kind of recurrent kernel: step, streaming sequence, and
     weight-stationary sequence (forced: under the interpreter it is one program, which
     keeps W resident where the layer is one tile and loops over the tiles otherwise)."""
-    from fusedrnn.kernels.common import KERNEL_ENV
+    from fusedrnn.kernels.plan import KERNEL_ENV
 
     monkeypatch.setenv(KERNEL_ENV, request.param)
     return request.param

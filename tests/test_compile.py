@@ -9,6 +9,8 @@ import pathlib
 import subprocess
 import sys
 
+from fusedrnn.kernels import residency
+
 ROOT = pathlib.Path(__file__).resolve().parent
 
 
@@ -59,6 +61,9 @@ def test_weight_stationary_kernels_keep_w_on_chip(tmp_path, capsys):
         assert r["spill_bytes"] <= 128 and r["hot_spills"] == 0, f"spills: {what}"
         assert r["w_loads_in_loop"] == 0, f"W_hh loaded inside the time loop: {what}"
         assert r["mma_per_step"] == r["mma_work"] > 0, f"MMAs per warp per step: {what}"
+        # the plan gives at most one program per SM: the compiled kernel must allow that
+        assert residency.max_coresident(r["registers"], r["num_warps"], r["dyn_shared"],
+                                        residency.H100) >= residency.H100["sm_count"], what
 
 
 def test_w_load_check_sees_a_streaming_kernel():

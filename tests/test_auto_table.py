@@ -1,0 +1,90 @@
+"""Where backend="auto" sends a CUDA LSTM/GRU (kernels/auto_table.py): measured rows when a
+table exists, the plan's estimates until then; and the module's use of it."""
+import json
+
+import pytest
+import torch
+
+import fusedrnn
+from bench import report
+from fusedrnn.kernels import auto_table, common
+
+BF16, FP16 = torch.bfloat16, torch.float16
+
+
+def _ask(cell, dtype, B, H, training, table=auto_table.TABLE, **kw):
+    args = dict(I=H, proj=0, layers=1, bidirectional=False, sm_count=132)
+    args.update(kw)
+    return auto_table.prefers_triton(cell, dtype, B, H, args["I"], args["proj"],
+                                     args["layers"], args["bidirectional"], training,
+                                     args["sm_count"], table=table)
+
+
+def test_estimates_until_a_gpu_result_exists(tmp_path):
+    missing = tmp_path / "none.json"
+    ok, why = _ask("lstm", FP16, 16, 768, False, missing)  # cuDNN's persistent case
+    assert not ok and "persistent" in why
+    ok, why = _ask("lstm", BF16, 8, 1024, False, missing)
+    assert ok and why.startswith("estimate: weight-stationary")
+    ok, why = _ask("lstm", BF16, 8, 1024, True, missing)   # its backward streams
+    assert not ok and "backward would stream" in why
+    ok, why = _ask("lstm", BF16, 512, 1024, False, missing)
+    assert not ok and "forward would stream" in why
+
+
+def test_measured_rows_win_and_the_nearest_is_used(tmp_path):
+    table = tmp_path / "t.json"
+    table.write_text(json.dumps({"rows": [
+        dict(cell="lstm", dtype="fp16", mode="inference", B=16, H=768, triton_faster=True),
+        dict(cell="lstm", dtype="fp16", mode="inference", B=512, H=2048, triton_faster=False)]}))
+    ok, why = _ask("lstm", FP16, 32, 512, False, table)
+    assert ok and "measured" in why and "B=16 H=768" in why
+    assert not _ask("lstm", FP16, 256, 2048, False, table)[0]
+    # no row of this cell/dtype/mode: the estimates
+    assert _ask("gru", BF16, 8, 1024, False, table)[1].startswith("estimate")
+
+
+def test_table_written_from_a_benchmark_result(tmp_path):
+    rows = []
+    for B, fused_ms in ((8, 1.0), (128, 3.0)):
+        cfg = dict(cell="gru", dtype="bf16", mode="training", B=B, H=512, layers=1,
+                   bidirectional=False, config=f"c{B}")
+        rows += [dict(cfg, impl="cudnn", ms=2.0), dict(cfg, impl="fused", ms=fused_ms)]
+    result = tmp_path / "run.json"
+    result.write_text(json.dumps({"machine": {"gpu": "Test GPU"}, "rows": rows}))
+    out = tmp_path / "auto_table.json"
+    assert report.write_auto_table(result, out) == 2
+    data = json.loads(out.read_text())
+    assert data["gpu"] == "Test GPU"
+    assert [r["triton_faster"] for r in data["rows"]] == [True, False]
+
+
+def test_module_asks_the_table_with_its_call(monkeypatch):
+    """What the drop-in passes (CPU tensors stand in for CUDA ones: only the question is
+    checked), and the cases cuDNN cannot serve, which go to triton whatever the table."""
+    asked = []
+
+    def fake(*args):
+        asked.append(args)
+        return False, "test"
+
+    monkeypatch.setattr(auto_table, "prefers_triton", fake)
+    monkeypatch.setattr(common, "sm_count", lambda device: 132)
+    m = fusedrnn.GRU(12, 16, num_layers=2, batch_first=True)
+    x = torch.randn(5, 7, 12)
+    assert m._triton_by_table(x) is False
+    assert asked[-1] == ("gru", torch.float32, 5, 16, 12, 0, 2, False, True, 132)
+    with torch.no_grad():
+        m._triton_by_table(x)
+    assert asked[-1][-2] is False  # inference
+    m.eval()
+    assert m._triton_by_table(x) is True  # backward in eval mode: cuDNN refuses it
+    with torch.no_grad():
+        assert m._triton_by_table(x) is False
+
+
+@pytest.mark.parametrize("env,want", [("", True), ("auto", True), ("triton", False)])
+def test_only_auto_itself_consults_the_table(env, want, monkeypatch):
+    monkeypatch.setenv("FUSEDRNN_BACKEND", env)
+    assert fusedrnn.backend.chose_by_auto("auto") is want
+    assert fusedrnn.backend.chose_by_auto("triton") is False
