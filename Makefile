@@ -17,8 +17,12 @@ bench: $(STAMP)
 
 env: $(STAMP)
 
+# Triton 3.6, what the lent GPU machines run, goes beside the installed one: the compile
+# test builds the weight-stationary kernels with it too (skipped, with its reason, without it)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test,bench]"
+	$(PY) -m pip install -q --no-deps --target $(VENV)/triton36 triton==3.6.0 || \
+		echo "Triton 3.6 not installed: its compile test will be skipped"
 	touch $@

@@ -247,8 +247,9 @@ def _region(lines, start):
 
 
 def w_loads_in_time_loop(ttgir: str, arg: str = "w_ptr") -> int:
-    """Global loads (tt.load) inside the time loop (``scf.for %s``) whose pointer derives
-    from the kernel argument ``arg``: what a weight-stationary kernel must not have."""
+    """Global loads (tt.load) inside the time loop (the ``scf.for`` up to T) whose pointer
+    derives from the kernel argument ``arg``: what a weight-stationary kernel must not
+    have."""
     lines = ttgir.splitlines()
     defs = {}
     for line in lines:
@@ -266,7 +267,13 @@ def w_loads_in_time_loop(ttgir: str, arg: str = "w_ptr") -> int:
         seen.add(name)
         return any(from_arg(o, seen) for o in defs[name])
 
-    start = next(k for k, line in enumerate(lines) if re.match(r"\s*scf\.for %s = ", line))
+    # the loop over time runs to the argument T (its variable is %s on Triton 3.9, %argN
+    # on 3.6)
+    starts = [k for k, line in enumerate(lines)
+              if re.match(r"\s*scf\.for %[\w.]+ = %[\w.]+ to %T step ", line)]
+    if not starts:
+        raise ValueError("no scf.for over T in the TTGIR: the time loop was not found")
+    start = starts[0]
     n = 0
     for line in _region(lines, start):
         m = re.search(r"= tt\.load (%[\w.]+)", line)
@@ -303,7 +310,7 @@ def mma_work_per_warp(config: dict, kernel: str, num_warps: int, dtype: str) -> 
 
 def _stationary_one(k: int) -> dict:
     row, compiled, sass = _compile(k)
-    return {**row, "dyn_shared": compiled.metadata.shared,
+    return {**row, "triton": triton.__version__, "dyn_shared": compiled.metadata.shared,
             "w_loads_in_loop": w_loads_in_time_loop(compiled.asm["ttgir"]),
             "mma_per_step": mma_per_step(sass),
             "mma_work": mma_work_per_warp(row["config"], row["kernel"], row["num_warps"],
