@@ -2,6 +2,7 @@
 the carried state gradient) and the launch-side rules (block sizes, allocation, checks)."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -379,7 +380,7 @@ def dot_flags(dtype: torch.dtype, device: torch.device, allow_tf32: bool | None 
     tensors) always computes exactly."""
     if allow_tf32 is None:
         allow_tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32
-    ieee = dtype in (torch.float32, torch.float64) and not allow_tf32
+    ieee = dtype == torch.float64 or (dtype == torch.float32 and not allow_tf32)
     upcast = device.type == "cpu" and dtype == torch.bfloat16  # interpreter trap
     return ieee, upcast
 
@@ -417,9 +418,32 @@ def check_layer_args(x, states, weights, lengths):
               f"lengths must be on x's device {x.device}, got {lengths.device}")
 
 
+@contextlib.contextmanager
+def cudnn_tf32_gemms(device: torch.device):
+    """The layer's fp32 GEMMs (input projection, gradient GEMMs) follow
+    ``torch.backends.cudnn.allow_tf32``, as cuDNN's RNN does for all of its math, rather
+    than the matmul flag (False by default): the same precision as the recurrence's dots
+    (:func:`dot_flags`). Nothing changes off CUDA."""
+    if device.type != "cuda":
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def weight_grads(x, dgi, dgh, prev_h, w_ih, w_hh, needs, extra_dh0, dc0=None, d_proj=None):
     """The GEMMs over all steps after the recurrence: dx, dh0, [dc0], dW_ih, dW_hh, db_ih,
-    db_hh, [dW_hr]. dgi: gradients of x W_ih^T + b_ih; dgh: of h W_hh^T + b_hh."""
+    db_hh, [dW_hr]. dgi: gradients of x W_ih^T + b_ih; dgh: of h W_hh^T + b_hh. fp32 in
+    TF32 where cuDNN would (:func:`cudnn_tf32_gemms`)."""
+    with cudnn_tf32_gemms(x.device):
+        return _weight_grads(x, dgi, dgh, prev_h, w_ih, w_hh, needs, extra_dh0, dc0, d_proj)
+
+
+def _weight_grads(x, dgi, dgh, prev_h, w_ih, w_hh, needs, extra_dh0, dc0, d_proj):
     lp = x.dtype
     g_carry, dg_first = extra_dh0
     need_x, need_h0 = needs[0], needs[1]

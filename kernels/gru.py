@@ -17,11 +17,11 @@ import triton
 import triton.language as tl
 
 from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check_layer_args,
-                                     compute_dtype, dot_flags, empty, first_slot, fwd_step,
-                                     grid_barrier, last_slot, like_layout, pointer_args,
-                                     recurrent_gates, run_steps, sigmoid, state_grad,
-                                     store_four, store_step, tanh, tile_offsets,
-                                     valid_rows, weight_grads)
+                                     compute_dtype, cudnn_tf32_gemms, dot_flags, empty,
+                                     first_slot, fwd_step, grid_barrier, last_slot,
+                                     like_layout, pointer_args, recurrent_gates, run_steps,
+                                     sigmoid, state_grad, store_four, store_step, tanh,
+                                     tile_offsets, valid_rows, weight_grads)
 from fusedrnn.kernels.plan import plan_for
 
 
@@ -205,7 +205,8 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, allow_tf3
     bias = None
     if b_ih is not None:
         bias = torch.cat([b_ih[:2 * H] + b_hh[:2 * H], b_ih[2 * H:]])
-    xg = F.linear(x, w_ih, bias)
+    with cudnn_tf32_gemms(dev):
+        xg = F.linear(x, w_ih, bias)
     if xg.stride(-1) != 1:
         xg = xg.contiguous()
     n_slots = T + 1 if save else 2

@@ -21,11 +21,11 @@ import triton
 import triton.language as tl
 
 from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check_layer_args,
-                                     compute_dtype, dot_flags, empty, first_slot, fwd_step,
-                                     grid_barrier, last_slot, like_layout, mm_tile, pointer_args,
-                                     recurrent_gates, run_steps, sigmoid, state_grad,
-                                     store_four, store_step, tanh, tile_offsets,
-                                     valid_rows, weight_grads)
+                                     compute_dtype, cudnn_tf32_gemms, dot_flags, empty,
+                                     first_slot, fwd_step, grid_barrier, last_slot,
+                                     like_layout, mm_tile, pointer_args, recurrent_gates,
+                                     run_steps, sigmoid, state_grad, store_four, store_step,
+                                     tanh, tile_offsets, valid_rows, weight_grads)
 from fusedrnn.kernels.plan import plan_for
 
 
@@ -323,7 +323,8 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save
     dev = x.device
     has_proj = w_hr is not None
 
-    xg = F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
+    with cudnn_tf32_gemms(dev):
+        xg = F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
     if xg.stride(-1) != 1:
         xg = xg.contiguous()
     n_slots = T + 1 if save else 2

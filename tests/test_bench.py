@@ -80,3 +80,19 @@ def test_bench_finishes_without_matplotlib(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert out.count("plot skipped: matplotlib is not installed") == 1
     assert len(list(tmp_path.glob("*.json"))) == 1 and not list(tmp_path.glob("*.png"))
+
+
+def test_gpu_micro_script_runs_each_kernel(tmp_path):
+    """bench.micro (the first GPU call's barrier, broadcast and target measurements) in its
+    dry mode: every kernel once under the interpreter, the targets checked, rows written."""
+    from bench import micro
+
+    assert micro.main(["--dry", "--out", str(tmp_path)]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "micro.jsonl").read_text().splitlines()]
+    kinds = [r["kind"] for r in rows]
+    assert kinds.count("barrier") == 1 and kinds.count("h broadcast + barrier") == 1
+    targets = [r for r in rows if r["kind"] == "target"]
+    assert {r["impl"] for r in targets} >= {"fused-stationary", "fused-seq"}
+    assert all(r["status"] == "ok" for r in targets)
+    assert {r["plan"]["kernel"] for r in targets if r["impl"] == "fused-stationary"} \
+        == {"stationary"}

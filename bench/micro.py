@@ -1,0 +1,145 @@
+"""python -m bench.micro --out DIR: the first GPU call's measurements for issue 11, in order
+of cost, each row appended to DIR/micro.jsonl as soon as it is measured (a call cut by its
+time limit keeps what it had):
+
+1. the grid barrier: microseconds per barrier with one program per SM, the programs in one
+   group (one counter) or split into 2 and 4 groups (a counter each, as the batch groups of
+   the weight-stationary kernels);
+2. the h broadcast: per step, every program reads all of h_{t-1} for its batch rows (K x BB
+   in the layer's dtype) and meets the others at the barrier; minus (1), the broadcast;
+3. the target configurations: weight-stationary vs streaming sequence kernels vs cuDNN
+   (checked, then timed, by bench.measure): fp16 LSTM B=16 H=768 T=1024 (cuDNN's persistent
+   best case) and bf16/fp32 LSTM B in {8, 128} H=1024 T=256, inference and training.
+
+Without a GPU (``--dry``, the test) every kernel runs once under the interpreter, one
+program, to prove the script; nothing is timed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import time
+
+import torch
+
+HAS_GPU = torch.cuda.is_available()
+if not HAS_GPU:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from bench import configs, measure  # noqa: E402
+from fusedrnn.kernels.common import (barrier_flags, barrier_words, group_barrier,  # noqa: E402
+                                     launch_sequence)
+
+
+@triton.jit
+def _barriers(sem_ptr, err_ptr, out_ptr, h_ptr, s_h, n_steps, GROUPS: tl.constexpr,
+              K: tl.constexpr, BB: tl.constexpr, LOAD: tl.constexpr,
+              ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr):
+    """n_steps steps of: (LOAD) read h (K, BB) of this program's batch group; then a
+    barrier among this program's group (programs split into GROUPS contiguous groups)."""
+    pid = tl.program_id(0)
+    per = tl.num_programs(0) // GROUPS
+    group = pid // per
+    acc = tl.zeros((K, BB), dtype=tl.float32)
+    for s in range(0, n_steps):
+        if LOAD:
+            o_k = tl.arange(0, K)
+            o_b = group * BB + tl.arange(0, BB)
+            # volatile: read every step, as after a barrier, never hoisted out of the loop
+            acc += tl.load(h_ptr + o_b[None, :] * s_h + o_k[:, None],
+                           volatile=True).to(tl.float32)
+        group_barrier(sem_ptr + group, per, pid % per == 0, err_ptr, s, ASM_ACQUIRE,
+                      SPIN_LIMIT)
+    tl.store(out_ptr + pid, tl.sum(tl.sum(acc, 1), 0))
+
+
+def _time_us(fn, device) -> float:
+    if device.type != "cuda":
+        fn()
+        return float("nan")
+    import triton.testing
+    return triton.testing.do_bench(fn, warmup=5, rep=30, return_mode="median") * 1e3
+
+
+def barrier_rows(device, programs, steps, K=768, BB=16, dtype=torch.bfloat16):
+    rows = []
+    for load in (False, True):
+        for groups in (1, 2, 4):
+            if programs % groups:
+                continue
+            sem, err = barrier_words(groups, device)
+            out = torch.empty(programs, device=device)
+            h = torch.randn(groups * BB, K, device=device).to(dtype)
+
+            def run():
+                sem.zero_()
+                launch_sequence(_barriers, programs, dict(
+                    sem_ptr=sem, err_ptr=err, out_ptr=out, h_ptr=h, s_h=h.stride(0),
+                    n_steps=steps, GROUPS=groups, K=K, BB=BB, LOAD=load,
+                    **barrier_flags(device), num_warps=2), err, device, "barrier micro")
+
+            us = _time_us(run, device)
+            rows.append(dict(kind="h broadcast + barrier" if load else "barrier",
+                             programs=programs, groups=groups, steps=steps,
+                             bytes_per_program_step=K * BB * h.element_size() if load else 0,
+                             us_per_step=us / steps))
+    return rows
+
+
+def target_configs(dry: bool):
+    if dry:
+        return [configs.Config("lstm", "fp32", mode, 3, 8, 4, 8)
+                for mode in ("inference", "training")]
+    out = [configs.Config("lstm", "fp16", mode, 16, 768, 1024, 768)
+           for mode in ("inference", "training")]
+    for dt in ("bf16", "fp32"):
+        for B in (8, 128):
+            out += [configs.Config("lstm", dt, mode, B, 1024, 256, 1024)
+                    for mode in ("inference", "training")]
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="bench/out")
+    ap.add_argument("--dry", action="store_true", help="no GPU: run each kernel once")
+    args = ap.parse_args(argv)
+    dry = args.dry or not HAS_GPU
+    device = torch.device("cuda" if HAS_GPU and not args.dry else "cpu")
+    path = pathlib.Path(args.out) / "micro.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def emit(row):
+        with path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(row, flush=True)
+
+    t0 = time.time()
+    programs = 1 if dry else torch.cuda.get_device_properties(device).multi_processor_count
+    programs -= programs % 4 if programs >= 4 else 0
+    for row in barrier_rows(device, programs, 2 if dry else 2000,
+                            K=16 if dry else 768, BB=8 if dry else 16):
+        emit(row)
+    impls = ["fused-stationary", "fused-seq"] if dry else \
+        ["cudnn", "fused", "fused-stationary", "fused-seq"]
+    baseline = "triton-interp" if dry else "cudnn"
+    if dry:
+        impls = ["triton-interp"] + impls
+    failed = 0
+    for cfg in target_configs(dry):
+        for r in measure.measure(cfg, impls, baseline, device, time_it=not dry):
+            failed += r["status"] == "FAILED"
+            emit(dict(kind="target", **r))
+    print(f"micro: {time.time() - t0:.0f}s, {failed} failed, rows in {path}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
