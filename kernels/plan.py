@@ -1,8 +1,9 @@
 """The plan: which recurrent kernel runs a layer pass, on how many programs, with what tiles.
 
 One function, :func:`plan`, maps (cell, dtype, batch, hidden, state width, projection,
-training, SM count) to a dict with the kernel ("stationary", "sequence" or "step"), its
-grid, blocks and warps, whether W_hh stays on chip, and a one-line reason.
+training, SM count, forward or backward pass) to a dict with the kernel ("stationary",
+"sequence" or "step"), its grid, blocks and warps, whether W_hh stays on chip, and a
+one-line reason.
 ``fusedrnn.explain`` shows it per layer and direction; the benchmark records it.
 
 The kernels (GUIDE section 3):
@@ -146,10 +147,11 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
                         weights_on_chip=resident, reason=reason, U=u, BB=bb, NK=nk, KC=kc,
                         warps=_warps(4 * u), warps_bwd=_warps(bb), w_bytes=smem, gates=g)
         if why_not is None:
-            why_not = (f"no tiling keeps a W_hh slice under {SMEM_W_BUDGET // 1024} KB with "
-                       f"at most {sm_count} programs"
-                       + (f" and under {BWD_W_REG_BYTES} B of registers a thread (backward)"
-                          if backward else ""))
+            regs = (f"W_hh columns under {BWD_W_REG_BYTES} B and the dgates operand under "
+                    f"{X_REG_BYTES_BWD} B of registers a thread" if backward else
+                    f"the h operand under {X_REG_BYTES} B of registers a thread")
+            why_not = (f"no tiling of at most {sm_count} programs keeps a W_hh slice under "
+                       f"{SMEM_W_BUDGET // 1024} KB with {regs}")
     if choice == "stationary":
         why_not = f"{KERNEL_ENV}=stationary, but {why_not}"
     bb, bh, bk, warps = block_sizes(B, H)
