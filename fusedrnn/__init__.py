@@ -1,10 +1,10 @@
-"""fusedrnn: drop-in torch.nn.LSTM / GRU / LSTMCell / GRUCell backed by fused Triton kernels."""
+"""fusedrnn: drop-in torch.nn.LSTM / GRU / RNN and their cells, backed by fused Triton kernels."""
 from fusedrnn import functional, reference
 from fusedrnn.backend import BACKENDS
 from fusedrnn.compile import allow_compile
 from fusedrnn.convert import convert
 from fusedrnn.explain import explain
-from fusedrnn.modules import GRU, LSTM, GRUCell, LSTMCell
+from fusedrnn.modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __version__ = "0.1.0"
 
@@ -17,5 +17,5 @@ def check_errors() -> None:
     barrier_errors.check()
 
 
-__all__ = ["LSTM", "GRU", "LSTMCell", "GRUCell", "convert", "functional", "reference",
-           "BACKENDS", "allow_compile", "explain", "check_errors", "__version__"]
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "functional",
+           "reference", "BACKENDS", "allow_compile", "explain", "check_errors", "__version__"]

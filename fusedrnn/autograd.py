@@ -17,6 +17,7 @@ import torch
 from fusedrnn import reference
 from fusedrnn.kernels import gru as _gru
 from fusedrnn.kernels import lstm as _lstm
+from fusedrnn.kernels import rnn as _rnn
 
 
 def _needs_grad(*tensors) -> bool:
@@ -74,6 +75,26 @@ class GRULayer(torch.autograd.Function):
         return (*grads, None, None)
 
 
+class RNNLayer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity):
+        out, h_n, saved = _rnn.rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
+                                           save=True, nonlinearity=nonlinearity)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, *saved)
+        ctx.reverse, ctx.nonlinearity = reverse, nonlinearity
+        return out, h_n
+
+    @staticmethod
+    def backward(ctx, d_out, d_hn):
+        x, h0, w_ih, w_hh, b_ih, b_hh, lengths, *saved = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True
+            inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, ctx.nonlinearity)
+            return _differentiable_backward(reference.rnn_layer, inputs, (d_out, d_hn))
+        grads = _rnn.rnn_backward(x, w_ih, w_hh, lengths, ctx.reverse, saved, d_out, d_hn,
+                                  ctx.nonlinearity, needs=ctx.needs_input_grad[:6])
+        return (*grads, None, None, None)
+
+
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None,
                reverse=False):
     """One LSTM layer on the Triton kernels. Returns (out, h_n, c_n)."""
@@ -98,4 +119,19 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
     if train:
         return GRULayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
     out, h_n, _ = _gru.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save=False)
+    return out, h_n
+
+
+def rnn_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False,
+              nonlinearity="tanh"):
+    """One plain RNN layer (tanh or relu) on the Triton kernels. Returns (out, h_n)."""
+    train = _needs_grad(x, h0, w_ih, w_hh, b_ih, b_hh)
+    if torch.compiler.is_compiling():
+        from fusedrnn import ops
+        return ops.rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity,
+                             train)[:2]
+    if train:
+        return RNNLayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity)
+    out, h_n, _ = _rnn.rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save=False,
+                                   nonlinearity=nonlinearity)
     return out, h_n

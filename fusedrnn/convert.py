@@ -1,4 +1,4 @@
-"""``fusedrnn.convert``: swap every torch RNN module in a model for its fused drop-in."""
+"""``fusedrnn.convert``: swap every torch recurrent module in a model for its fused drop-in."""
 from __future__ import annotations
 
 from torch import nn
@@ -11,8 +11,10 @@ from fusedrnn import modules
 _SWAPS = {
     nn.LSTM: modules.LSTM,
     nn.GRU: modules.GRU,
+    nn.RNN: modules.RNN,
     nn.LSTMCell: modules.LSTMCell,
     nn.GRUCell: modules.GRUCell,
+    nn.RNNCell: modules.RNNCell,
 }
 
 
@@ -33,7 +35,8 @@ def _fused_twin(module: nn.Module, cls: type, backend: str) -> nn.Module:
 
 
 def convert(module: nn.Module, backend: str = "auto") -> nn.Module:
-    """Replace every ``nn.LSTM``, ``nn.GRU``, ``nn.LSTMCell``, ``nn.GRUCell`` inside ``module``
+    """Replace every ``nn.LSTM``, ``nn.GRU``, ``nn.RNN``, ``nn.LSTMCell``, ``nn.GRUCell``,
+    ``nn.RNNCell`` inside ``module``
     (at any depth, in ``ModuleList``/``Sequential``/``ModuleDict``) with the fusedrnn drop-in.
 
     Parameters, device, dtype and training mode are kept (the same tensors, not copies).

@@ -1,11 +1,13 @@
 """Layer and cell ops, and the dispatch that sends each call to a backend.
 
 Building blocks, from the bottom up:
-- ``lstm_layer`` / ``gru_layer``: one layer, one direction, time-major input, optional lengths.
-- ``lstm_cell`` / ``gru_cell``: one step.
-- ``lstm`` / ``gru``: the multi-layer, optionally bidirectional stack with inter-layer dropout
-  and PackedSequence data, with the same arguments as ``torch._VF.lstm`` / ``torch._VF.gru``;
-  the drop-in modules call these.
+- ``lstm_layer`` / ``gru_layer`` / ``rnn_layer``: one layer, one direction, time-major input,
+  optional lengths.
+- ``lstm_cell`` / ``gru_cell`` / ``rnn_cell``: one step.
+- ``lstm`` / ``gru`` / ``rnn``: the multi-layer, optionally bidirectional stack with
+  inter-layer dropout and PackedSequence data, with the same arguments as ``torch._VF.lstm``
+  / ``torch._VF.gru`` / ``torch._VF.rnn_tanh`` (``rnn`` adds ``nonlinearity``); the drop-in
+  modules call these.
 
 The layer and cell ops take ``backend`` in {"auto", "triton", "reference"}; "auto" picks the
 Triton kernels where they can run and the reference otherwise. ``lstm`` / ``gru`` also take
@@ -64,6 +66,24 @@ def gru_layer(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor,
     return reference.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
 
 
+def rnn_layer(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor,
+              b_ih: Tensor | None = None, b_hh: Tensor | None = None,
+              lengths: Tensor | None = None, reverse: bool = False,
+              nonlinearity: str = "tanh", backend: str = "auto"):
+    """One plain RNN layer ("tanh" or "relu") over time-major x (T, B, I); h0 (B, H).
+    Returns (out (T, B, H), h_n)."""
+    _check_nonlinearity(nonlinearity)
+    if _layer_backend(backend, x) == "triton":
+        return _triton_ops().rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
+                                       nonlinearity)
+    return reference.rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity)
+
+
+def _check_nonlinearity(nonlinearity: str) -> None:
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+
+
 # ----------------------------------------------------------------------------------------
 # cells: one step, (B, I) input
 # ----------------------------------------------------------------------------------------
@@ -89,6 +109,20 @@ def gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor,
         return _triton_ops().gru_layer(x.unsqueeze(0), h, w_ih, w_hh, b_ih, b_hh, None,
                                        False)[1]
     return reference.gru_cell(x, h, w_ih, w_hh, b_ih, b_hh)
+
+
+def rnn_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor,
+             b_ih: Tensor | None = None, b_hh: Tensor | None = None,
+             nonlinearity: str = "tanh", backend: str = "auto"):
+    """One plain RNN step ("tanh" or "relu"). Returns h'."""
+    _check_nonlinearity(nonlinearity)
+    if _backend.resolve(backend, x.device, x.dtype) == "native":
+        op = _VF.rnn_tanh_cell if nonlinearity == "tanh" else _VF.rnn_relu_cell
+        return op(x, h, w_ih, w_hh, b_ih, b_hh)
+    if _layer_backend(backend, x) == "triton":
+        return _triton_ops().rnn_layer(x.unsqueeze(0), h, w_ih, w_hh, b_ih, b_hh, None,
+                                       False, nonlinearity)[1]
+    return reference.rnn_cell(x, h, w_ih, w_hh, b_ih, b_hh, nonlinearity)
 
 
 # ----------------------------------------------------------------------------------------
@@ -141,7 +175,7 @@ def _split_weights(weights, has_biases: bool, n_groups: int):
 
 def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
            has_biases: bool, num_layers: int, dropout: float, train: bool,
-           bidirectional: bool, batch_first: bool, backend: str):
+           bidirectional: bool, batch_first: bool, backend: str, nonlinearity: str = "tanh"):
     lstm_mode = cell == "lstm"
     h0, c0 = hx if lstm_mode else (hx, None)
     _check_state("hx[0]" if lstm_mode else "hx", h0, input)
@@ -168,9 +202,12 @@ def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
                 out, h, c = lstm_layer(x, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
                                        reverse=d == 1, backend=backend)
                 c_n.append(c)
-            else:
+            elif cell == "gru":
                 out, h = gru_layer(x, h0[k], w_ih, w_hh, b_ih, b_hh, lengths,
                                    reverse=d == 1, backend=backend)
+            else:
+                out, h = rnn_layer(x, h0[k], w_ih, w_hh, b_ih, b_hh, lengths, reverse=d == 1,
+                                   nonlinearity=nonlinearity, backend=backend)
             outs.append(out)
             h_n.append(h)
         x = outs[0] if D == 1 else torch.cat(outs, dim=-1)
@@ -218,3 +255,21 @@ def gru(input: Tensor, batch_sizes: Tensor | None, hx: Tensor, weights, has_bias
                        bidirectional)
     return _stack("gru", input, batch_sizes, hx, weights, has_biases, num_layers, dropout,
                   train, bidirectional, batch_first, chosen)
+
+
+def rnn(input: Tensor, batch_sizes: Tensor | None, hx: Tensor, weights, has_biases: bool,
+        num_layers: int, dropout: float, train: bool, bidirectional: bool,
+        batch_first: bool = False, nonlinearity: str = "tanh", backend: str = "auto"):
+    """Multi-layer plain RNN with ``torch._VF.rnn_tanh`` / ``rnn_relu``'s arguments (and
+    ``nonlinearity``). Returns (output, h_n)."""
+    _check_nonlinearity(nonlinearity)
+    chosen = _backend.resolve(backend, input.device, input.dtype)
+    if chosen == "native":
+        op = _VF.rnn_tanh if nonlinearity == "tanh" else _VF.rnn_relu
+        if batch_sizes is None:
+            return op(input, hx, weights, has_biases, num_layers, dropout, train, bidirectional,
+                      batch_first)
+        return op(input, batch_sizes, hx, weights, has_biases, num_layers, dropout, train,
+                  bidirectional)
+    return _stack("rnn", input, batch_sizes, hx, weights, has_biases, num_layers, dropout,
+                  train, bidirectional, batch_first, chosen, nonlinearity)

@@ -1,4 +1,4 @@
-"""Drop-in modules: subclasses of torch.nn.LSTM / GRU / LSTMCell / GRUCell.
+"""Drop-in modules: subclasses of torch.nn.LSTM / GRU / RNN / LSTMCell / GRUCell / RNNCell.
 
 Same constructor (plus keyword ``backend``), parameters, initialization, ``state_dict`` and
 ``repr`` as torch's; ``isinstance(m, nn.LSTM)`` holds. ``forward`` handles the input forms
@@ -9,6 +9,7 @@ The modules know nothing about Triton.
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +32,8 @@ class _BackendMixin:
         chosen = _backend.resolve(getattr(self, "backend", "auto"), x.device, x.dtype,
                                   autocast_lstm=isinstance(self, nn.LSTM))
         if (chosen == "triton" and _backend.chose_by_auto(getattr(self, "backend", "auto"))
-                and isinstance(self, (nn.LSTM, nn.GRU)) and not self._triton_by_table(input)):
+                and isinstance(self, (nn.LSTM, nn.GRU, nn.RNN))
+                and not self._triton_by_table(input)):
             return "native"
         return chosen
 
@@ -52,7 +54,7 @@ class _BackendMixin:
             B = x.shape[0 if self.batch_first else 1] if x.dim() == 3 else 1
         grad = grad or (torch.is_grad_enabled() and x.requires_grad)
         return auto_table.prefers_triton(
-            self.mode.lower(), x.dtype, B, self.hidden_size, self.input_size,
+            self.mode.lower().split("_")[0], x.dtype, B, self.hidden_size, self.input_size,
             getattr(self, "proj_size", 0), self.num_layers, self.bidirectional, grad,
             sm_count(x.device))[0]
 
@@ -88,10 +90,11 @@ def _zeros_state(module, batch: int, size: int, like: Tensor) -> Tensor:
 
 
 def _rnn_forward(module, input, hx, backend: str):
-    """torch's LSTM/GRU forward with ``_VF.lstm``/``_VF.gru`` replaced by fusedrnn's."""
+    """torch's LSTM/GRU/RNN forward with ``_VF.lstm``/``gru``/``rnn_tanh``/``rnn_relu``
+    replaced by fusedrnn's."""
     module._update_flat_weights()
     lstm_mode = module.mode == "LSTM"
-    name = "LSTM" if lstm_mode else "GRU"
+    name = module.mode if module.mode in ("LSTM", "GRU") else "RNN"
     real_hidden = module.proj_size if module.proj_size > 0 else module.hidden_size
     sorted_indices = unsorted_indices = batch_sizes = None
     is_batched, batch_dim = True, 0 if module.batch_first else 1
@@ -105,7 +108,9 @@ def _rnn_forward(module, input, hx, backend: str):
                 hx = (hx, _zeros_state(module, max_batch, module.hidden_size, input))
     else:
         if input.dim() not in (2, 3):
-            raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            kind = " tensor" if name == "RNN" else ""  # torch's words, module by module
+            raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D{kind} "
+                             f"instead")
         is_batched = input.dim() == 3
         if not is_batched:
             input = input.unsqueeze(batch_dim)
@@ -135,12 +140,15 @@ def _rnn_forward(module, input, hx, backend: str):
     hx = module.permute_hidden(hx, sorted_indices)
 
     op = functional.lstm if lstm_mode else functional.gru
+    if name == "RNN":
+        nonlinearity = "tanh" if module.mode == "RNN_TANH" else "relu"
+        op = functools.partial(functional.rnn, nonlinearity=nonlinearity)
     states = list(hx) if lstm_mode else [hx]
     input, states, weights, ctx = _autocast_cast(module, input, states, module._flat_weights)
     with ctx:
         result = op(input, batch_sizes, tuple(states) if lstm_mode else states[0], weights,
                     module.bias, module.num_layers, float(module.dropout), module.training,
-                    module.bidirectional, module.batch_first, backend)
+                    module.bidirectional, module.batch_first, backend=backend)
     output, hidden = result[0], (result[1:] if lstm_mode else result[1])
 
     if batch_sizes is not None:
@@ -154,6 +162,21 @@ def _rnn_forward(module, input, hx, backend: str):
 
 class LSTM(_BackendMixin, nn.LSTM):
     __doc__ = (nn.LSTM.__doc__ or "") + """
+    fusedrnn: takes the keyword ``backend`` ("auto" | "triton" | "reference" | "native")."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_backend(backend)
+
+    def forward(self, input, hx=None):
+        backend = self._resolve_backend(input)
+        if backend == "native":
+            return super().forward(input, hx)
+        return _rnn_forward(self, input, hx, backend)
+
+
+class RNN(_BackendMixin, nn.RNN):
+    __doc__ = (nn.RNN.__doc__ or "") + """
     fusedrnn: takes the keyword ``backend`` ("auto" | "triton" | "reference" | "native")."""
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
@@ -274,4 +297,36 @@ class GRUCell(_BackendMixin, nn.GRUCell):
         _check_cell_args(self, input, (hx,), weights[0])
         with ctx:
             h = functional.gru_cell(input, hx, *weights, backend=backend)
+        return h if is_batched else h.squeeze(0)
+
+
+class RNNCell(_BackendMixin, nn.RNNCell):
+    __doc__ = (nn.RNNCell.__doc__ or "") + """
+    fusedrnn: takes the keyword ``backend`` ("auto" | "triton" | "reference" | "native")."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_backend(backend)
+
+    def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        backend = self._resolve_backend(input)
+        if backend == "native" or self.nonlinearity not in ("tanh", "relu"):
+            return super().forward(input, hx)  # (torch raises for an unknown nonlinearity)
+        if input.dim() not in (1, 2):
+            raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"RNNCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            hx = input.new_zeros(input.size(0), self.hidden_size)
+        elif not is_batched:
+            hx = hx.unsqueeze(0)
+        input, (hx,), weights, ctx = _autocast_cast(self, input, [hx], [
+            self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh])
+        _check_cell_args(self, input, (hx,), weights[0])
+        with ctx:
+            h = functional.rnn_cell(input, hx, *weights, nonlinearity=self.nonlinearity,
+                                    backend=backend)
         return h if is_batched else h.squeeze(0)

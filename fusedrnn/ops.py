@@ -18,6 +18,7 @@ from torch import Tensor
 
 from fusedrnn.kernels import gru as _gru
 from fusedrnn.kernels import lstm as _lstm
+from fusedrnn.kernels import rnn as _rnn
 from fusedrnn.kernels.common import compute_dtype
 
 
@@ -165,3 +166,60 @@ def _gru_backward(ctx, d_out, d_hn, *_unused):
 
 
 torch.library.register_autograd("fusedrnn::gru_layer", _gru_backward, setup_context=_gru_setup)
+
+
+# ----------------------------------------------------------------------------------------
+# plain RNN (tanh or relu)
+# ----------------------------------------------------------------------------------------
+@torch.library.custom_op("fusedrnn::rnn_layer", mutates_args=())
+def rnn_layer(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+              b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
+              nonlinearity: str, save: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(out, h_n, hs); hs is empty unless ``save``."""
+    out, h_n, saved = _rnn.rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save,
+                                       nonlinearity)
+    return out.contiguous(), h_n, saved[0] if save else x.new_empty(0)
+
+
+@rnn_layer.register_fake
+def _(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity, save):
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    hs = x.new_empty(T + 1, B, H) if save else x.new_empty(0)
+    return x.new_empty(T, B, H), x.new_empty(B, H), hs
+
+
+@torch.library.custom_op("fusedrnn::rnn_layer_backward", mutates_args=())
+def rnn_layer_backward(x: Tensor, w_ih: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
+                       hs: Tensor, d_out: Tensor, d_hn: Tensor, reverse: bool,
+                       nonlinearity: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dh0, dw_ih, dw_hh, db); db is the gradient of both biases."""
+    dx, dh0, dw_ih, dw_hh, db, _ = _rnn.rnn_backward(x, w_ih, w_hh, lengths, reverse, (hs,),
+                                                     d_out, d_hn, nonlinearity)
+    return dx, dh0, dw_ih, dw_hh, db
+
+
+@rnn_layer_backward.register_fake
+def _(x, w_ih, w_hh, lengths, hs, d_out, d_hn, reverse, nonlinearity):
+    return (x.new_empty(x.shape), x.new_empty(d_hn.shape), torch.empty_like(w_ih),
+            torch.empty_like(w_hh), w_hh.new_empty(w_hh.shape[0]))
+
+
+def _rnn_setup(ctx, inputs, output):
+    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity, save = inputs
+    ctx.save_for_backward(x, w_ih, w_hh, lengths, output[2])
+    ctx.reverse, ctx.nonlinearity, ctx.has_bias = reverse, nonlinearity, b_ih is not None
+
+
+def _rnn_backward(ctx, d_out, d_hn, *_unused):
+    x, w_ih, w_hh, lengths, hs = ctx.saved_tensors
+    _check_saved(hs)
+    d_out = _or_zeros(d_out, x.new_empty(x.shape[0], x.shape[1], w_hh.shape[1]))
+    d_hn = _or_zeros(d_hn, hs[0])
+    dx, dh0, dw_ih, dw_hh, db = rnn_layer_backward(x, w_ih, w_hh, lengths, hs, d_out, d_hn,
+                                                   ctx.reverse, ctx.nonlinearity)
+    db_ih, db_hh = (db, db) if ctx.has_bias else (None, None)
+    return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None
+
+
+torch.library.register_autograd("fusedrnn::rnn_layer", _rnn_backward, setup_context=_rnn_setup)

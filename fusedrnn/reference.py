@@ -2,7 +2,8 @@
 
 Readable on purpose and differentiable by autograd. PyTorch's conventions exactly:
 LSTM gates are stacked i, f, g, o; GRU gates r, z, n with the reset gate applied to the
-recurrent term *after* its bias: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).
+recurrent term *after* its bias: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)); the plain
+RNN is h' = tanh (or relu) of W_ih x + b_ih + W_hh h + b_hh.
 
 Layers are time-major: x is (T, B, I). A layer runs one direction; with per-sequence
 ``lengths`` a sequence whose length is over keeps its state and outputs zeros, and the
@@ -35,6 +36,11 @@ def gru_pointwise(gx: Tensor, gh: Tensor, h: Tensor) -> Tensor:
     return (1 - z) * n + z * h
 
 
+def rnn_pointwise(pre: Tensor, nonlinearity: str = "tanh") -> Tensor:
+    """pre = x W_ih^T + b_ih + h W_hh^T + b_hh, shape (B, H). Returns h'."""
+    return torch.tanh(pre) if nonlinearity == "tanh" else torch.relu(pre)
+
+
 def _linear(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     y = x @ w.t()
     return y if b is None else y + b
@@ -59,6 +65,11 @@ def lstm_cell_from_proj(gx, h, c, w_hh, b_hh=None, w_hr=None):
 def gru_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None):
     """One GRU step on (B, I) input. Returns h'."""
     return gru_pointwise(_linear(x, w_ih, b_ih), _linear(h, w_hh, b_hh), h)
+
+
+def rnn_cell(x, h, w_ih, w_hh, b_ih=None, b_hh=None, nonlinearity="tanh"):
+    """One plain RNN step on (B, I) input ("tanh" or "relu"). Returns h'."""
+    return rnn_pointwise(_linear(x, w_ih, b_ih) + _linear(h, w_hh, b_hh), nonlinearity)
 
 
 # ----------------------------------------------------------------------------------------
@@ -98,6 +109,24 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
     outs = [None] * x.shape[0]
     for t in _time_order(x.shape[0], reverse):
         h_new = gru_pointwise(xproj[t], _linear(h, w_hh, b_hh), h)
+        m = _valid(lengths, t)
+        if m is None:
+            h, outs[t] = h_new, h_new
+        else:
+            h = torch.where(m, h_new, h)
+            outs[t] = torch.where(m, h_new, torch.zeros_like(h_new))
+    out = torch.stack(outs) if outs else x.new_zeros(0, x.shape[1], h0.shape[-1])
+    return out, h
+
+
+def rnn_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False,
+              nonlinearity="tanh"):
+    """x (T, B, I), h0 (B, H); "tanh" or "relu". Returns out (T, B, H), h_n."""
+    xproj = _linear(x, w_ih, b_ih)
+    h = h0
+    outs = [None] * x.shape[0]
+    for t in _time_order(x.shape[0], reverse):
+        h_new = rnn_pointwise(xproj[t] + _linear(h, w_hh, b_hh), nonlinearity)
         m = _valid(lengths, t)
         if m is None:
             h, outs[t] = h_new, h_new

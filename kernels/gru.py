@@ -226,7 +226,7 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, allow_tf3
             c_ptr=hs, s_c_slot=0, s_c_b=0,
             bhn_ptr=b_hh[2 * H:] if b_hh is not None else hs,
             len_ptr=lengths if lengths is not None else hs, T=T, B=B, H=H, LSTM=False,
-            ACC=TL_ACC[acc], HAS_BIAS=b_hh is not None, SAVE=save,
+            RNN=0, ACC=TL_ACC[acc], HAS_BIAS=b_hh is not None, SAVE=save,
             HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast),
             B, dev)
     elif B > 0:
@@ -271,8 +271,8 @@ def gru_backward(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn, needs=(Tru
                            do=(d_out, "tb"), ga=(gates, "tb"), h=(hs, ("slot", "b"))),
             gc_ptr=g, s_gc_b=0, c_ptr=g, s_c_slot=0, s_c_b=0,
             len_ptr=lengths if lengths is not None else hs, T=T, B=B, H=H, LSTM=False,
-            ACC=TL_ACC[acc], HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee,
-            UPCAST=upcast), B, dev)
+            RNN=0, ACC=TL_ACC[acc], HAS_LENGTHS=lengths is not None, REVERSE=reverse,
+            IEEE=ieee, UPCAST=upcast), B, dev)
     elif B > 0:
         BB, BH, BK, warps = block_sizes(B, H)
         args = dict(

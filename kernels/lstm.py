@@ -345,7 +345,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save
             **pointer_args(xg=(xg, "tb"), w=(w_hh, ("",)), h=(hs, ("slot", "b")),
                            c=(cs, ("slot", "b")), out=(out, "tb", "o"), ga=(gates, "tb")),
             bhn_ptr=cs, len_ptr=lengths if lengths is not None else cs, T=T, B=B, H=H,
-            LSTM=True, ACC=TL_ACC[acc], HAS_BIAS=False, SAVE=save,
+            LSTM=True, RNN=0, ACC=TL_ACC[acc], HAS_BIAS=False, SAVE=save,
             HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast),
             B, dev)
     elif B > 0:
@@ -397,8 +397,8 @@ def lstm_backward(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_hn, d_c
                            h=(hs, ("slot", "b"))),
             dxn_ptr=dg, s_dxn_t=0, s_dxn_b=0,
             len_ptr=lengths if lengths is not None else cs, T=T, B=B, H=H, LSTM=True,
-            ACC=TL_ACC[acc], HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee,
-            UPCAST=upcast), B, dev)
+            RNN=0, ACC=TL_ACC[acc], HAS_LENGTHS=lengths is not None, REVERSE=reverse,
+            IEEE=ieee, UPCAST=upcast), B, dev)
     elif B > 0:
         blocks, n_gate_tiles, n_proj_tiles, warps = _tiling(B, H, K)
         args = dict(

@@ -35,6 +35,9 @@ SMEM_W_BUDGET = 160 * 1024
 # 96-1232 B on sm_80/sm_90 at H >= 768 and compiles to wgmma on sm_90: worth measuring on a
 # GPU, not yet planned.
 UNIT_CHOICES = (4, 8)
+# A plain RNN has one gate: U units are U rows, so it takes four times the units for the
+# same M (16 or 32 rows) and the same compiled shape.
+RNN_UNIT_SCALE = 4
 BATCH_CHOICES = (64, 32, 16, 8)   # BB: batch rows per program, the MMA's N
 MAX_K_CHUNKS = 4                  # K as at most 4 power-of-two chunks (768 = 3 x 256)
 # The backward's slice (G*H rows x U columns, the MMA's B operand, N = U <= 32) is kept by
@@ -78,24 +81,35 @@ def _warps(rows: int) -> int:
     return max(1, min(8, rows // 16))
 
 
+_GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+
+
+def _rows(cell: str, u: int) -> int:
+    """Rows of a program's forward slice, the MMA's M: 4U (a GRU's fourth gate is zero
+    padding), or U for the plain RNN."""
+    return u if cell == "rnn" else 4 * u
+
+
 def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules):
     """(U, BB, NK, KC, programs, smem) of the best weight-stationary tiling, or None."""
     nk, kc = k_chunks(H)
     elt = torch.empty((), dtype=dtype).element_size()
-    gates = 4 if cell == "lstm" else 3
+    gates = _GATES[cell]
+    scale = RNN_UNIT_SCALE if cell == "rnn" else 1
     best = None
     for bb in BATCH_CHOICES:
         if bb > max(8, triton.next_power_of_2(B)):
             continue
-        for u in UNIT_CHOICES:
-            smem = 4 * u * nk * kc * elt
+        for u in (c * scale for c in UNIT_CHOICES):
+            rows = _rows(cell, u)
+            smem = rows * nk * kc * elt
             n_u, n_b = triton.cdiv(H, u), triton.cdiv(B, bb)
             if smem > SMEM_W_BUDGET or n_u * n_b > sm:
                 continue
             if backward and gates * nk * kc * u * elt > BWD_W_REG_BYTES * 32 * _warps(bb):
                 continue
             x_elt = max(4, elt) if backward else elt
-            warps = _warps(bb) if backward else _warps(4 * u)
+            warps = _warps(bb) if backward else _warps(rows)
             budget = X_REG_BYTES_BWD if backward else X_REG_BYTES
             if cuda_rules and nk * kc * bb * x_elt > budget * 32 * warps:
                 continue
@@ -104,8 +118,9 @@ def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules):
                 best = (key, (u, bb, nk, kc, n_u * n_b, smem))
     if best is None and forced:
         # forced where it cannot stay on chip: stream W per tile, programs loop over tiles
-        u, bb = (8 if H > 8 else 4), min(16, max(8, triton.next_power_of_2(B)))
-        return u, bb, nk, kc, triton.cdiv(H, u) * triton.cdiv(B, bb), 4 * u * nk * kc * elt
+        u, bb = (8 if H > 8 else 4) * scale, min(16, max(8, triton.next_power_of_2(B)))
+        return (u, bb, nk, kc, triton.cdiv(H, u) * triton.cdiv(B, bb),
+                _rows(cell, u) * nk * kc * elt)
     return None if best is None else best[1]
 
 
@@ -114,13 +129,13 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
          cuda: bool = True, ieee: bool = False, backward: bool = False) -> dict:
     """The kernel, grid and tiles for one layer pass in one direction (see module doc).
 
-    cell: "lstm" or "gru"; K: the state width (proj_size, else H); training: the forward
+    cell: "lstm", "gru" or "rnn"; K: the state width (proj_size, else H); training: the forward
     saves for a backward; sm_count: SMs of the GPU (1 under the interpreter, where programs
     run one after another); cuda: False under the interpreter; ieee: exact fp32 (no TF32);
     backward: plan the backward pass instead of the forward."""
     K = K or H
     choice = kernel_choice()
-    g = 4 if cell == "lstm" else 3
+    g = _GATES[cell]
     base = dict(cell=cell, dtype=str(dtype).replace("torch.", ""), B=B, H=H, K=K,
                 training=training, sm_count=sm_count)
     base["pass"] = "backward" if backward else "forward"
@@ -145,7 +160,8 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
                           f"{programs} programs: W_hh re-read per tile")
             return dict(base, kernel="stationary", programs=programs, tiles=tiles,
                         weights_on_chip=resident, reason=reason, U=u, BB=bb, NK=nk, KC=kc,
-                        warps=_warps(4 * u), warps_bwd=_warps(bb), w_bytes=smem, gates=g)
+                        warps=_warps(_rows(cell, u)), warps_bwd=_warps(bb), w_bytes=smem,
+                        gates=g)
         if why_not is None:
             regs = (f"W_hh columns under {BWD_W_REG_BYTES} B and the dgates operand under "
                     f"{X_REG_BYTES_BWD} B of registers a thread" if backward else

@@ -1,7 +1,9 @@
-"""Weight-stationary sequence kernels, LSTM and GRU, forward and backward (GUIDE section 3).
+"""Weight-stationary sequence kernels, LSTM, GRU and plain RNN, forward and backward (GUIDE
+section 3).
 
 One launch runs all T steps of a layer pass. Program (i_u, i_b) owns U hidden units (all
-gate rows of them: 4U rows of W_hh for LSTM, 3U for GRU) for BB batch rows. Before the time
+gate rows of them: 4U rows of W_hh for LSTM, 3U for GRU, U for the plain RNN, whose plan
+takes four times the units) for BB batch rows. Before the time
 loop it loads its slice of W_hh once; every step it only reads the state of its batch rows
 (the broadcast of h_{t-1}, or of the gate gradients in backward) and its own inputs, so W
 never comes from L2 again. In standard Triton the forward's hoisted slice lives in shared
@@ -39,6 +41,7 @@ from fusedrnn.kernels.common import (barrier_flags, barrier_words, bwd_step, dot
                                      tile_offsets)
 from fusedrnn.kernels.gru import gru_update_bwd, gru_update_fwd
 from fusedrnn.kernels.lstm import lstm_update_bwd, lstm_update_fwd
+from fusedrnn.kernels.rnn import rnn_update_bwd, rnn_update_fwd
 
 
 # ----------------------------------------------------------------------------------------
@@ -50,11 +53,16 @@ def _w_chunk(w_ptr, s_w, i_u, g, c, H, G: tl.constexpr, U: tl.constexpr, KC: tl.
     """Chunk c (columns, or rows, c*KC ..) of a program's slice of W_hh (G*H, H).
 
     ROWS (forward): (4U, KC); row r is gate r // U of unit i_u*U + r % U (a GRU's gate 3 is
-    zero). Otherwise (backward, gate g): (KC, U) = W_hh[g*H + c*KC + k, i_u*U + u]."""
+    zero); a plain RNN (G = 1): (U, KC), row r unit i_u*U + r.
+    Otherwise (backward, gate g): (KC, U) = W_hh[g*H + c*KC + k, i_u*U + u]."""
     o_k = c * KC + tl.arange(0, KC)
     if ROWS:
-        r = tl.arange(0, 4 * U)
-        gate, unit = r // U, i_u * U + r % U
+        if G == 1:
+            r = tl.arange(0, U)
+            gate, unit = r * 0, i_u * U + r
+        else:
+            r = tl.arange(0, 4 * U)
+            gate, unit = r // U, i_u * U + r % U
         m = ((gate < G) & (unit < H))[:, None] & (o_k < H)[None, :]
         p = w_ptr + (gate * H + unit).to(tl.int64)[:, None] * s_w + o_k[None, :]
     else:
@@ -130,21 +138,26 @@ def _fwd_tile(
     i_u, i_b, w0, w1, w2, w3,
     xg_ptr, s_xg_t, s_xg_b, bhn_ptr, h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot, s_c_b,
     out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, B, H,
-    LSTM: tl.constexpr, ACC: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr,
-    HAS_LENGTHS: tl.constexpr, U: tl.constexpr, BB: tl.constexpr, KC: tl.constexpr,
-    NK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    LSTM: tl.constexpr, RNN: tl.constexpr, ACC: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr, U: tl.constexpr, BB: tl.constexpr,
+    KC: tl.constexpr, NK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
     o_b = i_b * BB + tl.arange(0, BB)
     m_b = o_b < B
     p_h = h_ptr + rd.to(tl.int64) * s_h_slot + o_b.to(tl.int64)[None, :] * s_h_b
     acc = _chunks_dot(w0, w1, w2, w3, p_h, m_b, H, ACC, KC, NK, True, IEEE, UPCAST)
-    g0, g1, g2, g3 = _split_gates(acc, U, BB)
-    if LSTM:
+    if RNN:  # one gate: the (U, BB) tile is the pre-activation
+        rnn_update_fwd(tl.trans(acc), i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot,
+                       s_h_b, out_ptr, s_o_t, s_o_b, len_ptr, t, rd, wr, B, H, ACC, RNN,
+                       HAS_LENGTHS, BB, U)
+    elif LSTM:
+        g0, g1, g2, g3 = _split_gates(acc, U, BB)
         lstm_update_fwd(g0, g1, g2, g3, i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot,
                         s_h_b, c_ptr, s_c_slot, s_c_b, out_ptr, s_o_t, s_o_b, h_ptr, 0, 0,
                         ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, t, B, H,
                         ACC, False, SAVE, HAS_LENGTHS, BB, U)
     else:
+        g0, g1, g2, g3 = _split_gates(acc, U, BB)
         gru_update_fwd(g0, g1, g2, i_u, i_b, xg_ptr, s_xg_t, s_xg_b, bhn_ptr, h_ptr, s_h_slot,
                        s_h_b, out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd,
                        wr, B, H, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, BB, U)
@@ -157,23 +170,29 @@ def _bwd_tile(
     dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b,
     gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b,
     len_ptr, t, t_next, rd, wr, B, H,
-    LSTM: tl.constexpr, ACC: tl.constexpr, HAS_LENGTHS: tl.constexpr, U: tl.constexpr,
-    BB: tl.constexpr, KC: tl.constexpr, NK: tl.constexpr, IEEE: tl.constexpr,
-    UPCAST: tl.constexpr,
+    LSTM: tl.constexpr, RNN: tl.constexpr, ACC: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    U: tl.constexpr, BB: tl.constexpr, KC: tl.constexpr, NK: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_u, i_b, H, B, U, BB)
     p_dg = dg_ptr + t_next.to(tl.int64) * s_dg_t + o_b64[:, None] * s_dg_b
     # dgates_{t+1} (BB, G*H) . W_hh[:, units] (G*H, U), gate by gate
     acc = _chunks_dot(w00, w01, w02, w03, p_dg, m_b, H, ACC, KC, NK, False, IEEE, UPCAST)
-    acc += _chunks_dot(w10, w11, w12, w13, p_dg + H, m_b, H, ACC, KC, NK, False, IEEE, UPCAST)
-    acc += _chunks_dot(w20, w21, w22, w23, p_dg + 2 * H, m_b, H, ACC, KC, NK, False, IEEE,
-                       UPCAST)
+    if not RNN:
+        acc += _chunks_dot(w10, w11, w12, w13, p_dg + H, m_b, H, ACC, KC, NK, False, IEEE,
+                           UPCAST)
+        acc += _chunks_dot(w20, w21, w22, w23, p_dg + 2 * H, m_b, H, ACC, KC, NK, False, IEEE,
+                           UPCAST)
     if LSTM:
         acc += _chunks_dot(w30, w31, w32, w33, p_dg + 3 * H, m_b, H, ACC, KC, NK, False, IEEE,
                            UPCAST)
     b_g = tl.load(g_ptr + o_b64[:, None] * s_g_b + o_h[None, :], mask=m, other=0.0)
     b_gs = b_g + acc                          # carried + dgates_{t+1} W_hh, (BB, U)
-    if LSTM:
+    if RNN:
+        rnn_update_bwd(b_gs, i_u, i_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, do_ptr, s_do_t,
+                       s_do_b, h_ptr, s_h_slot, s_h_b, len_ptr, t, wr, B, H, RNN, HAS_LENGTHS,
+                       BB, U)
+    elif LSTM:
         p_do = do_ptr + t.to(tl.int64) * s_do_t + o_b64[:, None] * s_do_b + o_h[None, :]
         b_dh = b_gs + tl.load(p_do, mask=m, other=0.0).to(ACC)
         lstm_update_bwd(b_dh, b_gs, i_u, i_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, gc_ptr,
@@ -200,13 +219,15 @@ def stationary_fwd_kernel(
     len_ptr,                      # HAS_LENGTHS: (B,) sequence lengths
     sem_ptr, err_ptr,             # barrier counters (one per batch group), error word
     T, B, H,
-    LSTM: tl.constexpr, ACC: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr,
+    LSTM: tl.constexpr,           # else a GRU, or with RNN a plain RNN
+    RNN: tl.constexpr,            # plain RNN: 1 tanh, 2 relu; 0 otherwise
+    ACC: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr,
     HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr, RESIDENT: tl.constexpr,
     U: tl.constexpr, BB: tl.constexpr, KC: tl.constexpr, NK: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr,
     SPIN_LIMIT: tl.constexpr,
 ):
-    G: tl.constexpr = 4 if LSTM else 3
+    G: tl.constexpr = 4 if LSTM else (1 if RNN else 3)
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_u = tl.cdiv(H, U)
     n_tiles = n_u * tl.cdiv(B, BB)
@@ -217,8 +238,8 @@ def stationary_fwd_kernel(
         if RESIDENT:
             _fwd_tile(pid % n_u, pid // n_u, w0, w1, w2, w3, xg_ptr, s_xg_t, s_xg_b, bhn_ptr,
                       h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot, s_c_b, out_ptr, s_o_t, s_o_b,
-                      ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, B, H, LSTM, ACC, HAS_BIAS,
-                      SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE, UPCAST)
+                      ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, B, H, LSTM, RNN, ACC,
+                      HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE, UPCAST)
             group_barrier(sem_ptr + pid // n_u, n_u, pid % n_u == 0, err_ptr, s, ASM_ACQUIRE,
                           SPIN_LIMIT)
         else:
@@ -227,18 +248,22 @@ def stationary_fwd_kernel(
                 _fwd_tile(tile % n_u, tile // n_u, v0, v1, v2, v3, xg_ptr, s_xg_t, s_xg_b,
                           bhn_ptr, h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot, s_c_b,
                           out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr,
-                          B, H, LSTM, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE,
-                          UPCAST)
+                          B, H, LSTM, RNN, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK,
+                          IEEE, UPCAST)
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
 
 @triton.jit
-def _w_cols_all(w_ptr, s_w, i_u, H, LSTM: tl.constexpr, U: tl.constexpr, KC: tl.constexpr,
-                NK: tl.constexpr):
-    """The backward slice: every gate's chunks (gate 3 repeats gate 0 for a GRU, unused)."""
+def _w_cols_all(w_ptr, s_w, i_u, H, LSTM: tl.constexpr, RNN: tl.constexpr, U: tl.constexpr,
+                KC: tl.constexpr, NK: tl.constexpr):
+    """The backward slice: every gate's chunks (the gates a cell lacks repeat gate 0,
+    unused)."""
     w00, w01, w02, w03 = _w_chunks(w_ptr, s_w, i_u, 0, H, 4, U, KC, NK, False)
-    w10, w11, w12, w13 = _w_chunks(w_ptr, s_w, i_u, 1, H, 4, U, KC, NK, False)
-    w20, w21, w22, w23 = _w_chunks(w_ptr, s_w, i_u, 2, H, 4, U, KC, NK, False)
+    w10, w11, w12, w13 = w00, w01, w02, w03
+    w20, w21, w22, w23 = w00, w01, w02, w03
+    if not RNN:
+        w10, w11, w12, w13 = _w_chunks(w_ptr, s_w, i_u, 1, H, 4, U, KC, NK, False)
+        w20, w21, w22, w23 = _w_chunks(w_ptr, s_w, i_u, 2, H, 4, U, KC, NK, False)
     w30, w31, w32, w33 = w00, w01, w02, w03
     if LSTM:
         w30, w31, w32, w33 = _w_chunks(w_ptr, s_w, i_u, 3, H, 4, U, KC, NK, False)
@@ -258,7 +283,7 @@ def stationary_bwd_kernel(
     c_ptr, s_c_slot, s_c_b,       # LSTM: cell history
     h_ptr, s_h_slot, s_h_b,       # GRU: state history
     len_ptr, sem_ptr, err_ptr, T, B, H,
-    LSTM: tl.constexpr, ACC: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    LSTM: tl.constexpr, RNN: tl.constexpr, ACC: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     REVERSE: tl.constexpr, RESIDENT: tl.constexpr, U: tl.constexpr, BB: tl.constexpr,
     KC: tl.constexpr, NK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
     ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr,
@@ -268,7 +293,7 @@ def stationary_bwd_kernel(
     n_tiles = n_u * tl.cdiv(B, BB)
     if RESIDENT:
         (w00, w01, w02, w03, w10, w11, w12, w13, w20, w21, w22, w23,
-         w30, w31, w32, w33) = _w_cols_all(w_ptr, s_w, pid % n_u, H, LSTM, U, KC, NK)
+         w30, w31, w32, w33) = _w_cols_all(w_ptr, s_w, pid % n_u, H, LSTM, RNN, U, KC, NK)
     for s in range(0, T):
         t, t_next, rd, wr = bwd_step(s, T, REVERSE)
         if RESIDENT:
@@ -277,22 +302,22 @@ def stationary_bwd_kernel(
                       dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, g_ptr, s_g_b,
                       do_ptr, s_do_t, s_do_b, gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b,
                       c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b, len_ptr,
-                      t, t_next, rd, wr, B, H, LSTM, ACC, HAS_LENGTHS, U, BB, KC, NK, IEEE,
-                      UPCAST)
+                      t, t_next, rd, wr, B, H, LSTM, RNN, ACC, HAS_LENGTHS, U, BB, KC, NK,
+                      IEEE, UPCAST)
             group_barrier(sem_ptr + pid // n_u, n_u, pid % n_u == 0, err_ptr, s, ASM_ACQUIRE,
                           SPIN_LIMIT)
         else:
             for tile in range(pid, n_tiles, n_progs):
                 (v00, v01, v02, v03, v10, v11, v12, v13, v20, v21, v22, v23,
-                 v30, v31, v32, v33) = _w_cols_all(w_ptr, s_w, tile % n_u, H, LSTM, U, KC,
-                                                   NK)
+                 v30, v31, v32, v33) = _w_cols_all(w_ptr, s_w, tile % n_u, H, LSTM, RNN, U,
+                                                   KC, NK)
                 _bwd_tile(tile % n_u, tile // n_u, v00, v01, v02, v03, v10, v11, v12, v13,
                           v20, v21, v22, v23, v30, v31, v32, v33,
                           dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, g_ptr, s_g_b,
                           do_ptr, s_do_t, s_do_b, gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b,
                           c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b, len_ptr,
-                          t, t_next, rd, wr, B, H, LSTM, ACC, HAS_LENGTHS, U, BB, KC, NK,
-                          IEEE, UPCAST)
+                          t, t_next, rd, wr, B, H, LSTM, RNN, ACC, HAS_LENGTHS, U, BB, KC,
+                          NK, IEEE, UPCAST)
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
 

@@ -1,0 +1,264 @@
+"""Plain RNN (Elman) kernels, tanh or relu, forward and backward, and their launchers.
+
+One layer, one direction; the structure and buffers of :mod:`fusedrnn.kernels.gru` with one
+gate: h_t = act(x_t W_ih^T + b_ih + b_hh + h_{t-1} W_hh^T). Both biases add before the
+nonlinearity, so they are folded into the input projection, one GEMM before the loop.
+
+Nothing but the state history is saved: the nonlinearity's derivative comes from h_t
+itself (tanh: 1 - h_t^2; relu: h_t > 0, zero at zero like torch's relu). Backward keeps one
+gradient buffer dg (T+1, B, H) of the pre-activations, which is also the input's.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check_layer_args,
+                                     compute_dtype, cudnn_tf32_gemms, dot_flags, empty,
+                                     first_slot, fwd_step, grid_barrier, last_slot,
+                                     like_layout, mm_tile, pointer_args, run_steps,
+                                     state_grad, store_step, tanh, tile_offsets, valid_rows,
+                                     weight_grads)
+from fusedrnn.kernels.plan import plan_for
+
+NONLINEARITIES = {"tanh": 1, "relu": 2}  # the kernels' RNN constexpr (0: not a plain RNN)
+
+
+@triton.jit
+def rnn_update_fwd(
+    b_pre,                        # (BLOCK_B, BLOCK_H) recurrent part h_{t-1} W_hh^T
+    i_h, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b,
+    len_ptr, t, rd, wr, B, H,     # as in _rnn_fwd_tile
+    ACC: tl.constexpr, RNN: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """The rest of a forward step for one tile, shared with the weight-stationary kernel."""
+    o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
+    p_x = xg_ptr + t.to(tl.int64) * s_xg_t + o_b64[:, None] * s_xg_b + o_h[None, :]
+    b_pre += tl.load(p_x, mask=m, other=0.0).to(ACC)
+    if RNN == 1:
+        b_hn = tanh(b_pre)
+    else:
+        b_hn = tl.maximum(b_pre, 0.0)
+    p_hs = h_ptr + rd.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b + o_h[None, :]
+    b_h_prev = tl.load(p_hs, mask=m, other=0.0).to(ACC)
+    valid = valid_rows(len_ptr, o_b, m_b, t, HAS_LENGTHS)[:, None]
+    store_step(h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, t, wr, o_b64, o_h, m, valid,
+               b_hn, b_h_prev)
+
+
+@triton.jit
+def rnn_update_bwd(
+    b_gs,                         # gradient of h_t so far: carried + dg_{t+1} W_hh
+    i_h, i_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b,
+    h_ptr, s_h_slot, s_h_b, len_ptr, t, wr, B, H,  # as in _rnn_bwd_tile
+    RNN: tl.constexpr, HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    """The rest of a backward step for one tile, shared with the weight-stationary kernel."""
+    o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
+    ACC = b_gs.dtype
+    p_do = do_ptr + t.to(tl.int64) * s_do_t + o_b64[:, None] * s_do_b + o_h[None, :]
+    b_dh = b_gs + tl.load(p_do, mask=m, other=0.0).to(ACC)
+    p_hs = h_ptr + wr.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b + o_h[None, :]
+    b_h = tl.load(p_hs, mask=m, other=0.0).to(ACC)   # h_t, the nonlinearity's output
+    if RNN == 1:
+        b_da = b_dh * (1.0 - b_h * b_h)
+    else:
+        b_da = tl.where(b_h > 0.0, b_dh, 0.0)
+    valid = valid_rows(len_ptr, o_b, m_b, t, HAS_LENGTHS)[:, None]
+    p_dg = dg_ptr + t.to(tl.int64) * s_dg_t + o_b64[:, None] * s_dg_b + o_h[None, :]
+    tl.store(p_dg, tl.where(valid, b_da, 0.0), mask=m)
+    # h_t depends on h_{t-1} only through W_hh (dg): nothing carried, except past a length
+    tl.store(g_ptr + o_b64[:, None] * s_g_b + o_h[None, :], tl.where(valid, 0.0, b_gs), mask=m)
+
+
+@triton.jit
+def _rnn_fwd_tile(
+    i_h, i_b,                     # the tile: block of hidden units, block of batch rows
+    xg_ptr, s_xg_t, s_xg_b,       # input projection (T, B, H), both biases in
+    w_ptr, s_w,                   # W_hh: (H, H)
+    h_ptr, s_h_slot, s_h_b,       # state history (slots, B, H): reads rd, writes wr
+    out_ptr, s_o_t, s_o_b,        # output (T, B, H), zero past a sequence's length
+    len_ptr, t, rd, wr, B, H,
+    ACC: tl.constexpr, RNN: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+):
+    o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
+    b_pre = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
+    # h_{t-1} (B, H) . W_hh^T: w[k, n] = W_hh[n, k]
+    b_pre = mm_tile(b_pre, h_ptr + rd.to(tl.int64) * s_h_slot, s_h_b, o_b, m_b, w_ptr, 1, s_w,
+                    o_h, m_h, H, BLOCK_K, IEEE, UPCAST)
+    rnn_update_fwd(b_pre, i_h, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot, s_h_b, out_ptr,
+                   s_o_t, s_o_b, len_ptr, t, rd, wr, B, H, ACC, RNN, HAS_LENGTHS, BLOCK_B,
+                   BLOCK_H)
+
+
+@triton.jit
+def _rnn_bwd_tile(
+    i_h, i_b,
+    dg_ptr, s_dg_t, s_dg_b,       # pre-activation gradients (T+1, B, H), ACC: writes t,
+                                  # reads t_next
+    w_ptr, s_w,                   # W_hh: (H, H)
+    g_ptr, s_g_b,                 # carried gradient of the state (B, H), ACC, in place
+    do_ptr, s_do_t, s_do_b,       # output gradient (T, B, H)
+    h_ptr, s_h_slot, s_h_b,       # state history: h_t in slot wr
+    len_ptr, t, t_next, wr, B, H,
+    RNN: tl.constexpr, HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+):
+    o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
+    b_gs = state_grad(g_ptr, s_g_b, dg_ptr + t_next.to(tl.int64) * s_dg_t, s_dg_b, w_ptr, s_w,
+                      o_b, m_b, o_h, m_h, H, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
+    rnn_update_bwd(b_gs, i_h, i_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, do_ptr, s_do_t,
+                   s_do_b, h_ptr, s_h_slot, s_h_b, len_ptr, t, wr, B, H, RNN, HAS_LENGTHS,
+                   BLOCK_B, BLOCK_H)
+
+
+# ----------------------------------------------------------------------------------------
+# kernels: step mode or sequence mode (see fusedrnn.kernels.common.run_steps)
+# ----------------------------------------------------------------------------------------
+@triton.jit(do_not_specialize=["s0", "n_steps", "T"])
+def rnn_fwd_kernel(
+    xg_ptr, s_xg_t, s_xg_b, w_ptr, s_w, h_ptr, s_h_slot, s_h_b,
+    out_ptr, s_o_t, s_o_b,        # see the tile
+    len_ptr, sem_ptr, err_ptr, s0, n_steps, T, B, H,
+    ACC: tl.constexpr, RNN: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    REVERSE: tl.constexpr, PERSISTENT: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr,
+    SPIN_LIMIT: tl.constexpr,
+):
+    pid, n_progs = tl.program_id(0), tl.num_programs(0)
+    n_b, n_h = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H)
+    for s in range(s0, s0 + n_steps):
+        t, rd, wr = fwd_step(s, T, REVERSE, SAVE)
+        for tile in range(pid, n_h * n_b, n_progs):
+            _rnn_fwd_tile(tile % n_h, tile // n_h, xg_ptr, s_xg_t, s_xg_b, w_ptr, s_w,
+                          h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, len_ptr, t, rd, wr,
+                          B, H, ACC, RNN, HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
+        if PERSISTENT:
+            grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
+
+
+@triton.jit(do_not_specialize=["s0", "n_steps", "T"])
+def rnn_bwd_kernel(
+    dg_ptr, s_dg_t, s_dg_b, w_ptr, s_w, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b,
+    h_ptr, s_h_slot, s_h_b,       # see the tile
+    len_ptr, sem_ptr, err_ptr, s0, n_steps, T, B, H,
+    RNN: tl.constexpr, HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr,
+    PERSISTENT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+):
+    pid, n_progs = tl.program_id(0), tl.num_programs(0)
+    n_b, n_h = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H)
+    for s in range(s0, s0 + n_steps):
+        t, t_next, rd, wr = bwd_step(s, T, REVERSE)
+        for tile in range(pid, n_h * n_b, n_progs):
+            _rnn_bwd_tile(tile % n_h, tile // n_h, dg_ptr, s_dg_t, s_dg_b, w_ptr, s_w,
+                          g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, h_ptr, s_h_slot, s_h_b,
+                          len_ptr, t, t_next, wr, B, H, RNN, HAS_LENGTHS, BLOCK_B, BLOCK_H,
+                          BLOCK_K, IEEE, UPCAST)
+        if PERSISTENT:
+            grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
+
+
+# ----------------------------------------------------------------------------------------
+# launchers
+# ----------------------------------------------------------------------------------------
+def _nonlinearity(nonlinearity: str) -> int:
+    check(nonlinearity in NONLINEARITIES,
+          f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    return NONLINEARITIES[nonlinearity]
+
+
+def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, nonlinearity="tanh",
+                allow_tf32=None):
+    """Runs one plain RNN layer. Returns out, h_n, and (if save) the buffers backward needs."""
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    act = _nonlinearity(nonlinearity)
+    check(T > 0, "x must have at least one time step")
+    check((b_ih is None) == (b_hh is None), "b_ih and b_hh must be given together")
+    check_layer_args(x, {"h0": (h0, (B, H))}, {
+        "w_ih": (w_ih, (H, x.shape[2])), "w_hh": (w_hh, (H, H)),
+        "b_ih": (b_ih, (H,)), "b_hh": (b_hh, (H,))}, lengths)
+    acc = compute_dtype(x.dtype)
+    dev = x.device
+
+    with cudnn_tf32_gemms(dev):
+        xg = F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
+    if xg.stride(-1) != 1:
+        xg = xg.contiguous()
+    n_slots = T + 1 if save else 2
+    hs = empty(n_slots, B, H, dtype=x.dtype, device=dev)
+    out = like_layout(x, T, B, H, x.dtype)
+    first = first_slot(T, reverse, save)
+    hs[first] = h0
+
+    ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
+    kplan = plan_for("rnn", x.dtype, B, H, H, False, dev, save, ieee) if B > 0 else None
+    common = dict(len_ptr=lengths if lengths is not None else hs, T=T, B=B, H=H,
+                  ACC=TL_ACC[acc], SAVE=save, HAS_LENGTHS=lengths is not None,
+                  REVERSE=reverse, IEEE=ieee, UPCAST=upcast)
+    ptrs = pointer_args(xg=(xg, "tb"), w=(w_hh, ("",)), h=(hs, ("slot", "b")),
+                        out=(out, "tb", "o"))
+    if B > 0 and kplan["kernel"] == "stationary":
+        from fusedrnn.kernels import stationary  # it imports this module's update functions
+        stationary.launch_fwd(kplan, dict(
+            **ptrs, **common, c_ptr=hs, s_c_slot=0, s_c_b=0, bhn_ptr=hs, ga_ptr=hs,
+            s_ga_t=0, s_ga_b=0, LSTM=False, RNN=act, HAS_BIAS=False), B, dev)
+        # (the plain RNN saves no gates: SAVE only sizes the history)
+    elif B > 0:
+        BB, BH, BK, warps = block_sizes(B, H)
+        n_tiles = triton.cdiv(B, BB) * triton.cdiv(H, BH)
+        run_steps(rnn_fwd_kernel, dict(**ptrs, **common, RNN=act, BLOCK_B=BB, BLOCK_H=BH,
+                                       BLOCK_K=BK), T, [({}, n_tiles)],
+                  kplan["kernel"] == "sequence", dev, warps)
+    last = last_slot(T, reverse, save) if B > 0 else first
+    h_n = hs[last].clone()  # not a view of the buffers saved for backward
+    return out, h_n, ((hs,) if save else None)
+
+
+def rnn_backward(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn, nonlinearity="tanh",
+                 needs=(True,) * 6, allow_tf32=None):
+    """Gradients (x, h0, w_ih, w_hh, b_ih, b_hh) of one RNN layer; None where not needed."""
+    (hs,) = saved
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    act = _nonlinearity(nonlinearity)
+    acc, dev = compute_dtype(x.dtype), x.device
+    dg = empty(T + 1, B, H, dtype=acc, device=dev)
+    dg[T] = 0
+    g = d_hn.to(acc, copy=True)
+    if d_out.stride(-1) != 1:
+        d_out = d_out.contiguous()
+
+    ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
+    kplan = plan_for("rnn", x.dtype, B, H, H, False, dev, True, ieee,
+                     backward=True) if B > 0 else None
+    common = dict(len_ptr=lengths if lengths is not None else hs, T=T, B=B, H=H,
+                  HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast)
+    ptrs = pointer_args(dg=(dg, "tb"), w=(w_hh, ("",)), g=(g, "b"), do=(d_out, "tb"),
+                        h=(hs, ("slot", "b")))
+    if B > 0 and kplan["kernel"] == "stationary":
+        from fusedrnn.kernels import stationary
+        stationary.launch_bwd(kplan, dict(
+            **ptrs, **common, dxn_ptr=dg, s_dxn_t=0, s_dxn_b=0, gc_ptr=g, s_gc_b=0, ga_ptr=g,
+            s_ga_t=0, s_ga_b=0, c_ptr=g, s_c_slot=0, s_c_b=0, LSTM=False, RNN=act,
+            ACC=TL_ACC[acc]), B, dev)
+    elif B > 0:
+        BB, BH, BK, warps = block_sizes(B, H)
+        n_tiles = triton.cdiv(B, BB) * triton.cdiv(H, BH)
+        run_steps(rnn_bwd_kernel, dict(**ptrs, **common, RNN=act, BLOCK_B=BB, BLOCK_H=BH,
+                                       BLOCK_K=BK), T, [({}, n_tiles)],
+                  kplan["kernel"] == "sequence", dev, warps)
+
+    dgh = dg[:T]
+    t_first = T - 1 if reverse else 0
+    prev_h = hs[1:] if reverse else hs[:T]
+    return weight_grads(x, dgh, dgh, prev_h, w_ih, w_hh, needs, extra_dh0=(g, dg[t_first]))
