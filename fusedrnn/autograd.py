@@ -91,7 +91,7 @@ class RNNLayer(torch.autograd.Function):
             inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, ctx.nonlinearity)
             return _differentiable_backward(reference.rnn_layer, inputs, (d_out, d_hn))
         grads = _rnn.rnn_backward(x, w_ih, w_hh, lengths, ctx.reverse, saved, d_out, d_hn,
-                                  ctx.nonlinearity, needs=ctx.needs_input_grad[:6])
+                                  needs=ctx.needs_input_grad[:6])
         return (*grads, None, None, None)
 
 

@@ -174,50 +174,53 @@ torch.library.register_autograd("fusedrnn::gru_layer", _gru_backward, setup_cont
 @torch.library.custom_op("fusedrnn::rnn_layer", mutates_args=())
 def rnn_layer(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
               b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
-              nonlinearity: str, save: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """(out, h_n, hs); hs is empty unless ``save``."""
+              nonlinearity: str, save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(out, h_n, hs, dact); the last two are empty unless ``save``."""
     out, h_n, saved = _rnn.rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save,
                                        nonlinearity)
-    return out.contiguous(), h_n, saved[0] if save else x.new_empty(0)
+    hs, dact = saved if save else (x.new_empty(0), x.new_empty(0))
+    return out.contiguous(), h_n, hs, dact
 
 
 @rnn_layer.register_fake
 def _(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity, save):
     T, B, _ = x.shape
     H = w_hh.shape[1]
-    hs = x.new_empty(T + 1, B, H) if save else x.new_empty(0)
-    return x.new_empty(T, B, H), x.new_empty(B, H), hs
+    saved = (x.new_empty(0), x.new_empty(0))
+    if save:
+        saved = (x.new_empty(T + 1, B, H), x.new_empty(T, B, H, dtype=compute_dtype(x.dtype)))
+    return (x.new_empty(T, B, H), x.new_empty(B, H), *saved)
 
 
 @torch.library.custom_op("fusedrnn::rnn_layer_backward", mutates_args=())
 def rnn_layer_backward(x: Tensor, w_ih: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
-                       hs: Tensor, d_out: Tensor, d_hn: Tensor, reverse: bool,
-                       nonlinearity: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                       hs: Tensor, dact: Tensor, d_out: Tensor, d_hn: Tensor, reverse: bool
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dh0, dw_ih, dw_hh, db); db is the gradient of both biases."""
-    dx, dh0, dw_ih, dw_hh, db, _ = _rnn.rnn_backward(x, w_ih, w_hh, lengths, reverse, (hs,),
-                                                     d_out, d_hn, nonlinearity)
+    dx, dh0, dw_ih, dw_hh, db, _ = _rnn.rnn_backward(x, w_ih, w_hh, lengths, reverse,
+                                                     (hs, dact), d_out, d_hn)
     return dx, dh0, dw_ih, dw_hh, db
 
 
 @rnn_layer_backward.register_fake
-def _(x, w_ih, w_hh, lengths, hs, d_out, d_hn, reverse, nonlinearity):
+def _(x, w_ih, w_hh, lengths, hs, dact, d_out, d_hn, reverse):
     return (x.new_empty(x.shape), x.new_empty(d_hn.shape), torch.empty_like(w_ih),
             torch.empty_like(w_hh), w_hh.new_empty(w_hh.shape[0]))
 
 
 def _rnn_setup(ctx, inputs, output):
     x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity, save = inputs
-    ctx.save_for_backward(x, w_ih, w_hh, lengths, output[2])
-    ctx.reverse, ctx.nonlinearity, ctx.has_bias = reverse, nonlinearity, b_ih is not None
+    ctx.save_for_backward(x, w_ih, w_hh, lengths, *output[2:])
+    ctx.reverse, ctx.has_bias = reverse, b_ih is not None
 
 
 def _rnn_backward(ctx, d_out, d_hn, *_unused):
-    x, w_ih, w_hh, lengths, hs = ctx.saved_tensors
+    x, w_ih, w_hh, lengths, hs, dact = ctx.saved_tensors
     _check_saved(hs)
     d_out = _or_zeros(d_out, x.new_empty(x.shape[0], x.shape[1], w_hh.shape[1]))
     d_hn = _or_zeros(d_hn, hs[0])
-    dx, dh0, dw_ih, dw_hh, db = rnn_layer_backward(x, w_ih, w_hh, lengths, hs, d_out, d_hn,
-                                                   ctx.reverse, ctx.nonlinearity)
+    dx, dh0, dw_ih, dw_hh, db = rnn_layer_backward(x, w_ih, w_hh, lengths, hs, dact, d_out,
+                                                   d_hn, ctx.reverse)
     db_ih, db_hh = (db, db) if ctx.has_bias else (None, None)
     return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None
 

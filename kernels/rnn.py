@@ -4,9 +4,12 @@ One layer, one direction; the structure and buffers of :mod:`fusedrnn.kernels.gr
 gate: h_t = act(x_t W_ih^T + b_ih + b_hh + h_{t-1} W_hh^T). Both biases add before the
 nonlinearity, so they are folded into the input projection, one GEMM before the loop.
 
-Nothing but the state history is saved: the nonlinearity's derivative comes from h_t
-itself (tanh: 1 - h_t^2; relu: h_t > 0, zero at zero like torch's relu). Backward keeps one
-gradient buffer dg (T+1, B, H) of the pre-activations, which is also the input's.
+Saved per step besides the state history: the nonlinearity's derivative (T, B, H), ACC.
+tanh's is 4e / (1 + e)^2 with e = exp(-2|a|), the form without cancellation: 1 - h_t^2
+from a rounded h_t near +-1 loses most of its digits (a relative error of 1e-5 on dx in
+fp32 where exact fp32 must give 1e-6). relu's is a > 0 (zero at zero, like torch's).
+Backward keeps one gradient buffer dg (T+1, B, H) of the pre-activations, which is also
+the input's.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check
                                      compute_dtype, cudnn_tf32_gemms, dot_flags, empty,
                                      first_slot, fwd_step, grid_barrier, last_slot,
                                      like_layout, mm_tile, pointer_args, run_steps,
-                                     state_grad, store_step, tanh, tile_offsets, valid_rows,
+                                     state_grad, store_step, tile_offsets, valid_rows,
                                      weight_grads)
 from fusedrnn.kernels.plan import plan_for
 
@@ -30,8 +33,8 @@ NONLINEARITIES = {"tanh": 1, "relu": 2}  # the kernels' RNN constexpr (0: not a 
 def rnn_update_fwd(
     b_pre,                        # (BLOCK_B, BLOCK_H) recurrent part h_{t-1} W_hh^T
     i_h, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b,
-    len_ptr, t, rd, wr, B, H,     # as in _rnn_fwd_tile
-    ACC: tl.constexpr, RNN: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, B, H,  # as in _rnn_fwd_tile
+    ACC: tl.constexpr, RNN: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     """The rest of a forward step for one tile, shared with the weight-stationary kernel."""
@@ -39,9 +42,16 @@ def rnn_update_fwd(
     p_x = xg_ptr + t.to(tl.int64) * s_xg_t + o_b64[:, None] * s_xg_b + o_h[None, :]
     b_pre += tl.load(p_x, mask=m, other=0.0).to(ACC)
     if RNN == 1:
-        b_hn = tanh(b_pre)
+        e = tl.exp(-2.0 * tl.abs(b_pre))
+        b_hn = (1.0 - e) / (1.0 + e)
+        b_hn = tl.where(b_pre < 0, -b_hn, b_hn)
+        b_d = 4.0 * e / ((1.0 + e) * (1.0 + e))
     else:
         b_hn = tl.maximum(b_pre, 0.0)
+        b_d = tl.where(b_pre > 0.0, 1.0, 0.0)
+    if SAVE:
+        p_ga = ga_ptr + t.to(tl.int64) * s_ga_t + o_b64[:, None] * s_ga_b + o_h[None, :]
+        tl.store(p_ga, b_d.to(ga_ptr.dtype.element_ty), mask=m)
     p_hs = h_ptr + rd.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b + o_h[None, :]
     b_h_prev = tl.load(p_hs, mask=m, other=0.0).to(ACC)
     valid = valid_rows(len_ptr, o_b, m_b, t, HAS_LENGTHS)[:, None]
@@ -53,21 +63,16 @@ def rnn_update_fwd(
 def rnn_update_bwd(
     b_gs,                         # gradient of h_t so far: carried + dg_{t+1} W_hh
     i_h, i_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b,
-    h_ptr, s_h_slot, s_h_b, len_ptr, t, wr, B, H,  # as in _rnn_bwd_tile
-    RNN: tl.constexpr, HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr,
+    ga_ptr, s_ga_t, s_ga_b, len_ptr, t, B, H,  # as in _rnn_bwd_tile
+    HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     """The rest of a backward step for one tile, shared with the weight-stationary kernel."""
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     ACC = b_gs.dtype
     p_do = do_ptr + t.to(tl.int64) * s_do_t + o_b64[:, None] * s_do_b + o_h[None, :]
     b_dh = b_gs + tl.load(p_do, mask=m, other=0.0).to(ACC)
-    p_hs = h_ptr + wr.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b + o_h[None, :]
-    b_h = tl.load(p_hs, mask=m, other=0.0).to(ACC)   # h_t, the nonlinearity's output
-    if RNN == 1:
-        b_da = b_dh * (1.0 - b_h * b_h)
-    else:
-        b_da = tl.where(b_h > 0.0, b_dh, 0.0)
+    p_ga = ga_ptr + t.to(tl.int64) * s_ga_t + o_b64[:, None] * s_ga_b + o_h[None, :]
+    b_da = b_dh * tl.load(p_ga, mask=m, other=0.0)    # the saved derivative
     valid = valid_rows(len_ptr, o_b, m_b, t, HAS_LENGTHS)[:, None]
     p_dg = dg_ptr + t.to(tl.int64) * s_dg_t + o_b64[:, None] * s_dg_b + o_h[None, :]
     tl.store(p_dg, tl.where(valid, b_da, 0.0), mask=m)
@@ -82,8 +87,9 @@ def _rnn_fwd_tile(
     w_ptr, s_w,                   # W_hh: (H, H)
     h_ptr, s_h_slot, s_h_b,       # state history (slots, B, H): reads rd, writes wr
     out_ptr, s_o_t, s_o_b,        # output (T, B, H), zero past a sequence's length
+    ga_ptr, s_ga_t, s_ga_b,       # SAVE: the nonlinearity's derivative (T, B, H), ACC
     len_ptr, t, rd, wr, B, H,
-    ACC: tl.constexpr, RNN: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    ACC: tl.constexpr, RNN: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
@@ -93,8 +99,8 @@ def _rnn_fwd_tile(
     b_pre = mm_tile(b_pre, h_ptr + rd.to(tl.int64) * s_h_slot, s_h_b, o_b, m_b, w_ptr, 1, s_w,
                     o_h, m_h, H, BLOCK_K, IEEE, UPCAST)
     rnn_update_fwd(b_pre, i_h, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot, s_h_b, out_ptr,
-                   s_o_t, s_o_b, len_ptr, t, rd, wr, B, H, ACC, RNN, HAS_LENGTHS, BLOCK_B,
-                   BLOCK_H)
+                   s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, B, H, ACC, RNN,
+                   SAVE, HAS_LENGTHS, BLOCK_B, BLOCK_H)
 
 
 @triton.jit
@@ -105,17 +111,17 @@ def _rnn_bwd_tile(
     w_ptr, s_w,                   # W_hh: (H, H)
     g_ptr, s_g_b,                 # carried gradient of the state (B, H), ACC, in place
     do_ptr, s_do_t, s_do_b,       # output gradient (T, B, H)
-    h_ptr, s_h_slot, s_h_b,       # state history: h_t in slot wr
-    len_ptr, t, t_next, wr, B, H,
-    RNN: tl.constexpr, HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr,
-    BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    ga_ptr, s_ga_t, s_ga_b,       # saved derivative of the nonlinearity (T, B, H), ACC
+    len_ptr, t, t_next, B, H,
+    HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     b_gs = state_grad(g_ptr, s_g_b, dg_ptr + t_next.to(tl.int64) * s_dg_t, s_dg_b, w_ptr, s_w,
                       o_b, m_b, o_h, m_h, H, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
     rnn_update_bwd(b_gs, i_h, i_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, do_ptr, s_do_t,
-                   s_do_b, h_ptr, s_h_slot, s_h_b, len_ptr, t, wr, B, H, RNN, HAS_LENGTHS,
-                   BLOCK_B, BLOCK_H)
+                   s_do_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, B, H, HAS_LENGTHS, BLOCK_B,
+                   BLOCK_H)
 
 
 # ----------------------------------------------------------------------------------------
@@ -124,7 +130,7 @@ def _rnn_bwd_tile(
 @triton.jit(do_not_specialize=["s0", "n_steps", "T"])
 def rnn_fwd_kernel(
     xg_ptr, s_xg_t, s_xg_b, w_ptr, s_w, h_ptr, s_h_slot, s_h_b,
-    out_ptr, s_o_t, s_o_b,        # see the tile
+    out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b,  # see the tile
     len_ptr, sem_ptr, err_ptr, s0, n_steps, T, B, H,
     ACC: tl.constexpr, RNN: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     REVERSE: tl.constexpr, PERSISTENT: tl.constexpr,
@@ -138,8 +144,9 @@ def rnn_fwd_kernel(
         t, rd, wr = fwd_step(s, T, REVERSE, SAVE)
         for tile in range(pid, n_h * n_b, n_progs):
             _rnn_fwd_tile(tile % n_h, tile // n_h, xg_ptr, s_xg_t, s_xg_b, w_ptr, s_w,
-                          h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, len_ptr, t, rd, wr,
-                          B, H, ACC, RNN, HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
+                          h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b,
+                          len_ptr, t, rd, wr, B, H, ACC, RNN, SAVE, HAS_LENGTHS, BLOCK_B,
+                          BLOCK_H, BLOCK_K, IEEE, UPCAST)
         if PERSISTENT:
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
@@ -147,9 +154,9 @@ def rnn_fwd_kernel(
 @triton.jit(do_not_specialize=["s0", "n_steps", "T"])
 def rnn_bwd_kernel(
     dg_ptr, s_dg_t, s_dg_b, w_ptr, s_w, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b,
-    h_ptr, s_h_slot, s_h_b,       # see the tile
+    ga_ptr, s_ga_t, s_ga_b,       # see the tile
     len_ptr, sem_ptr, err_ptr, s0, n_steps, T, B, H,
-    RNN: tl.constexpr, HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr,
     PERSISTENT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
     ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr,
@@ -160,9 +167,9 @@ def rnn_bwd_kernel(
         t, t_next, rd, wr = bwd_step(s, T, REVERSE)
         for tile in range(pid, n_h * n_b, n_progs):
             _rnn_bwd_tile(tile % n_h, tile // n_h, dg_ptr, s_dg_t, s_dg_b, w_ptr, s_w,
-                          g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, h_ptr, s_h_slot, s_h_b,
-                          len_ptr, t, t_next, wr, B, H, RNN, HAS_LENGTHS, BLOCK_B, BLOCK_H,
-                          BLOCK_K, IEEE, UPCAST)
+                          g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b,
+                          len_ptr, t, t_next, B, H, HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K,
+                          IEEE, UPCAST)
         if PERSISTENT:
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
@@ -197,6 +204,7 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, nonlinear
     n_slots = T + 1 if save else 2
     hs = empty(n_slots, B, H, dtype=x.dtype, device=dev)
     out = like_layout(x, T, B, H, x.dtype)
+    dact = empty(T, B, H, dtype=acc, device=dev) if save else hs
     first = first_slot(T, reverse, save)
     hs[first] = h0
 
@@ -206,13 +214,12 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, nonlinear
                   ACC=TL_ACC[acc], SAVE=save, HAS_LENGTHS=lengths is not None,
                   REVERSE=reverse, IEEE=ieee, UPCAST=upcast)
     ptrs = pointer_args(xg=(xg, "tb"), w=(w_hh, ("",)), h=(hs, ("slot", "b")),
-                        out=(out, "tb", "o"))
+                        out=(out, "tb", "o"), ga=(dact, "tb"))
     if B > 0 and kplan["kernel"] == "stationary":
         from fusedrnn.kernels import stationary  # it imports this module's update functions
         stationary.launch_fwd(kplan, dict(
-            **ptrs, **common, c_ptr=hs, s_c_slot=0, s_c_b=0, bhn_ptr=hs, ga_ptr=hs,
-            s_ga_t=0, s_ga_b=0, LSTM=False, RNN=act, HAS_BIAS=False), B, dev)
-        # (the plain RNN saves no gates: SAVE only sizes the history)
+            **ptrs, **common, c_ptr=hs, s_c_slot=0, s_c_b=0, bhn_ptr=hs, LSTM=False, RNN=act,
+            HAS_BIAS=False), B, dev)
     elif B > 0:
         BB, BH, BK, warps = block_sizes(B, H)
         n_tiles = triton.cdiv(B, BB) * triton.cdiv(H, BH)
@@ -221,17 +228,17 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, nonlinear
                   kplan["kernel"] == "sequence", dev, warps)
     last = last_slot(T, reverse, save) if B > 0 else first
     h_n = hs[last].clone()  # not a view of the buffers saved for backward
-    return out, h_n, ((hs,) if save else None)
+    return out, h_n, ((hs, dact) if save else None)
 
 
-def rnn_backward(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn, nonlinearity="tanh",
-                 needs=(True,) * 6, allow_tf32=None):
-    """Gradients (x, h0, w_ih, w_hh, b_ih, b_hh) of one RNN layer; None where not needed."""
-    (hs,) = saved
+def rnn_backward(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn, needs=(True,) * 6,
+                 allow_tf32=None):
+    """Gradients (x, h0, w_ih, w_hh, b_ih, b_hh) of one RNN layer; None where not needed.
+    (The nonlinearity is in the saved derivative.)"""
+    hs, dact = saved
     T, B, _ = x.shape
     H = w_hh.shape[1]
-    act = _nonlinearity(nonlinearity)
-    acc, dev = compute_dtype(x.dtype), x.device
+    acc, dev = dact.dtype, x.device
     dg = empty(T + 1, B, H, dtype=acc, device=dev)
     dg[T] = 0
     g = d_hn.to(acc, copy=True)
@@ -244,17 +251,17 @@ def rnn_backward(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn, nonlineari
     common = dict(len_ptr=lengths if lengths is not None else hs, T=T, B=B, H=H,
                   HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast)
     ptrs = pointer_args(dg=(dg, "tb"), w=(w_hh, ("",)), g=(g, "b"), do=(d_out, "tb"),
-                        h=(hs, ("slot", "b")))
+                        ga=(dact, "tb"))
     if B > 0 and kplan["kernel"] == "stationary":
         from fusedrnn.kernels import stationary
         stationary.launch_bwd(kplan, dict(
-            **ptrs, **common, dxn_ptr=dg, s_dxn_t=0, s_dxn_b=0, gc_ptr=g, s_gc_b=0, ga_ptr=g,
-            s_ga_t=0, s_ga_b=0, c_ptr=g, s_c_slot=0, s_c_b=0, LSTM=False, RNN=act,
+            **ptrs, **common, dxn_ptr=dg, s_dxn_t=0, s_dxn_b=0, gc_ptr=g, s_gc_b=0, c_ptr=g,
+            s_c_slot=0, s_c_b=0, h_ptr=hs, s_h_slot=0, s_h_b=0, LSTM=False, RNN=1,
             ACC=TL_ACC[acc]), B, dev)
     elif B > 0:
         BB, BH, BK, warps = block_sizes(B, H)
         n_tiles = triton.cdiv(B, BB) * triton.cdiv(H, BH)
-        run_steps(rnn_bwd_kernel, dict(**ptrs, **common, RNN=act, BLOCK_B=BB, BLOCK_H=BH,
+        run_steps(rnn_bwd_kernel, dict(**ptrs, **common, BLOCK_B=BB, BLOCK_H=BH,
                                        BLOCK_K=BK), T, [({}, n_tiles)],
                   kplan["kernel"] == "sequence", dev, warps)
 

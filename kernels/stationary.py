@@ -148,8 +148,8 @@ def _fwd_tile(
     acc = _chunks_dot(w0, w1, w2, w3, p_h, m_b, H, ACC, KC, NK, True, IEEE, UPCAST)
     if RNN:  # one gate: the (U, BB) tile is the pre-activation
         rnn_update_fwd(tl.trans(acc), i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot,
-                       s_h_b, out_ptr, s_o_t, s_o_b, len_ptr, t, rd, wr, B, H, ACC, RNN,
-                       HAS_LENGTHS, BB, U)
+                       s_h_b, out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd,
+                       wr, B, H, ACC, RNN, SAVE, HAS_LENGTHS, BB, U)
     elif LSTM:
         g0, g1, g2, g3 = _split_gates(acc, U, BB)
         lstm_update_fwd(g0, g1, g2, g3, i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot,
@@ -190,8 +190,7 @@ def _bwd_tile(
     b_gs = b_g + acc                          # carried + dgates_{t+1} W_hh, (BB, U)
     if RNN:
         rnn_update_bwd(b_gs, i_u, i_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, do_ptr, s_do_t,
-                       s_do_b, h_ptr, s_h_slot, s_h_b, len_ptr, t, wr, B, H, RNN, HAS_LENGTHS,
-                       BB, U)
+                       s_do_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, B, H, HAS_LENGTHS, BB, U)
     elif LSTM:
         p_do = do_ptr + t.to(tl.int64) * s_do_t + o_b64[:, None] * s_do_b + o_h[None, :]
         b_dh = b_gs + tl.load(p_do, mask=m, other=0.0).to(ACC)
@@ -215,7 +214,7 @@ def stationary_fwd_kernel(
     h_ptr, s_h_slot, s_h_b,       # state history (slots, B, H): reads rd, writes wr
     c_ptr, s_c_slot, s_c_b,       # LSTM: cell history (slots, B, H), ACC
     out_ptr, s_o_t, s_o_b,        # output (T, B, H), zero past a sequence's length
-    ga_ptr, s_ga_t, s_ga_b,       # SAVE: gates (T, B, 4H), ACC (see lstm.py, gru.py)
+    ga_ptr, s_ga_t, s_ga_b,       # SAVE: gates (T, B, 4H), ACC (see lstm.py, gru.py, rnn.py)
     len_ptr,                      # HAS_LENGTHS: (B,) sequence lengths
     sem_ptr, err_ptr,             # barrier counters (one per batch group), error word
     T, B, H,
@@ -279,7 +278,7 @@ def stationary_bwd_kernel(
     g_ptr, s_g_b,                 # carried gradient of the state (B, H), ACC, in place
     do_ptr, s_do_t, s_do_b,       # output gradient (T, B, H)
     gc_ptr, s_gc_b,               # LSTM: carried gradient of the cell state (B, H), ACC
-    ga_ptr, s_ga_t, s_ga_b,       # saved gates (T, B, 4H), ACC
+    ga_ptr, s_ga_t, s_ga_b,       # saved gates (T, B, 4H), ACC (rnn.py: (T, B, H))
     c_ptr, s_c_slot, s_c_b,       # LSTM: cell history
     h_ptr, s_h_slot, s_h_b,       # GRU: state history
     len_ptr, sem_ptr, err_ptr, T, B, H,

@@ -23,14 +23,14 @@ import pytest  # noqa: E402
 @pytest.fixture
 def poison(monkeypatch):
     """Every buffer the launchers allocate starts as NaN, so an unwritten element fails."""
-    from fusedrnn.kernels import common, gru, lstm
+    from fusedrnn.kernels import common, gru, lstm, rnn
 
     real = common.empty
 
     def nan_empty(*shape, dtype, device):
         return real(*shape, dtype=dtype, device=device).fill_(float("nan"))
 
-    for mod in (common, gru, lstm):
+    for mod in (common, gru, lstm, rnn):
         monkeypatch.setattr(mod, "empty", nan_empty)
 
 
@@ -48,10 +48,10 @@ class _CountingKernel:
 @pytest.fixture
 def launches(monkeypatch):
     """Counter of Triton kernel launches by kernel name during the test."""
-    from fusedrnn.kernels import gru, lstm, stationary
+    from fusedrnn.kernels import gru, lstm, rnn, stationary
 
     counts = collections.Counter()
-    for mod in (gru, lstm, stationary):
+    for mod in (gru, lstm, rnn, stationary):
         for name in dir(mod):
             if name.endswith("_kernel") and hasattr(getattr(mod, name), "arg_names"):
                 monkeypatch.setattr(mod, name, _CountingKernel(getattr(mod, name), name, counts))

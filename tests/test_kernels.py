@@ -39,6 +39,20 @@ def _gru_args(T, B, I, H, bias, dtype, lengths):
     return args
 
 
+def _rnn_args(T, B, I, H, bias, dtype, lengths):
+    args = _gru_args(T, B, I, H, bias, dtype, lengths)
+    for k in ("w_ih", "w_hh", "b_ih", "b_hh"):
+        if args[k] is not None:
+            args[k] = args[k][:H].contiguous()
+    return args
+
+
+def _rnn_layer(nonlinearity):
+    def fn(**kw):
+        return functional.rnn_layer(**kw, nonlinearity=nonlinearity)
+    return fn
+
+
 def _run(fn, args, backend, reverse, seed=0):
     """Outputs and the gradients of a fixed random projection of them w.r.t. every input."""
     leaves = {k: v.detach().requires_grad_() for k, v in args.items()
@@ -97,6 +111,18 @@ def test_gru_layer_sizes(H, T, B, dtype, kernel_mode, poison, launches):
     assert _fwd_bwd_launches(launches, "gru", kernel_mode) == (n, n)
 
 
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("T", [1, 7])
+@pytest.mark.parametrize("H", [1, 33, 64])
+def test_rnn_layer_sizes(H, T, B, dtype, nonlinearity, kernel_mode, poison, launches):
+    args = _rnn_args(T, B, 5, H, True, dtype, lengths=False)
+    _compare(_rnn_layer(nonlinearity), args, reverse=False, tol=TOL[dtype])
+    n = T if kernel_mode == "step" else 1
+    assert _fwd_bwd_launches(launches, "rnn", kernel_mode) == (n, n)
+
+
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
 @pytest.mark.parametrize("proj", [0, 7])
 @pytest.mark.parametrize("bias", [True, False])
@@ -121,7 +147,27 @@ def test_gru_layer_options(lengths, reverse, bias, dtype, kernel_mode, poison, l
     assert _fwd_bwd_launches(launches, "gru", kernel_mode) == (n, n)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("lengths", [False, True])
+def test_rnn_layer_options(lengths, reverse, bias, nonlinearity, kernel_mode, poison, launches):
+    args = _rnn_args(7, 3, 4, 20, bias, F64, lengths)
+    _compare(_rnn_layer(nonlinearity), args, reverse, tol=TOL[F64])
+    n = 7 if kernel_mode == "step" else 1
+    assert _fwd_bwd_launches(launches, "rnn", kernel_mode) == (n, n)
+
+
+def test_rnn_relu_gradient_is_zero_where_relu_is_off(poison):
+    """relu's derivative: zero at and below zero, as torch's (units forced off by a large
+    negative bias get no gradient through the nonlinearity)."""
+    args = _rnn_args(4, 3, 4, 20, True, F64, lengths=False)
+    args["b_ih"][:5] = -1e3
+    got, want = _compare(_rnn_layer("relu"), args, False, tol=TOL[F64])
+    assert (got["dw_hh"][:5] == 0).all() and (got["db_ih"][:5] == 0).all()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("H,B", [(20, 3), (70, 40)])  # one tile; several tiles per program
 def test_sequence_kernel_launches_do_not_grow_with_T(cell, H, B, poison, launches):
     """Default plan under the interpreter: a sequence kernel (the weight-stationary one
@@ -132,11 +178,14 @@ def test_sequence_kernel_launches_do_not_grow_with_T(cell, H, B, poison, launche
         if cell == "lstm":
             args = _lstm_args(T, B, 4, H, 5, True, torch.float64, lengths=True)
             _compare(functional.lstm_layer, args, reverse=True, tol=1e-10)
-        else:
+        elif cell == "gru":
             args = _gru_args(T, B, 4, H, True, torch.float64, lengths=True)
             _compare(functional.gru_layer, args, reverse=True, tol=1e-10)
+        else:
+            args = _rnn_args(T, B, 4, H, True, torch.float64, lengths=True)
+            _compare(_rnn_layer("tanh"), args, reverse=True, tol=1e-10)
         counts.append(dict(launches))
-    kind = "stationary" if cell == "gru" else cell  # the LSTM has proj_size=5
+    kind = "stationary" if cell != "lstm" else cell  # the LSTM has proj_size=5
     assert counts[0] == counts[1] == {f"{kind}_fwd_kernel": 1, f"{kind}_bwd_kernel": 1}
 
 
@@ -165,11 +214,11 @@ LOW = [torch.float16, torch.bfloat16]
 
 
 @pytest.mark.parametrize("dtype", LOW)
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_low_precision(cell, dtype, poison):
     """fp16/bf16 inputs: within 1e-2 of float64, and within twice torch's own error there."""
     H, T, B = 32, 7, 3
-    mode = torch.nn.LSTM if cell == "lstm" else torch.nn.GRU
+    mode = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
     m = mode(16, H, dtype=F64, device=DEVICE)
     x = torch.randn(T, B, 16, dtype=F64, device=DEVICE)
     want = m(x)[0]
@@ -182,8 +231,10 @@ def test_low_precision(cell, dtype, poison):
     with torch.no_grad():
         if cell == "lstm":
             got = functional.lstm_layer(x.to(dtype), h0, h0, *w, backend="triton")[0]
-        else:
+        elif cell == "gru":
             got = functional.gru_layer(x.to(dtype), h0, *w, backend="triton")[0]
+        else:
+            got = functional.rnn_layer(x.to(dtype), h0, *w, backend="triton")[0]
     err = rel_err(got, want)
     assert got.dtype == dtype
     assert err <= TOL[dtype], err
@@ -196,6 +247,10 @@ def test_low_precision_gradients(dtype, poison):
     _compare(functional.lstm_layer, args, reverse=True, tol=TOL[dtype])
     args = _gru_args(5, 3, 16, 32, True, dtype, lengths=True)
     _compare(functional.gru_layer, args, reverse=False, tol=TOL[dtype])
+    # tanh: relu's gradient mask flips wherever a pre-activation near zero changes sign under
+    # 16-bit rounding, so its gradients are compared in fp64/fp32 only
+    args = _rnn_args(5, 3, 16, 32, True, dtype, lengths=True)
+    _compare(_rnn_layer("tanh"), args, reverse=True, tol=TOL[dtype])
 
 
 def test_launcher_rejects_bad_shapes():
