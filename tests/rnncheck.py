@@ -42,7 +42,11 @@ def assert_all_close(got: dict, want: dict, tol: float):
 
 
 def twin(mode: str, kwargs: dict, backend: str, dtype=torch.float64, device="cpu"):
-    """(torch module, fusedrnn module with the same weights)."""
+    """(torch module, fusedrnn module with the same weights). A mode with a suffix
+    ("RNN_RELU", "RNNCell_relu") names the plain RNN's nonlinearity."""
+    mode, _, act = mode.partition("_")
+    if act:
+        kwargs = dict(kwargs, nonlinearity=act.lower())
     ref = getattr(nn, mode)(**kwargs, dtype=dtype, device=device)
     ours = getattr(fusedrnn, mode)(**kwargs, backend=backend, dtype=dtype, device=device)
     ours.load_state_dict(ref.state_dict())
@@ -105,10 +109,12 @@ def outputs_and_grads(m, cfg, x, hx, lengths, seed=0):
 
 
 def rnn_config(**over):
-    cfg = dict(mode="LSTM", input_size=5, hidden_size=7, num_layers=1, bias=True,
+    cfg = dict(mode="LSTM", nonlinearity="tanh", input_size=5, hidden_size=7, num_layers=1, bias=True,
                batch_first=False, bidirectional=False, proj_size=0, dropout=0.0, T=4, B=3,
                unbatched=False, packed=None, hx=True)
     cfg.update(over)
+    if cfg["mode"] == "RNN_RELU":  # the plain RNN with nonlinearity="relu"
+        cfg["mode"], cfg["nonlinearity"] = "RNN", "relu"
     if cfg["mode"] != "LSTM":
         cfg["proj_size"] = 0
     if cfg["unbatched"]:
@@ -124,7 +130,7 @@ def random_configs(n: int, seed: int, max_hidden=12, max_layers=3, max_T=6, max_
     for _ in range(n):
         H = rng.randint(1, max_hidden)
         out.append(rnn_config(
-            mode=rng.choice(["LSTM", "GRU"]), input_size=rng.randint(1, 9), hidden_size=H,
+            mode=rng.choice(["LSTM", "GRU", "RNN", "RNN_RELU"]), input_size=rng.randint(1, 9), hidden_size=H,
             num_layers=rng.randint(1, max_layers), bias=rng.random() < 0.7,
             batch_first=rng.random() < 0.5, bidirectional=rng.random() < 0.5,
             proj_size=rng.randint(1, H - 1) if H > 1 and rng.random() < 0.4 else 0,
@@ -137,6 +143,8 @@ def random_configs(n: int, seed: int, max_hidden=12, max_layers=3, max_T=6, max_
 def module_kwargs(cfg: dict) -> dict:
     keys = ["input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
             "bidirectional"] + (["proj_size"] if cfg["mode"] == "LSTM" else [])
+    if cfg["mode"] == "RNN":
+        keys.append("nonlinearity")
     return {k: cfg[k] for k in keys}
 
 

@@ -6,7 +6,7 @@ import fusedrnn
 from rnncheck import (assert_all_close, check_module_against_torch, make_rnn_inputs,
                       module_kwargs, outputs_and_grads, random_configs, rnn_config, twin)
 
-MODES = ["LSTM", "GRU"]
+MODES = ["LSTM", "GRU", "RNN", "RNN_RELU"]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -76,7 +76,8 @@ def test_dropout_distribution(mode, monkeypatch):
 
     def spy(t, p, training):
         out = real_dropout(t, p, training)
-        calls.append((p, training, (out == 0).double().mean().item()))
+        kept = t != 0  # (relu outputs zeros of its own)
+        calls.append((p, training, (out[kept] == 0).double().mean().item()))
         return out
 
     monkeypatch.setattr(fusedrnn.functional.F, "dropout", spy)
@@ -117,7 +118,7 @@ def _cell_outputs_and_grads(m, x, hx, seed=0):
     return res
 
 
-@pytest.mark.parametrize("mode", ["LSTMCell", "GRUCell"])
+@pytest.mark.parametrize("mode", ["LSTMCell", "GRUCell", "RNNCell", "RNNCell_relu"])
 @pytest.mark.parametrize("hidden", [1, 20, 33])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("batch", [1, 3, None])  # None: unbatched

@@ -9,13 +9,13 @@ import torch
 from rnncheck import check_module_against_torch, random_configs, rnn_config, twin
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-MODES = ["LSTM", "GRU"]
+MODES = ["LSTM", "GRU", "RNN", "RNN_RELU"]
 
 
 def _check(cfg, launches, dtype=torch.float64):
     check_module_against_torch(cfg, "triton", dtype=dtype, device=DEVICE)
     if cfg["B"] > 0:
-        fwd = "lstm_fwd_kernel" if cfg["mode"] == "LSTM" else "gru_fwd_kernel"
+        fwd = f"{cfg['mode'].lower()}_fwd_kernel"
         ran = launches[fwd] + launches["stationary_fwd_kernel"]
         assert ran > 0, "the Triton kernels did not run"
 
@@ -61,7 +61,7 @@ def test_empty_batch(poison, launches):
     _check(rnn_config(B=0, hx=False), launches)
 
 
-@pytest.mark.parametrize("mode", ["LSTMCell", "GRUCell"])
+@pytest.mark.parametrize("mode", ["LSTMCell", "GRUCell", "RNNCell", "RNNCell_relu"])
 @pytest.mark.parametrize("batched", [True, False])
 def test_cells(mode, batched, poison, launches):
     ref, ours = twin(mode, dict(input_size=6, hidden_size=20), "triton", device=DEVICE)
