@@ -7,6 +7,12 @@
   breaks it or makes it slower; under torch.compile, reference instead of native (torch's
   RNN ops do not compile). ``FUSEDRNN_BACKEND`` overrides ``"auto"`` (only ``"auto"``).
 
+Under ``torch.jit.trace`` and ONNX export (both exporters) every backend runs torch's own
+op (:func:`exporting`): the recorded graph then holds aten::lstm / gru / rnn_tanh /
+rnn_relu (and the cell ops), which the exporters translate to ONNX LSTM / GRU / RNN and
+which stay valid for any sequence length, where a trace of the reference's Python loop
+would be unrolled for one length and a trace of the kernels cannot be recorded at all.
+
 Asking for ``"triton"`` where it cannot run raises; it never falls back silently.
 """
 from __future__ import annotations
@@ -75,6 +81,11 @@ def cpu_autocast_fallback(device: torch.device) -> bool:
             and not native_cpu_autocast_lstm_runs(torch.get_autocast_dtype("cpu")))
 
 
+def exporting() -> bool:
+    """True while torch.jit.trace records or an ONNX exporter runs (see module doc)."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def chose_by_auto(backend: str) -> bool:
     """Whether "auto" made the choice: the module's "auto", not overridden by
     FUSEDRNN_BACKEND."""
@@ -88,6 +99,8 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype,
     autocast_lstm: the call is torch's full LSTM, the one RNN op CPU autocast casts, so
     "auto" avoids native where oneDNN cannot run it (:func:`cpu_autocast_fallback`)."""
     check_backend_name(backend)
+    if exporting():
+        return "native"
     if backend == "auto":
         env = os.environ.get(ENV_VAR, "")
         if env:

@@ -20,16 +20,7 @@ _SWAPS = {
 
 def _fused_twin(module: nn.Module, cls: type, backend: str) -> nn.Module:
     """A ``cls`` instance sharing ``module``'s state: the very same parameter objects."""
-    new = cls.__new__(cls)
-    state = dict(module.__dict__)
-    # containers get their own dict/list so the twin and the original do not alias edits;
-    # the tensors inside are shared (no copy: optimizer state and tied weights stay valid)
-    for key, value in state.items():
-        if isinstance(value, dict):
-            state[key] = type(value)(value)
-        elif isinstance(value, list):
-            state[key] = list(value)
-    new.__dict__.update(state)
+    new = modules.share_state(module, cls)
     new.backend = backend
     return new
 

@@ -29,7 +29,9 @@ def _layer_backend(backend: str, x: Tensor) -> str:
         if backend == "native":
             raise ValueError("backend='native' is only available for the whole stack "
                              "(fusedrnn.functional.lstm / gru and the modules), not per layer")
-        chosen = "reference"  # "auto" off CUDA: the layer ops have no native counterpart
+        # "auto" off CUDA, or under tracing / ONNX export: the layer ops have no native
+        # counterpart
+        chosen = "reference"
     return chosen
 
 

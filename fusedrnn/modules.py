@@ -19,8 +19,37 @@ from fusedrnn import backend as _backend
 from fusedrnn import functional
 
 
+def share_state(module: nn.Module, cls: type) -> nn.Module:
+    """A ``cls`` instance sharing ``module``'s state: the very same parameter objects.
+
+    Containers get their own dict/list so the two do not alias later edits; the tensors
+    inside are shared (no copy: optimizer state and tied weights stay valid)."""
+    new = cls.__new__(cls)
+    state = dict(module.__dict__)
+    for key, value in state.items():
+        if isinstance(value, dict):
+            state[key] = type(value)(value)
+        elif isinstance(value, list):
+            state[key] = list(value)
+    new.__dict__.update(state)
+    return new
+
+
 class _BackendMixin:
     """The ``backend`` attribute: "auto" | "triton" | "reference" | "native"."""
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script`` compiles in place of this module: the torch.nn module it
+        subclasses, sharing the same Parameter objects. A scripted model is then a torch
+        model, saved and loaded without fusedrnn, running torch's ops (cuDNN, oneDNN).
+
+        torch.jit.script calls this for every submodule and puts the result into the parent
+        module it was given, so after scripting a model the eager model holds the torch.nn
+        modules too (same parameters, same numbers; ``fusedrnn.convert`` swaps them back)."""
+        base = next(c for c in type(self).__mro__ if c.__module__ == "torch.nn.modules.rnn")
+        twin = share_state(self, base)
+        twin.__dict__.pop("backend", None)
+        return twin
 
     def _set_backend(self, backend: str) -> None:
         self.backend = _backend.check_backend_name(backend)
