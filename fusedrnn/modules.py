@@ -91,12 +91,14 @@ class _BackendMixin:
 def _autocast_dtype(module, device_type: str):
     """The dtype torch's own module computes in under autocast here, or None.
 
-    Mirrors torch's autocast op lists: on CUDA the cuDNN RNN op and the LSTM/GRU cell ops
-    run in the autocast dtype; on the CPU only the full LSTM does, and GRU and the cells
-    stay in float32."""
+    Mirrors torch: on CUDA the cuDNN RNN op and the cell ops run in the autocast dtype; on
+    the CPU the full LSTM does (autocast casts it), and so do the plain RNN and RNNCell
+    (torch's CPU code runs them as autocast linears, so their state and outputs come out in
+    the autocast dtype), while GRU, GRUCell and LSTMCell stay in float32."""
     if not torch.is_autocast_enabled(device_type):
         return None
-    if device_type == "cuda" or (device_type == "cpu" and isinstance(module, nn.LSTM)):
+    if device_type == "cuda" or (device_type == "cpu"
+                                 and isinstance(module, (nn.LSTM, nn.RNN, nn.RNNCell))):
         return torch.get_autocast_dtype(device_type)
     return None
 

@@ -13,14 +13,17 @@ class Model(nn.Module):
     def __init__(self):
         super().__init__()
         self.encoder = nn.Sequential(nn.Linear(3, 4), nn.Tanh())
-        self.rnns = nn.ModuleList([nn.LSTM(4, 6, batch_first=True), nn.GRU(6, 5)])
-        self.cells = nn.ModuleDict({"lstm": nn.LSTMCell(5, 5), "gru": nn.GRUCell(5, 5)})
+        self.rnns = nn.ModuleList([nn.LSTM(4, 6, batch_first=True), nn.GRU(6, 5),
+                                   nn.RNN(5, 5, nonlinearity="relu")])
+        self.cells = nn.ModuleDict({"lstm": nn.LSTMCell(5, 5), "gru": nn.GRUCell(5, 5),
+                                    "rnn": nn.RNNCell(5, 5)})
 
     def forward(self, x):
         y, _ = self.rnns[0](self.encoder(x))
         y, _ = self.rnns[1](y.transpose(0, 1))
+        y, _ = self.rnns[2](y)
         h, c = self.cells["lstm"](y[-1])
-        return self.cells["gru"](h, c)
+        return self.cells["rnn"](self.cells["gru"](h, c))
 
 
 def test_convert_nested_model_same_outputs_same_parameters():
@@ -31,8 +34,10 @@ def test_convert_nested_model_same_outputs_same_parameters():
     out = fusedrnn.convert(model, backend="reference")
     assert out is model
     assert type(model.rnns[0]) is fusedrnn.LSTM and type(model.rnns[1]) is fusedrnn.GRU
+    assert type(model.rnns[2]) is fusedrnn.RNN
     assert type(model.cells["lstm"]) is fusedrnn.LSTMCell
     assert type(model.cells["gru"]) is fusedrnn.GRUCell
+    assert type(model.cells["rnn"]) is fusedrnn.RNNCell
     assert all(m.backend == "reference" for m in [*model.rnns, *model.cells.values()])
     for n, p in model.named_parameters():
         assert p is params[n], n
@@ -70,6 +75,8 @@ def test_convert_keeps_optimizer_and_tied_weights_working():
     ("GRU", (3, 5), dict(num_layers=2, batch_first=True, dropout=0.2)),
     ("LSTMCell", (3, 5), dict(bias=False)),
     ("GRUCell", (3, 5), {}),
+    ("RNN", (3, 5), dict(num_layers=2, nonlinearity="relu", bidirectional=True)),
+    ("RNNCell", (3, 5), dict(nonlinearity="relu", bias=False)),
 ])
 def test_state_dict_and_repr(mode, args, kwargs):
     ref = getattr(nn, mode)(*args, **kwargs)
@@ -96,10 +103,11 @@ def test_initialization_matches_torch():
         assert torch.equal(a, b), n
 
 
-def test_pickle_deepcopy_and_to():
-    m = fusedrnn.LSTM(3, 4, backend="reference")
+@pytest.mark.parametrize("cls", [fusedrnn.LSTM, fusedrnn.RNN])
+def test_pickle_deepcopy_and_to(cls):
+    m = cls(3, 4, backend="reference")
     for clone in (pickle.loads(pickle.dumps(m)), copy.deepcopy(m)):
-        assert type(clone) is fusedrnn.LSTM and clone.backend == "reference"
+        assert type(clone) is cls and clone.backend == "reference"
         x = torch.randn(2, 1, 3)
         torch.testing.assert_close(clone(x)[0], m(x)[0])
     m64 = m.double()

@@ -32,7 +32,7 @@ def _grads(m, x, hx=None):
 # torch.compile
 # ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", ["triton", "reference", "auto"])
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
 def test_compile_fullgraph_matches_eager(mode, backend):
     fusedrnn.allow_compile()
     torch._dynamo.reset()
@@ -59,7 +59,7 @@ def _op_args(cell, dtype=torch.float64, lengths=True, proj=False, requires_grad=
              sizes=(3, 2, 4, 5)):
     kw = dict(dtype=dtype, device=DEVICE, requires_grad=requires_grad)
     T, B, I, H = sizes
-    G = 4 if cell == "lstm" else 3
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
     K = H - 2 if proj else H
     x = torch.randn(T, B, I, **kw)
     w = dict(w_ih=torch.randn(G * H, I, **kw), w_hh=torch.randn(G * H, K, **kw),
@@ -87,12 +87,21 @@ def test_opcheck_gru_op(reverse):
                                           reverse, False))
 
 
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_opcheck_rnn_op(reverse, nonlinearity):
+    torch.library.opcheck(ops.rnn_layer, (*_op_args("rnn"), reverse, nonlinearity, True))
+    torch.library.opcheck(ops.rnn_layer, (*_op_args("rnn", lengths=False, requires_grad=False),
+                                          reverse, nonlinearity, False))
+
+
 # ----------------------------------------------------------------------------------------
 # derivatives: gradcheck through the kernels, gradgradcheck through the reference fallback
 # ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_gradcheck_and_gradgradcheck(cell):
-    fn = functional.lstm_layer if cell == "lstm" else functional.gru_layer
+    fn = {"lstm": functional.lstm_layer, "gru": functional.gru_layer,
+          "rnn": functional.rnn_layer}[cell]
     args = _op_args(cell, proj=cell == "lstm", sizes=(2, 2, 2, 3))  # small: numerical Jacobians
 
     def layer(*a):
@@ -160,12 +169,12 @@ def _torch_under_autocast(ref, x, dtype):
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton", "auto"])
-@pytest.mark.parametrize("mode", ["LSTM", "GRU", "LSTMCell", "GRUCell"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
 def test_autocast_dtypes_match_torch(mode, backend):
     ref = getattr(nn, mode)(4, 8, device=DEVICE)
     ours = getattr(fusedrnn, mode)(4, 8, backend=backend, device=DEVICE)
     ours.load_state_dict(ref.state_dict())
-    x = torch.randn(5, 3, 4, device=DEVICE) if mode in ("LSTM", "GRU") else \
+    x = torch.randn(5, 3, 4, device=DEVICE) if mode in ("LSTM", "GRU", "RNN") else \
         torch.randn(3, 4, device=DEVICE)
     want = _torch_under_autocast(ref, x, torch.bfloat16)
     with torch.autocast(DEVICE, dtype=torch.bfloat16):
@@ -263,7 +272,7 @@ def test_ddp_gradients_equal_single_process(tmp_path):
 # CUDA graphs (GPU only)
 # ----------------------------------------------------------------------------------------
 @needs_gpu
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
 def test_cuda_graph_training_step_matches_eager(mode):
     m = getattr(fusedrnn, mode)(16, 32, backend="triton", device="cuda")
     static_x = torch.randn(8, 4, 16, device="cuda")
