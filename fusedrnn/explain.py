@@ -9,8 +9,8 @@ from fusedrnn import backend as _backend
 
 
 def explain(module: nn.Module, input, sm_count: int | None = None) -> list[dict]:
-    """The plan of every layer and direction of ``module`` (an LSTM/GRU or a cell, fusedrnn's
-    or torch's) for ``input``: a list of dicts with at least ``kernel`` ("stationary",
+    """The plan of every layer and direction of ``module`` (an LSTM/GRU/RNN or a cell,
+    fusedrnn's or torch's) for ``input``: a list of dicts with at least ``kernel`` ("stationary",
     "sequence", "step"), ``programs``, ``weights_on_chip`` and ``reason``, plus the grid,
     tiles and warps, the layer, the direction, the backend the call resolves to, and under
     ``backward`` the plan of the backward pass.
@@ -20,17 +20,19 @@ def explain(module: nn.Module, input, sm_count: int | None = None) -> list[dict]
     Nothing runs."""
     from fusedrnn.kernels import plan as _plan
 
+    cells = {nn.LSTM: "lstm", nn.LSTMCell: "lstm", nn.GRU: "gru", nn.GRUCell: "gru",
+             nn.RNN: "rnn", nn.RNNCell: "rnn"}
+    cell = next((c for cls, c in cells.items() if isinstance(module, cls)), None)
+    if cell is None:
+        raise TypeError(f"explain takes an LSTM, GRU, RNN or one of their cells, got "
+                        f"{type(module).__name__}")
     x = input.data if isinstance(input, PackedSequence) else input
     if isinstance(input, PackedSequence):
         B = int(input.batch_sizes[0])
-    elif isinstance(module, (nn.LSTMCell, nn.GRUCell)) or x.dim() == 2:
+    elif isinstance(module, (nn.LSTMCell, nn.GRUCell, nn.RNNCell)) or x.dim() == 2:
         B = x.shape[0] if x.dim() == 2 else 1
     else:
         B = x.shape[0 if getattr(module, "batch_first", False) else 1]
-    cell = "lstm" if isinstance(module, (nn.LSTM, nn.LSTMCell)) else "gru"
-    if not isinstance(module, (nn.LSTM, nn.GRU, nn.LSTMCell, nn.GRUCell)):
-        raise TypeError(f"explain takes an LSTM, GRU, LSTMCell or GRUCell, got "
-                        f"{type(module).__name__}")
     H = module.hidden_size
     proj = getattr(module, "proj_size", 0)
     layers = getattr(module, "num_layers", 1)

@@ -55,6 +55,35 @@ def test_gru_errors(backend, call, match):
     _same_error(ref, ours, *call, match=match)
 
 
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("call,match", [
+    ((torch.randn(1, 2, 3, 4),), "Expected input to be 2D or 3D, got 4D tensor instead"),
+    ((torch.randn(5, 2, 4),), "input_size"),
+    ((X.double(),), "dtype"),
+    ((X, torch.zeros(2, 3, 4)), "hidden size"),
+    ((X, torch.zeros(2, 4)), "should also be 3-D"),
+    ((torch.randn(5, 3), torch.zeros(2, 1, 4)), "should also be 2-D"),
+    ((torch.randn(0, 2, 3),), "sequence length"),
+])
+def test_rnn_errors(backend, nonlinearity, call, match):
+    ref, ours = _both("RNN", 3, 4, 2, nonlinearity=nonlinearity, backend=backend)
+    _same_error(ref, ours, *call, match=match)
+
+
+def test_rnn_nonlinearity_errors():
+    for mod in (nn, fusedrnn):
+        with pytest.raises(ValueError, match="Unknown nonlinearity 'gelu'"):
+            mod.RNN(3, 4, nonlinearity="gelu")
+    with pytest.raises(ValueError, match="Unknown nonlinearity 'gelu'"):
+        fusedrnn.functional.rnn_layer(X, torch.zeros(2, 4), torch.zeros(4, 3),
+                                      torch.zeros(4, 4), nonlinearity="gelu")
+    cell = fusedrnn.RNNCell(3, 4, backend="reference")
+    cell.nonlinearity = "gelu"  # torch's cell checks it at call time
+    with pytest.raises(RuntimeError, match="Unknown nonlinearity: gelu"):
+        cell(torch.randn(2, 3))
+
+
 def test_hidden_dtype_and_packed_hidden_shape_are_named():
     ours = fusedrnn.LSTM(3, 4, backend="reference")
     with pytest.raises(RuntimeError, match=r"hx\[0\] dtype"):
@@ -69,7 +98,7 @@ def test_hidden_dtype_and_packed_hidden_shape_are_named():
         ours(pack_padded_sequence(torch.randn(5, 2, 7), [5, 3]))
 
 
-@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
 @pytest.mark.parametrize("kwargs,exc", [
     (dict(input_size=0, hidden_size=4), ValueError),
     (dict(input_size=3, hidden_size=-1), ValueError),
@@ -117,4 +146,18 @@ def test_lstm_cell_errors(backend, call, match):
 ])
 def test_gru_cell_errors(backend, call, match):
     ref, ours = _both("GRUCell", 3, 4, backend=backend)
+    _same_error(ref, ours, *call, match=match)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("call,match", [
+    ((torch.randn(2, 5),), "input_size"),
+    ((torch.randn(2, 3), torch.randn(3, 4)), "batch size"),
+    ((torch.randn(2, 3), torch.randn(1, 2, 4)), "Expected hidden to be 1D or 2D"),
+    ((torch.randn(2, 3), torch.randn(2, 5)), "hidden0 has inconsistent"),
+    ((torch.randn(2, 3, 3),), "Expected input to be 1D or 2D"),
+    ((torch.randn(2, 3).double(),), "dtype"),
+])
+def test_rnn_cell_errors(backend, call, match):
+    ref, ours = _both("RNNCell", 3, 4, backend=backend)
     _same_error(ref, ours, *call, match=match)

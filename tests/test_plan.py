@@ -24,7 +24,7 @@ def test_k_chunks_are_powers_of_two_without_padding_768_to_1024(K, want):
 def test_never_more_programs_than_sms_and_fallbacks_have_a_reason():
     for B in (1, 8, 32, 128, 512):
         for H in (128, 256, 512, 1024, 2048):
-            for cell in ("lstm", "gru"):
+            for cell in ("lstm", "gru", "rnn"):
                 for bwd in (False, True):
                     p = plan(cell, torch.bfloat16, B, H, sm_count=132, backward=bwd)
                     assert p["reason"]
@@ -61,3 +61,17 @@ def test_explain_per_layer_and_direction():
         assert r["backward"]["kernel"] in ("stationary", "sequence", "step")
     with pytest.raises(TypeError, match="explain takes an LSTM"):
         fusedrnn.explain(torch.nn.Linear(2, 2), torch.randn(2, 2))
+
+
+def test_plain_rnn_plans_the_same_mma_shape_with_four_times_the_units():
+    """One gate: U units are U rows of W_hh, so the RNN takes 4x the LSTM's units per
+    program for the same 16 or 32 MMA rows."""
+    lstm = plan("lstm", torch.float16, 16, 768, sm_count=132)
+    rnn = plan("rnn", torch.float16, 16, 768, sm_count=132)
+    assert rnn["kernel"] == "stationary" and rnn["weights_on_chip"]
+    assert rnn["U"] in (16, 32) and rnn["warps"] == rnn["U"] // 16
+    assert rnn["w_bytes"] == rnn["U"] * 768 * 2 and rnn["gates"] == 1
+    assert lstm["U"] * 4 >= 16
+    cell = fusedrnn.RNNCell(768, 768, dtype=torch.float16)
+    row, = fusedrnn.explain(cell, torch.randn(16, 768, dtype=torch.float16), sm_count=132)
+    assert row["cell"] == "rnn" and row["kernel"] == "stationary"
