@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test,bench]"
+	$(PY) -m pip install -q -e ".[export]" || \
+		echo "onnx/onnxscript/onnxruntime not installed: the ONNX export tests will be skipped"
 	$(PY) -m pip install -q --no-deps --target $(VENV)/triton36 triton==3.6.0 || \
 		echo "Triton 3.6 not installed: its compile test will be skipped"
 	touch $@

@@ -41,7 +41,8 @@ def parse(argv):
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a short subset of the grid")
-    ap.add_argument("--cells", nargs="+", default=["lstm", "gru"], choices=["lstm", "gru"])
+    ap.add_argument("--cells", nargs="+", default=["lstm", "gru", "rnn"],
+                    choices=["lstm", "gru", "rnn"])
     ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=list(configs.DTYPES))
     ap.add_argument("--modes", nargs="+", default=["inference", "training"],
                     choices=["inference", "training"])
@@ -57,7 +58,7 @@ def parse(argv):
 def smoke_interpreter():
     """The Triton kernels at a tiny size under the interpreter, against torch.nn."""
     rows = []
-    for cell in ("lstm", "gru"):
+    for cell in ("lstm", "gru", "rnn"):
         for mode in ("inference", "training"):
             cfg = configs.Config(cell, "fp32", mode, 3, 16, 4, 8, layers=2, bidirectional=True)
             rows += [r for r in measure.measure(cfg, ["torch.nn", "triton-interp",

@@ -11,7 +11,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    cell: str            # "lstm" | "gru"
+    cell: str            # "lstm" | "gru" | "rnn" (tanh)
     dtype: str           # key of DTYPES
     mode: str            # "inference" (forward under inference_mode) | "training" (fwd + bwd)
     B: int

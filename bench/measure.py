@@ -40,7 +40,7 @@ def make_module(cfg: Config, impl: str, device, state=None):
     """The module behind an implementation name; all share `state` (the same weights)."""
     kw = dict(num_layers=cfg.layers, bidirectional=cfg.bidirectional, device=device,
               dtype=DTYPES[cfg.dtype])
-    cls = {"lstm": "LSTM", "gru": "GRU"}[cfg.cell]
+    cls = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[cfg.cell]
     if impl in ("cudnn", "torch.nn", "native-nocudnn"):
         m = getattr(nn, cls)(cfg.I, cfg.H, **kw)
     else:

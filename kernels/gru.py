@@ -170,8 +170,8 @@ def gru_bwd_kernel(
     do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b, h_ptr, s_h_slot, s_h_b,  # see the tile
     len_ptr, sem_ptr, err_ptr, s0, n_steps, T, B, H,
     HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr, PERSISTENT: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
+    UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_b, n_h = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H)

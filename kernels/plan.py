@@ -50,6 +50,10 @@ BWD_W_REG_BYTES = 192
 # backward, 512 (fp32 BB=64 at H=256) spilled 4 KB.
 X_REG_BYTES = 384
 X_REG_BYTES_BWD = 256
+# The plain RNN's forward at 32 rows (U=32, 2 warps) has its whole (BB, U) state tile in
+# one block after the transpose, and spilled more: 104 B (sm_80) at 256 B of h a thread,
+# 184-200 B at 384 (bf16/fp16 H=768 BB=16), none at 128 or with one warp (U=16).
+X_REG_BYTES_RNN_2W = 256
 
 
 def kernel_choice() -> str:
@@ -111,6 +115,8 @@ def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules):
             x_elt = max(4, elt) if backward else elt
             warps = _warps(bb) if backward else _warps(rows)
             budget = X_REG_BYTES_BWD if backward else X_REG_BYTES
+            if cell == "rnn" and not backward and warps > 1:
+                budget = X_REG_BYTES_RNN_2W
             if cuda_rules and nk * kc * bb * x_elt > budget * 32 * warps:
                 continue
             key = (n_u * n_b, bb)

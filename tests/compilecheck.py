@@ -25,7 +25,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from fusedrnn.kernels import common, gru, lstm, plan, stationary
+from fusedrnn.kernels import common, gru, lstm, plan, rnn, stationary
 from fusedrnn.kernels.plan import KERNEL_ENV
 
 TARGETS = {"sm_80": GPUTarget("cuda", 80, 32), "sm_90": GPUTarget("cuda", 90, 32)}
@@ -73,17 +73,17 @@ def _as_on_gpu(sms: int):
     def dot_flags(dtype, device, allow_tf32=None):
         return common.dot_flags(dtype, gpu, True if allow_tf32 is None else allow_tf32)
 
-    for mod in (lstm, gru):
+    for mod in (lstm, gru, rnn):
         mod.plan_for, mod.dot_flags = plan_for, dot_flags
 
 
 def capture(hidden_sizes, batches=(1, 64), dtypes=(torch.float32, torch.bfloat16),
             modes=("step", "sequence", "auto"), sms=132):
-    """Every distinct kernel launch the LSTM and GRU launchers make, forward and backward,
+    """Every distinct kernel launch the LSTM, GRU and RNN launchers make, forward and backward,
     as they would on a GPU with ``sms`` SMs (``auto``: the plan's own choice, which is the
     weight-stationary kernel where it fits)."""
     launches = {}
-    for mod in (lstm, gru, stationary):
+    for mod in (lstm, gru, rnn, stationary):
         for name in dir(mod):
             if isinstance(getattr(mod, name), Recorder):  # captured before: record here now
                 getattr(mod, name).launches = launches
@@ -122,6 +122,12 @@ def _capture_launchers(hidden_sizes, batch, dtypes, T, I):
             for save in (False, True):
                 out, h, saved = gru.gru_forward(*gargs, lengths, False, save)
             gru.gru_backward(x, gargs[2], gargs[3], lengths, False, saved,
+                             torch.randn_like(out), torch.randn_like(h))
+            rargs = (x, torch.zeros(batch, H, **kw), torch.randn(H, I, **kw),
+                     torch.randn(H, H, **kw), torch.randn(H, **kw), torch.randn(H, **kw))
+            for save in (False, True):  # (relu differs in two pointwise lines: tanh only)
+                out, h, saved = rnn.rnn_forward(*rargs, lengths, False, save)
+            rnn.rnn_backward(x, rargs[2], rargs[3], lengths, False, saved,
                              torch.randn_like(out), torch.randn_like(h))
 
 
@@ -302,9 +308,11 @@ def mma_work_per_warp(config: dict, kernel: str, num_warps: int, dtype: str) -> 
     U, BB, KC, NK = (int(config[k]) for k in ("U", "BB", "KC", "NK"))
     k_step = 8 if dtype == "fp32" else 16
     k_tiles = NK * KC // k_step
+    plain = config.get("RNN", "0") != "0"  # one gate: U rows forward, one gate backward
     if kernel == "stationary_fwd_kernel":
-        return max(1, 4 * U // 16) * max(1, BB // 8) * k_tiles // num_warps
-    gates = 4 if config["LSTM"] == "True" else 3
+        rows = U if plain else 4 * U
+        return max(1, rows // 16) * max(1, BB // 8) * k_tiles // num_warps
+    gates = 4 if config["LSTM"] == "True" else (1 if plain else 3)
     return gates * max(1, BB // 16) * max(1, U // 8) * k_tiles // num_warps
 
 

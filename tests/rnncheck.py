@@ -109,9 +109,9 @@ def outputs_and_grads(m, cfg, x, hx, lengths, seed=0):
 
 
 def rnn_config(**over):
-    cfg = dict(mode="LSTM", nonlinearity="tanh", input_size=5, hidden_size=7, num_layers=1, bias=True,
-               batch_first=False, bidirectional=False, proj_size=0, dropout=0.0, T=4, B=3,
-               unbatched=False, packed=None, hx=True)
+    cfg = dict(mode="LSTM", nonlinearity="tanh", input_size=5, hidden_size=7, num_layers=1,
+               bias=True, batch_first=False, bidirectional=False, proj_size=0, dropout=0.0,
+               T=4, B=3, unbatched=False, packed=None, hx=True)
     cfg.update(over)
     if cfg["mode"] == "RNN_RELU":  # the plain RNN with nonlinearity="relu"
         cfg["mode"], cfg["nonlinearity"] = "RNN", "relu"
@@ -130,7 +130,8 @@ def random_configs(n: int, seed: int, max_hidden=12, max_layers=3, max_T=6, max_
     for _ in range(n):
         H = rng.randint(1, max_hidden)
         out.append(rnn_config(
-            mode=rng.choice(["LSTM", "GRU", "RNN", "RNN_RELU"]), input_size=rng.randint(1, 9), hidden_size=H,
+            mode=rng.choice(["LSTM", "GRU", "RNN", "RNN_RELU"]), input_size=rng.randint(1, 9),
+            hidden_size=H,
             num_layers=rng.randint(1, max_layers), bias=rng.random() < 0.7,
             batch_first=rng.random() < 0.5, bidirectional=rng.random() < 0.5,
             proj_size=rng.randint(1, H - 1) if H > 1 and rng.random() < 0.4 else 0,

@@ -28,13 +28,16 @@ def test_kernels_compile_for_sm80_and_sm90_without_spills(tmp_path, capsys):
     rows = json.loads(out.read_text())
     kernels = {r["kernel"] for r in rows}
     assert kernels == {"lstm_fwd_kernel", "lstm_bwd_kernel", "gru_fwd_kernel", "gru_bwd_kernel",
-                       "stationary_fwd_kernel", "stationary_bwd_kernel"}
+                       "rnn_fwd_kernel", "rnn_bwd_kernel", "stationary_fwd_kernel",
+                       "stationary_bwd_kernel"}
     # both modes of each: one step per launch, and the whole sequence with grid barriers
     assert {r["config"].get("PERSISTENT") for r in rows} == {"True", "False", None}
     assert {r["target"] for r in rows} == {"sm_80", "sm_90"}
     hot = [r for r in rows if r["hot_spills"] != 0]
     assert not hot, f"spills inside the hot loops: {hot}"
-    heavy = [r for r in rows if r["spill_bytes"] > 64 or r["spill_bytes"] < 0]
+    # (the weight-stationary kernels' own bound is _check_stationary's: 128 B)
+    heavy = [r for r in rows if r["spill_bytes"] < 0 or r["spill_bytes"] > (
+        128 if r["kernel"].startswith("stationary") else 64)]
     assert not heavy, f"spills beyond a few bytes (or unreadable): {heavy}"
 
 

@@ -133,20 +133,25 @@ def test_trace_records_torch_ops_valid_for_any_length(backend):
         assert_close(traced(x), m(x), 1e-6, "traced")
 
 
+def _need(module: str):
+    return pytest.importorskip(module, reason=f"{module} is not installed (the Makefile "
+                                              f"installs it: pip install -e '.[export]')")
+
+
 def _onnx_run(path, x):
-    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
+    ort = _need("onnxruntime")
     sess = ort.InferenceSession(str(path))
     return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
 
 
 def _onnx_ops(path):
-    onnx = pytest.importorskip("onnx", reason="onnx is not installed")
+    onnx = _need("onnx")
     return {n.op_type for n in onnx.load(str(path)).graph.node}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_onnx_torchscript_exporter(backend, tmp_path):
-    pytest.importorskip("onnx", reason="onnx is not installed (pip install -e '.[test]')")
+    _need("onnx")
     m = _model(backend)
     path = tmp_path / "m.onnx"
     torch.onnx.export(copy.deepcopy(m), (_x(5),), str(path), dynamo=False, input_names=["x"],
@@ -159,8 +164,7 @@ def test_onnx_torchscript_exporter(backend, tmp_path):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_onnx_dynamo_exporter(backend, tmp_path):
-    pytest.importorskip("onnxscript", reason="onnxscript is not installed "
-                                             "(pip install -e '.[test]')")
+    _need("onnxscript")
     m = _model(backend)
     x = _x(5)
     path = tmp_path / "m.onnx"
