@@ -135,3 +135,81 @@ def rnn_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
     out, h_n, _ = _rnn.rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save=False,
                                    nonlinearity=nonlinearity)
     return out, h_n
+
+
+# ----------------------------------------------------------------------------------------
+# both directions of a bidirectional layer: one paired launch per pass where both run
+# weight-stationary (kernels/pairing.py), else one launch per direction
+# ----------------------------------------------------------------------------------------
+def _bi_spec(cell: str):
+    """(forward launcher, backward launcher, states per direction, reference layer, the
+    weights the backward launcher takes out of a direction's parameters). A direction's
+    parameters: LSTM (h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr); GRU/RNN (h0, w_ih, w_hh, b_ih,
+    b_hh)."""
+    if cell == "lstm":
+        return (_lstm.lstm_forward_steps, _lstm.lstm_backward_steps, 2, reference.lstm_layer,
+                lambda p: (p[2], p[3], p[6]))
+    if cell == "gru":
+        return (_gru.gru_forward_steps, _gru.gru_backward_steps, 1, reference.gru_layer,
+                lambda p: (p[1], p[2]))
+    return (_rnn.rnn_forward_steps, _rnn.rnn_backward_steps, 1, reference.rnn_layer,
+            lambda p: (p[1], p[2]))
+
+
+def _bi_forward(cell, extra, x, lengths, params, save):
+    """Both directions' forward: (out (T, B, 2 widths), forward states, reverse states,
+    forward's saved buffers, reverse's)."""
+    from fusedrnn.kernels import pairing
+
+    fwd = _bi_spec(cell)[0]
+    n = len(params) // 2
+    res_f, res_r = pairing.run_pair(
+        fwd(x, *params[:n], lengths, False, save, **extra, directions=2),
+        fwd(x, *params[n:], lengths, True, save, **extra, directions=2))
+    out = torch.cat([res_f[0], res_r[0]], dim=-1)
+    return out, res_f[1:-1], res_r[1:-1], res_f[-1], res_r[-1]
+
+
+class BiLayer(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, cell, extra, x, lengths, *params):
+        out, st_f, st_r, saved_f, saved_r = _bi_forward(cell, extra, x, lengths, params, True)
+        ctx.cell, ctx.extra, ctx.n, ctx.n_saved = cell, extra, len(params) // 2, len(saved_f)
+        ctx.save_for_backward(x, lengths, *params, *saved_f, *saved_r)
+        return (out, *st_f, *st_r)
+
+    @staticmethod
+    def backward(ctx, d_out, *d_states):
+        x, lengths, *rest = ctx.saved_tensors
+        n, k = ctx.n, ctx.n_saved
+        params, saved_f, saved_r = rest[:2 * n], rest[2 * n:2 * n + k], rest[2 * n + k:]
+        _, bwd, n_states, ref, weights = _bi_spec(ctx.cell)
+        if torch.is_grad_enabled():  # create_graph=True: through the reference
+            def both(x, lengths, *p):
+                res_f = ref(x, *p[:n], lengths, False, **ctx.extra)
+                res_r = ref(x, *p[n:], lengths, True, **ctx.extra)
+                return (torch.cat([res_f[0], res_r[0]], dim=-1), *res_f[1:], *res_r[1:])
+            grads = _differentiable_backward(both, (x, lengths, *params), (d_out, *d_states))
+            return (None, None, grads[0], None, *grads[2:])
+        from fusedrnn.kernels import pairing
+
+        half = d_out.shape[-1] // 2
+        needs = ctx.needs_input_grad
+        grads_f, grads_r = pairing.run_pair(
+            bwd(x, *weights(params[:n]), lengths, False, tuple(saved_f), d_out[..., :half],
+                *d_states[:n_states], needs=(needs[2], *needs[4:4 + n]), directions=2),
+            bwd(x, *weights(params[n:]), lengths, True, tuple(saved_r), d_out[..., half:],
+                *d_states[n_states:], needs=(needs[2], *needs[4 + n:]), directions=2))
+        dx = [g for g in (grads_f[0], grads_r[0]) if g is not None]
+        return (None, None, sum(dx) if dx else None, None, *grads_f[1:], *grads_r[1:])
+
+
+def bi_layer(cell: str, x, lengths, params_fwd, params_rev, **extra):
+    """Both directions of one layer on the Triton kernels ("lstm", "gru" or "rnn", with
+    ``nonlinearity`` for "rnn"). Returns (out (T, B, 2 widths), forward direction's states,
+    reverse direction's states): LSTM (out, h_f, c_f, h_r, c_r), else (out, h_f, h_r)."""
+    params = (*params_fwd, *params_rev)
+    if _needs_grad(x, *params):
+        return BiLayer.apply(cell, extra, x, lengths, *params)
+    out, st_f, st_r, _, _ = _bi_forward(cell, extra, x, lengths, params, False)
+    return (out, *st_f, *st_r)

@@ -48,9 +48,10 @@ def explain(module: nn.Module, input, sm_count: int | None = None) -> list[dict]
     rows = []
     for layer in range(layers):
         for d in range(dirs):
-            p = _plan.plan(cell, x.dtype, B, H, proj or H, bool(proj), training, sms, cuda, ieee)
+            p = _plan.plan(cell, x.dtype, B, H, proj or H, bool(proj), training, sms, cuda, ieee,
+                           directions=dirs)
             bwd = _plan.plan(cell, x.dtype, B, H, proj or H, bool(proj), training, sms, cuda,
-                             ieee, backward=True)
+                             ieee, backward=True, directions=dirs)
             rows.append(dict(p, layer=layer, direction="reverse" if d else "forward",
                              backend=chosen, backward=bwd))
     return rows

@@ -175,6 +175,26 @@ def _split_weights(weights, has_biases: bool, n_groups: int):
     return groups
 
 
+def _paired_layer(cell, x, lengths, h0, c0, groups, layer, nonlinearity, h_n, c_n):
+    """Both directions of one layer on the Triton kernels; appends the states to h_n, c_n
+    and returns the layer's output."""
+    params = []
+    for k in (2 * layer, 2 * layer + 1):
+        w_ih, w_hh, b_ih, b_hh, w_hr = groups[k]
+        if cell == "lstm":
+            params.append((h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_hr))
+        else:
+            params.append((h0[k], w_ih, w_hh, b_ih, b_hh))
+    extra = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
+    out, *states = _triton_ops().bi_layer(cell, x, lengths, *params, **extra)
+    if cell == "lstm":
+        h_n += [states[0], states[2]]
+        c_n += [states[1], states[3]]
+    else:
+        h_n += states
+    return out
+
+
 def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
            has_biases: bool, num_layers: int, dropout: float, train: bool,
            bidirectional: bool, batch_first: bool, backend: str, nonlinearity: str = "tanh"):
@@ -195,7 +215,15 @@ def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
     D = 2 if bidirectional else 1
     groups = _split_weights(weights, has_biases, num_layers * D)
     h_n, c_n = [], []
+    # the Triton kernels run both directions of a layer together (one launch per pass where
+    # they are weight-stationary); torch.compile sees one custom op per direction instead
+    paired = D == 2 and backend == "triton" and not torch.compiler.is_compiling()
     for layer in range(num_layers):
+        if paired:
+            x = _paired_layer(cell, x, lengths, h0, c0, groups, layer, nonlinearity, h_n, c_n)
+            if dropout > 0 and train and layer < num_layers - 1:
+                x = F.dropout(x, p=dropout, training=True)
+            continue
         outs = []
         for d in range(D):
             k = layer * D + d

@@ -22,6 +22,7 @@ from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check
                                      like_layout, pointer_args, recurrent_gates, run_steps,
                                      sigmoid, state_grad, store_four, store_step, tanh,
                                      tile_offsets, valid_rows, weight_grads)
+from fusedrnn.kernels.pairing import Launch, run
 from fusedrnn.kernels.plan import plan_for
 
 
@@ -190,7 +191,13 @@ def gru_bwd_kernel(
 # ----------------------------------------------------------------------------------------
 # launchers
 # ----------------------------------------------------------------------------------------
-def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, allow_tf32=None):
+def gru_forward(*args, **kwargs):
+    """One GRU layer, launched now (see gru_forward_steps)."""
+    return run(gru_forward_steps(*args, **kwargs))
+
+
+def gru_forward_steps(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, allow_tf32=None,
+                      directions=1):
     """Runs one GRU layer. Returns out, h_n, and (if save) the buffers backward needs."""
     T, B, _ = x.shape
     H = w_hh.shape[1]
@@ -217,10 +224,10 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, allow_tf3
     hs[first] = h0
 
     ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
-    kplan = plan_for("gru", x.dtype, B, H, H, False, dev, save, ieee) if B > 0 else None
+    kplan = plan_for("gru", x.dtype, B, H, H, False, dev, save, ieee,
+                     directions=directions) if B > 0 else None
     if B > 0 and kplan["kernel"] == "stationary":
-        from fusedrnn.kernels import stationary  # it imports this module's update functions
-        stationary.launch_fwd(kplan, dict(
+        yield Launch("fwd", kplan, dict(
             **pointer_args(xg=(xg, "tb"), w=(w_hh, ("",)), h=(hs, ("slot", "b")),
                            out=(out, "tb", "o"), ga=(gates, "tb")),
             c_ptr=hs, s_c_slot=0, s_c_b=0,
@@ -247,8 +254,13 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, allow_tf3
     return out, h_n, ((hs, gates) if save else None)
 
 
-def gru_backward(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn, needs=(True,) * 6,
-                 allow_tf32=None):
+def gru_backward(*args, **kwargs):
+    """Gradients of one GRU layer, launched now (see gru_backward_steps)."""
+    return run(gru_backward_steps(*args, **kwargs))
+
+
+def gru_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
+                       needs=(True,) * 6, allow_tf32=None, directions=1):
     """Gradients (x, h0, w_ih, w_hh, b_ih, b_hh) of one GRU layer; None where not needed."""
     hs, gates = saved
     T, B, _ = x.shape
@@ -262,11 +274,10 @@ def gru_backward(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn, needs=(Tru
         d_out = d_out.contiguous()
 
     ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
-    kplan = plan_for("gru", x.dtype, B, H, H, False, dev, True, ieee,
-                     backward=True) if B > 0 else None
+    kplan = plan_for("gru", x.dtype, B, H, H, False, dev, True, ieee, backward=True,
+                     directions=directions) if B > 0 else None
     if B > 0 and kplan["kernel"] == "stationary":
-        from fusedrnn.kernels import stationary
-        stationary.launch_bwd(kplan, dict(
+        yield Launch("bwd", kplan, dict(
             **pointer_args(dg=(dg, "tb"), dxn=(dxn, "tb"), w=(w_hh, ("",)), g=(g, "b"),
                            do=(d_out, "tb"), ga=(gates, "tb"), h=(hs, ("slot", "b"))),
             gc_ptr=g, s_gc_b=0, c_ptr=g, s_c_slot=0, s_c_b=0,

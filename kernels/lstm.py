@@ -26,6 +26,7 @@ from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check
                                      like_layout, mm_tile, pointer_args, recurrent_gates,
                                      run_steps, sigmoid, state_grad, store_four, store_step,
                                      tanh, tile_offsets, valid_rows, weight_grads)
+from fusedrnn.kernels.pairing import Launch, run
 from fusedrnn.kernels.plan import plan_for
 
 
@@ -305,8 +306,13 @@ def _tiling(B, H, K):
         n_b * triton.cdiv(H, BH), n_b * triton.cdiv(K, BP), max(warps, warps_p)
 
 
-def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save,
-                 allow_tf32=None):
+def lstm_forward(*args, **kwargs):
+    """One LSTM layer, launched now (see lstm_forward_steps)."""
+    return run(lstm_forward_steps(*args, **kwargs))
+
+
+def lstm_forward_steps(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save,
+                       allow_tf32=None, directions=1):
     """Runs one LSTM layer. Returns out, h_n, c_n, and (if save) the buffers backward needs."""
     T, B, _ = x.shape
     H = w_hh.shape[0] // 4
@@ -338,10 +344,10 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save
     cs[first] = c0
 
     ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
-    kplan = plan_for("lstm", x.dtype, B, H, K, has_proj, dev, save, ieee) if B > 0 else None
+    kplan = plan_for("lstm", x.dtype, B, H, K, has_proj, dev, save, ieee,
+                     directions=directions) if B > 0 else None
     if B > 0 and kplan["kernel"] == "stationary":
-        from fusedrnn.kernels import stationary  # it imports this module's update functions
-        stationary.launch_fwd(kplan, dict(
+        yield Launch("fwd", kplan, dict(
             **pointer_args(xg=(xg, "tb"), w=(w_hh, ("",)), h=(hs, ("slot", "b")),
                            c=(cs, ("slot", "b")), out=(out, "tb", "o"), ga=(gates, "tb")),
             bhn_ptr=cs, len_ptr=lengths if lengths is not None else cs, T=T, B=B, H=H,
@@ -369,8 +375,13 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save
     return out, h_n, c_n, saved
 
 
-def lstm_backward(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_hn, d_cn,
-                  needs=(True,) * 8, allow_tf32=None):
+def lstm_backward(*args, **kwargs):
+    """Gradients of one LSTM layer, launched now (see lstm_backward_steps)."""
+    return run(lstm_backward_steps(*args, **kwargs))
+
+
+def lstm_backward_steps(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_hn, d_cn,
+                        needs=(True,) * 8, allow_tf32=None, directions=1):
     """Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) of one LSTM layer; None where
     ``needs`` says a gradient is not wanted."""
     hs, cs, gates, hraw = saved
@@ -387,11 +398,10 @@ def lstm_backward(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_hn, d_c
     dhp = empty(T, B, K, dtype=acc, device=dev) if has_proj else dg
 
     ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
-    kplan = plan_for("lstm", x.dtype, B, H, K, has_proj, dev, True, ieee,
-                     backward=True) if B > 0 else None
+    kplan = plan_for("lstm", x.dtype, B, H, K, has_proj, dev, True, ieee, backward=True,
+                     directions=directions) if B > 0 else None
     if B > 0 and kplan["kernel"] == "stationary":
-        from fusedrnn.kernels import stationary
-        stationary.launch_bwd(kplan, dict(
+        yield Launch("bwd", kplan, dict(
             **pointer_args(dg=(dg, "tb"), w=(w_hh, ("",)), g=(g, "b"), do=(d_out, "tb"),
                            gc=(gc, "b"), ga=(gates, "tb"), c=(cs, ("slot", "b")),
                            h=(hs, ("slot", "b"))),

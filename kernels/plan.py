@@ -51,9 +51,10 @@ BWD_W_REG_BYTES = 192
 X_REG_BYTES = 384
 X_REG_BYTES_BWD = 256
 # The plain RNN's forward at 32 rows (U=32, 2 warps) has its whole (BB, U) state tile in
-# one block after the transpose, and spilled more: 104 B (sm_80) at 256 B of h a thread,
-# 184-200 B at 384 (bf16/fp16 H=768 BB=16), none at 128 or with one warp (U=16).
-X_REG_BYTES_RNN_2W = 256
+# one block after the transpose, and spilled more (sm_80/sm_90 compile check): 104-120 B
+# at 256 B of h a thread, 144 B at 192, 184-200 B at 384; 8 B at 128, and none with one
+# warp (U=16) at 384.
+X_REG_BYTES_RNN_2W = 128
 
 
 def kernel_choice() -> str:
@@ -132,18 +133,31 @@ def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules):
 
 def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
          proj: bool = False, training: bool = False, sm_count: int = 132,
-         cuda: bool = True, ieee: bool = False, backward: bool = False) -> dict:
+         cuda: bool = True, ieee: bool = False, backward: bool = False,
+         directions: int = 1) -> dict:
     """The kernel, grid and tiles for one layer pass in one direction (see module doc).
 
     cell: "lstm", "gru" or "rnn"; K: the state width (proj_size, else H); training: the forward
     saves for a backward; sm_count: SMs of the GPU (1 under the interpreter, where programs
     run one after another); cuda: False under the interpreter; ieee: exact fp32 (no TF32);
-    backward: plan the backward pass instead of the forward."""
+    backward: plan the backward pass instead of the forward; directions: 2 for a direction
+    of a bidirectional layer, planned (``paired``) to share one launch with the other
+    direction on half the SMs where the weight-stationary kernel fits there."""
     K = K or H
+    if directions == 2:
+        half = plan(cell, dtype, B, H, K, proj, training, max(1, sm_count // 2) if cuda else
+                    sm_count, cuda, ieee, backward)
+        if half["kernel"] == "stationary":
+            return dict(half, sm_count=sm_count, directions=2, paired=True,
+                        reason=half["reason"].replace(f"on {half['sm_count']} SMs",
+                                                      f"on half of {sm_count} SMs")
+                        + "; both directions in one launch")
+        return dict(plan(cell, dtype, B, H, K, proj, training, sm_count, cuda, ieee,
+                         backward), directions=2)
     choice = kernel_choice()
     g = _GATES[cell]
     base = dict(cell=cell, dtype=str(dtype).replace("torch.", ""), B=B, H=H, K=K,
-                training=training, sm_count=sm_count)
+                training=training, sm_count=sm_count, cuda=cuda)
     base["pass"] = "backward" if backward else "forward"
     why_not = None
     if proj:
@@ -193,11 +207,11 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
 
 
 def plan_for(cell: str, dtype: torch.dtype, B: int, H: int, K: int, proj: bool, device,
-             training: bool, ieee: bool, backward: bool = False) -> dict:
+             training: bool, ieee: bool, backward: bool = False, directions: int = 1) -> dict:
     """:func:`plan` for tensors on ``device``: its SM count on CUDA; one program under the
     interpreter (programs run one after another there, so a barrier with two would hang;
     the weight-stationary kernel loops over the tiles there when there are several)."""
     if device.type == "cuda":
         return plan(cell, dtype, B, H, K, proj, training, sm_count(device), True, ieee,
-                    backward)
-    return plan(cell, dtype, B, H, K, proj, training, 1, False, ieee, backward)
+                    backward, directions)
+    return plan(cell, dtype, B, H, K, proj, training, 1, False, ieee, backward, directions)

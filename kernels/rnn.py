@@ -24,6 +24,7 @@ from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check
                                      like_layout, mm_tile, pointer_args, run_steps,
                                      state_grad, store_step, tile_offsets, valid_rows,
                                      weight_grads)
+from fusedrnn.kernels.pairing import Launch, run
 from fusedrnn.kernels.plan import plan_for
 
 NONLINEARITIES = {"tanh": 1, "relu": 2}  # the kernels' RNN constexpr (0: not a plain RNN)
@@ -183,8 +184,13 @@ def _nonlinearity(nonlinearity: str) -> int:
     return NONLINEARITIES[nonlinearity]
 
 
-def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, nonlinearity="tanh",
-                allow_tf32=None):
+def rnn_forward(*args, **kwargs):
+    """One RNN layer, launched now (see rnn_forward_steps)."""
+    return run(rnn_forward_steps(*args, **kwargs))
+
+
+def rnn_forward_steps(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save,
+                      nonlinearity="tanh", allow_tf32=None, directions=1):
     """Runs one plain RNN layer. Returns out, h_n, and (if save) the buffers backward needs."""
     T, B, _ = x.shape
     H = w_hh.shape[1]
@@ -209,15 +215,15 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, nonlinear
     hs[first] = h0
 
     ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
-    kplan = plan_for("rnn", x.dtype, B, H, H, False, dev, save, ieee) if B > 0 else None
+    kplan = plan_for("rnn", x.dtype, B, H, H, False, dev, save, ieee,
+                     directions=directions) if B > 0 else None
     common = dict(len_ptr=lengths if lengths is not None else hs, T=T, B=B, H=H,
                   ACC=TL_ACC[acc], SAVE=save, HAS_LENGTHS=lengths is not None,
                   REVERSE=reverse, IEEE=ieee, UPCAST=upcast)
     ptrs = pointer_args(xg=(xg, "tb"), w=(w_hh, ("",)), h=(hs, ("slot", "b")),
                         out=(out, "tb", "o"), ga=(dact, "tb"))
     if B > 0 and kplan["kernel"] == "stationary":
-        from fusedrnn.kernels import stationary  # it imports this module's update functions
-        stationary.launch_fwd(kplan, dict(
+        yield Launch("fwd", kplan, dict(
             **ptrs, **common, c_ptr=hs, s_c_slot=0, s_c_b=0, bhn_ptr=hs, LSTM=False, RNN=act,
             HAS_BIAS=False), B, dev)
     elif B > 0:
@@ -231,8 +237,13 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, nonlinear
     return out, h_n, ((hs, dact) if save else None)
 
 
-def rnn_backward(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn, needs=(True,) * 6,
-                 allow_tf32=None):
+def rnn_backward(*args, **kwargs):
+    """Gradients of one RNN layer, launched now (see rnn_backward_steps)."""
+    return run(rnn_backward_steps(*args, **kwargs))
+
+
+def rnn_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
+                       needs=(True,) * 6, allow_tf32=None, directions=1):
     """Gradients (x, h0, w_ih, w_hh, b_ih, b_hh) of one RNN layer; None where not needed.
     (The nonlinearity is in the saved derivative.)"""
     hs, dact = saved
@@ -246,15 +257,14 @@ def rnn_backward(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn, needs=(Tru
         d_out = d_out.contiguous()
 
     ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
-    kplan = plan_for("rnn", x.dtype, B, H, H, False, dev, True, ieee,
-                     backward=True) if B > 0 else None
+    kplan = plan_for("rnn", x.dtype, B, H, H, False, dev, True, ieee, backward=True,
+                     directions=directions) if B > 0 else None
     common = dict(len_ptr=lengths if lengths is not None else hs, T=T, B=B, H=H,
                   HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast)
     ptrs = pointer_args(dg=(dg, "tb"), w=(w_hh, ("",)), g=(g, "b"), do=(d_out, "tb"),
                         ga=(dact, "tb"))
     if B > 0 and kplan["kernel"] == "stationary":
-        from fusedrnn.kernels import stationary
-        stationary.launch_bwd(kplan, dict(
+        yield Launch("bwd", kplan, dict(
             **ptrs, **common, dxn_ptr=dg, s_dxn_t=0, s_dxn_b=0, gc_ptr=g, s_gc_b=0, c_ptr=g,
             s_c_slot=0, s_c_b=0, h_ptr=hs, s_h_slot=0, s_h_b=0, LSTM=False, RNN=1,
             ACC=TL_ACC[acc]), B, dev)

@@ -204,6 +204,38 @@ def _bwd_tile(
 
 
 # ----------------------------------------------------------------------------------------
+# both directions in one launch (PAIRED): programs [0, tiles) run the forward direction and
+# [tiles, 2 tiles) the reverse one, each direction with its own buffers (same shapes and
+# strides, so one set of strides serves both) and its own barrier counters. A reverse
+# buffer is addressed as the forward one's pointer plus an element offset (r_*, computed
+# by the launcher from the two addresses, as grouped GEMMs address their operands): plain
+# pointer arithmetic, so the W slice's load stays hoisted out of the time loop, where
+# choosing between two pointer arguments by branch let Triton sink it back in (and spill).
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def _fwd_step_dir(s, T, d, PAIRED: tl.constexpr, REVERSE: tl.constexpr, SAVE: tl.constexpr):
+    """fwd_step of direction d: REVERSE's, or in a paired launch, forward for d = 0 and
+    reverse for d = 1."""
+    t, rd, wr = fwd_step(s, T, REVERSE, SAVE)
+    if PAIRED:
+        t_r, rd_r, wr_r = fwd_step(s, T, True, SAVE)
+        rev = d == 1
+        t, rd, wr = tl.where(rev, t_r, t), tl.where(rev, rd_r, rd), tl.where(rev, wr_r, wr)
+    return t, rd, wr
+
+
+@triton.jit
+def _bwd_step_dir(s, T, d, PAIRED: tl.constexpr, REVERSE: tl.constexpr):
+    t, t_next, rd, wr = bwd_step(s, T, REVERSE)
+    if PAIRED:
+        t_r, t_next_r, rd_r, wr_r = bwd_step(s, T, True)
+        rev = d == 1
+        t, t_next = tl.where(rev, t_r, t), tl.where(rev, t_next_r, t_next)
+        rd, wr = tl.where(rev, rd_r, rd), tl.where(rev, wr_r, wr)
+    return t, t_next, rd, wr
+
+
+# ----------------------------------------------------------------------------------------
 # kernels
 # ----------------------------------------------------------------------------------------
 @triton.jit(do_not_specialize=["T"])
@@ -215,40 +247,49 @@ def stationary_fwd_kernel(
     c_ptr, s_c_slot, s_c_b,       # LSTM: cell history (slots, B, H), ACC
     out_ptr, s_o_t, s_o_b,        # output (T, B, H), zero past a sequence's length
     ga_ptr, s_ga_t, s_ga_b,       # SAVE: gates (T, B, 4H), ACC (see lstm.py, gru.py, rnn.py)
+    r_xg, r_w, r_bhn, r_h, r_c, r_out, r_ga,  # PAIRED: elements from each buffer above to
+                                  # the reverse direction's (same strides)
     len_ptr,                      # HAS_LENGTHS: (B,) sequence lengths
-    sem_ptr, err_ptr,             # barrier counters (one per batch group), error word
+    sem_ptr, err_ptr,             # barrier counters (one per batch group and direction),
+                                  # error word
     T, B, H,
     LSTM: tl.constexpr,           # else a GRU, or with RNN a plain RNN
     RNN: tl.constexpr,            # plain RNN: 1 tanh, 2 relu; 0 otherwise
     ACC: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr,
-    HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr, RESIDENT: tl.constexpr,
-    U: tl.constexpr, BB: tl.constexpr, KC: tl.constexpr, NK: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr, PAIRED: tl.constexpr,
+    RESIDENT: tl.constexpr, U: tl.constexpr, BB: tl.constexpr, KC: tl.constexpr,
+    NK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr,
     SPIN_LIMIT: tl.constexpr,
 ):
     G: tl.constexpr = 4 if LSTM else (1 if RNN else 3)
+    DIRS: tl.constexpr = 2 if PAIRED else 1
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
-    n_u = tl.cdiv(H, U)
-    n_tiles = n_u * tl.cdiv(B, BB)
-    if RESIDENT:  # the slice, loaded once: the time loop reads no W from global memory
-        w0, w1, w2, w3 = _w_chunks(w_ptr, s_w, pid % n_u, 0, H, G, U, KC, NK, True)
+    n_u, n_bg = tl.cdiv(H, U), tl.cdiv(B, BB)
+    n_tiles = n_u * n_bg
+    if RESIDENT:  # one tile a program; the slice, loaded once: no W from global in the loop
+        d, tile = pid // n_tiles, pid % n_tiles
+        w0, w1, w2, w3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, 0, H, G, U, KC, NK, True)
     for s in range(0, T):
-        t, rd, wr = fwd_step(s, T, REVERSE, SAVE)
         if RESIDENT:
-            _fwd_tile(pid % n_u, pid // n_u, w0, w1, w2, w3, xg_ptr, s_xg_t, s_xg_b, bhn_ptr,
-                      h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot, s_c_b, out_ptr, s_o_t, s_o_b,
-                      ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, B, H, LSTM, RNN, ACC,
-                      HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE, UPCAST)
-            group_barrier(sem_ptr + pid // n_u, n_u, pid % n_u == 0, err_ptr, s, ASM_ACQUIRE,
-                          SPIN_LIMIT)
+            t, rd, wr = _fwd_step_dir(s, T, d, PAIRED, REVERSE, SAVE)
+            _fwd_tile(tile % n_u, tile // n_u, w0, w1, w2, w3, xg_ptr + d * r_xg, s_xg_t,
+                      s_xg_b, bhn_ptr + d * r_bhn, h_ptr + d * r_h, s_h_slot, s_h_b,
+                      c_ptr + d * r_c, s_c_slot, s_c_b, out_ptr + d * r_out, s_o_t, s_o_b,
+                      ga_ptr + d * r_ga, s_ga_t, s_ga_b, len_ptr, t, rd, wr, B, H, LSTM, RNN,
+                      ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE, UPCAST)
+            group_barrier(sem_ptr + d * n_bg + tile // n_u, n_u, tile % n_u == 0, err_ptr, s,
+                          ASM_ACQUIRE, SPIN_LIMIT)
         else:
-            for tile in range(pid, n_tiles, n_progs):
-                v0, v1, v2, v3 = _w_chunks(w_ptr, s_w, tile % n_u, 0, H, G, U, KC, NK, True)
-                _fwd_tile(tile % n_u, tile // n_u, v0, v1, v2, v3, xg_ptr, s_xg_t, s_xg_b,
-                          bhn_ptr, h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot, s_c_b,
-                          out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr,
-                          B, H, LSTM, RNN, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK,
-                          IEEE, UPCAST)
+            for k in range(pid, DIRS * n_tiles, n_progs):
+                d, tile = k // n_tiles, k % n_tiles
+                t, rd, wr = _fwd_step_dir(s, T, d, PAIRED, REVERSE, SAVE)
+                v0, v1, v2, v3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, 0, H, G, U, KC,
+                                           NK, True)
+                _fwd_tile(tile % n_u, tile // n_u, v0, v1, v2, v3, xg_ptr + d * r_xg, s_xg_t,
+                          s_xg_b, bhn_ptr + d * r_bhn, h_ptr + d * r_h, s_h_slot, s_h_b,
+                          c_ptr + d * r_c, s_c_slot, s_c_b, out_ptr + d * r_out, s_o_t, s_o_b,
+                          ga_ptr + d * r_ga, s_ga_t, s_ga_b, len_ptr, t, rd, wr, B, H, LSTM,
+                          RNN, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE, UPCAST)
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
 
@@ -281,64 +322,115 @@ def stationary_bwd_kernel(
     ga_ptr, s_ga_t, s_ga_b,       # saved gates (T, B, 4H), ACC (rnn.py: (T, B, H))
     c_ptr, s_c_slot, s_c_b,       # LSTM: cell history
     h_ptr, s_h_slot, s_h_b,       # GRU: state history
+    r_dg, r_dxn, r_w, r_g, r_do, r_gc, r_ga, r_c, r_h,  # PAIRED: elements from each buffer
+                                  # above to the reverse direction's (same strides)
     len_ptr, sem_ptr, err_ptr, T, B, H,
     LSTM: tl.constexpr, RNN: tl.constexpr, ACC: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    REVERSE: tl.constexpr, RESIDENT: tl.constexpr, U: tl.constexpr, BB: tl.constexpr,
-    KC: tl.constexpr, NK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-    ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+    REVERSE: tl.constexpr, PAIRED: tl.constexpr, RESIDENT: tl.constexpr, U: tl.constexpr,
+    BB: tl.constexpr, KC: tl.constexpr, NK: tl.constexpr, IEEE: tl.constexpr,
+    UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):
+    DIRS: tl.constexpr = 2 if PAIRED else 1
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
-    n_u = tl.cdiv(H, U)
-    n_tiles = n_u * tl.cdiv(B, BB)
+    n_u, n_bg = tl.cdiv(H, U), tl.cdiv(B, BB)
+    n_tiles = n_u * n_bg
     if RESIDENT:
+        d, tile = pid // n_tiles, pid % n_tiles
         (w00, w01, w02, w03, w10, w11, w12, w13, w20, w21, w22, w23,
-         w30, w31, w32, w33) = _w_cols_all(w_ptr, s_w, pid % n_u, H, LSTM, RNN, U, KC, NK)
+         w30, w31, w32, w33) = _w_cols_all(w_ptr + d * r_w, s_w, tile % n_u, H, LSTM, RNN, U,
+                                           KC, NK)
     for s in range(0, T):
-        t, t_next, rd, wr = bwd_step(s, T, REVERSE)
         if RESIDENT:
-            _bwd_tile(pid % n_u, pid // n_u, w00, w01, w02, w03, w10, w11, w12, w13,
+            t, t_next, rd, wr = _bwd_step_dir(s, T, d, PAIRED, REVERSE)
+            _bwd_tile(tile % n_u, tile // n_u, w00, w01, w02, w03, w10, w11, w12, w13,
                       w20, w21, w22, w23, w30, w31, w32, w33,
-                      dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, g_ptr, s_g_b,
-                      do_ptr, s_do_t, s_do_b, gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b,
-                      c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b, len_ptr,
-                      t, t_next, rd, wr, B, H, LSTM, RNN, ACC, HAS_LENGTHS, U, BB, KC, NK,
-                      IEEE, UPCAST)
-            group_barrier(sem_ptr + pid // n_u, n_u, pid % n_u == 0, err_ptr, s, ASM_ACQUIRE,
-                          SPIN_LIMIT)
+                      dg_ptr + d * r_dg, s_dg_t, s_dg_b, dxn_ptr + d * r_dxn, s_dxn_t,
+                      s_dxn_b, g_ptr + d * r_g, s_g_b, do_ptr + d * r_do, s_do_t, s_do_b,
+                      gc_ptr + d * r_gc, s_gc_b, ga_ptr + d * r_ga, s_ga_t, s_ga_b,
+                      c_ptr + d * r_c, s_c_slot, s_c_b, h_ptr + d * r_h, s_h_slot, s_h_b,
+                      len_ptr, t, t_next, rd, wr, B, H, LSTM, RNN, ACC, HAS_LENGTHS, U, BB, KC,
+                      NK, IEEE, UPCAST)
+            group_barrier(sem_ptr + d * n_bg + tile // n_u, n_u, tile % n_u == 0, err_ptr, s,
+                          ASM_ACQUIRE, SPIN_LIMIT)
         else:
-            for tile in range(pid, n_tiles, n_progs):
+            for k in range(pid, DIRS * n_tiles, n_progs):
+                d, tile = k // n_tiles, k % n_tiles
+                t, t_next, rd, wr = _bwd_step_dir(s, T, d, PAIRED, REVERSE)
                 (v00, v01, v02, v03, v10, v11, v12, v13, v20, v21, v22, v23,
-                 v30, v31, v32, v33) = _w_cols_all(w_ptr, s_w, tile % n_u, H, LSTM, RNN, U,
-                                                   KC, NK)
+                 v30, v31, v32, v33) = _w_cols_all(w_ptr + d * r_w, s_w, tile % n_u, H, LSTM,
+                                                   RNN, U, KC, NK)
                 _bwd_tile(tile % n_u, tile // n_u, v00, v01, v02, v03, v10, v11, v12, v13,
                           v20, v21, v22, v23, v30, v31, v32, v33,
-                          dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, g_ptr, s_g_b,
-                          do_ptr, s_do_t, s_do_b, gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b,
-                          c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b, len_ptr,
-                          t, t_next, rd, wr, B, H, LSTM, RNN, ACC, HAS_LENGTHS, U, BB, KC,
-                          NK, IEEE, UPCAST)
+                          dg_ptr + d * r_dg, s_dg_t, s_dg_b, dxn_ptr + d * r_dxn, s_dxn_t,
+                          s_dxn_b, g_ptr + d * r_g, s_g_b, do_ptr + d * r_do, s_do_t, s_do_b,
+                          gc_ptr + d * r_gc, s_gc_b, ga_ptr + d * r_ga, s_ga_t, s_ga_b,
+                          c_ptr + d * r_c, s_c_slot, s_c_b, h_ptr + d * r_h, s_h_slot, s_h_b,
+                          len_ptr, t, t_next, rd, wr, B, H, LSTM, RNN, ACC, HAS_LENGTHS, U,
+                          BB, KC, NK, IEEE, UPCAST)
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
 
 # ----------------------------------------------------------------------------------------
-# launchers: the buffers come from lstm.py / gru.py, which call these
+# launchers: the buffers come from lstm.py / gru.py / rnn.py, whose launchers hand their
+# launch over as a pairing.Launch (see kernels/pairing.py)
 # ----------------------------------------------------------------------------------------
-def _launch(kernel, plan: dict, args: dict, B: int, device, warps: int, what: str) -> None:
-    """One launch of plan["programs"] programs (one under the interpreter: the plan was made
-    for one SM), each owning one tile when there are as many tiles (RESIDENT)."""
-    programs = plan["programs"]
-    sem, err = barrier_words(triton.cdiv(B, plan["BB"]), device)
-    launch_sequence(kernel, programs, dict(
-        **args, sem_ptr=sem, err_ptr=err, RESIDENT=programs == plan["tiles"], U=plan["U"],
-        BB=plan["BB"], KC=plan["KC"], NK=plan["NK"], **barrier_flags(device),
-        num_warps=warps), err, device, what)
+_FWD_DIR_ARGS = ("xg", "w", "bhn", "h", "c", "out", "ga")
+_BWD_DIR_ARGS = ("dg", "dxn", "w", "g", "do", "gc", "ga", "c", "h")
 
 
-def launch_fwd(plan: dict, args: dict, B: int, device) -> None:
-    """args: the kernel's pointers, strides, T, B, H and LSTM .. REVERSE, IEEE, UPCAST."""
-    _launch(stationary_fwd_kernel, plan, args, B, device, plan["warps"], "stationary forward")
-
-
-def launch_bwd(plan: dict, args: dict, B: int, device) -> None:
-    _launch(stationary_bwd_kernel, plan, args, B, device, plan["warps_bwd"],
+def _kernel(launch):
+    if launch.kind == "fwd":
+        return (stationary_fwd_kernel, _FWD_DIR_ARGS, launch.plan["warps"],
+                "stationary forward")
+    return (stationary_bwd_kernel, _BWD_DIR_ARGS, launch.plan["warps_bwd"],
             "stationary backward")
+
+
+def launch(one) -> None:
+    """One direction: plan["programs"] programs (one under the interpreter: the plan was
+    made for one SM), each owning one tile when there are as many tiles (RESIDENT)."""
+    kernel, names, warps, what = _kernel(one)
+    plan = one.plan
+    programs = plan["programs"]
+    sem, err = barrier_words(triton.cdiv(one.B, plan["BB"]), one.device)
+    unused = {f"r_{n}": 0 for n in names}
+    launch_sequence(kernel, programs, dict(
+        **one.args, **unused, sem_ptr=sem, err_ptr=err, PAIRED=False,
+        RESIDENT=programs == plan["tiles"], U=plan["U"], BB=plan["BB"], KC=plan["KC"],
+        NK=plan["NK"], **barrier_flags(one.device), num_warps=warps), err, one.device, what)
+
+
+def pairable(fwd, rev) -> bool:
+    """Whether a layer's two directions can share one launch: both planned as a pair, the
+    same kernel and tiles, the same strides and flags, forward then reverse."""
+    kernel, names, _, _ = _kernel(fwd)
+    same = all(v == rev.args[k] for k, v in fwd.args.items()
+               if k != "REVERSE" and not hasattr(v, "data_ptr"))
+    return (fwd.kind == rev.kind and fwd.plan.get("paired", False) and fwd.plan == rev.plan
+            and same and not fwd.args["REVERSE"] and rev.args["REVERSE"]
+            and all(_offset(fwd, rev, n) is not None for n in names))
+
+
+def _offset(fwd, rev, name):
+    """Elements from the forward direction's buffer to the reverse's (None if the two are
+    not a whole number of elements apart, or differ in dtype)."""
+    a, b = fwd.args[f"{name}_ptr"], rev.args[f"{name}_ptr"]
+    size = a.element_size()
+    gap = b.data_ptr() - a.data_ptr()
+    return gap // size if a.dtype == b.dtype and gap % size == 0 else None
+
+
+def launch_pair(fwd, rev) -> None:
+    """Both directions in one launch: programs [0, P) run ``fwd``, [P, 2P) ``rev`` (P the
+    plan's programs, planned for half the SMs), each direction with its own barrier
+    counters. Under the interpreter one program runs every tile of both."""
+    kernel, names, warps, what = _kernel(fwd)
+    plan, device = fwd.plan, fwd.device
+    programs = 2 * plan["programs"] if plan["cuda"] else plan["programs"]
+    sem, err = barrier_words(2 * triton.cdiv(fwd.B, plan["BB"]), device)
+    offsets = {f"r_{n}": _offset(fwd, rev, n) for n in names}
+    launch_sequence(kernel, programs, dict(
+        **fwd.args, **offsets, sem_ptr=sem, err_ptr=err, PAIRED=True,
+        RESIDENT=programs == 2 * plan["tiles"], U=plan["U"], BB=plan["BB"], KC=plan["KC"],
+        NK=plan["NK"], **barrier_flags(device), num_warps=warps), err, device,
+        what + ", both directions")

@@ -25,7 +25,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from fusedrnn.kernels import common, gru, lstm, plan, rnn, stationary
+from fusedrnn.kernels import common, gru, lstm, pairing, plan, rnn, stationary
 from fusedrnn.kernels.plan import KERNEL_ENV
 
 TARGETS = {"sm_80": GPUTarget("cuda", 80, 32), "sm_90": GPUTarget("cuda", 90, 32)}
@@ -67,8 +67,10 @@ def _as_on_gpu(sms: int):
     gpu = torch.device("cuda")
     real_plan = plan.plan
 
-    def plan_for(cell, dtype, B, H, K, proj, device, training, ieee, backward=False):
-        return real_plan(cell, dtype, B, H, K, proj, training, sms, True, ieee, backward)
+    def plan_for(cell, dtype, B, H, K, proj, device, training, ieee, backward=False,
+                 directions=1):
+        return real_plan(cell, dtype, B, H, K, proj, training, sms, True, ieee, backward,
+                         directions)
 
     def dot_flags(dtype, device, allow_tf32=None):
         return common.dot_flags(dtype, gpu, True if allow_tf32 is None else allow_tf32)
@@ -129,6 +131,24 @@ def _capture_launchers(hidden_sizes, batch, dtypes, T, I):
                 out, h, saved = rnn.rnn_forward(*rargs, lengths, False, save)
             rnn.rnn_backward(x, rargs[2], rargs[3], lengths, False, saved,
                              torch.randn_like(out), torch.randn_like(h))
+            # a bidirectional layer's two directions, paired into one launch where planned
+            largs = (x, torch.zeros(batch, H, **kw), torch.zeros(batch, H, **kw),
+                     torch.randn(4 * H, I, **kw), torch.randn(4 * H, H, **kw),
+                     torch.randn(4 * H, **kw), torch.randn(4 * H, **kw), None)
+            _capture_pair(lstm.lstm_forward_steps, lstm.lstm_backward_steps, largs,
+                          (largs[3], largs[4], None), 2, lengths)
+            _capture_pair(gru.gru_forward_steps, gru.gru_backward_steps, gargs,
+                          gargs[2:4], 1, lengths)
+            _capture_pair(rnn.rnn_forward_steps, rnn.rnn_backward_steps, rargs,
+                          rargs[2:4], 1, lengths)
+
+
+def _capture_pair(fwd, bwd, args, bwd_weights, n_states, lengths):
+    """Forward (saving) and backward of both directions through pairing.run_pair."""
+    res = pairing.run_pair(*(fwd(*args, lengths, bool(r), True, directions=2) for r in (0, 1)))
+    pairing.run_pair(*(bwd(args[0], *bwd_weights, lengths, bool(r), res[r][-1],
+                           *(torch.randn_like(t) for t in res[r][:1 + n_states]),
+                           directions=2) for r in (0, 1)))
 
 
 def _cuobjdump() -> str:

@@ -69,6 +69,8 @@ def _check_stationary(rows):
     - the MMAs each warp issues per step (SASS, HMMA in the time loop) equal the work
       divided over the warps (no replicated warps);
     - one program per SM fits (the plan's grids are co-resident)."""
+    # a bidirectional layer's two directions in one launch, where the plan pairs them
+    assert {r["config"]["PAIRED"] for r in rows} == {"True", "False"}
     fwd = [r for r in rows if r["kernel"] == "stationary_fwd_kernel"]
     assert {(r["dtype"], r["config"]["RESIDENT"]) for r in fwd} >= {
         ("bf16", "True"), ("fp16", "True"), ("fp32", "True")}

@@ -189,6 +189,41 @@ def test_sequence_kernel_launches_do_not_grow_with_T(cell, H, B, poison, launche
     assert counts[0] == counts[1] == {f"{kind}_fwd_kernel": 1, f"{kind}_bwd_kernel": 1}
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("H,B", [(20, 3), (70, 40)])  # one tile a direction; several
+def test_bidirectional_layer_is_one_launch_per_pass(cell, H, B, poison, launches,
+                                                    monkeypatch):
+    """Both directions of a layer in one launch of the weight-stationary kernels, forward
+    and backward, with lengths and initial states, against the reference."""
+    from fusedrnn.kernels.plan import KERNEL_ENV
+
+    monkeypatch.setenv(KERNEL_ENV, "stationary")
+    mode = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
+    ref = mode(4, H, num_layers=2, bidirectional=True, dtype=F64, device=DEVICE)
+    cls = {"lstm": functional.lstm, "gru": functional.gru, "rnn": functional.rnn}[cell]
+    x = torch.randn(5, B, 4, dtype=F64, device=DEVICE)
+    lengths = torch.randint(1, 6, (B,))
+    lengths[0] = 5
+    lengths = lengths.sort(descending=True).values
+    batch_sizes = (torch.arange(5).unsqueeze(1) < lengths).sum(1)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths).data
+    h0 = torch.randn(4, B, H, dtype=F64, device=DEVICE)
+    hx = (h0, torch.randn_like(h0)) if cell == "lstm" else h0
+    results = {}
+    for backend in ("reference", "triton"):
+        leaves = [packed.detach().requires_grad_(), *(t.detach().requires_grad_() for t in
+                                                      (hx if cell == "lstm" else (hx,)))]
+        w = [p.detach().requires_grad_() for p in ref._flat_weights]
+        h = tuple(leaves[1:]) if cell == "lstm" else leaves[1]
+        outs = cls(leaves[0], batch_sizes, h, w, True, 2, 0.0, True, True, backend=backend)
+        loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=F64, device=DEVICE)
+                    .view(o.shape)).sum() for o in outs)
+        results[backend] = [*outs, *torch.autograd.grad(loss, leaves + w)]
+    for k, (got, want) in enumerate(zip(results["triton"], results["reference"])):
+        assert_close(got, want, 1e-10, f"result {k}")
+    assert dict(launches) == {"stationary_fwd_kernel": 2, "stationary_bwd_kernel": 2}
+
+
 def test_batch_first_strides_need_no_copy(poison):
     """A batch-first view goes in as strides and the output comes back batch-major."""
     args = _lstm_args(6, 3, 4, 20, 0, True, torch.float32, lengths=True)

@@ -57,7 +57,10 @@ def test_explain_per_layer_and_direction():
         (0, "forward"), (0, "reverse"), (1, "forward"), (1, "reverse")}
     for r in rows:
         assert {"kernel", "programs", "weights_on_chip", "reason"} <= set(r)
+        # 96 unit groups of 8 do not fit half the GPU (U=16 spills): each direction keeps
+        # its own launch on the whole GPU
         assert r["kernel"] == "stationary" and r["programs"] >= 96
+        assert r["directions"] == 2 and not r.get("paired")
         assert r["backward"]["kernel"] in ("stationary", "sequence", "step")
     with pytest.raises(TypeError, match="explain takes an LSTM"):
         fusedrnn.explain(torch.nn.Linear(2, 2), torch.randn(2, 2))
@@ -75,3 +78,20 @@ def test_plain_rnn_plans_the_same_mma_shape_with_four_times_the_units():
     cell = fusedrnn.RNNCell(768, 768, dtype=torch.float16)
     row, = fusedrnn.explain(cell, torch.randn(16, 768, dtype=torch.float16), sm_count=132)
     assert row["cell"] == "rnn" and row["kernel"] == "stationary"
+
+
+def test_bidirectional_plans_pair_on_half_the_sms_or_fall_back_whole():
+    for cell in ("lstm", "gru", "rnn"):
+        for B, H in ((16, 768), (8, 256), (128, 1024), (1, 1024)):
+            one = plan(cell, torch.bfloat16, B, H, sm_count=132)
+            two = plan(cell, torch.bfloat16, B, H, sm_count=132, directions=2)
+            assert two["directions"] == 2 and two["sm_count"] == 132
+            if two.get("paired"):
+                assert two["kernel"] == "stationary" and 2 * two["programs"] <= 132
+                assert "both directions in one launch" in two["reason"]
+            else:  # each direction on its own launch, planned for the whole GPU
+                assert {k: v for k, v in two.items() if k != "directions"} == one
+    m = fusedrnn.GRU(256, 256, bidirectional=True, dtype=torch.bfloat16)
+    rows = fusedrnn.explain(m, torch.randn(64, 8, 256, dtype=torch.bfloat16), sm_count=132)
+    assert [r["direction"] for r in rows] == ["forward", "reverse"]
+    assert all(r["paired"] and 2 * r["programs"] <= 132 for r in rows)
