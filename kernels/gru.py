@@ -198,7 +198,9 @@ def gru_forward(*args, **kwargs):
 
 def gru_forward_steps(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, allow_tf32=None,
                       directions=1):
-    """Runs one GRU layer. Returns out, h_n, and (if save) the buffers backward needs."""
+    """Runs one GRU layer. Returns out, h_n, and (if save) the buffers backward needs.
+    A generator (kernels/pairing.py): it yields its weight-stationary launch, if any, and
+    finishes when resumed; ``directions=2`` plans a bidirectional layer's direction."""
     T, B, _ = x.shape
     H = w_hh.shape[1]
     check(T > 0, "x must have at least one time step")
@@ -261,7 +263,9 @@ def gru_backward(*args, **kwargs):
 
 def gru_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
                        needs=(True,) * 6, allow_tf32=None, directions=1):
-    """Gradients (x, h0, w_ih, w_hh, b_ih, b_hh) of one GRU layer; None where not needed."""
+    """Gradients (x, h0, w_ih, w_hh, b_ih, b_hh) of one GRU layer; None where not needed.
+    A generator (kernels/pairing.py): it yields its weight-stationary launch, if any, and
+    finishes when resumed; ``directions=2`` plans a bidirectional layer's direction."""
     hs, gates = saved
     T, B, _ = x.shape
     H = w_hh.shape[1]

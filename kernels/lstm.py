@@ -313,7 +313,9 @@ def lstm_forward(*args, **kwargs):
 
 def lstm_forward_steps(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save,
                        allow_tf32=None, directions=1):
-    """Runs one LSTM layer. Returns out, h_n, c_n, and (if save) the buffers backward needs."""
+    """Runs one LSTM layer. Returns out, h_n, c_n, and (if save) the buffers backward needs.
+    A generator (kernels/pairing.py): it yields its weight-stationary launch, if any, and
+    finishes when resumed; ``directions=2`` plans a bidirectional layer's direction."""
     T, B, _ = x.shape
     H = w_hh.shape[0] // 4
     K = w_hh.shape[1]  # state width: proj_size or hidden
@@ -383,7 +385,9 @@ def lstm_backward(*args, **kwargs):
 def lstm_backward_steps(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_hn, d_cn,
                         needs=(True,) * 8, allow_tf32=None, directions=1):
     """Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) of one LSTM layer; None where
-    ``needs`` says a gradient is not wanted."""
+    ``needs`` says a gradient is not wanted.
+    A generator (kernels/pairing.py): it yields its weight-stationary launch, if any, and
+    finishes when resumed; ``directions=2`` plans a bidirectional layer's direction."""
     hs, cs, gates, hraw = saved
     T, B, _ = x.shape
     H, K = w_hh.shape[0] // 4, w_hh.shape[1]

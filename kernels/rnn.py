@@ -191,7 +191,9 @@ def rnn_forward(*args, **kwargs):
 
 def rnn_forward_steps(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save,
                       nonlinearity="tanh", allow_tf32=None, directions=1):
-    """Runs one plain RNN layer. Returns out, h_n, and (if save) the buffers backward needs."""
+    """Runs one plain RNN layer. Returns out, h_n, and (if save) the buffers backward needs.
+    A generator (kernels/pairing.py): it yields its weight-stationary launch, if any, and
+    finishes when resumed; ``directions=2`` plans a bidirectional layer's direction."""
     T, B, _ = x.shape
     H = w_hh.shape[1]
     act = _nonlinearity(nonlinearity)
@@ -245,7 +247,9 @@ def rnn_backward(*args, **kwargs):
 def rnn_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
                        needs=(True,) * 6, allow_tf32=None, directions=1):
     """Gradients (x, h0, w_ih, w_hh, b_ih, b_hh) of one RNN layer; None where not needed.
-    (The nonlinearity is in the saved derivative.)"""
+    (The nonlinearity is in the saved derivative.)
+    A generator (kernels/pairing.py): it yields its weight-stationary launch, if any, and
+    finishes when resumed; ``directions=2`` plans a bidirectional layer's direction."""
     hs, dact = saved
     T, B, _ = x.shape
     H = w_hh.shape[1]

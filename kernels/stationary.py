@@ -30,6 +30,10 @@ program, the plan's normal case) is what keeps W on chip; otherwise (forced with
 tiles than programs, or under the interpreter, where programs run one after another and
 the grid is one program) a program loops over the tiles, re-loading each slice, with a
 grid barrier.
+
+PAIRED: both directions of a bidirectional layer in one launch (kernels/pairing.py drives
+the two launchers): programs [0, P) run the forward direction and [P, 2P) the reverse one,
+each with its own buffers and barrier counters, planned on half the SMs each.
 """
 from __future__ import annotations
 
