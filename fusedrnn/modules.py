@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from fusedrnn import backend as _backend
-from fusedrnn import functional
+from fusedrnn import functional, regularizers
 
 
 def share_state(module: nn.Module, cls: type) -> nn.Module:
@@ -48,7 +48,8 @@ class _BackendMixin:
         modules too (same parameters, same numbers; ``fusedrnn.convert`` swaps them back)."""
         base = next(c for c in type(self).__mro__ if c.__module__ == "torch.nn.modules.rnn")
         twin = share_state(self, base)
-        twin.__dict__.pop("backend", None)
+        for name in ("backend", "weight_dropout"):  # fusedrnn's own: torch has no use for them
+            twin.__dict__.pop(name, None)
         return twin
 
     def _set_backend(self, backend: str) -> None:
@@ -60,11 +61,25 @@ class _BackendMixin:
             return "native"  # let torch's forward raise its own error for non-tensor input
         chosen = _backend.resolve(getattr(self, "backend", "auto"), x.device, x.dtype,
                                   autocast_lstm=isinstance(self, nn.LSTM))
+        regularized = self._regularizers_on()
+        if chosen == "native" and regularized:
+            if getattr(self, "backend", "auto") == "native" or _backend.exporting():
+                raise ValueError(f"fusedrnn: {regularized} is active (training mode) and "
+                                 f"torch's own op (backend='native', and under tracing or "
+                                 f"export) cannot apply it; use backend='auto', 'reference' or "
+                                 f"'triton', or call .eval()")
+            return "reference"  # "auto" off CUDA
         if (chosen == "triton" and _backend.chose_by_auto(getattr(self, "backend", "auto"))
-                and isinstance(self, (nn.LSTM, nn.GRU, nn.RNN))
+                and isinstance(self, (nn.LSTM, nn.GRU, nn.RNN)) and not regularized
                 and not self._triton_by_table(input)):
-            return "native"
+            return "native"  # (cuDNN cannot apply a regularizer: the kernels stay)
         return chosen
+
+    def _regularizers_on(self) -> str | None:
+        """The name of a regularizer this call must apply, or None."""
+        if self.training and getattr(self, "weight_dropout", 0.0) > 0:
+            return "weight_dropout"
+        return None
 
     def _triton_by_table(self, input) -> bool:
         """``auto`` on CUDA: the fused kernels only where the table (kernels/auto_table.py,
@@ -175,7 +190,11 @@ def _rnn_forward(module, input, hx, backend: str):
         nonlinearity = "tanh" if module.mode == "RNN_TANH" else "relu"
         op = functools.partial(functional.rnn, nonlinearity=nonlinearity)
     states = list(hx) if lstm_mode else [hx]
-    input, states, weights, ctx = _autocast_cast(module, input, states, module._flat_weights)
+    weights = module._flat_weights
+    if module._regularizers_on():
+        weights = regularizers.drop_connect(weights, module._flat_weights_names,
+                                            module.weight_dropout, regularizers.draw_seed())
+    input, states, weights, ctx = _autocast_cast(module, input, states, weights)
     with ctx:
         result = op(input, batch_sizes, tuple(states) if lstm_mode else states[0], weights,
                     module.bias, module.num_layers, float(module.dropout), module.training,
@@ -191,13 +210,18 @@ def _rnn_forward(module, input, hx, backend: str):
     return output, hidden
 
 
-class LSTM(_BackendMixin, nn.LSTM):
-    __doc__ = (nn.LSTM.__doc__ or "") + """
-    fusedrnn: takes the keyword ``backend`` ("auto" | "triton" | "reference" | "native")."""
+class _SequenceModule(_BackendMixin):
+    """What fusedrnn's LSTM, GRU and RNN add to torch's: ``backend`` and the recurrent
+    regularizers (fusedrnn/regularizers.py), all keyword-only and off by default."""
+    DOC = """
+    fusedrnn: takes the keywords ``backend`` ("auto" | "triton" | "reference" | "native")
+    and ``weight_dropout`` (DropConnect on W_hh in training, one mask per forward pass;
+    default 0: off, torch's module exactly)."""
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
+    def __init__(self, *args, backend: str = "auto", weight_dropout: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)
         self._set_backend(backend)
+        self.weight_dropout = regularizers.check_rate("weight_dropout", weight_dropout)
 
     def forward(self, input, hx=None):
         backend = self._resolve_backend(input)
@@ -205,35 +229,22 @@ class LSTM(_BackendMixin, nn.LSTM):
             return super().forward(input, hx)
         return _rnn_forward(self, input, hx, backend)
 
-
-class RNN(_BackendMixin, nn.RNN):
-    __doc__ = (nn.RNN.__doc__ or "") + """
-    fusedrnn: takes the keyword ``backend`` ("auto" | "triton" | "reference" | "native")."""
-
-    def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self._set_backend(backend)
-
-    def forward(self, input, hx=None):
-        backend = self._resolve_backend(input)
-        if backend == "native":
-            return super().forward(input, hx)
-        return _rnn_forward(self, input, hx, backend)
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        p = getattr(self, "weight_dropout", 0.0)
+        return s + (f", weight_dropout={p}" if p else "")
 
 
-class GRU(_BackendMixin, nn.GRU):
-    __doc__ = (nn.GRU.__doc__ or "") + """
-    fusedrnn: takes the keyword ``backend`` ("auto" | "triton" | "reference" | "native")."""
+class LSTM(_SequenceModule, nn.LSTM):
+    __doc__ = (nn.LSTM.__doc__ or "") + _SequenceModule.DOC
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self._set_backend(backend)
 
-    def forward(self, input, hx=None):
-        backend = self._resolve_backend(input)
-        if backend == "native":
-            return super().forward(input, hx)
-        return _rnn_forward(self, input, hx, backend)
+class RNN(_SequenceModule, nn.RNN):
+    __doc__ = (nn.RNN.__doc__ or "") + _SequenceModule.DOC
+
+
+class GRU(_SequenceModule, nn.GRU):
+    __doc__ = (nn.GRU.__doc__ or "") + _SequenceModule.DOC
 
 
 # ----------------------------------------------------------------------------------------
