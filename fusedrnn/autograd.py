@@ -35,24 +35,41 @@ def _differentiable_backward(fn, inputs, grad_outputs):
                  for t in inputs)
 
 
+def _cell_states(cs, lengths, reverse, dtype):
+    """Every c_t (T, B, H) in ``dtype`` from the cell history the forward kept (slot t+1
+    holds c_t, or slot t in reverse), zero past a sequence's length (like the output)."""
+    T = cs.shape[0] - 1
+    cells = cs[:T] if reverse else cs[1:]
+    if lengths is not None:
+        valid = torch.arange(T, device=cs.device).unsqueeze(1) < lengths.unsqueeze(0)
+        cells = torch.where(valid.unsqueeze(-1), cells, 0.0)
+    return cells.to(dtype, copy=True)  # never a view of the buffers saved for backward
+
+
 class LSTMLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse):
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
+                cell_states=False):
         out, h_n, c_n, saved = _lstm.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                                   lengths, reverse, save=True)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, *saved)
-        ctx.reverse = reverse
+        ctx.reverse, ctx.cell_states = reverse, cell_states
+        if cell_states:
+            return out, h_n, c_n, _cell_states(saved[1], lengths, reverse, x.dtype)
         return out, h_n, c_n
 
     @staticmethod
-    def backward(ctx, d_out, d_hn, d_cn):
+    def backward(ctx, d_out, d_hn, d_cn, *d_cells):
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, *saved = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True
-            inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, ctx.reverse)
-            return _differentiable_backward(reference.lstm_layer, inputs, (d_out, d_hn, d_cn))
+            inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, ctx.reverse,
+                      ctx.cell_states)
+            return _differentiable_backward(reference.lstm_layer, inputs,
+                                            (d_out, d_hn, d_cn, *d_cells))
         grads = _lstm.lstm_backward(x, w_ih, w_hh, w_hr, lengths, ctx.reverse, saved, d_out,
-                                    d_hn, d_cn, needs=ctx.needs_input_grad[:8])
-        return (*grads, None, None)
+                                    d_hn, d_cn, needs=ctx.needs_input_grad[:8],
+                                    d_cs=d_cells[0] if d_cells else None)
+        return (*grads, None, None, None)
 
 
 class GRULayer(torch.autograd.Function):
@@ -96,17 +113,25 @@ class RNNLayer(torch.autograd.Function):
 
 
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None,
-               reverse=False):
-    """One LSTM layer on the Triton kernels. Returns (out, h_n, c_n)."""
+               reverse=False, cell_states=False):
+    """One LSTM layer on the Triton kernels. Returns (out, h_n, c_n), and with
+    ``cell_states`` every c_t (T, B, H) too."""
     train = _needs_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     if torch.compiler.is_compiling():
+        if cell_states:
+            raise NotImplementedError(
+                "fusedrnn: return_cell_states on backend='triton' does not run under "
+                "torch.compile yet; use backend='reference' there")
         from fusedrnn import ops
         return ops.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
                               train)[:3]
     if train:
-        return LSTMLayer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
-    out, h_n, c_n, _ = _lstm.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
-                                          reverse, save=False)
+        return LSTMLayer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
+                               cell_states)
+    out, h_n, c_n, saved = _lstm.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
+                                              lengths, reverse, save=cell_states)
+    if cell_states:  # (the whole cell history was kept for them)
+        return out, h_n, c_n, _cell_states(saved[1], lengths, reverse, x.dtype)
     return out, h_n, c_n
 
 

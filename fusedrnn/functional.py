@@ -47,16 +47,18 @@ def _triton_ops():
 def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
                b_ih: Tensor | None = None, b_hh: Tensor | None = None,
                w_hr: Tensor | None = None, lengths: Tensor | None = None,
-               reverse: bool = False, backend: str = "auto"):
+               reverse: bool = False, backend: str = "auto", cell_states: bool = False):
     """One LSTM layer over time-major x (T, B, I); h0 (B, P or H), c0 (B, H).
 
     ``lengths`` (B,) holds each sequence's length: past it a sequence keeps its state and
-    outputs zeros. Returns (out (T, B, P or H), h_n, c_n).
+    outputs zeros. Returns (out (T, B, P or H), h_n, c_n), and with ``cell_states`` every
+    cell state c_t (T, B, H) as well (zero past a sequence's length; differentiable).
     """
     if _layer_backend(backend, x) == "triton":
         return _triton_ops().lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
-                                        reverse)
-    return reference.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse)
+                                        reverse, cell_states)
+    return reference.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
+                                cell_states)
 
 
 def gru_layer(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor,
@@ -197,7 +199,8 @@ def _paired_layer(cell, x, lengths, h0, c0, groups, layer, nonlinearity, h_n, c_
 
 def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
            has_biases: bool, num_layers: int, dropout: float, train: bool,
-           bidirectional: bool, batch_first: bool, backend: str, nonlinearity: str = "tanh"):
+           bidirectional: bool, batch_first: bool, backend: str, nonlinearity: str = "tanh",
+           cell_states: bool = False):
     lstm_mode = cell == "lstm"
     h0, c0 = hx if lstm_mode else (hx, None)
     _check_state("hx[0]" if lstm_mode else "hx", h0, input)
@@ -218,8 +221,10 @@ def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
     # the Triton kernels run both directions of a layer together (one launch per pass where
     # they are weight-stationary); torch.compile sees one custom op per direction instead
     paired = D == 2 and backend == "triton" and not torch.compiler.is_compiling()
+    cells = []
     for layer in range(num_layers):
-        if paired:
+        last = layer == num_layers - 1
+        if paired and not (cell_states and last):  # (the paired launch returns no c_t)
             x = _paired_layer(cell, x, lengths, h0, c0, groups, layer, nonlinearity, h_n, c_n)
             if dropout > 0 and train and layer < num_layers - 1:
                 x = F.dropout(x, p=dropout, training=True)
@@ -229,9 +234,11 @@ def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
             k = layer * D + d
             w_ih, w_hh, b_ih, b_hh, w_hr = groups[k]
             if lstm_mode:
-                out, h, c = lstm_layer(x, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
-                                       reverse=d == 1, backend=backend)
+                out, h, c, *cs = lstm_layer(x, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_hr,
+                                            lengths, reverse=d == 1, backend=backend,
+                                            cell_states=cell_states and last)
                 c_n.append(c)
+                cells += cs
             elif cell == "gru":
                 out, h = gru_layer(x, h0[k], w_ih, w_hh, b_ih, b_hh, lengths,
                                    reverse=d == 1, backend=backend)
@@ -244,24 +251,36 @@ def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
         if dropout > 0 and train and layer < num_layers - 1:
             x = F.dropout(x, p=dropout, training=True)
 
-    if index is not None:
-        output = x.reshape(-1, x.shape[-1]).index_select(0, index)
-    else:
-        output = x.transpose(0, 1) if batch_first else x
+    def laid_out(y):  # time-major padded -> the input's layout
+        if index is not None:
+            return y.reshape(-1, y.shape[-1]).index_select(0, index)
+        return y.transpose(0, 1) if batch_first else y
+
+    output = laid_out(x)
     hidden = torch.stack(h_n)
-    return (output, hidden, torch.stack(c_n)) if lstm_mode else (output, hidden)
+    if not lstm_mode:
+        return output, hidden
+    if cell_states:
+        return output, hidden, torch.stack(c_n), laid_out(torch.cat(cells, dim=-1))
+    return output, hidden, torch.stack(c_n)
 
 
 def lstm(input: Tensor, batch_sizes: Tensor | None, hx: tuple[Tensor, Tensor], weights,
          has_biases: bool, num_layers: int, dropout: float, train: bool, bidirectional: bool,
-         batch_first: bool = False, backend: str = "auto"):
-    """Multi-layer LSTM with ``torch._VF.lstm``'s arguments. Returns (output, h_n, c_n).
+         batch_first: bool = False, backend: str = "auto", cell_states: bool = False):
+    """Multi-layer LSTM with ``torch._VF.lstm``'s arguments. Returns (output, h_n, c_n), and
+    with ``cell_states`` the last layer's cell states c_t in the output's layout
+    ((T, B, D*H), batch-first, or packed data), zero past a sequence's length.
 
     ``input`` is padded (3-D) when ``batch_sizes`` is None, else PackedSequence data (2-D).
     ``weights`` is the module's flat weight list (per layer and direction: w_ih, w_hh,
     [b_ih, b_hh], [w_hr]).
     """
     chosen = _backend.resolve(backend, input.device, input.dtype)
+    if chosen == "native" and cell_states:
+        raise ValueError("fusedrnn: torch's own LSTM op (backend='native', and under tracing "
+                         "or export) does not return the cell states (return_cell_states); "
+                         "use backend='auto', 'reference' or 'triton'")
     if chosen == "native":
         if batch_sizes is None:
             return _VF.lstm(input, hx, weights, has_biases, num_layers, dropout, train,
@@ -269,7 +288,7 @@ def lstm(input: Tensor, batch_sizes: Tensor | None, hx: tuple[Tensor, Tensor], w
         return _VF.lstm(input, batch_sizes, hx, weights, has_biases, num_layers, dropout, train,
                         bidirectional)
     return _stack("lstm", input, batch_sizes, hx, weights, has_biases, num_layers, dropout,
-                  train, bidirectional, batch_first, chosen)
+                  train, bidirectional, batch_first, chosen, cell_states=cell_states)
 
 
 def gru(input: Tensor, batch_sizes: Tensor | None, hx: Tensor, weights, has_biases: bool,

@@ -48,7 +48,7 @@ class _BackendMixin:
         modules too (same parameters, same numbers; ``fusedrnn.convert`` swaps them back)."""
         base = next(c for c in type(self).__mro__ if c.__module__ == "torch.nn.modules.rnn")
         twin = share_state(self, base)
-        for name in ("backend", "weight_dropout"):  # fusedrnn's own: torch has no use for them
+        for name in ("backend", "weight_dropout", "return_cell_states"):  # fusedrnn's own
             twin.__dict__.pop(name, None)
         return twin
 
@@ -61,13 +61,14 @@ class _BackendMixin:
             return "native"  # let torch's forward raise its own error for non-tensor input
         chosen = _backend.resolve(getattr(self, "backend", "auto"), x.device, x.dtype,
                                   autocast_lstm=isinstance(self, nn.LSTM))
-        regularized = self._regularizers_on()
+        regularized = self._fused_only_option()
         if chosen == "native" and regularized:
             if getattr(self, "backend", "auto") == "native" or _backend.exporting():
-                raise ValueError(f"fusedrnn: {regularized} is active (training mode) and "
-                                 f"torch's own op (backend='native', and under tracing or "
-                                 f"export) cannot apply it; use backend='auto', 'reference' or "
-                                 f"'triton', or call .eval()")
+                raise ValueError(f"fusedrnn: {regularized} is set, and torch's own op "
+                                 f"(backend='native', and under tracing or export) cannot "
+                                 f"serve it; use backend='auto', 'reference' or 'triton'"
+                                 + (", or call .eval()" if regularized == "weight_dropout"
+                                    else ""))
             return "reference"  # "auto" off CUDA
         if (chosen == "triton" and _backend.chose_by_auto(getattr(self, "backend", "auto"))
                 and isinstance(self, (nn.LSTM, nn.GRU, nn.RNN)) and not regularized
@@ -75,8 +76,11 @@ class _BackendMixin:
             return "native"  # (cuDNN cannot apply a regularizer: the kernels stay)
         return chosen
 
-    def _regularizers_on(self) -> str | None:
-        """The name of a regularizer this call must apply, or None."""
+    def _fused_only_option(self) -> str | None:
+        """The name of a fusedrnn-only option this call must serve (torch's op cannot), or
+        None: return_cell_states, or weight_dropout in training."""
+        if getattr(self, "return_cell_states", False):
+            return "return_cell_states"
         if self.training and getattr(self, "weight_dropout", 0.0) > 0:
             return "weight_dropout"
         return None
@@ -191,37 +195,51 @@ def _rnn_forward(module, input, hx, backend: str):
         op = functools.partial(functional.rnn, nonlinearity=nonlinearity)
     states = list(hx) if lstm_mode else [hx]
     weights = module._flat_weights
-    if module._regularizers_on():
+    if module.training and getattr(module, "weight_dropout", 0.0) > 0:
         weights = regularizers.drop_connect(weights, module._flat_weights_names,
                                             module.weight_dropout, regularizers.draw_seed())
     input, states, weights, ctx = _autocast_cast(module, input, states, weights)
+    cells = getattr(module, "return_cell_states", False)
+    if cells:
+        op = functools.partial(op, cell_states=True)
     with ctx:
         result = op(input, batch_sizes, tuple(states) if lstm_mode else states[0], weights,
                     module.bias, module.num_layers, float(module.dropout), module.training,
                     module.bidirectional, module.batch_first, backend=backend)
-    output, hidden = result[0], (result[1:] if lstm_mode else result[1])
+    output, hidden = result[0], (tuple(result[1:3]) if lstm_mode else result[1])
+    extra = (result[3],) if cells else ()
 
     if batch_sizes is not None:
+        extra = tuple(PackedSequence(e, batch_sizes, sorted_indices, unsorted_indices)
+                      for e in extra)
         return (PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
-                module.permute_hidden(hidden, unsorted_indices))
+                module.permute_hidden(hidden, unsorted_indices), *extra)
     if not is_batched:
         output = output.squeeze(batch_dim)
         hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1)) if lstm_mode else hidden.squeeze(1)
-    return output, hidden
+        extra = tuple(e.squeeze(batch_dim) for e in extra)
+    return (output, hidden, *extra)
 
 
 class _SequenceModule(_BackendMixin):
     """What fusedrnn's LSTM, GRU and RNN add to torch's: ``backend`` and the recurrent
     regularizers (fusedrnn/regularizers.py), all keyword-only and off by default."""
     DOC = """
-    fusedrnn: takes the keywords ``backend`` ("auto" | "triton" | "reference" | "native")
-    and ``weight_dropout`` (DropConnect on W_hh in training, one mask per forward pass;
-    default 0: off, torch's module exactly)."""
+    fusedrnn: takes the keywords ``backend`` ("auto" | "triton" | "reference" | "native"),
+    ``weight_dropout`` (DropConnect on W_hh in training, one mask per forward pass;
+    default 0: off, torch's module exactly) and, for the LSTM, ``return_cell_states``
+    (default False; True: forward returns (output, (h_n, c_n), cell_states), every c_t of
+    the last layer in the output's layout, zero past a sequence's length)."""
 
-    def __init__(self, *args, backend: str = "auto", weight_dropout: float = 0.0, **kwargs):
+    def __init__(self, *args, backend: str = "auto", weight_dropout: float = 0.0,
+                 return_cell_states: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self._set_backend(backend)
         self.weight_dropout = regularizers.check_rate("weight_dropout", weight_dropout)
+        if return_cell_states and self.mode != "LSTM":
+            raise ValueError(f"return_cell_states: only an LSTM has cell states, not "
+                             f"{type(self).__name__}")
+        self.return_cell_states = bool(return_cell_states)
 
     def forward(self, input, hx=None):
         backend = self._resolve_backend(input)
@@ -232,7 +250,9 @@ class _SequenceModule(_BackendMixin):
     def extra_repr(self) -> str:
         s = super().extra_repr()
         p = getattr(self, "weight_dropout", 0.0)
-        return s + (f", weight_dropout={p}" if p else "")
+        s += f", weight_dropout={p}" if p else ""
+        return s + (", return_cell_states=True" if getattr(self, "return_cell_states", False)
+                    else "")
 
 
 class LSTM(_SequenceModule, nn.LSTM):

@@ -85,20 +85,24 @@ def _valid(lengths: Tensor | None, t: int) -> Tensor | None:
 
 
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None,
-               reverse=False):
-    """x (T, B, I), h0 (B, P or H), c0 (B, H). Returns out (T, B, P or H), h_n, c_n."""
+               reverse=False, cell_states=False):
+    """x (T, B, I), h0 (B, P or H), c0 (B, H). Returns out (T, B, P or H), h_n, c_n, and
+    with ``cell_states`` every c_t (T, B, H), zero past a sequence's length like out."""
     xproj = _linear(x, w_ih, b_ih)  # all steps at once: no recurrence in the input term
     h, c = h0, c0
-    outs = [None] * x.shape[0]
+    outs, cells = [None] * x.shape[0], [None] * x.shape[0]
     for t in _time_order(x.shape[0], reverse):
         h_new, c_new = lstm_cell_from_proj(xproj[t], h, c, w_hh, b_hh, w_hr)
         m = _valid(lengths, t)
         if m is None:
-            h, c, outs[t] = h_new, c_new, h_new
+            h, c, outs[t], cells[t] = h_new, c_new, h_new, c_new
         else:
             h, c = torch.where(m, h_new, h), torch.where(m, c_new, c)
             outs[t] = torch.where(m, h_new, torch.zeros_like(h_new))
+            cells[t] = torch.where(m, c_new, torch.zeros_like(c_new))
     out = torch.stack(outs) if outs else x.new_zeros(0, x.shape[1], h0.shape[-1])
+    if cell_states:
+        return out, h, c, torch.stack(cells)
     return out, h, c
 
 

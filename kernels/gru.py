@@ -287,7 +287,8 @@ def gru_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
             gc_ptr=g, s_gc_b=0, c_ptr=g, s_c_slot=0, s_c_b=0,
             len_ptr=lengths if lengths is not None else hs, T=T, B=B, H=H, LSTM=False,
             RNN=0, ACC=TL_ACC[acc], HAS_LENGTHS=lengths is not None, REVERSE=reverse,
-            IEEE=ieee, UPCAST=upcast), B, dev)
+            IEEE=ieee, UPCAST=upcast, dcs_ptr=g, s_dcs_t=0, s_dcs_b=0, HAS_DCS=False),
+            B, dev)
     elif B > 0:
         BB, BH, BK, warps = block_sizes(B, H)
         args = dict(

@@ -150,8 +150,9 @@ def _gates_bwd_tile(
     gc_ptr, s_gc_b,               # carried gradient of the cell state (B, H), ACC, in place
     ga_ptr, s_ga_t, s_ga_b,       # saved activated gates (T, B, 4H), ACC
     c_ptr, s_c_slot, s_c_b,       # cell history: c_{t-1} in slot rd, c_t in slot wr
+    dcs_ptr, s_dcs_t, s_dcs_b,    # HAS_DCS: gradient of the returned cell states (T, B, H)
     len_ptr, t, t_next, rd, wr, B, H, P,
-    HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_DCS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
@@ -170,17 +171,17 @@ def _gates_bwd_tile(
         p_do = do_ptr + t.to(tl.int64) * s_do_t + o_b64[:, None] * s_do_b + o_h[None, :]
         b_dh = b_gs + tl.load(p_do, mask=m, other=0.0).to(ACC)
     lstm_update_bwd(b_dh, b_gs, i_h, i_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, gc_ptr, s_gc_b,
-                    ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, len_ptr, t, rd, wr, B, H,
-                    HAS_PROJ, HAS_LENGTHS, BLOCK_B, BLOCK_H)
+                    ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, dcs_ptr, s_dcs_t, s_dcs_b,
+                    len_ptr, t, rd, wr, B, H, HAS_PROJ, HAS_LENGTHS, HAS_DCS, BLOCK_B, BLOCK_H)
 
 
 @triton.jit
 def lstm_update_bwd(
     b_dh, b_gs,                   # gradient reaching o * tanh(c_t); the state's (no proj)
     i_h, i_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b,
-    c_ptr, s_c_slot, s_c_b, len_ptr, t, rd, wr, B, H,  # as in _gates_bwd_tile
-    HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+    c_ptr, s_c_slot, s_c_b, dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, t, rd, wr, B, H,  # as in
+    HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,  # _gates_bwd_tile
+    HAS_DCS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     """The rest of a backward step for one tile, shared with the weight-stationary kernel:
     the gate gradients of step t and the carried cell and state gradients."""
@@ -198,6 +199,9 @@ def lstm_update_bwd(
     b_gc = tl.load(p_gc, mask=m, other=0.0)
 
     b_dc = b_gc + b_dh * b_o * (1.0 - b_tc * b_tc)
+    if HAS_DCS:  # c_t is also an output (return_cell_states): its own gradient joins here
+        p_dcs = dcs_ptr + t.to(tl.int64) * s_dcs_t + o_b64[:, None] * s_dcs_b + o_h[None, :]
+        b_dc += tl.load(p_dcs, mask=m, other=0.0).to(b_dc.dtype)
     valid = valid_rows(len_ptr, o_b, m_b, t, HAS_LENGTHS)[:, None]
     store_four(dg_ptr, s_dg_t, s_dg_b, t, o_b64, o_h, m, H,
                tl.where(valid, b_dc * b_g * b_i * (1.0 - b_i), 0.0),
@@ -262,10 +266,11 @@ def lstm_fwd_kernel(
 def lstm_bwd_kernel(
     dg_ptr, s_dg_t, s_dg_b, w_ptr, s_w, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b,
     dhp_ptr, s_dhp_t, s_dhp_b, w_hr_ptr, s_whr, gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b,
-    c_ptr, s_c_slot, s_c_b,       # see the tiles
+    c_ptr, s_c_slot, s_c_b, dcs_ptr, s_dcs_t, s_dcs_b,  # see the tiles
     len_ptr, sem_ptr, err_ptr,
     s0, n_steps, T, B, H, K,      # backward steps s0 .. s0+n_steps-1 (0 = last forward step)
-    HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr,
+    HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_DCS: tl.constexpr,
+    REVERSE: tl.constexpr,
     RUN_GATES: tl.constexpr, RUN_PROJ: tl.constexpr, PERSISTENT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr,
@@ -288,8 +293,9 @@ def lstm_bwd_kernel(
                 _gates_bwd_tile(tile % n_h, tile // n_h, dg_ptr, s_dg_t, s_dg_b, w_ptr, s_w,
                                 g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, dhp_ptr, s_dhp_t, s_dhp_b,
                                 w_hr_ptr, s_whr, gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b,
-                                c_ptr, s_c_slot, s_c_b, len_ptr, t, t_next, rd, wr, B, H, K,
-                                HAS_PROJ, HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
+                                c_ptr, s_c_slot, s_c_b, dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, t,
+                                t_next, rd, wr, B, H, K, HAS_PROJ, HAS_LENGTHS, HAS_DCS,
+                                BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
             if PERSISTENT:
                 grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
@@ -383,9 +389,10 @@ def lstm_backward(*args, **kwargs):
 
 
 def lstm_backward_steps(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_hn, d_cn,
-                        needs=(True,) * 8, allow_tf32=None, directions=1):
+                        needs=(True,) * 8, allow_tf32=None, directions=1, d_cs=None):
     """Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) of one LSTM layer; None where
-    ``needs`` says a gradient is not wanted.
+    ``needs`` says a gradient is not wanted. d_cs: the gradient of the cell states c_t the
+    layer returned (return_cell_states), (T, B, H), or None.
     A generator (kernels/pairing.py): it yields its weight-stationary launch, if any, and
     finishes when resumed; ``directions=2`` plans a bidirectional layer's direction."""
     hs, cs, gates, hraw = saved
@@ -400,6 +407,10 @@ def lstm_backward_steps(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_h
     if d_out.stride(-1) != 1:
         d_out = d_out.contiguous()
     dhp = empty(T, B, K, dtype=acc, device=dev) if has_proj else dg
+    if d_cs is not None and d_cs.stride(-1) != 1:
+        d_cs = d_cs.contiguous()
+    dcs = (pointer_args(dcs=(d_cs, "tb")) if d_cs is not None else
+           dict(dcs_ptr=gc, s_dcs_t=0, s_dcs_b=0))
 
     ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
     kplan = plan_for("lstm", x.dtype, B, H, K, has_proj, dev, True, ieee, backward=True,
@@ -409,20 +420,20 @@ def lstm_backward_steps(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_h
             **pointer_args(dg=(dg, "tb"), w=(w_hh, ("",)), g=(g, "b"), do=(d_out, "tb"),
                            gc=(gc, "b"), ga=(gates, "tb"), c=(cs, ("slot", "b")),
                            h=(hs, ("slot", "b"))),
-            dxn_ptr=dg, s_dxn_t=0, s_dxn_b=0,
+            dxn_ptr=dg, s_dxn_t=0, s_dxn_b=0, **dcs,
             len_ptr=lengths if lengths is not None else cs, T=T, B=B, H=H, LSTM=True,
-            RNN=0, ACC=TL_ACC[acc], HAS_LENGTHS=lengths is not None, REVERSE=reverse,
-            IEEE=ieee, UPCAST=upcast), B, dev)
+            RNN=0, ACC=TL_ACC[acc], HAS_LENGTHS=lengths is not None,
+            HAS_DCS=d_cs is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast), B, dev)
     elif B > 0:
         blocks, n_gate_tiles, n_proj_tiles, warps = _tiling(B, H, K)
         args = dict(
             **pointer_args(dg=(dg, "tb"), w=(w_hh, ("",)), g=(g, "b"), do=(d_out, "tb"),
                            dhp=(dhp, "tb"), gc=(gc, "b"), ga=(gates, "tb"),
-                           c=(cs, ("slot", "b"))),
+                           c=(cs, ("slot", "b"))), **dcs,
             w_hr_ptr=w_hr if has_proj else w_hh, s_whr=w_hr.stride(0) if has_proj else 0,
             len_ptr=lengths if lengths is not None else cs, T=T, B=B, H=H, K=K,
-            HAS_PROJ=has_proj, HAS_LENGTHS=lengths is not None, REVERSE=reverse,
-            IEEE=ieee, UPCAST=upcast, **blocks)
+            HAS_PROJ=has_proj, HAS_LENGTHS=lengths is not None, HAS_DCS=d_cs is not None,
+            REVERSE=reverse, IEEE=ieee, UPCAST=upcast, **blocks)
         phases = [(dict(RUN_GATES=True, RUN_PROJ=False), n_gate_tiles)]
         if has_proj:
             phases.insert(0, (dict(RUN_GATES=False, RUN_PROJ=True), n_proj_tiles))

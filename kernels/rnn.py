@@ -271,7 +271,7 @@ def rnn_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
         yield Launch("bwd", kplan, dict(
             **ptrs, **common, dxn_ptr=dg, s_dxn_t=0, s_dxn_b=0, gc_ptr=g, s_gc_b=0, c_ptr=g,
             s_c_slot=0, s_c_b=0, h_ptr=hs, s_h_slot=0, s_h_b=0, LSTM=False, RNN=1,
-            ACC=TL_ACC[acc]), B, dev)
+            ACC=TL_ACC[acc], dcs_ptr=g, s_dcs_t=0, s_dcs_b=0, HAS_DCS=False), B, dev)
     elif B > 0:
         BB, BH, BK, warps = block_sizes(B, H)
         n_tiles = triton.cdiv(B, BB) * triton.cdiv(H, BH)

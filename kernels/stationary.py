@@ -173,8 +173,9 @@ def _bwd_tile(
     w30, w31, w32, w33,
     dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b,
     gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b,
-    len_ptr, t, t_next, rd, wr, B, H,
+    dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, t, t_next, rd, wr, B, H,
     LSTM: tl.constexpr, RNN: tl.constexpr, ACC: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    HAS_DCS: tl.constexpr,
     U: tl.constexpr, BB: tl.constexpr, KC: tl.constexpr, NK: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
 ):
@@ -199,8 +200,9 @@ def _bwd_tile(
         p_do = do_ptr + t.to(tl.int64) * s_do_t + o_b64[:, None] * s_do_b + o_h[None, :]
         b_dh = b_gs + tl.load(p_do, mask=m, other=0.0).to(ACC)
         lstm_update_bwd(b_dh, b_gs, i_u, i_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, gc_ptr,
-                        s_gc_b, ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, len_ptr, t,
-                        rd, wr, B, H, False, HAS_LENGTHS, BB, U)
+                        s_gc_b, ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, dcs_ptr,
+                        s_dcs_t, s_dcs_b, len_ptr, t, rd, wr, B, H, False, HAS_LENGTHS,
+                        HAS_DCS, BB, U)
     else:
         gru_update_bwd(b_gs, i_u, i_b, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b,
                        g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b, h_ptr,
@@ -326,10 +328,12 @@ def stationary_bwd_kernel(
     ga_ptr, s_ga_t, s_ga_b,       # saved gates (T, B, 4H), ACC (rnn.py: (T, B, H))
     c_ptr, s_c_slot, s_c_b,       # LSTM: cell history
     h_ptr, s_h_slot, s_h_b,       # GRU: state history
-    r_dg, r_dxn, r_w, r_g, r_do, r_gc, r_ga, r_c, r_h,  # PAIRED: elements from each buffer
-                                  # above to the reverse direction's (same strides)
+    dcs_ptr, s_dcs_t, s_dcs_b,    # LSTM, HAS_DCS: gradient of the returned cell states
+    r_dg, r_dxn, r_w, r_g, r_do, r_gc, r_ga, r_c, r_h, r_dcs,  # PAIRED: elements from each
+                                  # buffer above to the reverse direction's (same strides)
     len_ptr, sem_ptr, err_ptr, T, B, H,
     LSTM: tl.constexpr, RNN: tl.constexpr, ACC: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    HAS_DCS: tl.constexpr,
     REVERSE: tl.constexpr, PAIRED: tl.constexpr, RESIDENT: tl.constexpr, U: tl.constexpr,
     BB: tl.constexpr, KC: tl.constexpr, NK: tl.constexpr, IEEE: tl.constexpr,
     UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr,
@@ -352,8 +356,8 @@ def stationary_bwd_kernel(
                       s_dxn_b, g_ptr + d * r_g, s_g_b, do_ptr + d * r_do, s_do_t, s_do_b,
                       gc_ptr + d * r_gc, s_gc_b, ga_ptr + d * r_ga, s_ga_t, s_ga_b,
                       c_ptr + d * r_c, s_c_slot, s_c_b, h_ptr + d * r_h, s_h_slot, s_h_b,
-                      len_ptr, t, t_next, rd, wr, B, H, LSTM, RNN, ACC, HAS_LENGTHS, U, BB, KC,
-                      NK, IEEE, UPCAST)
+                      dcs_ptr + d * r_dcs, s_dcs_t, s_dcs_b, len_ptr, t, t_next, rd, wr, B, H,
+                      LSTM, RNN, ACC, HAS_LENGTHS, HAS_DCS, U, BB, KC, NK, IEEE, UPCAST)
             group_barrier(sem_ptr + d * n_bg + tile // n_u, n_u, tile % n_u == 0, err_ptr, s,
                           ASM_ACQUIRE, SPIN_LIMIT)
         else:
@@ -369,8 +373,9 @@ def stationary_bwd_kernel(
                           s_dxn_b, g_ptr + d * r_g, s_g_b, do_ptr + d * r_do, s_do_t, s_do_b,
                           gc_ptr + d * r_gc, s_gc_b, ga_ptr + d * r_ga, s_ga_t, s_ga_b,
                           c_ptr + d * r_c, s_c_slot, s_c_b, h_ptr + d * r_h, s_h_slot, s_h_b,
-                          len_ptr, t, t_next, rd, wr, B, H, LSTM, RNN, ACC, HAS_LENGTHS, U,
-                          BB, KC, NK, IEEE, UPCAST)
+                          dcs_ptr + d * r_dcs, s_dcs_t, s_dcs_b, len_ptr, t, t_next, rd, wr,
+                          B, H, LSTM, RNN, ACC, HAS_LENGTHS, HAS_DCS, U, BB, KC, NK, IEEE,
+                          UPCAST)
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
 
@@ -379,7 +384,7 @@ def stationary_bwd_kernel(
 # launch over as a pairing.Launch (see kernels/pairing.py)
 # ----------------------------------------------------------------------------------------
 _FWD_DIR_ARGS = ("xg", "w", "bhn", "h", "c", "out", "ga")
-_BWD_DIR_ARGS = ("dg", "dxn", "w", "g", "do", "gc", "ga", "c", "h")
+_BWD_DIR_ARGS = ("dg", "dxn", "w", "g", "do", "gc", "ga", "c", "h", "dcs")
 
 
 def _kernel(launch):

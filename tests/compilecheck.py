@@ -115,9 +115,10 @@ def _capture_launchers(hidden_sizes, batch, dtypes, T, I):
                         torch.randn(4 * H, **kw), torch.randn(4 * H, **kw), w_hr)
                 for save in (False, True):
                     out, h, c, saved = lstm.lstm_forward(*args, lengths, False, save)
-                lstm.lstm_backward(x, args[3], args[4], w_hr, lengths, False, saved,
-                                   torch.randn_like(out), torch.randn_like(h),
-                                   torch.randn_like(c))
+                for d_cs in (None, torch.randn(T, batch, H, **kw)):  # return_cell_states
+                    lstm.lstm_backward(x, args[3], args[4], w_hr, lengths, False, saved,
+                                       torch.randn_like(out), torch.randn_like(h),
+                                       torch.randn_like(c), d_cs=d_cs)
             gargs = (x, torch.zeros(batch, H, **kw), torch.randn(3 * H, I, **kw),
                      torch.randn(3 * H, H, **kw), torch.randn(3 * H, **kw),
                      torch.randn(3 * H, **kw))
