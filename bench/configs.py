@@ -23,7 +23,7 @@ class Config:
 
     @property
     def gates(self) -> int:
-        return 4 if self.cell == "lstm" else 3
+        return {"lstm": 4, "gru": 3, "rnn": 1}[self.cell]
 
     def label(self) -> str:
         extra = f" L={self.layers}" if self.layers > 1 else ""

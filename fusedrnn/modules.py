@@ -35,6 +35,21 @@ def share_state(module: nn.Module, cls: type) -> nn.Module:
     return new
 
 
+def _fx_leaf(module: nn.Module, input, hx):
+    """Under torch.fx symbolic tracing, a call_module node for ``module`` (None otherwise).
+
+    fx keeps torch.nn's own modules as leaves (Tracer.is_leaf_module goes by the class's
+    module path), so a traced model holding nn.LSTM records one call; fusedrnn's classes
+    live elsewhere, so fx would trace into their forward, whose Python control flow it
+    cannot follow. Recording the call ourselves keeps them leaves, as torch's are."""
+    proxy = next((a for a in (input, hx) if isinstance(a, torch.fx.Proxy)), None)
+    if proxy is None or proxy.tracer.root is module:
+        return None
+    tracer = proxy.tracer
+    args = (input,) if hx is None else (input, hx)
+    return tracer.create_proxy("call_module", tracer.path_of_module(module), args, {})
+
+
 class _BackendMixin:
     """The ``backend`` attribute: "auto" | "triton" | "reference" | "native"."""
 
@@ -242,6 +257,9 @@ class _SequenceModule(_BackendMixin):
         self.return_cell_states = bool(return_cell_states)
 
     def forward(self, input, hx=None):
+        leaf = _fx_leaf(self, input, hx)
+        if leaf is not None:
+            return leaf
         backend = self._resolve_backend(input)
         if backend == "native":
             return super().forward(input, hx)
@@ -296,6 +314,28 @@ def _check_cell_args(module, x: Tensor, states, weight_ih: Tensor) -> None:
                                f"input tensor at {x.device} and hidden{k} tensor at {s.device}")
 
 
+def _one_state_cell(module, name: str, input: Tensor, hx: Tensor | None, step) -> Tensor:
+    """GRUCell/RNNCell forward (torch's input forms and checks) around
+    ``step(input, hx, w_ih, w_hh, b_ih, b_hh)``."""
+    if input.dim() not in (1, 2):
+        raise ValueError(f"{name}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+    if hx is not None and hx.dim() not in (1, 2):
+        raise ValueError(f"{name}: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+    is_batched = input.dim() == 2
+    if not is_batched:
+        input = input.unsqueeze(0)
+    if hx is None:
+        hx = input.new_zeros(input.size(0), module.hidden_size)
+    elif not is_batched:
+        hx = hx.unsqueeze(0)
+    input, (hx,), weights, ctx = _autocast_cast(module, input, [hx], [
+        module.weight_ih, module.weight_hh, module.bias_ih, module.bias_hh])
+    _check_cell_args(module, input, (hx,), weights[0])
+    with ctx:
+        h = step(input, hx, *weights)
+    return h if is_batched else h.squeeze(0)
+
+
 class LSTMCell(_BackendMixin, nn.LSTMCell):
     __doc__ = (nn.LSTMCell.__doc__ or "") + """
     fusedrnn: takes the keyword ``backend`` ("auto" | "triton" | "reference" | "native")."""
@@ -305,6 +345,9 @@ class LSTMCell(_BackendMixin, nn.LSTMCell):
         self._set_backend(backend)
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):
+        leaf = _fx_leaf(self, input, hx)
+        if leaf is not None:
+            return leaf
         backend = self._resolve_backend(input)
         if backend == "native":
             return super().forward(input, hx)
@@ -340,26 +383,14 @@ class GRUCell(_BackendMixin, nn.GRUCell):
         self._set_backend(backend)
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        leaf = _fx_leaf(self, input, hx)
+        if leaf is not None:
+            return leaf
         backend = self._resolve_backend(input)
         if backend == "native":
             return super().forward(input, hx)
-        if input.dim() not in (1, 2):
-            raise ValueError(f"GRUCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        if hx is not None and hx.dim() not in (1, 2):
-            raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
-        is_batched = input.dim() == 2
-        if not is_batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            hx = input.new_zeros(input.size(0), self.hidden_size)
-        elif not is_batched:
-            hx = hx.unsqueeze(0)
-        input, (hx,), weights, ctx = _autocast_cast(self, input, [hx], [
-            self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh])
-        _check_cell_args(self, input, (hx,), weights[0])
-        with ctx:
-            h = functional.gru_cell(input, hx, *weights, backend=backend)
-        return h if is_batched else h.squeeze(0)
+        return _one_state_cell(self, "GRUCell", input, hx, functools.partial(
+            functional.gru_cell, backend=backend))
 
 
 class RNNCell(_BackendMixin, nn.RNNCell):
@@ -371,24 +402,11 @@ class RNNCell(_BackendMixin, nn.RNNCell):
         self._set_backend(backend)
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
+        leaf = _fx_leaf(self, input, hx)
+        if leaf is not None:
+            return leaf
         backend = self._resolve_backend(input)
         if backend == "native" or self.nonlinearity not in ("tanh", "relu"):
             return super().forward(input, hx)  # (torch raises for an unknown nonlinearity)
-        if input.dim() not in (1, 2):
-            raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        if hx is not None and hx.dim() not in (1, 2):
-            raise ValueError(f"RNNCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
-        is_batched = input.dim() == 2
-        if not is_batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            hx = input.new_zeros(input.size(0), self.hidden_size)
-        elif not is_batched:
-            hx = hx.unsqueeze(0)
-        input, (hx,), weights, ctx = _autocast_cast(self, input, [hx], [
-            self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh])
-        _check_cell_args(self, input, (hx,), weights[0])
-        with ctx:
-            h = functional.rnn_cell(input, hx, *weights, nonlinearity=self.nonlinearity,
-                                    backend=backend)
-        return h if is_batched else h.squeeze(0)
+        return _one_state_cell(self, "RNNCell", input, hx, functools.partial(
+            functional.rnn_cell, nonlinearity=self.nonlinearity, backend=backend))

@@ -106,13 +106,12 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
     return out, h, c
 
 
-def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False):
-    """x (T, B, I), h0 (B, H). Returns out (T, B, H), h_n."""
-    xproj = _linear(x, w_ih, b_ih)
+def _one_state_layer(x, h0, lengths, reverse, step):
+    """The time loop of a cell whose state is h alone: step(t, h) -> h'."""
     h = h0
     outs = [None] * x.shape[0]
     for t in _time_order(x.shape[0], reverse):
-        h_new = gru_pointwise(xproj[t], _linear(h, w_hh, b_hh), h)
+        h_new = step(t, h)
         m = _valid(lengths, t)
         if m is None:
             h, outs[t] = h_new, h_new
@@ -121,21 +120,19 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
             outs[t] = torch.where(m, h_new, torch.zeros_like(h_new))
     out = torch.stack(outs) if outs else x.new_zeros(0, x.shape[1], h0.shape[-1])
     return out, h
+
+
+def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False):
+    """x (T, B, I), h0 (B, H). Returns out (T, B, H), h_n."""
+    xproj = _linear(x, w_ih, b_ih)
+    return _one_state_layer(x, h0, lengths, reverse,
+                            lambda t, h: gru_pointwise(xproj[t], _linear(h, w_hh, b_hh), h))
 
 
 def rnn_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False,
               nonlinearity="tanh"):
     """x (T, B, I), h0 (B, H); "tanh" or "relu". Returns out (T, B, H), h_n."""
     xproj = _linear(x, w_ih, b_ih)
-    h = h0
-    outs = [None] * x.shape[0]
-    for t in _time_order(x.shape[0], reverse):
-        h_new = rnn_pointwise(xproj[t] + _linear(h, w_hh, b_hh), nonlinearity)
-        m = _valid(lengths, t)
-        if m is None:
-            h, outs[t] = h_new, h_new
-        else:
-            h = torch.where(m, h_new, h)
-            outs[t] = torch.where(m, h_new, torch.zeros_like(h_new))
-    out = torch.stack(outs) if outs else x.new_zeros(0, x.shape[1], h0.shape[-1])
-    return out, h
+    return _one_state_layer(
+        x, h0, lengths, reverse,
+        lambda t, h: rnn_pointwise(xproj[t] + _linear(h, w_hh, b_hh), nonlinearity))

@@ -96,12 +96,13 @@ def capture(hidden_sizes, batches=(1, 64), dtypes=(torch.float32, torch.bfloat16
     for mode in modes:
         os.environ[KERNEL_ENV] = mode
         for batch in batches:
-            _capture_launchers(hidden_sizes, batch, dtypes, T, I)
+            # (pairs are weight-stationary: the plan's own choice, "auto", makes them)
+            _capture_launchers(hidden_sizes, batch, dtypes, T, I, pairs=mode == "auto")
     os.environ.pop(KERNEL_ENV)
     return launches
 
 
-def _capture_launchers(hidden_sizes, batch, dtypes, T, I):
+def _capture_launchers(hidden_sizes, batch, dtypes, T, I, pairs=True):
     for H in hidden_sizes:
         for dt in dtypes:
             kw = dict(dtype=dt)
@@ -115,7 +116,8 @@ def _capture_launchers(hidden_sizes, batch, dtypes, T, I):
                         torch.randn(4 * H, **kw), torch.randn(4 * H, **kw), w_hr)
                 for save in (False, True):
                     out, h, c, saved = lstm.lstm_forward(*args, lengths, False, save)
-                for d_cs in (None, torch.randn(T, batch, H, **kw)):  # return_cell_states
+                cell_grads = (None,) if proj else (None, torch.randn(T, batch, H, **kw))
+                for d_cs in cell_grads:  # (d_cs: return_cell_states)
                     lstm.lstm_backward(x, args[3], args[4], w_hr, lengths, False, saved,
                                        torch.randn_like(out), torch.randn_like(h),
                                        torch.randn_like(c), d_cs=d_cs)
@@ -132,6 +134,8 @@ def _capture_launchers(hidden_sizes, batch, dtypes, T, I):
                 out, h, saved = rnn.rnn_forward(*rargs, lengths, False, save)
             rnn.rnn_backward(x, rargs[2], rargs[3], lengths, False, saved,
                              torch.randn_like(out), torch.randn_like(h))
+            if not pairs:
+                continue
             # a bidirectional layer's two directions, paired into one launch where planned
             largs = (x, torch.zeros(batch, H, **kw), torch.zeros(batch, H, **kw),
                      torch.randn(4 * H, I, **kw), torch.randn(4 * H, H, **kw),

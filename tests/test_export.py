@@ -192,3 +192,18 @@ def test_torch_export(backend):
                 "fusedrnn.rnn_layer.default"} <= targets, targets
     with torch.no_grad():
         assert_close(ep.module()(x), m(x), 1e-6, "exported")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fx_symbolic_trace_keeps_the_drop_ins_as_leaves(backend):
+    """torch.fx records torch.nn's recurrent modules as single call_module nodes (leaves);
+    the drop-ins too, so FX-based tools (quantization, feature extraction) see the same
+    graph, and the traced module runs the drop-ins."""
+    m = _model(backend)
+    traced = torch.fx.symbolic_trace(m)
+    called = {n.target for n in traced.graph.nodes if n.op == "call_module"}
+    assert {"lstm", "gru", "rnn", "lstm_cell", "gru_cell", "rnn_cell"} <= called
+    assert type(traced.lstm) is fusedrnn.LSTM
+    x = _x(6)
+    with torch.no_grad():
+        assert_close(traced(x), m(x), 1e-12, "fx")
