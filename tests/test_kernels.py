@@ -80,12 +80,20 @@ def _fwd_bwd_launches(launches, cell, kernel_mode, proj=False):
 
 
 def _compare(fn, args, reverse, tol):
+    """Triton against the float64 reference, within ``tol``. In fp32, where a tiny layer
+    (H=1, one step) can make a gradient a difference of nearly equal terms, also within
+    four times the error of the reference itself run in fp32: no kernel can beat fp32."""
     ref_args = {k: (v.double() if v is not None and v.is_floating_point() else v)
                 for k, v in args.items()}
     want = _run(fn, ref_args, "reference", reverse)
     got = _run(fn, args, "triton", reverse)
+    fp32 = args["x"].dtype == torch.float32
+    same_precision = _run(fn, args, "reference", reverse) if fp32 else None
     for k in want:
-        assert_close(got[k], want[k], tol, k)
+        bound = tol
+        if fp32:
+            bound = max(tol, 4 * rel_err(same_precision[k], want[k]))
+        assert_close(got[k], want[k], bound, k)
     return got, want
 
 
