@@ -1,6 +1,7 @@
 """Drop-in modules: subclasses of torch.nn.LSTM / GRU / RNN / LSTMCell / GRUCell / RNNCell.
 
-Same constructor (plus keyword ``backend``), parameters, initialization, ``state_dict`` and
+Same constructor (plus the keywords ``backend``, and for the LSTM/GRU/RNN ``weight_dropout``
+and ``return_cell_states``, off by default), parameters, initialization, ``state_dict`` and
 ``repr`` as torch's; ``isinstance(m, nn.LSTM)`` holds. ``forward`` handles the input forms
 exactly as torch's does (the argument checks below mirror ``torch/nn/modules/rnn.py``) and
 hands the math to :mod:`fusedrnn.functional`; ``backend="native"`` is torch's own forward.
@@ -76,19 +77,19 @@ class _BackendMixin:
             return "native"  # let torch's forward raise its own error for non-tensor input
         chosen = _backend.resolve(getattr(self, "backend", "auto"), x.device, x.dtype,
                                   autocast_lstm=isinstance(self, nn.LSTM))
-        regularized = self._fused_only_option()
-        if chosen == "native" and regularized:
+        option = self._fused_only_option()
+        if chosen == "native" and option:
             if getattr(self, "backend", "auto") == "native" or _backend.exporting():
-                raise ValueError(f"fusedrnn: {regularized} is set, and torch's own op "
+                raise ValueError(f"fusedrnn: {option} is set, and torch's own op "
                                  f"(backend='native', and under tracing or export) cannot "
                                  f"serve it; use backend='auto', 'reference' or 'triton'"
-                                 + (", or call .eval()" if regularized == "weight_dropout"
+                                 + (", or call .eval()" if option == "weight_dropout"
                                     else ""))
             return "reference"  # "auto" off CUDA
         if (chosen == "triton" and _backend.chose_by_auto(getattr(self, "backend", "auto"))
-                and isinstance(self, (nn.LSTM, nn.GRU, nn.RNN)) and not regularized
+                and isinstance(self, (nn.LSTM, nn.GRU, nn.RNN)) and not option
                 and not self._triton_by_table(input)):
-            return "native"  # (cuDNN cannot apply a regularizer: the kernels stay)
+            return "native"  # (cuDNN cannot serve those options: the kernels stay)
         return chosen
 
     def _fused_only_option(self) -> str | None:
