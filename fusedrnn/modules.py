@@ -337,13 +337,18 @@ def _one_state_cell(module, name: str, input: Tensor, hx: Tensor | None, step) -
     return h if is_batched else h.squeeze(0)
 
 
-class LSTMCell(_BackendMixin, nn.LSTMCell):
-    __doc__ = (nn.LSTMCell.__doc__ or "") + """
+class _CellModule(_BackendMixin):
+    """What fusedrnn's cells add to torch's: the keyword ``backend``."""
+    DOC = """
     fusedrnn: takes the keyword ``backend`` ("auto" | "triton" | "reference" | "native")."""
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
         self._set_backend(backend)
+
+
+class LSTMCell(_CellModule, nn.LSTMCell):
+    __doc__ = (nn.LSTMCell.__doc__ or "") + _CellModule.DOC
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):
         leaf = _fx_leaf(self, input, hx)
@@ -375,13 +380,8 @@ class LSTMCell(_BackendMixin, nn.LSTMCell):
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
 
 
-class GRUCell(_BackendMixin, nn.GRUCell):
-    __doc__ = (nn.GRUCell.__doc__ or "") + """
-    fusedrnn: takes the keyword ``backend`` ("auto" | "triton" | "reference" | "native")."""
-
-    def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self._set_backend(backend)
+class GRUCell(_CellModule, nn.GRUCell):
+    __doc__ = (nn.GRUCell.__doc__ or "") + _CellModule.DOC
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         leaf = _fx_leaf(self, input, hx)
@@ -394,13 +394,8 @@ class GRUCell(_BackendMixin, nn.GRUCell):
             functional.gru_cell, backend=backend))
 
 
-class RNNCell(_BackendMixin, nn.RNNCell):
-    __doc__ = (nn.RNNCell.__doc__ or "") + """
-    fusedrnn: takes the keyword ``backend`` ("auto" | "triton" | "reference" | "native")."""
-
-    def __init__(self, *args, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self._set_backend(backend)
+class RNNCell(_CellModule, nn.RNNCell):
+    __doc__ = (nn.RNNCell.__doc__ or "") + _CellModule.DOC
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         leaf = _fx_leaf(self, input, hx)

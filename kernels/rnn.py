@@ -268,6 +268,7 @@ def rnn_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
     ptrs = pointer_args(dg=(dg, "tb"), w=(w_hh, ("",)), g=(g, "b"), do=(d_out, "tb"),
                         ga=(dact, "tb"))
     if B > 0 and kplan["kernel"] == "stationary":
+        # RNN=1 only marks the one-gate cell: the nonlinearity is in the saved derivative
         yield Launch("bwd", kplan, dict(
             **ptrs, **common, dxn_ptr=dg, s_dxn_t=0, s_dxn_b=0, gc_ptr=g, s_gc_b=0, c_ptr=g,
             s_c_slot=0, s_c_b=0, h_ptr=hs, s_h_slot=0, s_h_b=0, LSTM=False, RNN=1,
