@@ -1,9 +1,10 @@
 """python -m bench: fusedrnn against cuDNN, correctness first, then time.
 
-On a GPU: the grid of GUIDE section 5 (or --quick), implementations fused (the Triton
-kernels as the package picks them), fused-step and fused-seq (forced to the step or the
-sequence kernels, so the rule between them can be checked), cudnn (torch.nn, the
-baseline), and reference and native-nocudnn at the smaller sizes. Without a GPU: the
+On a GPU: the grid of GUIDE section 5 (or --quick; with --targets, the section's target
+configurations first), implementations cudnn (torch.nn, the baseline), fused (the Triton
+kernels as the package picks them), and fused-seq and fused-stationary (forced to the
+streaming or the weight-stationary sequence kernels, so the rule between them can be
+checked); --impls names others (fused-step, reference, native-nocudnn). Without a GPU: the
 Triton kernels under the interpreter at a tiny size as a correctness smoke test, and CPU
 timings of auto/native/reference against torch.nn.
 Writes a table, JSON and a PNG plot under --out.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import pathlib
 import sys
@@ -50,9 +52,32 @@ def parse(argv):
     ap.add_argument("--hiddens", nargs="+", type=int, default=[128, 256, 512, 1024, 2048])
     ap.add_argument("--T", type=int, default=256)
     ap.add_argument("--budget-s", type=float, default=420.0,
-                    help="stop timing new configurations after this many seconds (GPU)")
+                    help="start no new configuration after this many seconds (GPU)")
+    ap.add_argument("--targets", action="store_true",
+                    help="GUIDE section 5's target configurations first, then the grid")
+    ap.add_argument("--impls", nargs="+", help="implementations to run (GPU; default: all)")
+    ap.add_argument("--check-only", action="store_true",
+                    help="check each configuration, time nothing: compiles the kernels into "
+                         "Triton's cache, so several of these in parallel warm a timed run")
+    ap.add_argument("--shard", default="0/1", help="K/N: run every N-th configuration from K")
+    ap.add_argument("--rows", help="append each row to this JSON-lines file as it is measured "
+                                   "(a run cut by a time limit keeps what it measured)")
     ap.add_argument("--out", default="bench/out", help="folder for the JSON and PNG")
     return ap.parse_args(argv)
+
+
+GPU_IMPLS = ["cudnn", "fused", "fused-seq", "fused-stationary"]
+
+
+def gpu_configs(args):
+    """The configurations of a GPU run, in order: the targets (with --targets), then the
+    grid without repeats; then this shard's share."""
+    grid = configs.gpu_grid(args.cells, args.dtypes, args.modes, args.batches, args.hiddens,
+                            args.T, args.quick)
+    if args.targets:
+        grid = list(dict.fromkeys(configs.targets() + grid))
+    k, n = (int(v) for v in args.shard.split("/"))
+    return grid[k::n]
 
 
 def smoke_interpreter():
@@ -72,10 +97,11 @@ def main(argv=None) -> int:
     args = parse(argv)
     t0 = time.time()
     rows = []
+    if args.rows:
+        pathlib.Path(args.rows).parent.mkdir(parents=True, exist_ok=True)
     if HAS_GPU:
         device = torch.device("cuda")
-        grid = configs.gpu_grid(args.cells, args.dtypes, args.modes, args.batches, args.hiddens,
-                                args.T, args.quick)
+        grid = gpu_configs(args)
         baseline = "cudnn"
     else:
         device = torch.device("cpu")
@@ -87,21 +113,28 @@ def main(argv=None) -> int:
         grid = configs.cpu_grid(args.cells, args.modes)
         baseline = "torch.nn"
     for k, cfg in enumerate(grid):
+        if HAS_GPU and time.time() - t0 > args.budget_s:
+            print(f"\ntime budget ({args.budget_s:.0f}s) spent: {len(grid) - k} of {len(grid)} "
+                  "configurations not measured")
+            break
         _progress(k, len(grid), cfg.label(), t0)
-        if HAS_GPU:
-            small = cfg.H <= 512 and cfg.B <= 32
-            impls = ["cudnn", "fused", "fused-step", "fused-seq", "fused-stationary"]
-            impls += ["reference", "native-nocudnn"] if small else []
-        else:
-            impls = ["torch.nn", "auto", "native", "reference"]
-        over = HAS_GPU and time.time() - t0 > args.budget_s
-        for r in measure.measure(cfg, impls, baseline, device, time_it=not over):
-            if over and r["status"] == "ok":
-                r["status"] = "skipped"  # checked, but the time budget was spent
+        impls = (args.impls or GPU_IMPLS) if HAS_GPU else ["torch.nn", "auto", "native",
+                                                           "reference"]
+        for r in measure.measure(cfg, impls, baseline, device, time_it=not args.check_only):
             rows.append(r)
+            if args.rows:
+                with open(args.rows, "a") as f:
+                    f.write(json.dumps(r) + "\n")
+            if args.check_only:
+                print(f"{r['config']:55} {r['impl']:17} {r['status']} {r.get('error')} "
+                      f"{r.get('exception', '')}", flush=True)
         if HAS_GPU:
             torch.cuda.empty_cache()
     _progress(len(grid), len(grid), "done", t0)
+    if args.check_only:
+        failed = sum(r["status"] == "FAILED" for r in rows)
+        print(f"checked {len(rows)} rows, {failed} failed, {time.time() - t0:.0f}s")
+        return 1 if failed else 0
 
     print(report.table(rows))
     info = report.machine()

@@ -75,6 +75,18 @@ def gpu_grid(cells, dtypes, modes, batches, hiddens, T=256, quick=False):
     return grid
 
 
+def targets():
+    """GUIDE section 5's target configurations, measured before the grid: cuDNN's persistent
+    best case (fp16 LSTM B=16 H=I=768 T=1024), bf16/fp32 LSTM and GRU at B in {8, 128},
+    H in {256, 1024}, T=256, and the large batch (bf16 B=512 H=1024)."""
+    out = [Config("lstm", "fp16", m, 16, 768, 1024, 768) for m in ("inference", "training")]
+    out += [Config(c, d, m, b, h, 256, h) for h, b, c, d, m in itertools.product(
+        (1024, 256), (8, 128), ("lstm", "gru"), ("bf16", "fp32"), ("inference", "training"))]
+    out += [Config(c, "bf16", m, 512, 1024, 256, 1024)
+            for c, m in itertools.product(("lstm", "gru"), ("inference", "training"))]
+    return out
+
+
 def cpu_grid(cells, modes):
     """Small CPU sizes: what a machine without a GPU can time in a minute or two."""
     return [Config(c, "fp32", m, b, h, 32, h)

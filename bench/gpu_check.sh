@@ -1,33 +1,66 @@
 #!/usr/bin/env bash
-# One call on a CUDA machine: install, the test suite natively (no interpreter), then the
-# benchmark; everything lands in OUT_DIR (at most 8 files, what the device tool brings back).
+# One call on a CUDA machine (GUIDE section 5): install, the native test subset, the barrier
+# micro-benchmarks, a parallel compile warm-up, then the timed benchmark (targets first).
 #   bash bench/gpu_check.sh OUT_DIR [python -m bench arguments...]
-# TEST_TIMEOUT / MICRO_TIMEOUT / BENCH_TIMEOUT (seconds) bound each part so the call ends inside its lease.
+# Everything lands in OUT_DIR as it is produced (a call cut by its limit keeps what it
+# wrote), in 7 files (the device tool brings back 8):
+#   run.log      install, versions, the micro and warm-up output, the bench table
+#   tests.log    the native tests, one line per test (-v), so a cut run still names failures
+#   micro.jsonl  barrier and h-broadcast rows
+#   checks.jsonl every configuration of the warm-up, checked against cuDNN (not timed)
+#   rows.jsonl   the timed rows, one per implementation and configuration
+#   <stamp>-<gpu>.json and .png   the timed run's result, for bench/results/
+# Each part has a bound in seconds (TEST_TIMEOUT, MICRO_TIMEOUT, WARM_TIMEOUT, BENCH_BUDGET)
+# and the defaults add up to about 430 s: give the device call 480.
 set -uo pipefail
 out=${1:?usage: bash bench/gpu_check.sh OUT_DIR [bench args...]}
 shift
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
+py=${PYTHON:-python3}  # the GPU image's interpreter is python3 (no plain python)
+log="$out/run.log"
+workers=${WORKERS:-$(nproc)}
+t0=$SECONDS
+stamp() { echo "== $(( SECONDS - t0 ))s: $*" | tee -a "$log"; }
 
 # the GPU machines have no network: install against the torch/triton already there
-python -m pip install --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1 \
-  || { tail -20 "$out/install.log"; exit 1; }
-{ nvidia-smi; python -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, 'gpu', torch.cuda.get_device_name(0))"; } \
-  >"$out/machine.txt" 2>&1
-cat "$out/machine.txt"
+stamp install
+$py -m pip install --no-deps --no-build-isolation -e . >>"$log" 2>&1 \
+  || { tail -20 "$log"; exit 1; }
+{ nvidia-smi; $py -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version(), 'triton', triton.__version__, 'gpu', torch.cuda.get_device_name(0))"; } \
+  >>"$log" 2>&1
+tail -1 "$log"
 
-# tests/test_compile.py builds cubins on the CPU: CI covers it, GPU time need not
-timeout "${TEST_TIMEOUT:-240}" python -m pytest -q -x -p no:cacheprovider \
-  --deselect tests/test_compile.py tests 2>&1 | tee "$out/tests.log"
-test_rc=${PIPESTATUS[0]}
+# 1. the tests that run natively on CUDA tensors (the others use CPU tensors and the
+# interpreter, which CI covers), on every core: compiling the kernel variants dominates.
+# tests/test_compile.py builds cubins on the CPU: CI covers it, GPU time need not.
+stamp "tests ($workers workers)"
+timeout "${TEST_TIMEOUT:-110}" $py -m pytest -v -n "$workers" --timeout 100 -p no:cacheprovider \
+  -rfE --tb=short tests/test_kernels.py tests/test_modules_triton.py \
+  tests/test_torch_integration.py tests/test_precision.py tests/test_barrier.py \
+  >"$out/tests.log" 2>&1
+test_rc=$?
+tail -3 "$out/tests.log" | tee -a "$log"
 
-# barrier and h-broadcast costs, then the weight-stationary vs streaming vs cuDNN targets;
-# rows land in $out/micro.jsonl as they are measured
-timeout "${MICRO_TIMEOUT:-150}" python -m bench.micro --out "$out" 2>&1 | tee "$out/micro.log"
-micro_rc=${PIPESTATUS[0]}
+# 2. barrier cost and h broadcast at one program per SM
+stamp micro
+timeout "${MICRO_TIMEOUT:-30}" $py -m bench.micro --barriers-only --out "$out" >>"$log" 2>&1
+micro_rc=$?
 
-timeout "${BENCH_TIMEOUT:-450}" python -m bench --out "$out" "$@" 2>&1 | tee "$out/bench.log"
-bench_rc=${PIPESTATUS[0]}
-echo "tests exit $test_rc, micro exit $micro_rc, bench exit $bench_rc"
+# 3. compile warm-up: every core checks its share of the configurations (targets first),
+# filling Triton's on-disk cache for the timed run; the checks are results too
+stamp "warm-up ($workers shards)"
+for k in $(seq 0 $(( workers - 1 ))); do
+  timeout "${WARM_TIMEOUT:-90}" $py -m bench --targets --check-only --shard "$k/$workers" \
+    --rows "$out/checks.jsonl" "$@" >/dev/null 2>>"$log" &
+done
+wait
+
+# 4. the timed run, one process: targets, then the grid until the budget is spent
+stamp bench
+timeout $(( ${BENCH_BUDGET:-170} + 60 )) $py -m bench --targets --budget-s "${BENCH_BUDGET:-170}" \
+  --rows "$out/rows.jsonl" --out "$out" "$@" >>"$log" 2>&1
+bench_rc=$?
+stamp "tests exit $test_rc, micro exit $micro_rc, bench exit $bench_rc"
 exit $(( test_rc != 0 || micro_rc != 0 || bench_rc != 0 ))

@@ -110,6 +110,8 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--dry", action="store_true", help="no GPU: run each kernel once")
+    ap.add_argument("--barriers-only", action="store_true",
+                    help="(1) and (2) only: python -m bench --targets measures the targets")
     args = ap.parse_args(argv)
     dry = args.dry or not HAS_GPU
     device = torch.device("cuda" if HAS_GPU and not args.dry else "cpu")
@@ -133,7 +135,7 @@ def main(argv=None) -> int:
     if dry:
         impls = ["triton-interp"] + impls
     failed = 0
-    for cfg in target_configs(dry):
+    for cfg in [] if args.barriers_only else target_configs(dry):
         for r in measure.measure(cfg, impls, baseline, device, time_it=not dry):
             failed += r["status"] == "FAILED"
             emit(dict(kind="target", **r))
