@@ -67,7 +67,12 @@ def _time_us(fn, device) -> float:
     return triton.testing.do_bench(fn, warmup=5, rep=30, return_mode="median") * 1e3
 
 
-def barrier_rows(device, programs, steps, K=768, BB=16, dtype=torch.bfloat16):
+# h read per program and step on a GPU: K x BB of bf16. K is a tl.arange length, so a power
+# of two (768, H of the fp16 target, failed to compile on the first GPU call)
+GPU_K, GPU_BB = 1024, 16
+
+
+def barrier_rows(device, programs, steps, K=GPU_K, BB=GPU_BB, dtype=torch.bfloat16):
     rows = []
     for load in (False, True):
         for groups in (1, 2, 4):
@@ -127,7 +132,7 @@ def main(argv=None) -> int:
     programs = 1 if dry else torch.cuda.get_device_properties(device).multi_processor_count
     programs -= programs % 4 if programs >= 4 else 0
     for row in barrier_rows(device, programs, 2 if dry else 2000,
-                            K=16 if dry else 768, BB=8 if dry else 16):
+                            K=16 if dry else GPU_K, BB=8 if dry else GPU_BB):
         emit(row)
     impls = ["fused-stationary", "fused-seq"] if dry else \
         ["cudnn", "fused", "fused-stationary", "fused-seq"]

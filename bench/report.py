@@ -176,7 +176,7 @@ def write_auto_table(path: pathlib.Path | None = None,
     if path is None:
         raise SystemExit("no committed results in bench/results: auto follows the estimates")
     data = json.loads(path.read_text())
-    rows = table_rows(data["rows"])
+    rows = table_rows(data["rows"], data["machine"].get("sm_count") or 132)
     out.write_text(json.dumps({"source": f"bench/results/{path.name}",
                                "gpu": data["machine"].get("gpu"), "rows": rows}, indent=1))
     return len(rows)

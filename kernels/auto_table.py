@@ -68,16 +68,61 @@ def prefers_triton(cell: str, dtype: torch.dtype, B: int, H: int, I: int, proj: 
     return True, "estimate: weight-stationary where cuDNN runs a GEMM and a pointwise per step"
 
 
-def table_rows(result_rows) -> list[dict]:
-    """The table's rows from a benchmark result's rows: for each single-layer
-    configuration timed for both, whether ``fused`` took at most cuDNN's time."""
-    ms = {(r["config"], r["impl"]): r.get("ms") for r in result_rows}
-    out = []
+_NAMES = {v: k for k, v in DTYPE_NAMES.items()}
+_LAUNCH = ("kernel", "U", "BB", "programs")
+
+
+def _launches(plan_row: dict, training: bool) -> tuple:
+    """What a plan launches (kernel and tiling), forward and in training backward: a bench
+    row's recorded plan and the current plan compare by this."""
+    fwd = tuple(plan_row.get(k) for k in _LAUNCH)
+    bwd = tuple(plan_row.get("backward", {}).get(k) for k in _LAUNCH) if training else ()
+    return fwd + bwd
+
+
+def current_launches(cell: str, dtype: str, B: int, H: int, training: bool,
+                     sm_count: int) -> tuple:
+    """What ``backend="triton"`` launches today for a single-layer configuration."""
+    dt = _NAMES[dtype]
+    fwd = plan(cell, dt, B, H, H, False, training, sm_count)
+    fwd["backward"] = plan(cell, dt, B, H, H, False, training, sm_count, backward=True)
+    return _launches(fwd, training)
+
+
+def table_rows(result_rows, sm_count: int = 132) -> list[dict]:
+    """The table's rows from a benchmark result's rows: for each single-layer configuration,
+    whether fusedrnn took at most cuDNN's time. fusedrnn's time is that of the row (fused,
+    or forced to fused-stationary or fused-seq) whose recorded launch is the one today's
+    plan makes; a configuration where none is (the plan changed since) gets no row. A row
+    that recorded no plan counts as today's launch only for ``fused``."""
+    by = {}
     for r in result_rows:
-        if r["impl"] != "fused" or r.get("layers", 1) != 1 or r.get("bidirectional"):
+        by.setdefault(r["config"], {})[r["impl"]] = r
+    out = []
+    for impls in by.values():
+        cfg = next(iter(impls.values()))
+        base = impls.get("cudnn", {}).get("ms")
+        if not base or cfg.get("layers", 1) != 1 or cfg.get("bidirectional"):
             continue
-        base = ms.get((r["config"], "cudnn"))
-        if r.get("ms") and base:
-            out.append(dict(cell=r["cell"], dtype=r["dtype"], mode=r["mode"], B=r["B"],
-                            H=r["H"], triton_faster=r["ms"] <= base))
+        training = cfg["mode"] == "training"
+        want = None
+        ms = None
+        for name in ("fused", "fused-stationary", "fused-seq"):
+            r = impls.get(name)
+            if not r or not r.get("ms"):
+                continue
+            if "plan" not in r:
+                if name == "fused":
+                    ms = r["ms"]
+                    break
+                continue
+            if want is None:
+                want = current_launches(cfg["cell"], cfg["dtype"], cfg["B"], cfg["H"],
+                                        training, sm_count)
+            if _launches(r["plan"], training) == want:
+                ms = r["ms"]
+                break
+        if ms is not None:
+            out.append(dict(cell=cfg["cell"], dtype=cfg["dtype"], mode=cfg["mode"], B=cfg["B"],
+                            H=cfg["H"], triton_faster=ms <= base))
     return out

@@ -40,10 +40,12 @@ def dot(a, b, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
     if UPCAST:
         a = a.to(tl.float32)
         b = b.to(tl.float32)
+    # out_dtype: Triton 3.6's tl.dot defaults it to fp32 and asserts that an fp64
+    # accumulator matches it (newer Tritons follow the operands)
     if IEEE:
-        acc = tl.dot(a, b, acc, input_precision="ieee")
+        acc = tl.dot(a, b, acc, input_precision="ieee", out_dtype=acc.dtype)
     else:
-        acc = tl.dot(a, b, acc)
+        acc = tl.dot(a, b, acc, out_dtype=acc.dtype)
     return acc
 
 

@@ -8,6 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
+import fusedrnn
 from fusedrnn import functional
 from fusedrnn.kernels import barrier_errors, stationary
 from fusedrnn.kernels.common import group_barrier
@@ -37,6 +38,7 @@ def test_stuck_barrier_sets_the_error_word_and_returns():
     with pytest.raises(barrier_errors.BarrierTimeout,
                        match=r"timed out at step 7 .*FUSEDRNN_KERNEL=step.*backend='native'"):
         barrier_errors.watch(err, "test")
+        barrier_errors.check()  # on CUDA the word is read back behind an event
 
 
 def test_barrier_that_completes_leaves_no_error():
@@ -50,7 +52,8 @@ def test_barrier_that_completes_leaves_no_error():
 
     _alone[(1,)](sem, err, ASM_ACQUIRE=DEVICE == "cuda")
     assert err.tolist() == [0, 0, 0, 0]
-    barrier_errors.watch(err, "test")  # no exception
+    barrier_errors.watch(err, "test")
+    barrier_errors.check()  # no exception
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -75,3 +78,4 @@ def test_launcher_raises_when_the_kernel_reports_a_timeout(cell, monkeypatch):
             functional.lstm_layer(x, h, h, *w, backend="triton")
         else:
             functional.gru_layer(x, h, *w, backend="triton")
+        fusedrnn.check_errors()  # on CUDA the word is read back behind an event

@@ -88,6 +88,8 @@ def test_gpu_micro_script_runs_each_kernel(tmp_path):
     from bench import micro
 
     assert micro.main(["--dry", "--out", str(tmp_path)]) == 0
+    # the GPU's h read is a tl.arange: a power of two, or the kernel does not compile
+    assert micro.GPU_K & (micro.GPU_K - 1) == 0 and micro.GPU_BB & (micro.GPU_BB - 1) == 0
     rows = [json.loads(line) for line in (tmp_path / "micro.jsonl").read_text().splitlines()]
     kinds = [r["kind"] for r in rows]
     assert kinds.count("barrier") == 1 and kinds.count("h broadcast + barrier") == 1

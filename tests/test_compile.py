@@ -119,3 +119,29 @@ def test_w_load_check_sees_a_streaming_kernel():
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert int(proc.stdout.split()[-1]) > 0
+
+
+def test_fp64_kernels_compile_with_triton_3_6():
+    """Every kernel in fp64 (the tests' reference precision) compiles with Triton 3.6 for
+    sm_90. Its tl.dot asserted that an fp64 accumulator matched a default fp32 out_dtype:
+    every fp64 kernel failed on the first GPU call, and CI, on the newest Triton, missed it."""
+    if not (TRITON_36 / "triton").is_dir():
+        pytest.skip(f"Triton 3.6 is not installed at {TRITON_36} (make test installs it; "
+                    f"it needs PyPI once)")
+    code = (
+        "import sys, torch, triton; sys.path.insert(0, %r)\n"
+        "import compilecheck as cc\n"
+        "from triton.compiler import ASTSource\n"
+        "assert triton.__version__ == '3.6.0', triton.__version__\n"
+        "one = {}\n"
+        "for key, v in cc.capture([20], batches=(3,), dtypes=(torch.float64,)).items():\n"
+        "    one.setdefault(key[0], v)\n"
+        "for name, (k, sig, ce, nw) in sorted(one.items()):\n"
+        "    triton.compile(ASTSource(fn=k, signature=sig, constexprs=ce),"
+        " target=cc.TARGETS['sm_90'], options={'num_warps': nw})\n"
+        "    print(name)\n") % str(ROOT)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(TRITON_36), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert len(proc.stdout.split()) == 8, proc.stdout
