@@ -120,8 +120,14 @@ def plot(rows, path: pathlib.Path, impl: str, title: str) -> bool:
     return True
 
 
+def results() -> list[pathlib.Path]:
+    """Committed results, oldest first (the names start with the run's date and time; a
+    clone's file times say nothing)."""
+    return sorted(RESULTS.glob("*.json"), key=lambda p: p.name)
+
+
 def newest_result() -> pathlib.Path | None:
-    files = sorted(RESULTS.glob("*.json"), key=os.path.getmtime)
+    files = results()
     return files[-1] if files else None
 
 
@@ -169,17 +175,25 @@ def update_readme(path: pathlib.Path | None = None) -> pathlib.Path | None:
 def write_auto_table(path: pathlib.Path | None = None,
                      out: pathlib.Path = ROOT / "kernels" / "auto_table.json") -> int:
     """Write the table ``backend="auto"`` reads (kernels/auto_table.py) from a committed
-    result (the newest by default). Returns the number of rows."""
+    result, by default the newest together with the older ones from the same GPU (a newer
+    row of a configuration replaces an older one; auto_table.table_rows keeps a row only
+    where its recorded launch is the one today's plan makes). Returns the number of rows."""
     from fusedrnn.kernels.auto_table import table_rows
 
     path = path or newest_result()
     if path is None:
         raise SystemExit("no committed results in bench/results: auto follows the estimates")
     data = json.loads(path.read_text())
-    rows = table_rows(data["rows"], data["machine"].get("sm_count") or 132)
-    out.write_text(json.dumps({"source": f"bench/results/{path.name}",
-                               "gpu": data["machine"].get("gpu"), "rows": rows}, indent=1))
-    return len(rows)
+    gpu = data["machine"].get("gpu")
+    sources = [path]
+    if path.parent == RESULTS:
+        sources = [p for p in results() if p.name <= path.name
+                   and json.loads(p.read_text())["machine"].get("gpu") == gpu]
+    rows = [r for p in sources for r in json.loads(p.read_text())["rows"]]
+    table = table_rows(rows, data["machine"].get("sm_count") or 132)
+    out.write_text(json.dumps({"source": [f"bench/results/{p.name}" for p in sources],
+                               "gpu": gpu, "rows": table}, indent=1))
+    return len(table)
 
 
 if __name__ == "__main__":

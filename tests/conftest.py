@@ -12,6 +12,16 @@ if not torch.cuda.is_available():
 os.environ.pop("FUSEDRNN_BACKEND", None)
 
 
+def pytest_runtest_logreport(report):
+    """With FUSEDRNN_TEST_FAILURES=FILE, each failure's traceback is appended to FILE as it
+    happens (in the controller under xdist): a GPU call cut by its time limit before
+    pytest's summary still brings back why each test failed."""
+    path = os.environ.get("FUSEDRNN_TEST_FAILURES")
+    if path and report.failed and not os.environ.get("PYTEST_XDIST_WORKER"):
+        with open(path, "a") as f:
+            f.write(f"=== {report.nodeid} ({report.when})\n{report.longreprtext[-4000:]}\n")
+
+
 # ----------------------------------------------------------------------------------------
 # fixtures for the kernel tests
 # ----------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Shared test helpers: run a module and an oracle on the same inputs, compare everything."""
 from __future__ import annotations
 
+import copy
 import math
 import random
 
@@ -156,4 +157,20 @@ def check_module_against_torch(cfg: dict, backend: str, dtype=torch.float64, tol
     x, hx, lengths = make_rnn_inputs(cfg, dtype, device)
     want = outputs_and_grads(ref, cfg, x, hx, lengths)
     got = outputs_and_grads(ours, cfg, x, hx, lengths)
-    assert_all_close(got, want, TOL[dtype] if tol is None else tol)
+    tol = TOL[dtype] if tol is None else tol
+    if dtype != torch.float32:
+        assert_all_close(got, want, tol)
+        return
+    # fp32: against torch in float64, within tol or four times torch's own fp32 error (a
+    # small layer can make a gradient a near-cancellation that no fp32 code gets to 1e-5:
+    # a 2-layer bidirectional RNN failed so against cuDNN on an H200)
+    as64 = lambda t: None if t is None else (  # noqa: E731
+        tuple(as64(u) for u in t) if isinstance(t, tuple) else t.double())
+    want64 = outputs_and_grads(copy.deepcopy(ref).double(), cfg, as64(x), as64(hx), lengths)
+    assert got.keys() == want64.keys(), (sorted(got), sorted(want64))
+    for k in want64:
+        if want64[k] is None:
+            assert got[k] is None, f"{k}: expected no gradient"
+            continue
+        assert got[k] is not None, f"{k}: missing gradient"
+        assert_close(got[k], want64[k], max(tol, 4 * rel_err(want[k], want64[k])), k)
