@@ -126,14 +126,19 @@ class _BackendMixin:
 def _autocast_dtype(module, device_type: str):
     """The dtype torch's own module computes in under autocast here, or None.
 
-    Mirrors torch: on CUDA the cuDNN RNN op and the cell ops run in the autocast dtype; on
-    the CPU the full LSTM does (autocast casts it), and so do the plain RNN and RNNCell
-    (torch's CPU code runs them as autocast linears, so their state and outputs come out in
-    the autocast dtype), while GRU, GRUCell and LSTMCell stay in float32."""
+    Mirrors torch: on CUDA the cell ops run in the autocast dtype, and the full LSTM/GRU/RNN
+    in float16 whatever that dtype is (torch's autocast wrapper of the cuDNN RNN,
+    aten/src/ATen/cudnn/AutocastRNN.cpp, casts to kHalf: under bf16 autocast nn.LSTM gives
+    float16; found on an H200); on the CPU the full LSTM runs in the autocast dtype
+    (autocast casts it), and so do the plain RNN and RNNCell (torch's CPU code runs them as
+    autocast linears, so their state and outputs come out in the autocast dtype), while
+    GRU, GRUCell and LSTMCell stay in float32."""
     if not torch.is_autocast_enabled(device_type):
         return None
-    if device_type == "cuda" or (device_type == "cpu"
-                                 and isinstance(module, (nn.LSTM, nn.RNN, nn.RNNCell))):
+    if device_type == "cuda":
+        full = isinstance(module, (nn.LSTM, nn.GRU, nn.RNN))
+        return torch.float16 if full else torch.get_autocast_dtype(device_type)
+    if device_type == "cpu" and isinstance(module, (nn.LSTM, nn.RNN, nn.RNNCell)):
         return torch.get_autocast_dtype(device_type)
     return None
 

@@ -185,6 +185,21 @@ def test_autocast_dtypes_match_torch(mode, backend):
         assert_close(a.float(), b.float(), 3e-2, mode)
 
 
+def test_cuda_autocast_runs_full_modules_in_float16(monkeypatch):
+    """torch's CUDA autocast wrapper of the cuDNN RNN casts to float16 whatever the autocast
+    dtype (aten/src/ATen/cudnn/AutocastRNN.cpp): under bf16 autocast nn.LSTM/GRU/RNN give
+    float16, the cells bf16. The drop-ins follow (a mismatch found on an H200); checked here
+    without a GPU through the rule itself, and against torch by the test above on one."""
+    from fusedrnn import modules
+
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda device="cuda": device == "cuda")
+    monkeypatch.setattr(torch, "get_autocast_dtype", lambda device: torch.bfloat16)
+    for mode in ("LSTM", "GRU", "RNN"):
+        assert modules._autocast_dtype(getattr(fusedrnn, mode)(4, 8), "cuda") == torch.float16
+    for mode in ("LSTMCell", "GRUCell", "RNNCell"):
+        assert modules._autocast_dtype(getattr(fusedrnn, mode)(4, 8), "cuda") == torch.bfloat16
+
+
 def test_auto_avoids_native_lstm_where_cpu_autocast_cannot_run(monkeypatch):
     """On a CPU whose oneDNN has no bf16 LSTM, "auto" runs the reference under CPU autocast
     (torch's module raises there); elsewhere it stays native."""
