@@ -54,18 +54,33 @@ def prefers_triton(cell: str, dtype: torch.dtype, B: int, H: int, I: int, proj: 
         if mine:
             near = min(mine, key=lambda r: abs(math.log2(r["B"] / max(B, 1)))
                        + abs(math.log2(r["H"] / H)))
-            return near["triton_faster"], (f"measured: {cell} {near['dtype']} {mode} "
-                                           f"B={near['B']} H={near['H']} in {table.name}")
+            why = f"measured: {cell} {near['dtype']} {mode} B={near['B']} H={near['H']} in " \
+                  f"{table.name}"
+            streams = _streams(cell, dtype, B, H, proj, training, sm_count)
+            if near["triton_faster"] and streams:
+                # a row is a neighbour, not this call: the streaming kernels were slower
+                # than cuDNN in every committed configuration (0.2-0.95x on the H200)
+                return False, f"{why}, but {streams}, slower than cuDNN wherever measured"
+            return near["triton_faster"], why
     if cudnn_persistent_likely(cell, dtype, B, H, I, layers, bidirectional):
         return False, "estimate: cuDNN runs its persistent kernel here"
+    streams = _streams(cell, dtype, B, H, proj, training, sm_count)
+    if streams:
+        return False, f"estimate: {streams}"
+    return True, "estimate: weight-stationary where cuDNN runs a GEMM and a pointwise per step"
+
+
+def _streams(cell, dtype, B, H, proj, training, sm_count) -> str | None:
+    """Why this call would run a streaming kernel (forward, or backward in training), or
+    None where every pass is weight-stationary."""
     fwd = plan(cell, dtype, B, H, proj or H, bool(proj), training, sm_count)
     if fwd["kernel"] != "stationary":
-        return False, f"estimate: the forward would stream ({fwd['reason']})"
+        return f"the forward would stream ({fwd['reason']})"
     if training:
         bwd = plan(cell, dtype, B, H, proj or H, bool(proj), training, sm_count, backward=True)
         if bwd["kernel"] != "stationary":
-            return False, f"estimate: the backward would stream ({bwd['reason']})"
-    return True, "estimate: weight-stationary where cuDNN runs a GEMM and a pointwise per step"
+            return f"the backward would stream ({bwd['reason']})"
+    return None
 
 
 _NAMES = {v: k for k, v in DTYPE_NAMES.items()}

@@ -59,9 +59,11 @@ def _stationary_rows(tmp_path, capsys, pythonpath=None):
 
 def _check_stationary(rows):
     """The design held in place (issue 11), on sm_80 and sm_90, for the weight-stationary
-    launches a 132-SM GPU plans at fp16/bf16 B in {1, 16, 64}, H in {256, 512, 768, 1024}
-    and fp32 (TF32) H <= 768:
-    - spills: at most 128 B of stack, and few spill accesses in the innermost loop, which
+    launches a 132-SM GPU plans at B in {1, 16, 64}: bf16 H in {256, 1024}, fp16 and fp32
+    (TF32) H=768, forward and backward, LSTM, GRU and RNN:
+    - spills, for tilings within the plan's register budgets (kernels/plan.py
+      within_register_budget; the plan also takes resident tilings past them, which spill
+      and still ran 2-5x faster than streaming on an H200): at most 128 B of stack, and few spill accesses in the innermost loop, which
       here is the whole time step (the K loop is unrolled: no spill runs per MMA): at most
       16 with Triton 3.9 (none in most kernels); Triton 3.6 has 10-17 at H=768 B=16 and 26
       in the plain RNN's paired U=16 BB=16 forward, so there at most 32, L1 hits beside a
@@ -76,14 +78,35 @@ def _check_stationary(rows):
     assert {(r["dtype"], r["config"]["RESIDENT"]) for r in fwd} >= {
         ("bf16", "True"), ("fp16", "True"), ("fp32", "True")}
     assert all(r["config"]["RESIDENT"] == "True" for r in rows)
+    past = 0
     for r in rows:
         what = f"{r['kernel']} {r['target']} {r['dtype']} {r['config']}"
         hot = 32 if r["triton"].startswith("3.6.") else 16
-        assert 0 <= r["spill_bytes"] <= 128 and r["hot_spills"] <= hot, f"spills: {what}"
+        if _within_register_budget(r):
+            assert 0 <= r["spill_bytes"] <= 128 and r["hot_spills"] <= hot, f"spills: {what}"
+        else:
+            past += 1  # planned past the budget: spills measured cheaper than streaming
+            assert r["spill_bytes"] >= 0, f"unreadable resources: {what}"
         assert r["w_loads_in_loop"] == 0, f"W_hh loaded inside the time loop: {what}"
         assert r["mma_per_step"] == r["mma_work"] > 0, f"MMAs per warp per step: {what}"
         assert residency.max_coresident(r["registers"], r["num_warps"], r["dyn_shared"],
                                         residency.H100) >= residency.H100["sm_count"], what
+    assert 0 < past < len(rows), "the matrix covers tilings within and past the budgets"
+
+
+def _within_register_budget(row) -> bool:
+    """Whether the plan took this launch's tiling within its register budgets (where the
+    builds must not spill), or past them (kernels/plan.py: resident tilings past the budgets
+    still ran faster than streaming on an H200, so the plan takes them)."""
+    import torch
+
+    from fusedrnn.kernels import plan
+
+    c = row["config"]
+    cell = "lstm" if c["LSTM"] == "True" else "rnn" if c["RNN"] != "0" else "gru"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[row["dtype"]]
+    return plan.within_register_budget(cell, dtype, int(c["U"]), int(c["BB"]), int(c["NK"]),
+                                       int(c["KC"]), row["kernel"] == "stationary_bwd_kernel")
 
 
 def test_weight_stationary_kernels_keep_w_on_chip(tmp_path, capsys):
