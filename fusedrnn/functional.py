@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, _VF
 
 from fusedrnn import backend as _backend
+from fusedrnn import episodes
 from fusedrnn import reference
 
 
@@ -47,40 +48,79 @@ def _triton_ops():
 def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
                b_ih: Tensor | None = None, b_hh: Tensor | None = None,
                w_hr: Tensor | None = None, lengths: Tensor | None = None,
-               reverse: bool = False, backend: str = "auto", cell_states: bool = False):
+               reverse: bool = False, backend: str = "auto", cell_states: bool = False,
+               resets: Tensor | None = None):
     """One LSTM layer over time-major x (T, B, I); h0 (B, P or H), c0 (B, H).
 
     ``lengths`` (B,) holds each sequence's length: past it a sequence keeps its state and
-    outputs zeros. Returns (out (T, B, P or H), h_n, c_n), and with ``cell_states`` every
-    cell state c_t (T, B, H) as well (zero past a sequence's length; differentiable).
+    outputs zeros. ``resets`` (T, B) bool restarts the state from (h0, c0) where set
+    (fusedrnn/episodes.py has the rule). Returns (out (T, B, P or H), h_n, c_n), and with
+    ``cell_states`` every cell state c_t (T, B, H) as well (zero past a sequence's length;
+    differentiable).
     """
+    if resets is not None:
+        _check_layer_resets(resets, x)
     if _layer_backend(backend, x) == "triton":
+        if resets is not None:
+            return _by_episodes(lambda xe, le, h, c: _triton_ops().lstm_layer(
+                xe, h, c, w_ih, w_hh, b_ih, b_hh, w_hr, le, reverse, cell_states),
+                x, lengths, resets, reverse, h0, c0)
         return _triton_ops().lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
                                         reverse, cell_states)
     return reference.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
-                                cell_states)
+                                cell_states, resets)
 
 
 def gru_layer(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor,
               b_ih: Tensor | None = None, b_hh: Tensor | None = None,
-              lengths: Tensor | None = None, reverse: bool = False, backend: str = "auto"):
-    """One GRU layer over time-major x (T, B, I); h0 (B, H). Returns (out (T, B, H), h_n)."""
+              lengths: Tensor | None = None, reverse: bool = False, backend: str = "auto",
+              resets: Tensor | None = None):
+    """One GRU layer over time-major x (T, B, I); h0 (B, H); ``resets`` as
+    :func:`lstm_layer`'s. Returns (out (T, B, H), h_n)."""
+    if resets is not None:
+        _check_layer_resets(resets, x)
     if _layer_backend(backend, x) == "triton":
+        if resets is not None:
+            return _by_episodes(lambda xe, le, h: _triton_ops().gru_layer(
+                xe, h, w_ih, w_hh, b_ih, b_hh, le, reverse), x, lengths, resets, reverse, h0)
         return _triton_ops().gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
-    return reference.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
+    return reference.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, resets)
 
 
 def rnn_layer(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor,
               b_ih: Tensor | None = None, b_hh: Tensor | None = None,
               lengths: Tensor | None = None, reverse: bool = False,
-              nonlinearity: str = "tanh", backend: str = "auto"):
-    """One plain RNN layer ("tanh" or "relu") over time-major x (T, B, I); h0 (B, H).
-    Returns (out (T, B, H), h_n)."""
+              nonlinearity: str = "tanh", backend: str = "auto",
+              resets: Tensor | None = None):
+    """One plain RNN layer ("tanh" or "relu") over time-major x (T, B, I); h0 (B, H);
+    ``resets`` as :func:`lstm_layer`'s. Returns (out (T, B, H), h_n)."""
     _check_nonlinearity(nonlinearity)
+    if resets is not None:
+        _check_layer_resets(resets, x)
     if _layer_backend(backend, x) == "triton":
+        if resets is not None:
+            return _by_episodes(lambda xe, le, h: _triton_ops().rnn_layer(
+                xe, h, w_ih, w_hh, b_ih, b_hh, le, reverse, nonlinearity), x, lengths, resets,
+                reverse, h0)
         return _triton_ops().rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
                                        nonlinearity)
-    return reference.rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity)
+    return reference.rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity,
+                               resets)
+
+
+def _by_episodes(run, x, lengths, resets, reverse, *states):
+    """One layer with resets on the kernels: run(x', lengths', *states') over the episodes
+    (fusedrnn/episodes.py), then outputs back to (T, B) and final states per sequence.
+    Returns what the layer op returns: out, the final states, [cell states]."""
+    ep = episodes.Episodes(resets, lengths)
+    res = run(ep.to_episodes(x), ep.lengths, *(ep.initial(s) for s in states))
+    n = len(states)
+    return (ep.from_episodes(res[0]), *(ep.final(s, reverse) for s in res[1:1 + n]),
+            *(ep.from_episodes(c) for c in res[1 + n:]))
+
+
+def _check_layer_resets(resets, x: Tensor) -> None:
+    episodes.check_resets(resets, x.shape[0], x.shape[1], x.device)
 
 
 def _check_nonlinearity(nonlinearity: str) -> None:
@@ -200,7 +240,7 @@ def _paired_layer(cell, x, lengths, h0, c0, groups, layer, nonlinearity, h_n, c_
 def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
            has_biases: bool, num_layers: int, dropout: float, train: bool,
            bidirectional: bool, batch_first: bool, backend: str, nonlinearity: str = "tanh",
-           cell_states: bool = False):
+           cell_states: bool = False, resets: Tensor | None = None):
     lstm_mode = cell == "lstm"
     h0, c0 = hx if lstm_mode else (hx, None)
     _check_state("hx[0]" if lstm_mode else "hx", h0, input)
@@ -214,6 +254,15 @@ def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
         if input.shape[1 if batch_first else 0] == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         x, lengths, index = (input.transpose(0, 1) if batch_first else input), None, None
+
+    ep = None
+    if resets is not None:
+        resets = _stack_resets(resets, input, batch_sizes, batch_first, index, x.shape)
+        if backend == "triton":  # every layer runs on the episodes (fusedrnn/episodes.py)
+            ep = episodes.Episodes(resets, lengths)
+            x, lengths, resets = ep.to_episodes(x), ep.lengths, None
+            h0 = ep.initial(h0)
+            c0 = ep.initial(c0) if lstm_mode else None
 
     D = 2 if bidirectional else 1
     groups = _split_weights(weights, has_biases, num_layers * D)
@@ -236,15 +285,15 @@ def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
             if lstm_mode:
                 out, h, c, *cs = lstm_layer(x, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_hr,
                                             lengths, reverse=d == 1, backend=backend,
-                                            cell_states=cell_states and last)
+                                            cell_states=cell_states and last, resets=resets)
                 c_n.append(c)
                 cells += cs
             elif cell == "gru":
                 out, h = gru_layer(x, h0[k], w_ih, w_hh, b_ih, b_hh, lengths,
-                                   reverse=d == 1, backend=backend)
+                                   reverse=d == 1, backend=backend, resets=resets)
             else:
                 out, h = rnn_layer(x, h0[k], w_ih, w_hh, b_ih, b_hh, lengths, reverse=d == 1,
-                                   nonlinearity=nonlinearity, backend=backend)
+                                   nonlinearity=nonlinearity, backend=backend, resets=resets)
             outs.append(out)
             h_n.append(h)
         x = outs[0] if D == 1 else torch.cat(outs, dim=-1)
@@ -256,6 +305,11 @@ def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
             return y.reshape(-1, y.shape[-1]).index_select(0, index)
         return y.transpose(0, 1) if batch_first else y
 
+    if ep is not None:  # back from the episodes: outputs, and each sequence's final state
+        x = ep.from_episodes(x)
+        cells = [ep.from_episodes(c) for c in cells]
+        h_n = [ep.final(h, reverse=k % D == 1) for k, h in enumerate(h_n)]
+        c_n = [ep.final(c, reverse=k % D == 1) for k, c in enumerate(c_n)]
     output = laid_out(x)
     hidden = torch.stack(h_n)
     if not lstm_mode:
@@ -265,18 +319,41 @@ def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
     return output, hidden, torch.stack(c_n)
 
 
+def _stack_resets(resets, input: Tensor, batch_sizes, batch_first: bool, index, shape):
+    """The stack's resets, checked in the input's layout ((T, B), (B, T) batch-first, or
+    aligned with packed data), as time-major (T, B)."""
+    T, B = shape[0], shape[1]
+    if batch_sizes is not None:
+        episodes.check_resets(resets, T, B, input.device, packed=input.shape[0])
+        grid = torch.zeros(T * B, dtype=torch.bool, device=input.device)
+        return grid.index_copy(0, index, resets).view(T, B)
+    episodes.check_resets(resets, T, B, input.device, batch_first=batch_first)
+    return resets.t() if batch_first else resets
+
+
+def _refuse_native(chosen: str, resets) -> None:
+    if chosen == "native" and resets is not None:
+        raise ValueError("fusedrnn: torch's own op (backend='native', and under tracing or "
+                         "export) cannot serve resets; use backend='auto', 'reference' or "
+                         "'triton'")
+
+
 def lstm(input: Tensor, batch_sizes: Tensor | None, hx: tuple[Tensor, Tensor], weights,
          has_biases: bool, num_layers: int, dropout: float, train: bool, bidirectional: bool,
-         batch_first: bool = False, backend: str = "auto", cell_states: bool = False):
+         batch_first: bool = False, backend: str = "auto", cell_states: bool = False,
+         resets: Tensor | None = None):
     """Multi-layer LSTM with ``torch._VF.lstm``'s arguments. Returns (output, h_n, c_n), and
     with ``cell_states`` the last layer's cell states c_t in the output's layout
     ((T, B, D*H), batch-first, or packed data), zero past a sequence's length.
 
     ``input`` is padded (3-D) when ``batch_sizes`` is None, else PackedSequence data (2-D).
     ``weights`` is the module's flat weight list (per layer and direction: w_ih, w_hh,
-    [b_ih, b_hh], [w_hr]).
+    [b_ih, b_hh], [w_hr]). ``resets``: bool, shaped like the input without its features
+    ((T, B), (B, T) batch-first, or (N,) for packed data); where set the state entering that
+    step restarts from hx in every layer (fusedrnn/episodes.py has the exact rule).
     """
     chosen = _backend.resolve(backend, input.device, input.dtype)
+    _refuse_native(chosen, resets)
     if chosen == "native" and cell_states:
         raise ValueError("fusedrnn: torch's own LSTM op (backend='native', and under tracing "
                          "or export) does not return the cell states (return_cell_states); "
@@ -288,14 +365,17 @@ def lstm(input: Tensor, batch_sizes: Tensor | None, hx: tuple[Tensor, Tensor], w
         return _VF.lstm(input, batch_sizes, hx, weights, has_biases, num_layers, dropout, train,
                         bidirectional)
     return _stack("lstm", input, batch_sizes, hx, weights, has_biases, num_layers, dropout,
-                  train, bidirectional, batch_first, chosen, cell_states=cell_states)
+                  train, bidirectional, batch_first, chosen, cell_states=cell_states,
+                  resets=resets)
 
 
 def gru(input: Tensor, batch_sizes: Tensor | None, hx: Tensor, weights, has_biases: bool,
         num_layers: int, dropout: float, train: bool, bidirectional: bool,
-        batch_first: bool = False, backend: str = "auto"):
-    """Multi-layer GRU with ``torch._VF.gru``'s arguments. Returns (output, h_n)."""
+        batch_first: bool = False, backend: str = "auto", resets: Tensor | None = None):
+    """Multi-layer GRU with ``torch._VF.gru``'s arguments (``resets`` as :func:`lstm`'s).
+    Returns (output, h_n)."""
     chosen = _backend.resolve(backend, input.device, input.dtype)
+    _refuse_native(chosen, resets)
     if chosen == "native":
         if batch_sizes is None:
             return _VF.gru(input, hx, weights, has_biases, num_layers, dropout, train,
@@ -303,16 +383,18 @@ def gru(input: Tensor, batch_sizes: Tensor | None, hx: Tensor, weights, has_bias
         return _VF.gru(input, batch_sizes, hx, weights, has_biases, num_layers, dropout, train,
                        bidirectional)
     return _stack("gru", input, batch_sizes, hx, weights, has_biases, num_layers, dropout,
-                  train, bidirectional, batch_first, chosen)
+                  train, bidirectional, batch_first, chosen, resets=resets)
 
 
 def rnn(input: Tensor, batch_sizes: Tensor | None, hx: Tensor, weights, has_biases: bool,
         num_layers: int, dropout: float, train: bool, bidirectional: bool,
-        batch_first: bool = False, nonlinearity: str = "tanh", backend: str = "auto"):
+        batch_first: bool = False, nonlinearity: str = "tanh", backend: str = "auto",
+        resets: Tensor | None = None):
     """Multi-layer plain RNN with ``torch._VF.rnn_tanh`` / ``rnn_relu``'s arguments (and
-    ``nonlinearity``). Returns (output, h_n)."""
+    ``nonlinearity``; ``resets`` as :func:`lstm`'s). Returns (output, h_n)."""
     _check_nonlinearity(nonlinearity)
     chosen = _backend.resolve(backend, input.device, input.dtype)
+    _refuse_native(chosen, resets)
     if chosen == "native":
         op = _VF.rnn_tanh if nonlinearity == "tanh" else _VF.rnn_relu
         if batch_sizes is None:
@@ -321,4 +403,4 @@ def rnn(input: Tensor, batch_sizes: Tensor | None, hx: Tensor, weights, has_bias
         return op(input, batch_sizes, hx, weights, has_biases, num_layers, dropout, train,
                   bidirectional)
     return _stack("rnn", input, batch_sizes, hx, weights, has_biases, num_layers, dropout,
-                  train, bidirectional, batch_first, chosen, nonlinearity)
+                  train, bidirectional, batch_first, chosen, nonlinearity, resets=resets)

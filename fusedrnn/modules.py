@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from fusedrnn import backend as _backend
-from fusedrnn import functional, regularizers
+from fusedrnn import episodes, functional, regularizers
 
 
 def share_state(module: nn.Module, cls: type) -> nn.Module:
@@ -36,19 +36,20 @@ def share_state(module: nn.Module, cls: type) -> nn.Module:
     return new
 
 
-def _fx_leaf(module: nn.Module, input, hx):
+def _fx_leaf(module: nn.Module, input, hx, resets=None):
     """Under torch.fx symbolic tracing, a call_module node for ``module`` (None otherwise).
 
     fx keeps torch.nn's own modules as leaves (Tracer.is_leaf_module goes by the class's
     module path), so a traced model holding nn.LSTM records one call; fusedrnn's classes
     live elsewhere, so fx would trace into their forward, whose Python control flow it
     cannot follow. Recording the call ourselves keeps them leaves, as torch's are."""
-    proxy = next((a for a in (input, hx) if isinstance(a, torch.fx.Proxy)), None)
+    proxy = next((a for a in (input, hx, resets) if isinstance(a, torch.fx.Proxy)), None)
     if proxy is None or proxy.tracer.root is module:
         return None
     tracer = proxy.tracer
     args = (input,) if hx is None else (input, hx)
-    return tracer.create_proxy("call_module", tracer.path_of_module(module), args, {})
+    kwargs = {} if resets is None else {"resets": resets}
+    return tracer.create_proxy("call_module", tracer.path_of_module(module), args, kwargs)
 
 
 class _BackendMixin:
@@ -71,13 +72,13 @@ class _BackendMixin:
     def _set_backend(self, backend: str) -> None:
         self.backend = _backend.check_backend_name(backend)
 
-    def _resolve_backend(self, input) -> str:
+    def _resolve_backend(self, input, resets=None) -> str:
         x = input.data if isinstance(input, PackedSequence) else input
         if not isinstance(x, Tensor):
             return "native"  # let torch's forward raise its own error for non-tensor input
         chosen = _backend.resolve(getattr(self, "backend", "auto"), x.device, x.dtype,
                                   autocast_lstm=isinstance(self, nn.LSTM))
-        option = self._fused_only_option()
+        option = "resets" if resets is not None else self._fused_only_option()
         if chosen == "native" and option:
             if getattr(self, "backend", "auto") == "native" or _backend.exporting():
                 raise ValueError(f"fusedrnn: {option} is set, and torch's own op "
@@ -160,9 +161,9 @@ def _zeros_state(module, batch: int, size: int, like: Tensor) -> Tensor:
     return torch.zeros(module.num_layers * D, batch, size, dtype=like.dtype, device=like.device)
 
 
-def _rnn_forward(module, input, hx, backend: str):
+def _rnn_forward(module, input, hx, backend: str, resets=None):
     """torch's LSTM/GRU/RNN forward with ``_VF.lstm``/``gru``/``rnn_tanh``/``rnn_relu``
-    replaced by fusedrnn's."""
+    replaced by fusedrnn's (and ``resets``, fusedrnn/episodes.py)."""
     module._update_flat_weights()
     lstm_mode = module.mode == "LSTM"
     name = module.mode if module.mode in ("LSTM", "GRU") else "RNN"
@@ -184,6 +185,9 @@ def _rnn_forward(module, input, hx, backend: str):
                              f"instead")
         is_batched = input.dim() == 3
         if not is_batched:
+            if resets is not None:
+                episodes.check_resets(resets, input.shape[0], 1, input.device, unbatched=True)
+                resets = resets.unsqueeze(batch_dim)
             input = input.unsqueeze(batch_dim)
         max_batch = input.size(batch_dim)
         if hx is None:
@@ -223,6 +227,8 @@ def _rnn_forward(module, input, hx, backend: str):
     cells = getattr(module, "return_cell_states", False)
     if cells:
         op = functools.partial(op, cell_states=True)
+    if resets is not None:
+        op = functools.partial(op, resets=resets)
     with ctx:
         result = op(input, batch_sizes, tuple(states) if lstm_mode else states[0], weights,
                     module.bias, module.num_layers, float(module.dropout), module.training,
@@ -262,14 +268,19 @@ class _SequenceModule(_BackendMixin):
                              f"{type(self).__name__}")
         self.return_cell_states = bool(return_cell_states)
 
-    def forward(self, input, hx=None):
-        leaf = _fx_leaf(self, input, hx)
+    def forward(self, input, hx=None, *, resets=None):
+        """torch's forward; ``resets`` (fusedrnn, keyword-only): a bool tensor shaped like
+        the input without its features ((T, B), (B, T) with batch_first, (T,) unbatched, or
+        aligned with a PackedSequence's data); where set, the state entering that step is hx
+        (or zeros) again, in every layer, and no gradient crosses it. The reverse direction
+        restarts at each episode's last step. fusedrnn/episodes.py has the exact rule."""
+        leaf = _fx_leaf(self, input, hx, resets)
         if leaf is not None:
             return leaf
-        backend = self._resolve_backend(input)
+        backend = self._resolve_backend(input, resets)
         if backend == "native":
             return super().forward(input, hx)
-        return _rnn_forward(self, input, hx, backend)
+        return _rnn_forward(self, input, hx, backend, resets)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()

@@ -7,7 +7,11 @@ RNN is h' = tanh (or relu) of W_ih x + b_ih + W_hh h + b_hh.
 
 Layers are time-major: x is (T, B, I). A layer runs one direction; with per-sequence
 ``lengths`` a sequence whose length is over keeps its state and outputs zeros, and the
-reverse direction starts at each sequence's own last valid element.
+reverse direction starts at each sequence's own last valid element. With ``resets`` (T, B)
+bool, the state entering step t restarts from the initial state where ``resets[t]`` is set;
+the reverse direction restarts where the forward one would start a new episode: entering
+step t when ``resets[t + 1]`` is set (and t + 1 is within the sequence), so each episode runs
+backwards from its own last step (fusedrnn/episodes.py).
 """
 from __future__ import annotations
 
@@ -84,14 +88,29 @@ def _valid(lengths: Tensor | None, t: int) -> Tensor | None:
     return None if lengths is None else (lengths > t).unsqueeze(-1)
 
 
+def _restart(resets: Tensor | None, lengths: Tensor | None, t: int, reverse: bool):
+    """(B, 1) bool mask of the sequences whose state entering step t is the initial state
+    again (see the module doc), or None."""
+    if resets is None:
+        return None
+    k = t + 1 if reverse else t  # the step that starts the episode
+    if k >= resets.shape[0]:
+        return None
+    m = resets[k]
+    return (m if lengths is None else m & (lengths > k)).unsqueeze(-1)
+
+
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None,
-               reverse=False, cell_states=False):
+               reverse=False, cell_states=False, resets=None):
     """x (T, B, I), h0 (B, P or H), c0 (B, H). Returns out (T, B, P or H), h_n, c_n, and
     with ``cell_states`` every c_t (T, B, H), zero past a sequence's length like out."""
     xproj = _linear(x, w_ih, b_ih)  # all steps at once: no recurrence in the input term
     h, c = h0, c0
     outs, cells = [None] * x.shape[0], [None] * x.shape[0]
     for t in _time_order(x.shape[0], reverse):
+        r = _restart(resets, lengths, t, reverse)
+        if r is not None:
+            h, c = torch.where(r, h0, h), torch.where(r, c0, c)
         h_new, c_new = lstm_cell_from_proj(xproj[t], h, c, w_hh, b_hh, w_hr)
         m = _valid(lengths, t)
         if m is None:
@@ -106,11 +125,14 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
     return out, h, c
 
 
-def _one_state_layer(x, h0, lengths, reverse, step):
+def _one_state_layer(x, h0, lengths, reverse, step, resets=None):
     """The time loop of a cell whose state is h alone: step(t, h) -> h'."""
     h = h0
     outs = [None] * x.shape[0]
     for t in _time_order(x.shape[0], reverse):
+        r = _restart(resets, lengths, t, reverse)
+        if r is not None:
+            h = torch.where(r, h0, h)
         h_new = step(t, h)
         m = _valid(lengths, t)
         if m is None:
@@ -122,17 +144,19 @@ def _one_state_layer(x, h0, lengths, reverse, step):
     return out, h
 
 
-def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False):
+def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False,
+              resets=None):
     """x (T, B, I), h0 (B, H). Returns out (T, B, H), h_n."""
     xproj = _linear(x, w_ih, b_ih)
     return _one_state_layer(x, h0, lengths, reverse,
-                            lambda t, h: gru_pointwise(xproj[t], _linear(h, w_hh, b_hh), h))
+                            lambda t, h: gru_pointwise(xproj[t], _linear(h, w_hh, b_hh), h),
+                            resets)
 
 
 def rnn_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False,
-              nonlinearity="tanh"):
+              nonlinearity="tanh", resets=None):
     """x (T, B, I), h0 (B, H); "tanh" or "relu". Returns out (T, B, H), h_n."""
     xproj = _linear(x, w_ih, b_ih)
     return _one_state_layer(
         x, h0, lengths, reverse,
-        lambda t, h: rnn_pointwise(xproj[t] + _linear(h, w_hh, b_hh), nonlinearity))
+        lambda t, h: rnn_pointwise(xproj[t] + _linear(h, w_hh, b_hh), nonlinearity), resets)
