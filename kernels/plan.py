@@ -43,7 +43,7 @@ MAX_K_CHUNKS = 4                  # K as at most 4 power-of-two chunks (768 = 3 
 # The backward's slice (G*H rows x U columns, the MMA's B operand, N = U <= 32) is kept by
 # Triton in registers, not shared memory: beyond ~192 bytes a thread it spills (sm_90
 # compile check: 0 B at GRU H=256 U=4, 200 B at LSTM H=256, 3-7 KB at H >= 768). Past that
-# the backward runs the streaming sequence kernel.
+# the plan still takes a resident tiling (measured faster than streaming; _stationary).
 BWD_W_REG_BYTES = 192
 # The per-step operand (h_{t-1}^T forward, dgates_{t+1} in fp32 backward) is staged through
 # registers: forward, 512 bytes a thread spilled 80-680 B (sm_80/sm_90) and 384 did not;
@@ -146,8 +146,11 @@ def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules):
             key = (in_regs, 0 if in_regs else -held, n_u * n_b, bb)
             if best is None or key > best[0]:
                 best = (key, (u, bb, nk, kc, n_u * n_b, smem))
-    if best is None and forced:
-        # forced where it cannot stay on chip: stream W per tile, programs loop over tiles
+    if best is None and forced and not cuda_rules:
+        # forced where it cannot stay on chip: stream W per tile, programs loop over tiles.
+        # Under the interpreter only: on an H200 such tilings failed to compile (shared
+        # memory 245-788 KB, OutOfResources) or ran slower than streaming, so a forced plan
+        # on a GPU streams there, and says why
         u, bb = (8 if H > 8 else 4) * scale, min(16, max(8, triton.next_power_of_2(B)))
         return (u, bb, nk, kc, triton.cdiv(H, u) * triton.cdiv(B, bb),
                 _rows(cell, u) * nk * kc * elt)

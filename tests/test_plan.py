@@ -44,6 +44,15 @@ def test_projection_and_exact_fp32_stream():
 def test_kernel_override(monkeypatch):
     monkeypatch.setenv("FUSEDRNN_KERNEL", "step")
     assert plan("gru", torch.bfloat16, 16, 768)["kernel"] == "step"
+    # forced weight-stationary: where no tiling stays resident, a GPU plan streams and says
+    # why (those tilings failed to compile or ran slower on an H200); the interpreter, one
+    # program looping over the tiles, keeps it
+    monkeypatch.setenv("FUSEDRNN_KERNEL", "stationary")
+    p = plan("lstm", torch.float32, 128, 1024)
+    assert p["kernel"] == "sequence" and "FUSEDRNN_KERNEL=stationary, but" in p["reason"]
+    p = plan("lstm", torch.float32, 128, 1024, sm_count=1, cuda=False)
+    assert p["kernel"] == "stationary" and not p["weights_on_chip"]
+    assert plan("lstm", torch.bfloat16, 8, 1024)["weights_on_chip"]
     monkeypatch.setenv("FUSEDRNN_KERNEL", "bogus")
     with pytest.raises(ValueError, match="FUSEDRNN_KERNEL must be one of"):
         plan("gru", torch.bfloat16, 16, 768)
