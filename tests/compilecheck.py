@@ -241,11 +241,13 @@ def main(argv=None):
     ap.add_argument("--stationary", action="store_true",
                     help="the weight-stationary kernels' matrix and checks instead")
     ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 16, 64],
+                    help="batch sizes of the weight-stationary matrix")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("run without TRITON_INTERPRET: the kernels must be JIT functions")
     if args.stationary:
-        return check_stationary(args.json, args.targets)
+        return check_stationary(args.json, args.targets, tuple(args.batches))
     rows = compile_all(capture(args.hidden))
     print(f"{'kernel':24} {'target':6} {'dtype':5} {'blocks (B,H,K)':14} {'warps':>5} "
           f"{'regs':>5} {'local':>6} {'stack':>6} {'smem':>6} {'hot-loop spills':>15}")
@@ -351,7 +353,7 @@ def _stationary_one(k: int) -> dict:
                                           row["dtype"])}
 
 
-def stationary_matrix(sms=132):
+def stationary_matrix(sms=132, batches=(1, 16, 64)):
     """The weight-stationary launches the issue's checks name: bf16 at B in {1, 16, 64}, H in
     {256, 1024}; fp16 and fp32 (TF32) at H=768. Forward (with and without saving for
     backward) and backward, LSTM, GRU and RNN, as planned for a GPU with ``sms`` SMs. (H=512
@@ -361,13 +363,14 @@ def stationary_matrix(sms=132):
     kw = dict(modes=("auto",), sms=sms)
     for dt, hs in ((torch.bfloat16, (256, 1024)), (torch.float16, (768,)),
                    (torch.float32, (768,))):
-        for B in (1, 16, 64):
+        for B in batches:
             launches.update(capture(hs, batches=(B,), dtypes=(dt,), **kw))
     return {k: v for k, v in launches.items() if k[0].startswith("stationary_")}
 
 
-def check_stationary(json_path=None, targets=tuple(TARGETS)) -> list[dict]:
-    rows = compile_all(stationary_matrix(), _stationary_one, targets)
+def check_stationary(json_path=None, targets=tuple(TARGETS), batches=(1, 16, 64)
+                     ) -> list[dict]:
+    rows = compile_all(stationary_matrix(batches=batches), _stationary_one, targets)
     print(f"{'kernel':22} {'target':6} {'dtype':5} {'U,BB,NKxKC':13} {'warps':>5} {'regs':>5} "
           f"{'spill':>5} {'smem':>7} {'W ld/step':>9} {'MMA/warp/step':>13} {'work':>5}")
     for r in rows:
