@@ -70,11 +70,12 @@ def _check_stationary(rows):
     (TF32) H=768, forward and backward, LSTM, GRU and RNN:
     - spills, for tilings within the plan's register budgets (kernels/plan.py
       within_register_budget; the plan also takes resident tilings past them, which spill
-      and still ran 2-5x faster than streaming on an H200): at most 128 B of stack, and few spill accesses in the innermost loop, which
-      here is the whole time step (the K loop is unrolled: no spill runs per MMA): at most
-      16 with Triton 3.9 (none in most kernels); Triton 3.6 has 10-17 at H=768 B=16 and 26
-      in the plain RNN's paired U=16 BB=16 forward, so there at most 32, L1 hits beside a
-      step's ~10^4 instructions;
+      and still ran 2-5x faster than streaming on an H200): at most 128 B of stack, and
+      few spill accesses in the innermost loop, which here is the whole time step (the K
+      loop is unrolled: no spill runs per MMA): at most 16 with Triton 3.9 (none in most
+      kernels); Triton 3.6 has 10-26 at H=768 B=16 (the plain RNN's paired U=16 BB=16
+      forward the most), so there at most 32, L1 hits beside a step's ~10^4 instructions.
+      Triton 3.6 is checked on sm_90 at B=16 only (the suite's time);
     - no global load of W_hh inside the time loop (traced on the TTGIR from w_ptr);
     - the MMAs each warp issues per step (SASS, HMMA in the time loop) equal the work
       divided over the warps (no replicated warps); past the budgets at most the work;
