@@ -19,7 +19,7 @@ import pathlib
 
 import torch
 
-from fusedrnn.kernels.plan import plan
+from fusedrnn.kernels.plan import kernel_choice, plan
 
 TABLE = pathlib.Path(__file__).resolve().parent / "auto_table.json"
 DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
@@ -45,7 +45,17 @@ def cudnn_persistent_likely(cell: str, dtype: torch.dtype, B: int, H: int, I: in
 def prefers_triton(cell: str, dtype: torch.dtype, B: int, H: int, I: int, proj: int,
                    layers: int, bidirectional: bool, training: bool, sm_count: int,
                    table: pathlib.Path = TABLE) -> tuple[bool, str]:
-    """(use the fused kernels, why) for one module call on CUDA under ``auto``."""
+    """(use the fused kernels, why) for one module call on CUDA under ``auto``. Asked on
+    every forward call: cached per shape (the answer took ~100 us of table scan and plans),
+    and per FUSEDRNN_KERNEL, which the plans read."""
+    return _prefers_triton(cell, dtype, B, H, I, proj, layers, bidirectional, training,
+                           sm_count, str(table), kernel_choice())
+
+
+@functools.lru_cache(maxsize=4096)
+def _prefers_triton(cell, dtype, B, H, I, proj, layers, bidirectional, training, sm_count,
+                    table: str, _kernel_choice: str) -> tuple[bool, str]:
+    table = pathlib.Path(table)
     mode = "training" if training else "inference"
     rows = _load(str(table))
     if rows is not None:

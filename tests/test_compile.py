@@ -9,6 +9,7 @@ import pathlib
 import subprocess
 import sys
 
+import compilecheck  # (tests/ is on the path, as for rnncheck; nothing compiles on import)
 import pytest
 
 from fusedrnn.kernels import residency
@@ -90,7 +91,7 @@ def _check_stationary(rows):
         what = f"{r['kernel']} {r['target']} {r['dtype']} {r['config']}"
         hot = 32 if r["triton"].startswith("3.6.") else 16
         assert r["w_loads_in_loop"] == 0, f"W_hh loaded inside the time loop: {what}"
-        if _within_register_budget(r):
+        if compilecheck.within_register_budget(r["kernel"], r["dtype"], r["config"]):
             assert 0 <= r["spill_bytes"] <= 128 and r["hot_spills"] <= hot, f"spills: {what}"
             assert r["mma_per_step"] == r["mma_work"] > 0, f"MMAs per warp per step: {what}"
         else:
@@ -103,16 +104,6 @@ def _check_stationary(rows):
         assert residency.max_coresident(r["registers"], r["num_warps"], r["dyn_shared"],
                                         residency.H100) >= residency.H100["sm_count"], what
     assert 0 < past < len(rows), "the matrix covers tilings within and past the budgets"
-
-
-def _within_register_budget(row) -> bool:
-    """Whether the plan took this launch's tiling within its register budgets (where the
-    builds must not spill), or past them (kernels/plan.py: resident tilings past the budgets
-    still ran faster than streaming on an H200, so the plan takes them)."""
-    sys.path.insert(0, str(ROOT))
-    import compilecheck
-
-    return compilecheck.within_register_budget(row["kernel"], row["dtype"], row["config"])
 
 
 def test_weight_stationary_kernels_keep_w_on_chip(tmp_path, capsys):

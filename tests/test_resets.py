@@ -38,10 +38,13 @@ def _by_hand(ref, x, hx, resets, lengths):
             out[s:e, b] = o[:, 0]
             pieces.append(h)
         first, last = pieces[0], pieces[-1]
-        pick = (lambda k, h: h[k, 0])
-        states = [torch.stack([pick(k, (f if k % D else l)) for k in range(ref.num_layers * D)])
-                  for f, l in (zip(first, last) if lstm else [(first, last)])]
-        finals.append(states)
+        if not lstm:
+            first, last = (first,), (last,)
+        # each direction's final state: the forward's from the last episode, the reverse's
+        # from the first
+        finals.append([torch.stack([(f if k % D else l)[k, 0]
+                                    for k in range(ref.num_layers * D)])
+                       for f, l in zip(first, last)])
     finals = [torch.stack([f[i] for f in finals], 1) for i in range(len(finals[0]))]
     return out, finals
 
