@@ -151,7 +151,8 @@ def _autocast_cast(module, x: Tensor, states, weights):
     dt = _autocast_dtype(module, x.device.type)
     if dt is None:
         return x, states, weights, contextlib.nullcontext()
-    cast = lambda t: t if t is None else t.to(dt)  # noqa: E731
+    # as torch's autocast casts: float64 is not eligible and stays float64
+    cast = lambda t: t if t is None or t.dtype == torch.float64 else t.to(dt)  # noqa: E731
     return (cast(x), [cast(s) for s in states], [cast(w) for w in weights],
             torch.autocast(x.device.type, enabled=False))
 

@@ -200,6 +200,21 @@ def test_cuda_autocast_runs_full_modules_in_float16(monkeypatch):
         assert modules._autocast_dtype(getattr(fusedrnn, mode)(4, 8), "cuda") == torch.bfloat16
 
 
+@pytest.mark.parametrize("mode", ["LSTM", "RNN", "RNNCell"])
+def test_autocast_leaves_float64_modules_in_float64(mode):
+    """torch's autocast casts only eligible tensors (floating, not float64)."""
+    ref = getattr(nn, mode)(3, 4, dtype=torch.float64)
+    ours = getattr(fusedrnn, mode)(3, 4, dtype=torch.float64, backend="reference")
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 2, 3, dtype=torch.float64) if mode != "RNNCell" else \
+        torch.randn(2, 3, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, got = ref(x), ours(x)
+    want, got = (want[0], got[0]) if mode != "RNNCell" else (want, got)
+    assert got.dtype == want.dtype == torch.float64
+    assert_close(got, want, 1e-10, mode)
+
+
 def test_auto_avoids_native_lstm_where_cpu_autocast_cannot_run(monkeypatch):
     """On a CPU whose oneDNN has no bf16 LSTM, "auto" runs the reference under CPU autocast
     (torch's module raises there); elsewhere it stays native."""
