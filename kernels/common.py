@@ -51,13 +51,15 @@ def dot(a, b, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
 
 @triton.jit
 def mm_tile(acc, a_ptr, stride_am, offs_m, mask_m, w_ptr, stride_wk, stride_wn, offs_n, mask_n,
-            K, BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+            K, BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+            am_ptr=0, s_am=0, A_MASK: tl.constexpr = False):
     """acc[m, n] += sum_k a[m, k] * w[k, n], for k < K.
 
     a: rows ``offs_m`` of a row-major (M, K) operand, element stride 1 along k.
     w: any strides, so W (stride_wk=row stride, stride_wn=1) and W^T (stride_wk=1,
        stride_wn=row stride) are both one call. a is cast to w's dtype, so fp32 gradient
-       buffers meet bf16/fp16 weights on the tensor cores.
+       buffers meet bf16/fp16 weights on the tensor cores. A_MASK: a times the same block
+       of a mask (M, K) with row stride s_am (state_mask).
     """
     a_rows = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am
     w_cols = w_ptr + offs_n.to(tl.int64)[None, :] * stride_wn
@@ -65,6 +67,7 @@ def mm_tile(acc, a_ptr, stride_am, offs_m, mask_m, w_ptr, stride_wk, stride_wn, 
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
         a = tl.load(a_rows + offs_k[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        a = state_mask(a, am_ptr, s_am, offs_m, mask_m, offs_k, mask_k, A_MASK)
         w = tl.load(w_cols + offs_k.to(tl.int64)[:, None] * stride_wk,
                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         acc = dot(a.to(w.dtype), w, acc, IEEE, UPCAST)
@@ -74,17 +77,30 @@ def mm_tile(acc, a_ptr, stride_am, offs_m, mask_m, w_ptr, stride_wk, stride_wn, 
 @triton.jit
 def state_grad(g_ptr, stride_gb, dg_next_ptr, stride_dgb, w_ptr, stride_w, offs_b, mask_b,
                offs_k, mask_k, NG_H, BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr,
-               BLOCK_J: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+               BLOCK_J: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+               hm_ptr=0, s_hm_b=0, HAS_HMASK: tl.constexpr = False):
     """Gradient w.r.t. the state h_t, columns ``offs_k``: the carried part in g (what the
     step after t left: its direct term, or the whole gradient where that step was padding)
-    plus the recurrent part dgates_{t+1} @ W_hh, reduced over all NG_H gate rows."""
+    plus the recurrent part dgates_{t+1} @ W_hh, reduced over all NG_H gate rows (times the
+    variational mask where the forward's product saw mask * h_t: HAS_HMASK)."""
     mask = mask_b[:, None] & mask_k[None, :]
     g = tl.load(g_ptr + offs_b.to(tl.int64)[:, None] * stride_gb + offs_k[None, :], mask=mask,
                 other=0.0)
     acc = tl.zeros((BLOCK_B, BLOCK_N), dtype=g.dtype)
     acc = mm_tile(acc, dg_next_ptr, stride_dgb, offs_b, mask_b, w_ptr, stride_w, 1, offs_k,
                   mask_k, NG_H, BLOCK_J, IEEE, UPCAST)
-    return g + acc
+    return g + state_mask(acc, hm_ptr, s_hm_b, offs_b, mask_b, offs_k, mask_k, HAS_HMASK)
+
+
+@triton.jit
+def state_mask(b_h, hm_ptr, s_hm_b, offs_b, mask_b, offs_k, mask_k, HAS_HMASK: tl.constexpr):
+    """b_h (rows offs_b, columns offs_k of a state) times the same block of the variational
+    recurrent-state mask (B, K) (0 or 1/(1-p), fixed over time; issue 14), or b_h as is."""
+    if HAS_HMASK:
+        p_m = hm_ptr + offs_b.to(tl.int64)[:, None] * s_hm_b + offs_k[None, :]
+        b_m = tl.load(p_m, mask=mask_b[:, None] & mask_k[None, :], other=0.0)
+        b_h = b_h * b_m.to(b_h.dtype)
+    return b_h
 
 
 @triton.jit
@@ -100,11 +116,13 @@ def tile_offsets(i_n, i_b, N, B, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr):
 @triton.jit
 def recurrent_gates(p_h, m_b, w_ptr, s_w, o_h, m_h, H, K, ACC: tl.constexpr,
                     FOUR: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-                    BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+                    BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+                    hm_ptr=0, s_hm_b=0, o_b=0, HAS_HMASK: tl.constexpr = False):
     """h_{t-1} W_hh^T for the gates (3, or 4 if FOUR) of hidden units o_h: rows o_h, H + o_h,
-    ... of W_hh (NG*H, K). p_h points at the batch rows of h_{t-1}. One load of h per chunk
-    of K is shared by the gates' dots, so a tile's gates come out side by side for the
-    pointwise update. Returns four accumulators (the fourth zero unless FOUR)."""
+    ... of W_hh (NG*H, K). p_h points at the batch rows (o_b) of h_{t-1}; HAS_HMASK: h_{t-1}
+    times its variational mask (state_mask). One load of h per chunk of K is shared by the
+    gates' dots, so a tile's gates come out side by side for the pointwise update. Returns
+    four accumulators (the fourth zero unless FOUR)."""
     b_0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     b_1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     b_2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
@@ -115,6 +133,7 @@ def recurrent_gates(p_h, m_b, w_ptr, s_w, o_h, m_h, H, K, ACC: tl.constexpr,
         o_k = k0 + tl.arange(0, BLOCK_K)
         m_k = o_k < K
         b_h = tl.load(p_h + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
+        b_h = state_mask(b_h, hm_ptr, s_hm_b, o_b, m_b, o_k, m_k, HAS_HMASK)
         m_w = m_k[:, None] & m_h[None, :]
         p_wk = p_w + o_k[:, None]
         b_0 = dot(b_h, tl.load(p_wk, mask=m_w, other=0.0), b_0, IEEE, UPCAST)
@@ -437,15 +456,18 @@ def cudnn_tf32_gemms(device: torch.device):
         torch.backends.cuda.matmul.allow_tf32 = old
 
 
-def weight_grads(x, dgi, dgh, prev_h, w_ih, w_hh, needs, extra_dh0, dc0=None, d_proj=None):
+def weight_grads(x, dgi, dgh, prev_h, w_ih, w_hh, needs, extra_dh0, dc0=None, d_proj=None,
+                 hmask=None):
     """The GEMMs over all steps after the recurrence: dx, dh0, [dc0], dW_ih, dW_hh, db_ih,
     db_hh, [dW_hr]. dgi: gradients of x W_ih^T + b_ih; dgh: of h W_hh^T + b_hh. fp32 in
-    TF32 where cuDNN would (:func:`cudnn_tf32_gemms`)."""
+    TF32 where cuDNN would (:func:`cudnn_tf32_gemms`). hmask: the variational mask the
+    recurrent product applied to every h_{t-1}."""
     with cudnn_tf32_gemms(x.device):
-        return _weight_grads(x, dgi, dgh, prev_h, w_ih, w_hh, needs, extra_dh0, dc0, d_proj)
+        return _weight_grads(x, dgi, dgh, prev_h, w_ih, w_hh, needs, extra_dh0, dc0, d_proj,
+                             hmask)
 
 
-def _weight_grads(x, dgi, dgh, prev_h, w_ih, w_hh, needs, extra_dh0, dc0, d_proj):
+def _weight_grads(x, dgi, dgh, prev_h, w_ih, w_hh, needs, extra_dh0, dc0, d_proj, hmask):
     lp = x.dtype
     g_carry, dg_first = extra_dh0
     need_x, need_h0 = needs[0], needs[1]
@@ -453,7 +475,14 @@ def _weight_grads(x, dgi, dgh, prev_h, w_ih, w_hh, needs, extra_dh0, dc0, d_proj
     need_wih, need_whh, need_bih, need_bhh = needs[k:k + 4]
     flat = lambda a: a.reshape(-1, a.shape[-1])  # noqa: E731
     dx = (dgi.to(lp) @ w_ih) if need_x else None
-    dh0 = (g_carry + dg_first @ w_hh.to(g_carry.dtype)).to(lp) if need_h0 else None
+    dh0 = None
+    if need_h0:
+        dh_rec = dg_first @ w_hh.to(g_carry.dtype)
+        if hmask is not None:
+            dh_rec = dh_rec * hmask.to(dh_rec.dtype)
+        dh0 = (g_carry + dh_rec).to(lp)
+    if hmask is not None and need_whh:
+        prev_h = prev_h * hmask
     dw_ih = (flat(dgi).t().to(lp) @ flat(x)) if need_wih else None
     dw_hh = (flat(dgh).t().to(lp) @ flat(prev_h)) if need_whh else None
     db_ih = flat(dgi).sum(0).to(lp) if need_bih else None
@@ -469,3 +498,51 @@ def _weight_grads(x, dgi, dgh, prev_h, w_ih, w_hh, needs, extra_dh0, dc0, d_proj
             dw_hr = flat(dhp).t().to(lp) @ flat(hraw)
         grads.append(dw_hr)
     return tuple(grads)
+
+
+# ----------------------------------------------------------------------------------------
+# zoneout (issue 14): per step and unit, a counter-based draw, so the backward regenerates
+# the forward's choices instead of storing them (fusedrnn.regularizers.zoneout_zoned is the
+# same draw in PyTorch, for the reference)
+# ----------------------------------------------------------------------------------------
+@triton.jit
+def zoneout_rate(seed, thresh, stream, t, o_b64, o_n, B, N, ZONEOUT: tl.constexpr):
+    """The weight z of the previous value in step t's blend ``z * prev + (1 - z) * new``,
+    for rows o_b64, columns o_n of a (B, N) state, at the zoneout rate p = thresh / 2^24:
+    ZONEOUT 1 (training): 1.0 where the unit zones out (probability p), else 0.0, an exact
+    choice; 2 (eval): the expectation p.
+
+    The draw: 32 bits of Philox (tl.randint keyed by ``seed``) at the counter
+    ((t * 4 + stream) * B + b) * N + n, stream = 2 * direction + (0 for h, 1 for c); the unit
+    zones out where their top 24 bits are below ``thresh``."""
+    if ZONEOUT == 1:
+        offs = ((t.to(tl.int64) * 4 + stream) * B + o_b64[:, None]) * N + o_n[None, :]
+        bits = tl.randint(seed, offs)
+        z = tl.where((bits >> 8).to(tl.int32) < thresh, 1.0, 0.0)
+    else:
+        z = tl.zeros((o_b64.shape[0], o_n.shape[0]), dtype=tl.float32) + \
+            thresh * 5.9604644775390625e-08  # 2^-24: exact
+    return z
+
+
+def hmask_args(hmask, placeholder, B: int, K: int, dtype) -> dict:
+    """Kernel arguments of the variational recurrent-state mask: (B, K) in the input's dtype,
+    multiplying h_{t-1} where the recurrent product reads it, or none (``placeholder``
+    stands in for the unused pointer)."""
+    if hmask is None:
+        return dict(hm_ptr=placeholder, s_hm_b=0, HAS_HMASK=False)
+    check(tuple(hmask.shape) == (B, K) and hmask.dtype == dtype,
+          f"the recurrent mask must be ({B}, {K}) in {dtype}, got {tuple(hmask.shape)} in "
+          f"{hmask.dtype}")
+    check(hmask.stride(-1) == 1, "the recurrent mask must be contiguous along its last dim")
+    return dict(hm_ptr=hmask, s_hm_b=hmask.stride(0), HAS_HMASK=True)
+
+
+def zoneout_args(zoneout) -> dict:
+    """Kernel arguments of zoneout: ``zoneout`` is None or (seed, thresh_h, thresh_c, mode),
+    mode 1 training, 2 eval (see zoneout_rate)."""
+    if zoneout is None:
+        return dict(z_seed=0, z_th_h=0, z_th_c=0, ZONEOUT=0)
+    seed, th_h, th_c, mode = zoneout
+    check(mode in (1, 2), f"zoneout mode must be 1 (training) or 2 (eval), got {mode}")
+    return dict(z_seed=seed, z_th_h=th_h, z_th_c=th_c, ZONEOUT=mode)

@@ -21,7 +21,8 @@ from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check
                                      first_slot, fwd_step, grid_barrier, last_slot,
                                      like_layout, pointer_args, recurrent_gates, run_steps,
                                      sigmoid, state_grad, store_four, store_step, tanh,
-                                     tile_offsets, valid_rows, weight_grads)
+                                     tile_offsets, valid_rows, weight_grads,
+                                     hmask_args, zoneout_args)
 from fusedrnn.kernels.pairing import Launch, run
 from fusedrnn.kernels.plan import plan_for
 
@@ -35,15 +36,17 @@ def _gru_fwd_tile(
     h_ptr, s_h_slot, s_h_b,       # state history (slots, B, H): reads rd, writes wr
     out_ptr, s_o_t, s_o_b,        # output (T, B, H), zero past a sequence's length
     ga_ptr, s_ga_t, s_ga_b,       # SAVE: r, z, n, W_hn h + b_hn (T, B, 4H), ACC
-    len_ptr, t, rd, wr, B, H,
+    len_ptr, hm_ptr, s_hm_b,      # HAS_HMASK: variational mask of h_{t-1} (B, H)
+    t, rd, wr, B, H,
     ACC: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, HAS_HMASK: tl.constexpr,
 ):
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     p_h = h_ptr + rd.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b
     b_r, b_z, b_n, _ = recurrent_gates(p_h, m_b, w_ptr, s_w, o_h, m_h, H, H, ACC, False,
-                                       BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
+                                       BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST,
+                                       hm_ptr, s_hm_b, o_b, HAS_HMASK)
     gru_update_fwd(b_r, b_z, b_n, i_h, i_b, xg_ptr, s_xg_t, s_xg_b, bhn_ptr, h_ptr, s_h_slot,
                    s_h_b, out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr,
                    B, H, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, BLOCK_B, BLOCK_H)
@@ -88,13 +91,14 @@ def _gru_bwd_tile(
     do_ptr, s_do_t, s_do_b,       # output gradient (T, B, H)
     ga_ptr, s_ga_t, s_ga_b,       # saved r, z, n, W_hn h + b_hn (T, B, 4H)
     h_ptr, s_h_slot, s_h_b,       # state history: h_{t-1} in slot rd
-    len_ptr, t, t_next, rd, B, H,
+    len_ptr, hm_ptr, s_hm_b, t, t_next, rd, B, H,
     HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, HAS_HMASK: tl.constexpr,
 ):
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     b_gs = state_grad(g_ptr, s_g_b, dg_ptr + t_next.to(tl.int64) * s_dg_t, s_dg_b, w_ptr, s_w,
-                      o_b, m_b, o_h, m_h, 3 * H, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
+                      o_b, m_b, o_h, m_h, 3 * H, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST,
+                      hm_ptr, s_hm_b, HAS_HMASK)
     gru_update_bwd(b_gs, i_h, i_b, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, g_ptr,
                    s_g_b, do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b, h_ptr, s_h_slot,
                    s_h_b, len_ptr, t, rd, B, H, HAS_LENGTHS, BLOCK_B, BLOCK_H)
@@ -145,12 +149,12 @@ def gru_update_bwd(
 def gru_fwd_kernel(
     xg_ptr, s_xg_t, s_xg_b, w_ptr, s_w, bhn_ptr, h_ptr, s_h_slot, s_h_b,
     out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b,  # see the tile
-    len_ptr, sem_ptr, err_ptr, s0, n_steps, T, B, H,
+    len_ptr, hm_ptr, s_hm_b, sem_ptr, err_ptr, s0, n_steps, T, B, H,
     ACC: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     REVERSE: tl.constexpr, PERSISTENT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr,
-    SPIN_LIMIT: tl.constexpr,
+    SPIN_LIMIT: tl.constexpr, HAS_HMASK: tl.constexpr,
 ):
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_b, n_h = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H)
@@ -159,8 +163,8 @@ def gru_fwd_kernel(
         for tile in range(pid, n_h * n_b, n_progs):
             _gru_fwd_tile(tile % n_h, tile // n_h, xg_ptr, s_xg_t, s_xg_b, w_ptr, s_w, bhn_ptr,
                           h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b,
-                          len_ptr, t, rd, wr, B, H, ACC, HAS_BIAS, SAVE, HAS_LENGTHS,
-                          BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
+                          len_ptr, hm_ptr, s_hm_b, t, rd, wr, B, H, ACC, HAS_BIAS, SAVE,
+                          HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST, HAS_HMASK)
         if PERSISTENT:
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
@@ -169,10 +173,11 @@ def gru_fwd_kernel(
 def gru_bwd_kernel(
     dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, w_ptr, s_w, g_ptr, s_g_b,
     do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b, h_ptr, s_h_slot, s_h_b,  # see the tile
-    len_ptr, sem_ptr, err_ptr, s0, n_steps, T, B, H,
+    len_ptr, hm_ptr, s_hm_b, sem_ptr, err_ptr, s0, n_steps, T, B, H,
     HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr, PERSISTENT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
     UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+    HAS_HMASK: tl.constexpr,
 ):
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_b, n_h = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H)
@@ -182,8 +187,8 @@ def gru_bwd_kernel(
             _gru_bwd_tile(tile % n_h, tile // n_h, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t,
                           s_dxn_b, w_ptr, s_w, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b,
                           ga_ptr, s_ga_t, s_ga_b, h_ptr, s_h_slot, s_h_b,
-                          len_ptr, t, t_next, rd, B, H,
-                          HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
+                          len_ptr, hm_ptr, s_hm_b, t, t_next, rd, B, H,
+                          HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST, HAS_HMASK)
         if PERSISTENT:
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
@@ -197,10 +202,12 @@ def gru_forward(*args, **kwargs):
 
 
 def gru_forward_steps(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, allow_tf32=None,
-                      directions=1):
+                      directions=1, hmask=None):
     """Runs one GRU layer. Returns out, h_n, and (if save) the buffers backward needs.
     A generator (kernels/pairing.py): it yields its weight-stationary launch, if any, and
-    finishes when resumed; ``directions=2`` plans a bidirectional layer's direction."""
+    finishes when resumed; ``directions=2`` plans a bidirectional layer's direction.
+    ``hmask`` (B, H): variational dropout of h_{t-1} in the recurrent product (the
+    interpolation z * h_{t-1} keeps the state unmasked)."""
     T, B, _ = x.shape
     H = w_hh.shape[1]
     check(T > 0, "x must have at least one time step")
@@ -224,6 +231,7 @@ def gru_forward_steps(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, all
     gates = empty(T, B, 4 * H, dtype=acc, device=dev) if save else hs
     first = first_slot(T, reverse, save)
     hs[first] = h0
+    hm = hmask_args(hmask, hs, B, H, x.dtype)
 
     ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
     kplan = plan_for("gru", x.dtype, B, H, H, False, dev, save, ieee,
@@ -236,8 +244,8 @@ def gru_forward_steps(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, all
             bhn_ptr=b_hh[2 * H:] if b_hh is not None else hs,
             len_ptr=lengths if lengths is not None else hs, T=T, B=B, H=H, LSTM=False,
             RNN=0, ACC=TL_ACC[acc], HAS_BIAS=b_hh is not None, SAVE=save,
-            HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast),
-            B, dev)
+            HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast,
+            **hm, **zoneout_args(None)), B, dev)
     elif B > 0:
         BB, BH, BK, warps = block_sizes(B, H)
         args = dict(
@@ -247,7 +255,7 @@ def gru_forward_steps(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, all
             len_ptr=lengths if lengths is not None else hs, T=T, B=B, H=H,
             ACC=TL_ACC[acc], HAS_BIAS=b_hh is not None, SAVE=save,
             HAS_LENGTHS=lengths is not None, REVERSE=reverse, BLOCK_B=BB, BLOCK_H=BH,
-            BLOCK_K=BK, IEEE=ieee, UPCAST=upcast)
+            BLOCK_K=BK, IEEE=ieee, UPCAST=upcast, **hm)
         n_tiles = triton.cdiv(B, BB) * triton.cdiv(H, BH)
         run_steps(gru_fwd_kernel, args, T, [({}, n_tiles)], kplan["kernel"] == "sequence", dev,
                   warps)
@@ -262,8 +270,9 @@ def gru_backward(*args, **kwargs):
 
 
 def gru_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
-                       needs=(True,) * 6, allow_tf32=None, directions=1):
-    """Gradients (x, h0, w_ih, w_hh, b_ih, b_hh) of one GRU layer; None where not needed.
+                       needs=(True,) * 6, allow_tf32=None, directions=1, hmask=None):
+    """Gradients (x, h0, w_ih, w_hh, b_ih, b_hh) of one GRU layer; None where not needed;
+    ``hmask`` the forward's.
     A generator (kernels/pairing.py): it yields its weight-stationary launch, if any, and
     finishes when resumed; ``directions=2`` plans a bidirectional layer's direction."""
     hs, gates = saved
@@ -276,6 +285,7 @@ def gru_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
     g = d_hn.to(acc, copy=True)
     if d_out.stride(-1) != 1:
         d_out = d_out.contiguous()
+    hm = hmask_args(hmask, g, B, H, x.dtype)
 
     ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
     kplan = plan_for("gru", x.dtype, B, H, H, False, dev, True, ieee, backward=True,
@@ -287,8 +297,8 @@ def gru_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
             gc_ptr=g, s_gc_b=0, c_ptr=g, s_c_slot=0, s_c_b=0,
             len_ptr=lengths if lengths is not None else hs, T=T, B=B, H=H, LSTM=False,
             RNN=0, ACC=TL_ACC[acc], HAS_LENGTHS=lengths is not None, REVERSE=reverse,
-            IEEE=ieee, UPCAST=upcast, dcs_ptr=g, s_dcs_t=0, s_dcs_b=0, HAS_DCS=False),
-            B, dev)
+            IEEE=ieee, UPCAST=upcast, dcs_ptr=g, s_dcs_t=0, s_dcs_b=0, HAS_DCS=False,
+            **hm, **zoneout_args(None)), B, dev)
     elif B > 0:
         BB, BH, BK, warps = block_sizes(B, H)
         args = dict(
@@ -296,7 +306,7 @@ def gru_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
                            do=(d_out, "tb"), ga=(gates, "tb"), h=(hs, ("slot", "b"))),
             len_ptr=lengths if lengths is not None else hs, T=T, B=B, H=H,
             HAS_LENGTHS=lengths is not None, REVERSE=reverse, BLOCK_B=BB, BLOCK_H=BH,
-            BLOCK_K=BK, IEEE=ieee, UPCAST=upcast)
+            BLOCK_K=BK, IEEE=ieee, UPCAST=upcast, **hm)
         n_tiles = triton.cdiv(B, BB) * triton.cdiv(H, BH)
         run_steps(gru_bwd_kernel, args, T, [({}, n_tiles)], kplan["kernel"] == "sequence", dev,
                   warps)
@@ -305,4 +315,5 @@ def gru_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
     dgi = torch.cat([dgh[..., :2 * H], dxn], dim=-1)
     t_first = T - 1 if reverse else 0
     prev_h = hs[1:] if reverse else hs[:T]
-    return weight_grads(x, dgi, dgh, prev_h, w_ih, w_hh, needs, extra_dh0=(g, dg[t_first]))
+    return weight_grads(x, dgi, dgh, prev_h, w_ih, w_hh, needs, extra_dh0=(g, dg[t_first]),
+                        hmask=hmask)

@@ -25,7 +25,8 @@ from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check
                                      first_slot, fwd_step, grid_barrier, last_slot,
                                      like_layout, mm_tile, pointer_args, recurrent_gates,
                                      run_steps, sigmoid, state_grad, store_four, store_step,
-                                     tanh, tile_offsets, valid_rows, weight_grads)
+                                     tanh, tile_offsets, valid_rows, weight_grads,
+                                     hmask_args, zoneout_args, zoneout_rate)
 from fusedrnn.kernels.pairing import Launch, run
 from fusedrnn.kernels.plan import plan_for
 
@@ -41,19 +42,23 @@ def _gates_fwd_tile(
     hr_ptr, s_hr_t, s_hr_b,       # proj: o * tanh(c_t) (T or 1, B, H), the projection's input
     ga_ptr, s_ga_t, s_ga_b,       # SAVE: activated gates i, f, g, o (T, B, 4H), ACC
     len_ptr,                      # HAS_LENGTHS: (B,) sequence lengths
+    hm_ptr, s_hm_b,               # HAS_HMASK: variational mask of h_{t-1} (B, K)
+    z_seed, z_th_h, z_th_c, z_dir,  # ZONEOUT: see lstm_update_fwd
     t, rd, wr, hr_t, B, H, K,     # time index, state slots, slot of hr, sizes
     ACC: tl.constexpr, HAS_PROJ: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr,
 ):
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     p_h = h_ptr + rd.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b
     b_i, b_f, b_g, b_o = recurrent_gates(p_h, m_b, w_ptr, s_w, o_h, m_h, H, K, ACC, True,
-                                         BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
+                                         BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST,
+                                         hm_ptr, s_hm_b, o_b, HAS_HMASK)
     lstm_update_fwd(b_i, b_f, b_g, b_o, i_h, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot,
                     s_h_b, c_ptr, s_c_slot, s_c_b, out_ptr, s_o_t, s_o_b, hr_ptr, s_hr_t,
                     s_hr_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, hr_t, B, H,
-                    ACC, HAS_PROJ, SAVE, HAS_LENGTHS, BLOCK_B, BLOCK_H)
+                    z_seed, z_th_h, z_th_c, z_dir,
+                    ACC, HAS_PROJ, SAVE, HAS_LENGTHS, BLOCK_B, BLOCK_H, ZONEOUT)
 
 
 @triton.jit
@@ -62,11 +67,13 @@ def lstm_update_fwd(
     i_h, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot, s_c_b,
     out_ptr, s_o_t, s_o_b, hr_ptr, s_hr_t, s_hr_b, ga_ptr, s_ga_t, s_ga_b,
     len_ptr, t, rd, wr, hr_t, B, H,  # as in _gates_fwd_tile
+    z_seed, z_th_h, z_th_c, z_dir,  # ZONEOUT: seed, thresholds of h and c, direction
     ACC: tl.constexpr, HAS_PROJ: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, ZONEOUT: tl.constexpr,
 ):
     """The rest of a forward step for one tile, shared with the weight-stationary kernel:
-    input projection, nonlinearities, cell update, and the stores."""
+    input projection, nonlinearities, cell update, and the stores. ZONEOUT (no proj):
+    c_t and h_t blend the new values with the previous ones (common.zoneout_rate)."""
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     p_x = xg_ptr + t.to(tl.int64) * s_xg_t + o_b64[:, None] * s_xg_b + o_h[None, :]
     b_i = sigmoid(b_i + tl.load(p_x, mask=m, other=0.0).to(ACC))
@@ -79,6 +86,9 @@ def lstm_update_fwd(
     b_c_prev = tl.load(p_c + rd.to(tl.int64) * s_c_slot, mask=m, other=0.0)
     b_c = b_f * b_c_prev + b_i * b_g
     b_hn = b_o * tanh(b_c)
+    if ZONEOUT:
+        z_c = zoneout_rate(z_seed, z_th_c, 2 * z_dir + 1, t, o_b64, o_h, B, H, ZONEOUT)
+        b_c = z_c.to(ACC) * b_c_prev + (1.0 - z_c.to(ACC)) * b_c
     tl.store(p_c + wr.to(tl.int64) * s_c_slot, tl.where(valid, b_c, b_c_prev), mask=m)
     if HAS_PROJ:
         p_hr = hr_ptr + hr_t.to(tl.int64) * s_hr_t + o_b64[:, None] * s_hr_b + o_h[None, :]
@@ -86,6 +96,9 @@ def lstm_update_fwd(
     else:
         p_hs = h_ptr + rd.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b + o_h[None, :]
         b_h_prev = tl.load(p_hs, mask=m, other=0.0).to(ACC)
+        if ZONEOUT:
+            z_h = zoneout_rate(z_seed, z_th_h, 2 * z_dir, t, o_b64, o_h, B, H, ZONEOUT)
+            b_hn = z_h.to(ACC) * b_h_prev + (1.0 - z_h.to(ACC)) * b_hn
         store_step(h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, t, wr, o_b64, o_h, m, valid,
                    b_hn, b_h_prev)
     if SAVE:
@@ -123,13 +136,14 @@ def _proj_bwd_tile(
     g_ptr, s_g_b,                 # carried gradient of the state (B, P), ACC, in place
     do_ptr, s_do_t, s_do_b,       # output gradient (T, B, P)
     dhp_ptr, s_dhp_t, s_dhp_b,    # writes: gradient of the projected h_t (T, B, P), ACC
-    len_ptr, t, t_next, B, H, P,
+    len_ptr, hm_ptr, s_hm_b, t, t_next, B, H, P,
     HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, HAS_HMASK: tl.constexpr,
 ):
     o_p, o_b, m_p, m_b, m, o_b64 = tile_offsets(i_p, i_b, P, B, BLOCK_P, BLOCK_B)
     b_g = state_grad(g_ptr, s_g_b, dg_ptr + t_next.to(tl.int64) * s_dg_t, s_dg_b, w_ptr, s_w,
-                     o_b, m_b, o_p, m_p, 4 * H, BLOCK_B, BLOCK_P, BLOCK_K, IEEE, UPCAST)
+                     o_b, m_b, o_p, m_p, 4 * H, BLOCK_B, BLOCK_P, BLOCK_K, IEEE, UPCAST,
+                     hm_ptr, s_hm_b, HAS_HMASK)
     p_do = do_ptr + t.to(tl.int64) * s_do_t + o_b64[:, None] * s_do_b + o_p[None, :]
     b_dh = b_g + tl.load(p_do, mask=m, other=0.0).to(b_g.dtype)
     valid = valid_rows(len_ptr, o_b, m_b, t, HAS_LENGTHS)[:, None]
@@ -151,10 +165,12 @@ def _gates_bwd_tile(
     ga_ptr, s_ga_t, s_ga_b,       # saved activated gates (T, B, 4H), ACC
     c_ptr, s_c_slot, s_c_b,       # cell history: c_{t-1} in slot rd, c_t in slot wr
     dcs_ptr, s_dcs_t, s_dcs_b,    # HAS_DCS: gradient of the returned cell states (T, B, H)
-    len_ptr, t, t_next, rd, wr, B, H, P,
+    len_ptr, hm_ptr, s_hm_b,      # HAS_HMASK: variational mask of h_{t-1} (B, K)
+    z_seed, z_th_h, z_th_c, z_dir,  # ZONEOUT: see lstm_update_fwd
+    t, t_next, rd, wr, B, H, P,
     HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_DCS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr,
 ):
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     ACC = gc_ptr.dtype.element_ty
@@ -167,12 +183,13 @@ def _gates_bwd_tile(
     else:
         b_gs = state_grad(g_ptr, s_g_b, dg_ptr + t_next.to(tl.int64) * s_dg_t, s_dg_b, w_ptr,
                           s_w, o_b, m_b, o_h, m_h, 4 * H, BLOCK_B, BLOCK_H, BLOCK_K, IEEE,
-                          UPCAST)
+                          UPCAST, hm_ptr, s_hm_b, HAS_HMASK)
         p_do = do_ptr + t.to(tl.int64) * s_do_t + o_b64[:, None] * s_do_b + o_h[None, :]
         b_dh = b_gs + tl.load(p_do, mask=m, other=0.0).to(ACC)
     lstm_update_bwd(b_dh, b_gs, i_h, i_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, gc_ptr, s_gc_b,
                     ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, dcs_ptr, s_dcs_t, s_dcs_b,
-                    len_ptr, t, rd, wr, B, H, HAS_PROJ, HAS_LENGTHS, HAS_DCS, BLOCK_B, BLOCK_H)
+                    len_ptr, t, rd, wr, B, H, z_seed, z_th_h, z_th_c, z_dir,
+                    HAS_PROJ, HAS_LENGTHS, HAS_DCS, BLOCK_B, BLOCK_H, ZONEOUT)
 
 
 @triton.jit
@@ -180,11 +197,15 @@ def lstm_update_bwd(
     b_dh, b_gs,                   # gradient reaching o * tanh(c_t); the state's (no proj)
     i_h, i_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b,
     c_ptr, s_c_slot, s_c_b, dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, t, rd, wr, B, H,  # as in
-    HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,  # _gates_bwd_tile
+    z_seed, z_th_h, z_th_c, z_dir,                       # _gates_bwd_tile and lstm_update_fwd
+    HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     HAS_DCS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+    ZONEOUT: tl.constexpr,
 ):
     """The rest of a backward step for one tile, shared with the weight-stationary kernel:
-    the gate gradients of step t and the carried cell and state gradients."""
+    the gate gradients of step t and the carried cell and state gradients. ZONEOUT: the
+    forward's choices drawn again; the new c and h get (1 - z) of their gradients, the
+    previous ones z of it, directly."""
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
 
     p_ga = ga_ptr + t.to(tl.int64) * s_ga_t + o_b64[:, None] * s_ga_b + o_h[None, :]
@@ -194,48 +215,68 @@ def lstm_update_bwd(
     b_o = tl.load(p_ga + 3 * H, mask=m, other=0.0)
     p_c = c_ptr + o_b64[:, None] * s_c_b + o_h[None, :]
     b_c_prev = tl.load(p_c + rd.to(tl.int64) * s_c_slot, mask=m, other=0.0)
-    b_tc = tanh(tl.load(p_c + wr.to(tl.int64) * s_c_slot, mask=m, other=0.0))
+    if ZONEOUT:  # the slot holds the blended c_t; h_t's tanh saw the new value
+        b_tc = tanh(b_f * b_c_prev + b_i * b_g)
+    else:
+        b_tc = tanh(tl.load(p_c + wr.to(tl.int64) * s_c_slot, mask=m, other=0.0))
     p_gc = gc_ptr + o_b64[:, None] * s_gc_b + o_h[None, :]
     b_gc = tl.load(p_gc, mask=m, other=0.0)
 
-    b_dc = b_gc + b_dh * b_o * (1.0 - b_tc * b_tc)
+    b_dct = b_gc  # gradient reaching c_t
     if HAS_DCS:  # c_t is also an output (return_cell_states): its own gradient joins here
         p_dcs = dcs_ptr + t.to(tl.int64) * s_dcs_t + o_b64[:, None] * s_dcs_b + o_h[None, :]
-        b_dc += tl.load(p_dcs, mask=m, other=0.0).to(b_dc.dtype)
+        b_dct += tl.load(p_dcs, mask=m, other=0.0).to(b_gc.dtype)
+    if ZONEOUT:
+        ACC = b_gc.dtype
+        z_h = zoneout_rate(z_seed, z_th_h, 2 * z_dir, t, o_b64, o_h, B, H, ZONEOUT).to(ACC)
+        z_c = zoneout_rate(z_seed, z_th_c, 2 * z_dir + 1, t, o_b64, o_h, B, H, ZONEOUT).to(ACC)
+        b_dhn = (1.0 - z_h) * b_dh
+        b_dc = (1.0 - z_c) * b_dct + b_dhn * b_o * (1.0 - b_tc * b_tc)
+        b_gc_prev = b_dc * b_f + z_c * b_dct
+        b_g_prev = z_h * b_dh
+    else:
+        b_dhn = b_dh
+        b_dc = b_dct + b_dh * b_o * (1.0 - b_tc * b_tc)
+        b_gc_prev = b_dc * b_f
+        b_g_prev = 0.0
     valid = valid_rows(len_ptr, o_b, m_b, t, HAS_LENGTHS)[:, None]
     store_four(dg_ptr, s_dg_t, s_dg_b, t, o_b64, o_h, m, H,
                tl.where(valid, b_dc * b_g * b_i * (1.0 - b_i), 0.0),
                tl.where(valid, b_dc * b_c_prev * b_f * (1.0 - b_f), 0.0),
                tl.where(valid, b_dc * b_i * (1.0 - b_g * b_g), 0.0),
-               tl.where(valid, b_dh * b_tc * b_o * (1.0 - b_o), 0.0))
-    tl.store(p_gc, tl.where(valid, b_dc * b_f, b_gc), mask=m)
+               tl.where(valid, b_dhn * b_tc * b_o * (1.0 - b_o), 0.0))
+    tl.store(p_gc, tl.where(valid, b_gc_prev, b_gc), mask=m)
     if not HAS_PROJ:
-        # the state's gradient now lives in dg[t] (applied by the step before); past a
-        # sequence's length it passes through untouched
-        tl.store(g_ptr + o_b64[:, None] * s_g_b + o_h[None, :], tl.where(valid, 0.0, b_gs),
-                 mask=m)
+        # the state's recurrent gradient now lives in dg[t] (applied by the step before),
+        # its direct one (zoneout) here; past a sequence's length it passes through
+        tl.store(g_ptr + o_b64[:, None] * s_g_b + o_h[None, :],
+                 tl.where(valid, b_g_prev, b_gs), mask=m)
 
 
 # ----------------------------------------------------------------------------------------
 # kernels: one per direction of the pass, in step mode (one step, a program per tile) or
 # sequence mode (every step, programs loop over tiles and meet at grid barriers)
 # ----------------------------------------------------------------------------------------
-@triton.jit(do_not_specialize=["s0", "n_steps", "T"])
+@triton.jit(do_not_specialize=["s0", "n_steps", "T", "z_seed"])
 def lstm_fwd_kernel(
     xg_ptr, s_xg_t, s_xg_b, w_ptr, s_w, h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot, s_c_b,
     out_ptr, s_o_t, s_o_b, hr_ptr, s_hr_t, s_hr_b, ga_ptr, s_ga_t, s_ga_b,  # see the tiles
     w_hr_ptr, s_whr,              # proj: W_hr (P, H)
     len_ptr,                      # HAS_LENGTHS: (B,) sequence lengths
+    hm_ptr, s_hm_b,               # HAS_HMASK: variational mask of h_{t-1} (B, K)
+    z_seed, z_th_h, z_th_c,       # ZONEOUT: see lstm_update_fwd
     sem_ptr, err_ptr,             # PERSISTENT: the grid barrier's int32 and its error word
     s0, n_steps, T, B, H, K,      # steps s0 .. s0+n_steps-1 of T; K: state width (P or H)
     ACC: tl.constexpr, HAS_PROJ: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     REVERSE: tl.constexpr, RUN_GATES: tl.constexpr, RUN_PROJ: tl.constexpr,
     PERSISTENT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-    ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+    ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr, HAS_HMASK: tl.constexpr,
+    ZONEOUT: tl.constexpr,
 ):
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_b, n_h, n_p = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H), tl.cdiv(K, BLOCK_P)
+    z_dir = 1 if REVERSE else 0
     for s in range(s0, s0 + n_steps):
         t, rd, wr = fwd_step(s, T, REVERSE, SAVE)
         if SAVE:
@@ -247,9 +288,10 @@ def lstm_fwd_kernel(
                 _gates_fwd_tile(tile % n_h, tile // n_h, xg_ptr, s_xg_t, s_xg_b, w_ptr, s_w,
                                 h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot, s_c_b,
                                 out_ptr, s_o_t, s_o_b, hr_ptr, s_hr_t, s_hr_b,
-                                ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, hr_t, B, H, K,
+                                ga_ptr, s_ga_t, s_ga_b, len_ptr, hm_ptr, s_hm_b, z_seed,
+                                z_th_h, z_th_c, z_dir, t, rd, wr, hr_t, B, H, K,
                                 ACC, HAS_PROJ, SAVE, HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K,
-                                IEEE, UPCAST)
+                                IEEE, UPCAST, HAS_HMASK, ZONEOUT)
             if PERSISTENT:
                 grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
         if RUN_PROJ:
@@ -262,30 +304,31 @@ def lstm_fwd_kernel(
                 grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
 
-@triton.jit(do_not_specialize=["s0", "n_steps", "T"])
+@triton.jit(do_not_specialize=["s0", "n_steps", "T", "z_seed"])
 def lstm_bwd_kernel(
     dg_ptr, s_dg_t, s_dg_b, w_ptr, s_w, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b,
     dhp_ptr, s_dhp_t, s_dhp_b, w_hr_ptr, s_whr, gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b,
     c_ptr, s_c_slot, s_c_b, dcs_ptr, s_dcs_t, s_dcs_b,  # see the tiles
-    len_ptr, sem_ptr, err_ptr,
+    len_ptr, hm_ptr, s_hm_b, z_seed, z_th_h, z_th_c, sem_ptr, err_ptr,
     s0, n_steps, T, B, H, K,      # backward steps s0 .. s0+n_steps-1 (0 = last forward step)
     HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_DCS: tl.constexpr,
     REVERSE: tl.constexpr,
     RUN_GATES: tl.constexpr, RUN_PROJ: tl.constexpr, PERSISTENT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr,
-    SPIN_LIMIT: tl.constexpr,
+    SPIN_LIMIT: tl.constexpr, HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr,
 ):
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_b, n_h, n_p = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H), tl.cdiv(K, BLOCK_P)
+    z_dir = 1 if REVERSE else 0
     for s in range(s0, s0 + n_steps):
         t, t_next, rd, wr = bwd_step(s, T, REVERSE)
         if RUN_PROJ:
             for tile in range(pid, n_p * n_b, n_progs):
                 _proj_bwd_tile(tile % n_p, tile // n_p, dg_ptr, s_dg_t, s_dg_b, w_ptr, s_w,
                                g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, dhp_ptr, s_dhp_t, s_dhp_b,
-                               len_ptr, t, t_next, B, H, K,
-                               HAS_LENGTHS, BLOCK_B, BLOCK_P, BLOCK_K, IEEE, UPCAST)
+                               len_ptr, hm_ptr, s_hm_b, t, t_next, B, H, K,
+                               HAS_LENGTHS, BLOCK_B, BLOCK_P, BLOCK_K, IEEE, UPCAST, HAS_HMASK)
             if PERSISTENT:
                 grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
         if RUN_GATES:
@@ -293,9 +336,10 @@ def lstm_bwd_kernel(
                 _gates_bwd_tile(tile % n_h, tile // n_h, dg_ptr, s_dg_t, s_dg_b, w_ptr, s_w,
                                 g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, dhp_ptr, s_dhp_t, s_dhp_b,
                                 w_hr_ptr, s_whr, gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b,
-                                c_ptr, s_c_slot, s_c_b, dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, t,
+                                c_ptr, s_c_slot, s_c_b, dcs_ptr, s_dcs_t, s_dcs_b, len_ptr,
+                                hm_ptr, s_hm_b, z_seed, z_th_h, z_th_c, z_dir, t,
                                 t_next, rd, wr, B, H, K, HAS_PROJ, HAS_LENGTHS, HAS_DCS,
-                                BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
+                                BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST, HAS_HMASK, ZONEOUT)
             if PERSISTENT:
                 grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
@@ -319,10 +363,13 @@ def lstm_forward(*args, **kwargs):
 
 
 def lstm_forward_steps(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save,
-                       allow_tf32=None, directions=1):
+                       allow_tf32=None, directions=1, hmask=None, zoneout=None):
     """Runs one LSTM layer. Returns out, h_n, c_n, and (if save) the buffers backward needs.
     A generator (kernels/pairing.py): it yields its weight-stationary launch, if any, and
-    finishes when resumed; ``directions=2`` plans a bidirectional layer's direction."""
+    finishes when resumed; ``directions=2`` plans a bidirectional layer's direction.
+    Regularizers (issue 14): ``hmask`` (B, K) multiplies h_{t-1} in the recurrent product
+    (variational dropout); ``zoneout`` (seed, thresh_h, thresh_c, mode), see
+    common.zoneout_args."""
     T, B, _ = x.shape
     H = w_hh.shape[0] // 4
     K = w_hh.shape[1]  # state width: proj_size or hidden
@@ -334,6 +381,7 @@ def lstm_forward_steps(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse
         "b_ih": (b_ih, (4 * H,)), "b_hh": (b_hh, (4 * H,)),
         "w_hr": (w_hr, (K, H))}, lengths)
     check(w_hr is not None or K == H, f"w_hh has {K} columns but hidden is {H} and no w_hr")
+    check(zoneout is None or w_hr is None, "zoneout does not run with proj_size")
     acc = compute_dtype(x.dtype)
     dev = x.device
     has_proj = w_hr is not None
@@ -351,6 +399,7 @@ def lstm_forward_steps(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse
     first = first_slot(T, reverse, save)
     hs[first] = h0
     cs[first] = c0
+    regs = dict(**hmask_args(hmask, hs, B, K, x.dtype), **zoneout_args(zoneout))
 
     ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
     kplan = plan_for("lstm", x.dtype, B, H, K, has_proj, dev, save, ieee,
@@ -361,8 +410,8 @@ def lstm_forward_steps(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse
                            c=(cs, ("slot", "b")), out=(out, "tb", "o"), ga=(gates, "tb")),
             bhn_ptr=cs, len_ptr=lengths if lengths is not None else cs, T=T, B=B, H=H,
             LSTM=True, RNN=0, ACC=TL_ACC[acc], HAS_BIAS=False, SAVE=save,
-            HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast),
-            B, dev)
+            HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast,
+            **regs), B, dev)
     elif B > 0:
         blocks, n_gate_tiles, n_proj_tiles, warps = _tiling(B, H, K)
         args = dict(
@@ -372,7 +421,7 @@ def lstm_forward_steps(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse
             w_hr_ptr=w_hr if has_proj else w_hh, s_whr=w_hr.stride(0) if has_proj else 0,
             len_ptr=lengths if lengths is not None else cs, T=T, B=B, H=H, K=K,
             ACC=TL_ACC[acc], HAS_PROJ=has_proj, SAVE=save, HAS_LENGTHS=lengths is not None,
-            REVERSE=reverse, IEEE=ieee, UPCAST=upcast, **blocks)
+            REVERSE=reverse, IEEE=ieee, UPCAST=upcast, **regs, **blocks)
         phases = [(dict(RUN_GATES=True, RUN_PROJ=False), n_gate_tiles)]
         if has_proj:
             phases.append((dict(RUN_GATES=False, RUN_PROJ=True), n_proj_tiles))
@@ -390,10 +439,11 @@ def lstm_backward(*args, **kwargs):
 
 
 def lstm_backward_steps(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_hn, d_cn,
-                        needs=(True,) * 8, allow_tf32=None, directions=1, d_cs=None):
+                        needs=(True,) * 8, allow_tf32=None, directions=1, d_cs=None,
+                        hmask=None, zoneout=None):
     """Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) of one LSTM layer; None where
     ``needs`` says a gradient is not wanted. d_cs: the gradient of the cell states c_t the
-    layer returned (return_cell_states), (T, B, H), or None.
+    layer returned (return_cell_states), (T, B, H), or None. hmask, zoneout: the forward's.
     A generator (kernels/pairing.py): it yields its weight-stationary launch, if any, and
     finishes when resumed; ``directions=2`` plans a bidirectional layer's direction."""
     hs, cs, gates, hraw = saved
@@ -412,6 +462,7 @@ def lstm_backward_steps(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_h
         d_cs = d_cs.contiguous()
     dcs = (pointer_args(dcs=(d_cs, "tb")) if d_cs is not None else
            dict(dcs_ptr=gc, s_dcs_t=0, s_dcs_b=0))
+    regs = dict(**hmask_args(hmask, g, B, K, x.dtype), **zoneout_args(zoneout))
 
     ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
     kplan = plan_for("lstm", x.dtype, B, H, K, has_proj, dev, True, ieee, backward=True,
@@ -424,7 +475,8 @@ def lstm_backward_steps(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_h
             dxn_ptr=dg, s_dxn_t=0, s_dxn_b=0, **dcs,
             len_ptr=lengths if lengths is not None else cs, T=T, B=B, H=H, LSTM=True,
             RNN=0, ACC=TL_ACC[acc], HAS_LENGTHS=lengths is not None,
-            HAS_DCS=d_cs is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast), B, dev)
+            HAS_DCS=d_cs is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast, **regs),
+            B, dev)
     elif B > 0:
         # the cell states' gradient is one more (rows x units) operand a step: at 64 x 32
         # fp32 it spilled (96 B, one access in the K loop on sm_80); 32 rows do not
@@ -437,7 +489,7 @@ def lstm_backward_steps(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_h
             w_hr_ptr=w_hr if has_proj else w_hh, s_whr=w_hr.stride(0) if has_proj else 0,
             len_ptr=lengths if lengths is not None else cs, T=T, B=B, H=H, K=K,
             HAS_PROJ=has_proj, HAS_LENGTHS=lengths is not None, HAS_DCS=d_cs is not None,
-            REVERSE=reverse, IEEE=ieee, UPCAST=upcast, **blocks)
+            REVERSE=reverse, IEEE=ieee, UPCAST=upcast, **regs, **blocks)
         phases = [(dict(RUN_GATES=True, RUN_PROJ=False), n_gate_tiles)]
         if has_proj:
             phases.insert(0, (dict(RUN_GATES=False, RUN_PROJ=True), n_proj_tiles))
@@ -447,4 +499,4 @@ def lstm_backward_steps(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_h
     t_first = T - 1 if reverse else 0
     prev_h = hs[1:] if reverse else hs[:T]  # h_{t-1} of each time index t
     return weight_grads(x, dgs, dgs, prev_h, w_ih, w_hh, needs, extra_dh0=(g, dg[t_first]),
-                        dc0=gc, d_proj=(dhp, hraw) if has_proj else None)
+                        dc0=gc, d_proj=(dhp, hraw) if has_proj else None, hmask=hmask)

@@ -23,7 +23,7 @@ from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check
                                      first_slot, fwd_step, grid_barrier, last_slot,
                                      like_layout, mm_tile, pointer_args, run_steps,
                                      state_grad, store_step, tile_offsets, valid_rows,
-                                     weight_grads)
+                                     weight_grads, hmask_args, zoneout_args)
 from fusedrnn.kernels.pairing import Launch, run
 from fusedrnn.kernels.plan import plan_for
 
@@ -89,16 +89,17 @@ def _rnn_fwd_tile(
     h_ptr, s_h_slot, s_h_b,       # state history (slots, B, H): reads rd, writes wr
     out_ptr, s_o_t, s_o_b,        # output (T, B, H), zero past a sequence's length
     ga_ptr, s_ga_t, s_ga_b,       # SAVE: the nonlinearity's derivative (T, B, H), ACC
-    len_ptr, t, rd, wr, B, H,
+    len_ptr, hm_ptr, s_hm_b,      # HAS_HMASK: variational mask of h_{t-1} (B, H)
+    t, rd, wr, B, H,
     ACC: tl.constexpr, RNN: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, HAS_HMASK: tl.constexpr,
 ):
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     b_pre = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     # h_{t-1} (B, H) . W_hh^T: w[k, n] = W_hh[n, k]
     b_pre = mm_tile(b_pre, h_ptr + rd.to(tl.int64) * s_h_slot, s_h_b, o_b, m_b, w_ptr, 1, s_w,
-                    o_h, m_h, H, BLOCK_K, IEEE, UPCAST)
+                    o_h, m_h, H, BLOCK_K, IEEE, UPCAST, hm_ptr, s_hm_b, HAS_HMASK)
     rnn_update_fwd(b_pre, i_h, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot, s_h_b, out_ptr,
                    s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, B, H, ACC, RNN,
                    SAVE, HAS_LENGTHS, BLOCK_B, BLOCK_H)
@@ -113,13 +114,14 @@ def _rnn_bwd_tile(
     g_ptr, s_g_b,                 # carried gradient of the state (B, H), ACC, in place
     do_ptr, s_do_t, s_do_b,       # output gradient (T, B, H)
     ga_ptr, s_ga_t, s_ga_b,       # saved derivative of the nonlinearity (T, B, H), ACC
-    len_ptr, t, t_next, B, H,
+    len_ptr, hm_ptr, s_hm_b, t, t_next, B, H,
     HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-    BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, HAS_HMASK: tl.constexpr,
 ):
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     b_gs = state_grad(g_ptr, s_g_b, dg_ptr + t_next.to(tl.int64) * s_dg_t, s_dg_b, w_ptr, s_w,
-                      o_b, m_b, o_h, m_h, H, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST)
+                      o_b, m_b, o_h, m_h, H, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST,
+                      hm_ptr, s_hm_b, HAS_HMASK)
     rnn_update_bwd(b_gs, i_h, i_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, do_ptr, s_do_t,
                    s_do_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, B, H, HAS_LENGTHS, BLOCK_B,
                    BLOCK_H)
@@ -132,12 +134,12 @@ def _rnn_bwd_tile(
 def rnn_fwd_kernel(
     xg_ptr, s_xg_t, s_xg_b, w_ptr, s_w, h_ptr, s_h_slot, s_h_b,
     out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b,  # see the tile
-    len_ptr, sem_ptr, err_ptr, s0, n_steps, T, B, H,
+    len_ptr, hm_ptr, s_hm_b, sem_ptr, err_ptr, s0, n_steps, T, B, H,
     ACC: tl.constexpr, RNN: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     REVERSE: tl.constexpr, PERSISTENT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr,
-    SPIN_LIMIT: tl.constexpr,
+    SPIN_LIMIT: tl.constexpr, HAS_HMASK: tl.constexpr,
 ):
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_b, n_h = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H)
@@ -146,8 +148,8 @@ def rnn_fwd_kernel(
         for tile in range(pid, n_h * n_b, n_progs):
             _rnn_fwd_tile(tile % n_h, tile // n_h, xg_ptr, s_xg_t, s_xg_b, w_ptr, s_w,
                           h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b,
-                          len_ptr, t, rd, wr, B, H, ACC, RNN, SAVE, HAS_LENGTHS, BLOCK_B,
-                          BLOCK_H, BLOCK_K, IEEE, UPCAST)
+                          len_ptr, hm_ptr, s_hm_b, t, rd, wr, B, H, ACC, RNN, SAVE,
+                          HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST, HAS_HMASK)
         if PERSISTENT:
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
@@ -156,11 +158,11 @@ def rnn_fwd_kernel(
 def rnn_bwd_kernel(
     dg_ptr, s_dg_t, s_dg_b, w_ptr, s_w, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b,
     ga_ptr, s_ga_t, s_ga_b,       # see the tile
-    len_ptr, sem_ptr, err_ptr, s0, n_steps, T, B, H,
+    len_ptr, hm_ptr, s_hm_b, sem_ptr, err_ptr, s0, n_steps, T, B, H,
     HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr,
     PERSISTENT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-    ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+    ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr, HAS_HMASK: tl.constexpr,
 ):
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_b, n_h = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H)
@@ -169,8 +171,8 @@ def rnn_bwd_kernel(
         for tile in range(pid, n_h * n_b, n_progs):
             _rnn_bwd_tile(tile % n_h, tile // n_h, dg_ptr, s_dg_t, s_dg_b, w_ptr, s_w,
                           g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b,
-                          len_ptr, t, t_next, B, H, HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K,
-                          IEEE, UPCAST)
+                          len_ptr, hm_ptr, s_hm_b, t, t_next, B, H, HAS_LENGTHS, BLOCK_B,
+                          BLOCK_H, BLOCK_K, IEEE, UPCAST, HAS_HMASK)
         if PERSISTENT:
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
@@ -190,10 +192,11 @@ def rnn_forward(*args, **kwargs):
 
 
 def rnn_forward_steps(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save,
-                      nonlinearity="tanh", allow_tf32=None, directions=1):
+                      nonlinearity="tanh", allow_tf32=None, directions=1, hmask=None):
     """Runs one plain RNN layer. Returns out, h_n, and (if save) the buffers backward needs.
     A generator (kernels/pairing.py): it yields its weight-stationary launch, if any, and
-    finishes when resumed; ``directions=2`` plans a bidirectional layer's direction."""
+    finishes when resumed; ``directions=2`` plans a bidirectional layer's direction.
+    ``hmask`` (B, H): variational dropout of h_{t-1} in the recurrent product."""
     T, B, _ = x.shape
     H = w_hh.shape[1]
     act = _nonlinearity(nonlinearity)
@@ -221,13 +224,14 @@ def rnn_forward_steps(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save,
                      directions=directions) if B > 0 else None
     common = dict(len_ptr=lengths if lengths is not None else hs, T=T, B=B, H=H,
                   ACC=TL_ACC[acc], SAVE=save, HAS_LENGTHS=lengths is not None,
-                  REVERSE=reverse, IEEE=ieee, UPCAST=upcast)
+                  REVERSE=reverse, IEEE=ieee, UPCAST=upcast,
+                  **hmask_args(hmask, hs, B, H, x.dtype))
     ptrs = pointer_args(xg=(xg, "tb"), w=(w_hh, ("",)), h=(hs, ("slot", "b")),
                         out=(out, "tb", "o"), ga=(dact, "tb"))
     if B > 0 and kplan["kernel"] == "stationary":
         yield Launch("fwd", kplan, dict(
             **ptrs, **common, c_ptr=hs, s_c_slot=0, s_c_b=0, bhn_ptr=hs, LSTM=False, RNN=act,
-            HAS_BIAS=False), B, dev)
+            HAS_BIAS=False, **zoneout_args(None)), B, dev)
     elif B > 0:
         BB, BH, BK, warps = block_sizes(B, H)
         n_tiles = triton.cdiv(B, BB) * triton.cdiv(H, BH)
@@ -245,9 +249,9 @@ def rnn_backward(*args, **kwargs):
 
 
 def rnn_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
-                       needs=(True,) * 6, allow_tf32=None, directions=1):
+                       needs=(True,) * 6, allow_tf32=None, directions=1, hmask=None):
     """Gradients (x, h0, w_ih, w_hh, b_ih, b_hh) of one RNN layer; None where not needed.
-    (The nonlinearity is in the saved derivative.)
+    (The nonlinearity is in the saved derivative; ``hmask`` is the forward's.)
     A generator (kernels/pairing.py): it yields its weight-stationary launch, if any, and
     finishes when resumed; ``directions=2`` plans a bidirectional layer's direction."""
     hs, dact = saved
@@ -264,7 +268,8 @@ def rnn_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
     kplan = plan_for("rnn", x.dtype, B, H, H, False, dev, True, ieee, backward=True,
                      directions=directions) if B > 0 else None
     common = dict(len_ptr=lengths if lengths is not None else hs, T=T, B=B, H=H,
-                  HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast)
+                  HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast,
+                  **hmask_args(hmask, g, B, H, x.dtype))
     ptrs = pointer_args(dg=(dg, "tb"), w=(w_hh, ("",)), g=(g, "b"), do=(d_out, "tb"),
                         ga=(dact, "tb"))
     if B > 0 and kplan["kernel"] == "stationary":
@@ -272,7 +277,8 @@ def rnn_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
         yield Launch("bwd", kplan, dict(
             **ptrs, **common, dxn_ptr=dg, s_dxn_t=0, s_dxn_b=0, gc_ptr=g, s_gc_b=0, c_ptr=g,
             s_c_slot=0, s_c_b=0, h_ptr=hs, s_h_slot=0, s_h_b=0, LSTM=False, RNN=1,
-            ACC=TL_ACC[acc], dcs_ptr=g, s_dcs_t=0, s_dcs_b=0, HAS_DCS=False), B, dev)
+            ACC=TL_ACC[acc], dcs_ptr=g, s_dcs_t=0, s_dcs_b=0, HAS_DCS=False,
+            **zoneout_args(None)), B, dev)
     elif B > 0:
         BB, BH, BK, warps = block_sizes(B, H)
         n_tiles = triton.cdiv(B, BB) * triton.cdiv(H, BH)
@@ -283,4 +289,5 @@ def rnn_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
     dgh = dg[:T]
     t_first = T - 1 if reverse else 0
     prev_h = hs[1:] if reverse else hs[:T]
-    return weight_grads(x, dgh, dgh, prev_h, w_ih, w_hh, needs, extra_dh0=(g, dg[t_first]))
+    return weight_grads(x, dgh, dgh, prev_h, w_ih, w_hh, needs, extra_dh0=(g, dg[t_first]),
+                        hmask=hmask)

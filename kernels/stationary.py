@@ -42,7 +42,7 @@ import triton.language as tl
 
 from fusedrnn.kernels.common import (barrier_flags, barrier_words, bwd_step, dot, fwd_step,
                                      grid_barrier, group_barrier, launch_sequence,
-                                     tile_offsets)
+                                     state_mask, tile_offsets)
 from fusedrnn.kernels.gru import gru_update_bwd, gru_update_fwd
 from fusedrnn.kernels.lstm import lstm_update_bwd, lstm_update_fwd
 from fusedrnn.kernels.rnn import rnn_update_bwd, rnn_update_fwd
@@ -93,12 +93,16 @@ def _w_chunks(w_ptr, s_w, i_u, g, H, G: tl.constexpr, U: tl.constexpr, KC: tl.co
 
 @triton.jit
 def _chunk_dot(w, p_x, m_b, c, H, ACC: tl.constexpr, KC: tl.constexpr, ROWS: tl.constexpr,
-               IEEE: tl.constexpr, UPCAST: tl.constexpr):
-    """ROWS: w (M, KC) . x^T chunk c (KC, BB), p_x (1, BB) at the batch rows of x.
+               IEEE: tl.constexpr, UPCAST: tl.constexpr, p_m=0, HAS_MASK: tl.constexpr = False):
+    """ROWS: w (M, KC) . x^T chunk c (KC, BB), p_x (1, BB) at the batch rows of x (times the
+    same block of a mask at p_m where HAS_MASK: the variational mask of h_{t-1}).
     Otherwise: x chunk c (BB, KC) . w (KC, N), p_x (BB, 1). x is cast to w's dtype."""
     o_k = c * KC + tl.arange(0, KC)
     if ROWS:
-        b_x = tl.load(p_x + o_k[:, None], mask=(o_k < H)[:, None] & m_b[None, :], other=0.0)
+        m_x = (o_k < H)[:, None] & m_b[None, :]
+        b_x = tl.load(p_x + o_k[:, None], mask=m_x, other=0.0)
+        if HAS_MASK:
+            b_x = b_x * tl.load(p_m + o_k[:, None], mask=m_x, other=0.0).to(b_x.dtype)
         acc = tl.zeros((w.shape[0], b_x.shape[1]), dtype=ACC)
         acc = dot(w, b_x.to(w.dtype), acc, IEEE, UPCAST)
     else:
@@ -110,15 +114,16 @@ def _chunk_dot(w, p_x, m_b, c, H, ACC: tl.constexpr, KC: tl.constexpr, ROWS: tl.
 
 @triton.jit
 def _chunks_dot(w0, w1, w2, w3, p_x, m_b, H, ACC: tl.constexpr, KC: tl.constexpr,
-                NK: tl.constexpr, ROWS: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr):
+                NK: tl.constexpr, ROWS: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+                p_m=0, HAS_MASK: tl.constexpr = False):
     """The sum over the NK chunks (Triton folds it into one accumulator chain)."""
-    acc = _chunk_dot(w0, p_x, m_b, 0, H, ACC, KC, ROWS, IEEE, UPCAST)
+    acc = _chunk_dot(w0, p_x, m_b, 0, H, ACC, KC, ROWS, IEEE, UPCAST, p_m, HAS_MASK)
     if NK > 1:
-        acc += _chunk_dot(w1, p_x, m_b, 1, H, ACC, KC, ROWS, IEEE, UPCAST)
+        acc += _chunk_dot(w1, p_x, m_b, 1, H, ACC, KC, ROWS, IEEE, UPCAST, p_m, HAS_MASK)
     if NK > 2:
-        acc += _chunk_dot(w2, p_x, m_b, 2, H, ACC, KC, ROWS, IEEE, UPCAST)
+        acc += _chunk_dot(w2, p_x, m_b, 2, H, ACC, KC, ROWS, IEEE, UPCAST, p_m, HAS_MASK)
     if NK > 3:
-        acc += _chunk_dot(w3, p_x, m_b, 3, H, ACC, KC, ROWS, IEEE, UPCAST)
+        acc += _chunk_dot(w3, p_x, m_b, 3, H, ACC, KC, ROWS, IEEE, UPCAST, p_m, HAS_MASK)
     return acc
 
 
@@ -141,15 +146,19 @@ def _split_gates(acc, U: tl.constexpr, BB: tl.constexpr):
 def _fwd_tile(
     i_u, i_b, w0, w1, w2, w3,
     xg_ptr, s_xg_t, s_xg_b, bhn_ptr, h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot, s_c_b,
-    out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, B, H,
+    out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, hm_ptr, s_hm_b,
+    z_seed, z_th_h, z_th_c, z_dir, t, rd, wr, B, H,
     LSTM: tl.constexpr, RNN: tl.constexpr, ACC: tl.constexpr, HAS_BIAS: tl.constexpr,
     SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr, U: tl.constexpr, BB: tl.constexpr,
     KC: tl.constexpr, NK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr,
 ):
     o_b = i_b * BB + tl.arange(0, BB)
     m_b = o_b < B
     p_h = h_ptr + rd.to(tl.int64) * s_h_slot + o_b.to(tl.int64)[None, :] * s_h_b
-    acc = _chunks_dot(w0, w1, w2, w3, p_h, m_b, H, ACC, KC, NK, True, IEEE, UPCAST)
+    p_hm = hm_ptr + o_b.to(tl.int64)[None, :] * s_hm_b
+    acc = _chunks_dot(w0, w1, w2, w3, p_h, m_b, H, ACC, KC, NK, True, IEEE, UPCAST, p_hm,
+                      HAS_HMASK)
     if RNN:  # one gate: the (U, BB) tile is the pre-activation
         rnn_update_fwd(tl.trans(acc), i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot,
                        s_h_b, out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd,
@@ -159,7 +168,8 @@ def _fwd_tile(
         lstm_update_fwd(g0, g1, g2, g3, i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot,
                         s_h_b, c_ptr, s_c_slot, s_c_b, out_ptr, s_o_t, s_o_b, h_ptr, 0, 0,
                         ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, t, B, H,
-                        ACC, False, SAVE, HAS_LENGTHS, BB, U)
+                        z_seed, z_th_h, z_th_c, z_dir, ACC, False, SAVE, HAS_LENGTHS, BB, U,
+                        ZONEOUT)
     else:
         g0, g1, g2, g3 = _split_gates(acc, U, BB)
         gru_update_fwd(g0, g1, g2, i_u, i_b, xg_ptr, s_xg_t, s_xg_b, bhn_ptr, h_ptr, s_h_slot,
@@ -173,11 +183,12 @@ def _bwd_tile(
     w30, w31, w32, w33,
     dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b,
     gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b,
-    dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, t, t_next, rd, wr, B, H,
+    dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, hm_ptr, s_hm_b, z_seed, z_th_h, z_th_c, z_dir,
+    t, t_next, rd, wr, B, H,
     LSTM: tl.constexpr, RNN: tl.constexpr, ACC: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     HAS_DCS: tl.constexpr,
     U: tl.constexpr, BB: tl.constexpr, KC: tl.constexpr, NK: tl.constexpr,
-    IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    IEEE: tl.constexpr, UPCAST: tl.constexpr, HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr,
 ):
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_u, i_b, H, B, U, BB)
     p_dg = dg_ptr + t_next.to(tl.int64) * s_dg_t + o_b64[:, None] * s_dg_b
@@ -192,7 +203,8 @@ def _bwd_tile(
         acc += _chunks_dot(w30, w31, w32, w33, p_dg + 3 * H, m_b, H, ACC, KC, NK, False, IEEE,
                            UPCAST)
     b_g = tl.load(g_ptr + o_b64[:, None] * s_g_b + o_h[None, :], mask=m, other=0.0)
-    b_gs = b_g + acc                          # carried + dgates_{t+1} W_hh, (BB, U)
+    # carried + dgates_{t+1} W_hh (times the variational mask the product saw), (BB, U)
+    b_gs = b_g + state_mask(acc, hm_ptr, s_hm_b, o_b, m_b, o_h, m_h, HAS_HMASK)
     if RNN:
         rnn_update_bwd(b_gs, i_u, i_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, do_ptr, s_do_t,
                        s_do_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, B, H, HAS_LENGTHS, BB, U)
@@ -201,8 +213,8 @@ def _bwd_tile(
         b_dh = b_gs + tl.load(p_do, mask=m, other=0.0).to(ACC)
         lstm_update_bwd(b_dh, b_gs, i_u, i_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, gc_ptr,
                         s_gc_b, ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, dcs_ptr,
-                        s_dcs_t, s_dcs_b, len_ptr, t, rd, wr, B, H, False, HAS_LENGTHS,
-                        HAS_DCS, BB, U)
+                        s_dcs_t, s_dcs_b, len_ptr, t, rd, wr, B, H, z_seed, z_th_h, z_th_c,
+                        z_dir, False, HAS_LENGTHS, HAS_DCS, BB, U, ZONEOUT)
     else:
         gru_update_bwd(b_gs, i_u, i_b, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b,
                        g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b, h_ptr,
@@ -244,7 +256,7 @@ def _bwd_step_dir(s, T, d, PAIRED: tl.constexpr, REVERSE: tl.constexpr):
 # ----------------------------------------------------------------------------------------
 # kernels
 # ----------------------------------------------------------------------------------------
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "z_seed"])
 def stationary_fwd_kernel(
     xg_ptr, s_xg_t, s_xg_b,       # input projection (T, B, G*H) (GRU: r, z biases in)
     w_ptr, s_w,                   # W_hh (G*H, H)
@@ -253,9 +265,11 @@ def stationary_fwd_kernel(
     c_ptr, s_c_slot, s_c_b,       # LSTM: cell history (slots, B, H), ACC
     out_ptr, s_o_t, s_o_b,        # output (T, B, H), zero past a sequence's length
     ga_ptr, s_ga_t, s_ga_b,       # SAVE: gates (T, B, 4H), ACC (see lstm.py, gru.py, rnn.py)
-    r_xg, r_w, r_bhn, r_h, r_c, r_out, r_ga,  # PAIRED: elements from each buffer above to
-                                  # the reverse direction's (same strides)
+    hm_ptr, s_hm_b,               # HAS_HMASK: variational mask of h_{t-1} (B, H)
+    r_xg, r_w, r_bhn, r_h, r_c, r_out, r_ga, r_hm,  # PAIRED: elements from each buffer
+                                  # above to the reverse direction's (same strides)
     len_ptr,                      # HAS_LENGTHS: (B,) sequence lengths
+    z_seed, z_th_h, z_th_c,       # LSTM ZONEOUT: see lstm.lstm_update_fwd
     sem_ptr, err_ptr,             # barrier counters (one per batch group and direction),
                                   # error word
     T, B, H,
@@ -265,10 +279,11 @@ def stationary_fwd_kernel(
     HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr, PAIRED: tl.constexpr,
     RESIDENT: tl.constexpr, U: tl.constexpr, BB: tl.constexpr, KC: tl.constexpr,
     NK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr,
-    SPIN_LIMIT: tl.constexpr,
+    SPIN_LIMIT: tl.constexpr, HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr,
 ):
     G: tl.constexpr = 4 if LSTM else (1 if RNN else 3)
     DIRS: tl.constexpr = 2 if PAIRED else 1
+    REV: tl.constexpr = 1 if REVERSE else 0  # direction d + REV: zoneout's stream
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_u, n_bg = tl.cdiv(H, U), tl.cdiv(B, BB)
     n_tiles = n_u * n_bg
@@ -281,8 +296,10 @@ def stationary_fwd_kernel(
             _fwd_tile(tile % n_u, tile // n_u, w0, w1, w2, w3, xg_ptr + d * r_xg, s_xg_t,
                       s_xg_b, bhn_ptr + d * r_bhn, h_ptr + d * r_h, s_h_slot, s_h_b,
                       c_ptr + d * r_c, s_c_slot, s_c_b, out_ptr + d * r_out, s_o_t, s_o_b,
-                      ga_ptr + d * r_ga, s_ga_t, s_ga_b, len_ptr, t, rd, wr, B, H, LSTM, RNN,
-                      ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE, UPCAST)
+                      ga_ptr + d * r_ga, s_ga_t, s_ga_b, len_ptr, hm_ptr + d * r_hm, s_hm_b,
+                      z_seed, z_th_h, z_th_c, d + REV, t, rd, wr, B, H, LSTM, RNN,
+                      ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE, UPCAST,
+                      HAS_HMASK, ZONEOUT)
             group_barrier(sem_ptr + d * n_bg + tile // n_u, n_u, tile % n_u == 0, err_ptr, s,
                           ASM_ACQUIRE, SPIN_LIMIT)
         else:
@@ -294,8 +311,10 @@ def stationary_fwd_kernel(
                 _fwd_tile(tile % n_u, tile // n_u, v0, v1, v2, v3, xg_ptr + d * r_xg, s_xg_t,
                           s_xg_b, bhn_ptr + d * r_bhn, h_ptr + d * r_h, s_h_slot, s_h_b,
                           c_ptr + d * r_c, s_c_slot, s_c_b, out_ptr + d * r_out, s_o_t, s_o_b,
-                          ga_ptr + d * r_ga, s_ga_t, s_ga_b, len_ptr, t, rd, wr, B, H, LSTM,
-                          RNN, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE, UPCAST)
+                          ga_ptr + d * r_ga, s_ga_t, s_ga_b, len_ptr, hm_ptr + d * r_hm,
+                          s_hm_b, z_seed, z_th_h, z_th_c, d + REV, t, rd, wr, B, H, LSTM,
+                          RNN, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE, UPCAST,
+                          HAS_HMASK, ZONEOUT)
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
 
@@ -317,7 +336,7 @@ def _w_cols_all(w_ptr, s_w, i_u, H, LSTM: tl.constexpr, RNN: tl.constexpr, U: tl
             w30, w31, w32, w33)
 
 
-@triton.jit(do_not_specialize=["T"])
+@triton.jit(do_not_specialize=["T", "z_seed"])
 def stationary_bwd_kernel(
     dg_ptr, s_dg_t, s_dg_b,       # recurrent pre-activation gradients (T+1, B, G*H), ACC
     dxn_ptr, s_dxn_t, s_dxn_b,    # GRU: gradient of the input's n pre-activation (T, B, H)
@@ -329,16 +348,19 @@ def stationary_bwd_kernel(
     c_ptr, s_c_slot, s_c_b,       # LSTM: cell history
     h_ptr, s_h_slot, s_h_b,       # GRU: state history
     dcs_ptr, s_dcs_t, s_dcs_b,    # LSTM, HAS_DCS: gradient of the returned cell states
-    r_dg, r_dxn, r_w, r_g, r_do, r_gc, r_ga, r_c, r_h, r_dcs,  # PAIRED: elements from each
-                                  # buffer above to the reverse direction's (same strides)
-    len_ptr, sem_ptr, err_ptr, T, B, H,
+    hm_ptr, s_hm_b,               # HAS_HMASK: variational mask of h_{t-1} (B, H)
+    r_dg, r_dxn, r_w, r_g, r_do, r_gc, r_ga, r_c, r_h, r_dcs, r_hm,  # PAIRED: elements
+                                  # from each buffer above to the reverse direction's
+    len_ptr, z_seed, z_th_h, z_th_c, sem_ptr, err_ptr, T, B, H,
     LSTM: tl.constexpr, RNN: tl.constexpr, ACC: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     HAS_DCS: tl.constexpr,
     REVERSE: tl.constexpr, PAIRED: tl.constexpr, RESIDENT: tl.constexpr, U: tl.constexpr,
     BB: tl.constexpr, KC: tl.constexpr, NK: tl.constexpr, IEEE: tl.constexpr,
     UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+    HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr,
 ):
     DIRS: tl.constexpr = 2 if PAIRED else 1
+    REV: tl.constexpr = 1 if REVERSE else 0  # direction d + REV: zoneout's stream
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_u, n_bg = tl.cdiv(H, U), tl.cdiv(B, BB)
     n_tiles = n_u * n_bg
@@ -356,8 +378,10 @@ def stationary_bwd_kernel(
                       s_dxn_b, g_ptr + d * r_g, s_g_b, do_ptr + d * r_do, s_do_t, s_do_b,
                       gc_ptr + d * r_gc, s_gc_b, ga_ptr + d * r_ga, s_ga_t, s_ga_b,
                       c_ptr + d * r_c, s_c_slot, s_c_b, h_ptr + d * r_h, s_h_slot, s_h_b,
-                      dcs_ptr + d * r_dcs, s_dcs_t, s_dcs_b, len_ptr, t, t_next, rd, wr, B, H,
-                      LSTM, RNN, ACC, HAS_LENGTHS, HAS_DCS, U, BB, KC, NK, IEEE, UPCAST)
+                      dcs_ptr + d * r_dcs, s_dcs_t, s_dcs_b, len_ptr, hm_ptr + d * r_hm,
+                      s_hm_b, z_seed, z_th_h, z_th_c, d + REV, t, t_next, rd, wr, B, H,
+                      LSTM, RNN, ACC, HAS_LENGTHS, HAS_DCS, U, BB, KC, NK, IEEE, UPCAST,
+                      HAS_HMASK, ZONEOUT)
             group_barrier(sem_ptr + d * n_bg + tile // n_u, n_u, tile % n_u == 0, err_ptr, s,
                           ASM_ACQUIRE, SPIN_LIMIT)
         else:
@@ -373,9 +397,10 @@ def stationary_bwd_kernel(
                           s_dxn_b, g_ptr + d * r_g, s_g_b, do_ptr + d * r_do, s_do_t, s_do_b,
                           gc_ptr + d * r_gc, s_gc_b, ga_ptr + d * r_ga, s_ga_t, s_ga_b,
                           c_ptr + d * r_c, s_c_slot, s_c_b, h_ptr + d * r_h, s_h_slot, s_h_b,
-                          dcs_ptr + d * r_dcs, s_dcs_t, s_dcs_b, len_ptr, t, t_next, rd, wr,
+                          dcs_ptr + d * r_dcs, s_dcs_t, s_dcs_b, len_ptr, hm_ptr + d * r_hm,
+                          s_hm_b, z_seed, z_th_h, z_th_c, d + REV, t, t_next, rd, wr,
                           B, H, LSTM, RNN, ACC, HAS_LENGTHS, HAS_DCS, U, BB, KC, NK, IEEE,
-                          UPCAST)
+                          UPCAST, HAS_HMASK, ZONEOUT)
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
 
@@ -383,8 +408,8 @@ def stationary_bwd_kernel(
 # launchers: the buffers come from lstm.py / gru.py / rnn.py, whose launchers hand their
 # launch over as a pairing.Launch (see kernels/pairing.py)
 # ----------------------------------------------------------------------------------------
-_FWD_DIR_ARGS = ("xg", "w", "bhn", "h", "c", "out", "ga")
-_BWD_DIR_ARGS = ("dg", "dxn", "w", "g", "do", "gc", "ga", "c", "h", "dcs")
+_FWD_DIR_ARGS = ("xg", "w", "bhn", "h", "c", "out", "ga", "hm")
+_BWD_DIR_ARGS = ("dg", "dxn", "w", "g", "do", "gc", "ga", "c", "h", "dcs", "hm")
 
 
 def _kernel(launch):
