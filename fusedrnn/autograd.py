@@ -49,116 +49,136 @@ def _cell_states(cs, lengths, reverse, dtype):
 class LSTMLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
-                cell_states=False):
+                cell_states=False, hmask=None, zoneout=None):
         out, h_n, c_n, saved = _lstm.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                                  lengths, reverse, save=True)
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, *saved)
-        ctx.reverse, ctx.cell_states = reverse, cell_states
+                                                  lengths, reverse, save=True, hmask=hmask,
+                                                  zoneout=zoneout)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, hmask, *saved)
+        ctx.reverse, ctx.cell_states, ctx.zoneout = reverse, cell_states, zoneout
         if cell_states:
             return out, h_n, c_n, _cell_states(saved[1], lengths, reverse, x.dtype)
         return out, h_n, c_n
 
     @staticmethod
     def backward(ctx, d_out, d_hn, d_cn, *d_cells):
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, *saved = ctx.saved_tensors
+        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, hmask, *saved = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True
             inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, ctx.reverse,
-                      ctx.cell_states)
+                      ctx.cell_states, None, hmask, ctx.zoneout)
             return _differentiable_backward(reference.lstm_layer, inputs,
-                                            (d_out, d_hn, d_cn, *d_cells))
+                                            (d_out, d_hn, d_cn, *d_cells))[:11] + (None, None)
         grads = _lstm.lstm_backward(x, w_ih, w_hh, w_hr, lengths, ctx.reverse, saved, d_out,
                                     d_hn, d_cn, needs=ctx.needs_input_grad[:8],
-                                    d_cs=d_cells[0] if d_cells else None)
-        return (*grads, None, None, None)
+                                    d_cs=d_cells[0] if d_cells else None, hmask=hmask,
+                                    zoneout=ctx.zoneout)
+        return (*grads, None, None, None, None, None)
 
 
 class GRULayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, hmask=None):
         out, h_n, saved = _gru.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
-                                           save=True)
-        ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, *saved)
+                                           save=True, hmask=hmask)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, *saved)
         ctx.reverse = reverse
         return out, h_n
 
     @staticmethod
     def backward(ctx, d_out, d_hn):
-        x, h0, w_ih, w_hh, b_ih, b_hh, lengths, *saved = ctx.saved_tensors
+        x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, *saved = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True
-            inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse)
-            return _differentiable_backward(reference.gru_layer, inputs, (d_out, d_hn))
+            inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, None, hmask)
+            return _differentiable_backward(reference.gru_layer, inputs,
+                                            (d_out, d_hn))[:8] + (None,)
         grads = _gru.gru_backward(x, w_ih, w_hh, lengths, ctx.reverse, saved, d_out, d_hn,
-                                  needs=ctx.needs_input_grad[:6])
-        return (*grads, None, None)
+                                  needs=ctx.needs_input_grad[:6], hmask=hmask)
+        return (*grads, None, None, None)
 
 
 class RNNLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity,
+                hmask=None):
         out, h_n, saved = _rnn.rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
-                                           save=True, nonlinearity=nonlinearity)
-        ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, *saved)
+                                           save=True, nonlinearity=nonlinearity, hmask=hmask)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, *saved)
         ctx.reverse, ctx.nonlinearity = reverse, nonlinearity
         return out, h_n
 
     @staticmethod
     def backward(ctx, d_out, d_hn):
-        x, h0, w_ih, w_hh, b_ih, b_hh, lengths, *saved = ctx.saved_tensors
+        x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, *saved = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True
-            inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, ctx.nonlinearity)
-            return _differentiable_backward(reference.rnn_layer, inputs, (d_out, d_hn))
+            inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, ctx.nonlinearity,
+                      None, hmask)
+            return _differentiable_backward(reference.rnn_layer, inputs,
+                                            (d_out, d_hn))[:9] + (None,)
         grads = _rnn.rnn_backward(x, w_ih, w_hh, lengths, ctx.reverse, saved, d_out, d_hn,
-                                  needs=ctx.needs_input_grad[:6])
-        return (*grads, None, None, None)
+                                  needs=ctx.needs_input_grad[:6], hmask=hmask)
+        return (*grads, None, None, None, None)
+
+
+def _refuse_compiling(what: str) -> None:
+    raise NotImplementedError(f"fusedrnn: {what} on backend='triton' does not run under "
+                              f"torch.compile yet; use backend='reference' there")
 
 
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None,
-               reverse=False, cell_states=False):
+               reverse=False, cell_states=False, hmask=None, zoneout=None):
     """One LSTM layer on the Triton kernels. Returns (out, h_n, c_n), and with
-    ``cell_states`` every c_t (T, B, H) too."""
+    ``cell_states`` every c_t (T, B, H) too. ``hmask`` / ``zoneout``: the recurrent
+    regularizers (fusedrnn/reference.py has their math)."""
     train = _needs_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     if torch.compiler.is_compiling():
         if cell_states:
-            raise NotImplementedError(
-                "fusedrnn: return_cell_states on backend='triton' does not run under "
-                "torch.compile yet; use backend='reference' there")
+            _refuse_compiling("return_cell_states")
+        if hmask is not None or zoneout is not None:
+            _refuse_compiling("variational_dropout / zoneout")
         from fusedrnn import ops
         return ops.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
                               train)[:3]
     if train:
         return LSTMLayer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
-                               cell_states)
+                               cell_states, hmask, zoneout)
     out, h_n, c_n, saved = _lstm.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
-                                              lengths, reverse, save=cell_states)
+                                              lengths, reverse, save=cell_states, hmask=hmask,
+                                              zoneout=zoneout)
     if cell_states:  # (the whole cell history was kept for them)
         return out, h_n, c_n, _cell_states(saved[1], lengths, reverse, x.dtype)
     return out, h_n, c_n
 
 
-def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False):
+def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False,
+              hmask=None):
     """One GRU layer on the Triton kernels. Returns (out, h_n)."""
     train = _needs_grad(x, h0, w_ih, w_hh, b_ih, b_hh)
     if torch.compiler.is_compiling():
+        if hmask is not None:
+            _refuse_compiling("variational_dropout")
         from fusedrnn import ops
         return ops.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train)[:2]
     if train:
-        return GRULayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
-    out, h_n, _ = _gru.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save=False)
+        return GRULayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, hmask)
+    out, h_n, _ = _gru.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save=False,
+                                   hmask=hmask)
     return out, h_n
 
 
 def rnn_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False,
-              nonlinearity="tanh"):
+              nonlinearity="tanh", hmask=None):
     """One plain RNN layer (tanh or relu) on the Triton kernels. Returns (out, h_n)."""
     train = _needs_grad(x, h0, w_ih, w_hh, b_ih, b_hh)
     if torch.compiler.is_compiling():
+        if hmask is not None:
+            _refuse_compiling("variational_dropout")
         from fusedrnn import ops
         return ops.rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity,
                              train)[:2]
     if train:
-        return RNNLayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity)
+        return RNNLayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity,
+                              hmask)
     out, h_n, _ = _rnn.rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save=False,
-                                   nonlinearity=nonlinearity)
+                                   nonlinearity=nonlinearity, hmask=hmask)
     return out, h_n
 
 

@@ -49,71 +49,85 @@ def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
                b_ih: Tensor | None = None, b_hh: Tensor | None = None,
                w_hr: Tensor | None = None, lengths: Tensor | None = None,
                reverse: bool = False, backend: str = "auto", cell_states: bool = False,
-               resets: Tensor | None = None):
+               resets: Tensor | None = None, hmask: Tensor | None = None, zoneout=None):
     """One LSTM layer over time-major x (T, B, I); h0 (B, P or H), c0 (B, H).
 
     ``lengths`` (B,) holds each sequence's length: past it a sequence keeps its state and
     outputs zeros. ``resets`` (T, B) bool restarts the state from (h0, c0) where set
     (fusedrnn/episodes.py has the rule). Returns (out (T, B, P or H), h_n, c_n), and with
     ``cell_states`` every cell state c_t (T, B, H) as well (zero past a sequence's length;
-    differentiable).
+    differentiable). ``hmask`` (B, P or H) multiplies h_{t-1} in the recurrent product
+    (variational dropout) and ``zoneout`` is (seed, thresh_h, thresh_c, mode)
+    (fusedrnn.regularizers.zoneout_spec); fusedrnn/reference.py has their math.
     """
     if resets is not None:
         _check_layer_resets(resets, x)
     if _layer_backend(backend, x) == "triton":
         if resets is not None:
-            return _by_episodes(lambda xe, le, h, c: _triton_ops().lstm_layer(
-                xe, h, c, w_ih, w_hh, b_ih, b_hh, w_hr, le, reverse, cell_states),
-                x, lengths, resets, reverse, h0, c0)
+            _refuse_zoneout_episodes(zoneout)
+            return _by_episodes(lambda xe, le, h, c, *m: _triton_ops().lstm_layer(
+                xe, h, c, w_ih, w_hh, b_ih, b_hh, w_hr, le, reverse, cell_states, *m),
+                x, lengths, resets, reverse, h0, c0, masks=(hmask,))
         return _triton_ops().lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
-                                        reverse, cell_states)
+                                        reverse, cell_states, hmask, zoneout)
     return reference.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
-                                cell_states, resets)
+                                cell_states, resets, hmask, zoneout)
 
 
 def gru_layer(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor,
               b_ih: Tensor | None = None, b_hh: Tensor | None = None,
               lengths: Tensor | None = None, reverse: bool = False, backend: str = "auto",
-              resets: Tensor | None = None):
-    """One GRU layer over time-major x (T, B, I); h0 (B, H); ``resets`` as
+              resets: Tensor | None = None, hmask: Tensor | None = None):
+    """One GRU layer over time-major x (T, B, I); h0 (B, H); ``resets`` and ``hmask`` as
     :func:`lstm_layer`'s. Returns (out (T, B, H), h_n)."""
     if resets is not None:
         _check_layer_resets(resets, x)
     if _layer_backend(backend, x) == "triton":
         if resets is not None:
-            return _by_episodes(lambda xe, le, h: _triton_ops().gru_layer(
-                xe, h, w_ih, w_hh, b_ih, b_hh, le, reverse), x, lengths, resets, reverse, h0)
-        return _triton_ops().gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse)
-    return reference.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, resets)
+            return _by_episodes(lambda xe, le, h, *m: _triton_ops().gru_layer(
+                xe, h, w_ih, w_hh, b_ih, b_hh, le, reverse, *m), x, lengths, resets, reverse,
+                h0, masks=(hmask,))
+        return _triton_ops().gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, hmask)
+    return reference.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, resets, hmask)
 
 
 def rnn_layer(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor,
               b_ih: Tensor | None = None, b_hh: Tensor | None = None,
               lengths: Tensor | None = None, reverse: bool = False,
               nonlinearity: str = "tanh", backend: str = "auto",
-              resets: Tensor | None = None):
+              resets: Tensor | None = None, hmask: Tensor | None = None):
     """One plain RNN layer ("tanh" or "relu") over time-major x (T, B, I); h0 (B, H);
-    ``resets`` as :func:`lstm_layer`'s. Returns (out (T, B, H), h_n)."""
+    ``resets`` and ``hmask`` as :func:`lstm_layer`'s. Returns (out (T, B, H), h_n)."""
     _check_nonlinearity(nonlinearity)
     if resets is not None:
         _check_layer_resets(resets, x)
     if _layer_backend(backend, x) == "triton":
         if resets is not None:
-            return _by_episodes(lambda xe, le, h: _triton_ops().rnn_layer(
-                xe, h, w_ih, w_hh, b_ih, b_hh, le, reverse, nonlinearity), x, lengths, resets,
-                reverse, h0)
+            return _by_episodes(lambda xe, le, h, *m: _triton_ops().rnn_layer(
+                xe, h, w_ih, w_hh, b_ih, b_hh, le, reverse, nonlinearity, *m), x, lengths,
+                resets, reverse, h0, masks=(hmask,))
         return _triton_ops().rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
-                                       nonlinearity)
+                                       nonlinearity, hmask)
     return reference.rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity,
-                               resets)
+                               resets, hmask)
 
 
-def _by_episodes(run, x, lengths, resets, reverse, *states):
-    """One layer with resets on the kernels: run(x', lengths', *states') over the episodes
-    (fusedrnn/episodes.py), then outputs back to (T, B) and final states per sequence.
+def _refuse_zoneout_episodes(zoneout) -> None:
+    # the kernels draw zoneout by (step, batch row); re-batched episodes would draw other
+    # units than the reference does
+    if zoneout is not None:
+        raise ValueError("fusedrnn: zoneout together with resets does not run on "
+                         "backend='triton' yet; use backend='reference'")
+
+
+def _by_episodes(run, x, lengths, resets, reverse, *states, masks=()):
+    """One layer with resets on the kernels: run(x', lengths', *states', *masks') over the
+    episodes (fusedrnn/episodes.py; a per-sequence mask goes with each of its episodes),
+    then outputs back to (T, B) and final states per sequence.
     Returns what the layer op returns: out, the final states, [cell states]."""
     ep = episodes.Episodes(resets, lengths)
-    res = run(ep.to_episodes(x), ep.lengths, *(ep.initial(s) for s in states))
+    res = run(ep.to_episodes(x), ep.lengths, *(ep.initial(s) for s in states),
+              *(None if m is None else ep.initial(m) for m in masks))
     n = len(states)
     return (ep.from_episodes(res[0]), *(ep.final(s, reverse) for s in res[1:1 + n]),
             *(ep.from_episodes(c) for c in res[1 + n:]))
@@ -240,7 +254,7 @@ def _paired_layer(cell, x, lengths, h0, c0, groups, layer, nonlinearity, h_n, c_
 def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
            has_biases: bool, num_layers: int, dropout: float, train: bool,
            bidirectional: bool, batch_first: bool, backend: str, nonlinearity: str = "tanh",
-           cell_states: bool = False, resets: Tensor | None = None):
+           cell_states: bool = False, resets: Tensor | None = None, recurrent=None):
     lstm_mode = cell == "lstm"
     h0, c0 = hx if lstm_mode else (hx, None)
     _check_state("hx[0]" if lstm_mode else "hx", h0, input)
@@ -256,9 +270,11 @@ def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
         x, lengths, index = (input.transpose(0, 1) if batch_first else input), None, None
 
     ep = None
+    B = x.shape[1]  # sequences: the regularizers' masks are per sequence
     if resets is not None:
         resets = _stack_resets(resets, input, batch_sizes, batch_first, index, x.shape)
         if backend == "triton":  # every layer runs on the episodes (fusedrnn/episodes.py)
+            _refuse_zoneout_episodes(recurrent and recurrent.zoneout(0))
             ep = episodes.Episodes(resets, lengths)
             x, lengths, resets = ep.to_episodes(x), ep.lengths, None
             h0 = ep.initial(h0)
@@ -270,9 +286,19 @@ def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
     # the Triton kernels run both directions of a layer together (one launch per pass where
     # they are weight-stationary); torch.compile sees one custom op per direction instead
     paired = D == 2 and backend == "triton" and not torch.compiler.is_compiling()
+    # (the paired launch takes no regularizer of its own: those layers go one direction
+    # at a time)
+    paired = paired and (recurrent is None or not recurrent.in_kernels())
+
+    def per_sequence(mask):  # a (B, N) mask on the batch the layers run on
+        return mask if mask is None or ep is None else ep.initial(mask)
+
     cells = []
     for layer in range(num_layers):
         last = layer == num_layers - 1
+        if recurrent is not None:  # variational dropout of the layer's input
+            m = per_sequence(recurrent.input_mask(layer, B, x.shape[-1], x))
+            x = x if m is None else x * m
         if paired and not (cell_states and last):  # (the paired launch returns no c_t)
             x = _paired_layer(cell, x, lengths, h0, c0, groups, layer, nonlinearity, h_n, c_n)
             if dropout > 0 and train and layer < num_layers - 1:
@@ -282,18 +308,24 @@ def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
         for d in range(D):
             k = layer * D + d
             w_ih, w_hh, b_ih, b_hh, w_hr = groups[k]
+            hmask, zoneout = None, None
+            if recurrent is not None:
+                hmask = per_sequence(recurrent.state_mask(layer, d, B, h0.shape[-1], x))
+                zoneout = recurrent.zoneout(layer)
             if lstm_mode:
                 out, h, c, *cs = lstm_layer(x, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_hr,
                                             lengths, reverse=d == 1, backend=backend,
-                                            cell_states=cell_states and last, resets=resets)
+                                            cell_states=cell_states and last, resets=resets,
+                                            hmask=hmask, zoneout=zoneout)
                 c_n.append(c)
                 cells += cs
             elif cell == "gru":
                 out, h = gru_layer(x, h0[k], w_ih, w_hh, b_ih, b_hh, lengths,
-                                   reverse=d == 1, backend=backend, resets=resets)
+                                   reverse=d == 1, backend=backend, resets=resets, hmask=hmask)
             else:
                 out, h = rnn_layer(x, h0[k], w_ih, w_hh, b_ih, b_hh, lengths, reverse=d == 1,
-                                   nonlinearity=nonlinearity, backend=backend, resets=resets)
+                                   nonlinearity=nonlinearity, backend=backend, resets=resets,
+                                   hmask=hmask)
             outs.append(out)
             h_n.append(h)
         x = outs[0] if D == 1 else torch.cat(outs, dim=-1)
@@ -331,17 +363,22 @@ def _stack_resets(resets, input: Tensor, batch_sizes, batch_first: bool, index, 
     return resets.t() if batch_first else resets
 
 
-def _refuse_native(chosen: str, resets) -> None:
-    if chosen == "native" and resets is not None:
-        raise ValueError("fusedrnn: torch's own op (backend='native', and under tracing or "
-                         "export) cannot serve resets; use backend='auto', 'reference' or "
-                         "'triton'")
+def _refuse_native(chosen: str, resets, recurrent=None) -> None:
+    what = "resets" if resets is not None else None
+    if recurrent is not None and recurrent.p_input + recurrent.p_between + recurrent.p_state:
+        what = "variational_dropout"
+    if recurrent is not None and any(recurrent.zoneout_rates):
+        what = "zoneout"
+    if chosen == "native" and what:
+        raise ValueError(f"fusedrnn: torch's own op (backend='native', and under tracing or "
+                         f"export) cannot serve {what}; use backend='auto', 'reference' or "
+                         f"'triton'")
 
 
 def lstm(input: Tensor, batch_sizes: Tensor | None, hx: tuple[Tensor, Tensor], weights,
          has_biases: bool, num_layers: int, dropout: float, train: bool, bidirectional: bool,
          batch_first: bool = False, backend: str = "auto", cell_states: bool = False,
-         resets: Tensor | None = None):
+         resets: Tensor | None = None, recurrent=None):
     """Multi-layer LSTM with ``torch._VF.lstm``'s arguments. Returns (output, h_n, c_n), and
     with ``cell_states`` the last layer's cell states c_t in the output's layout
     ((T, B, D*H), batch-first, or packed data), zero past a sequence's length.
@@ -351,9 +388,11 @@ def lstm(input: Tensor, batch_sizes: Tensor | None, hx: tuple[Tensor, Tensor], w
     [b_ih, b_hh], [w_hr]). ``resets``: bool, shaped like the input without its features
     ((T, B), (B, T) batch-first, or (N,) for packed data); where set the state entering that
     step restarts from hx in every layer (fusedrnn/episodes.py has the exact rule).
+    ``recurrent``: the pass's variational dropout and zoneout
+    (fusedrnn.regularizers.Recurrent), or None.
     """
     chosen = _backend.resolve(backend, input.device, input.dtype)
-    _refuse_native(chosen, resets)
+    _refuse_native(chosen, resets, recurrent)
     if chosen == "native" and cell_states:
         raise ValueError("fusedrnn: torch's own LSTM op (backend='native', and under tracing "
                          "or export) does not return the cell states (return_cell_states); "
@@ -366,16 +405,17 @@ def lstm(input: Tensor, batch_sizes: Tensor | None, hx: tuple[Tensor, Tensor], w
                         bidirectional)
     return _stack("lstm", input, batch_sizes, hx, weights, has_biases, num_layers, dropout,
                   train, bidirectional, batch_first, chosen, cell_states=cell_states,
-                  resets=resets)
+                  resets=resets, recurrent=recurrent)
 
 
 def gru(input: Tensor, batch_sizes: Tensor | None, hx: Tensor, weights, has_biases: bool,
         num_layers: int, dropout: float, train: bool, bidirectional: bool,
-        batch_first: bool = False, backend: str = "auto", resets: Tensor | None = None):
-    """Multi-layer GRU with ``torch._VF.gru``'s arguments (``resets`` as :func:`lstm`'s).
-    Returns (output, h_n)."""
+        batch_first: bool = False, backend: str = "auto", resets: Tensor | None = None,
+        recurrent=None):
+    """Multi-layer GRU with ``torch._VF.gru``'s arguments (``resets`` and ``recurrent``, its
+    variational dropout, as :func:`lstm`'s). Returns (output, h_n)."""
     chosen = _backend.resolve(backend, input.device, input.dtype)
-    _refuse_native(chosen, resets)
+    _refuse_native(chosen, resets, recurrent)
     if chosen == "native":
         if batch_sizes is None:
             return _VF.gru(input, hx, weights, has_biases, num_layers, dropout, train,
@@ -383,18 +423,20 @@ def gru(input: Tensor, batch_sizes: Tensor | None, hx: Tensor, weights, has_bias
         return _VF.gru(input, batch_sizes, hx, weights, has_biases, num_layers, dropout, train,
                        bidirectional)
     return _stack("gru", input, batch_sizes, hx, weights, has_biases, num_layers, dropout,
-                  train, bidirectional, batch_first, chosen, resets=resets)
+                  train, bidirectional, batch_first, chosen, resets=resets,
+                  recurrent=recurrent)
 
 
 def rnn(input: Tensor, batch_sizes: Tensor | None, hx: Tensor, weights, has_biases: bool,
         num_layers: int, dropout: float, train: bool, bidirectional: bool,
         batch_first: bool = False, nonlinearity: str = "tanh", backend: str = "auto",
-        resets: Tensor | None = None):
+        resets: Tensor | None = None, recurrent=None):
     """Multi-layer plain RNN with ``torch._VF.rnn_tanh`` / ``rnn_relu``'s arguments (and
-    ``nonlinearity``; ``resets`` as :func:`lstm`'s). Returns (output, h_n)."""
+    ``nonlinearity``; ``resets`` and ``recurrent`` as :func:`lstm`'s). Returns (output,
+    h_n)."""
     _check_nonlinearity(nonlinearity)
     chosen = _backend.resolve(backend, input.device, input.dtype)
-    _refuse_native(chosen, resets)
+    _refuse_native(chosen, resets, recurrent)
     if chosen == "native":
         op = _VF.rnn_tanh if nonlinearity == "tanh" else _VF.rnn_relu
         if batch_sizes is None:
@@ -403,4 +445,5 @@ def rnn(input: Tensor, batch_sizes: Tensor | None, hx: Tensor, weights, has_bias
         return op(input, batch_sizes, hx, weights, has_biases, num_layers, dropout, train,
                   bidirectional)
     return _stack("rnn", input, batch_sizes, hx, weights, has_biases, num_layers, dropout,
-                  train, bidirectional, batch_first, chosen, nonlinearity, resets=resets)
+                  train, bidirectional, batch_first, chosen, nonlinearity, resets=resets,
+                  recurrent=recurrent)

@@ -65,7 +65,8 @@ class _BackendMixin:
         modules too (same parameters, same numbers; ``fusedrnn.convert`` swaps them back)."""
         base = next(c for c in type(self).__mro__ if c.__module__ == "torch.nn.modules.rnn")
         twin = share_state(self, base)
-        for name in ("backend", "weight_dropout", "return_cell_states"):  # fusedrnn's own
+        for name in ("backend", "weight_dropout", "return_cell_states",  # fusedrnn's own
+                     "variational_dropout", "zoneout"):
             twin.__dict__.pop(name, None)
         return twin
 
@@ -84,8 +85,8 @@ class _BackendMixin:
                 raise ValueError(f"fusedrnn: {option} is set, and torch's own op "
                                  f"(backend='native', and under tracing or export) cannot "
                                  f"serve it; use backend='auto', 'reference' or 'triton'"
-                                 + (", or call .eval()" if option == "weight_dropout"
-                                    else ""))
+                                 + (", or call .eval()" if option in
+                                    ("weight_dropout", "variational_dropout") else ""))
             return "reference"  # "auto" off CUDA
         if (chosen == "triton" and _backend.chose_by_auto(getattr(self, "backend", "auto"))
                 and isinstance(self, (nn.LSTM, nn.GRU, nn.RNN)) and not option
@@ -95,11 +96,16 @@ class _BackendMixin:
 
     def _fused_only_option(self) -> str | None:
         """The name of a fusedrnn-only option this call must serve (torch's op cannot), or
-        None: return_cell_states, or weight_dropout in training."""
+        None: return_cell_states, zoneout (eval too: its expectation), or weight_dropout and
+        variational_dropout in training."""
         if getattr(self, "return_cell_states", False):
             return "return_cell_states"
+        if any(getattr(self, "zoneout", (0.0, 0.0))):
+            return "zoneout"
         if self.training and getattr(self, "weight_dropout", 0.0) > 0:
             return "weight_dropout"
+        if self.training and any(getattr(self, "variational_dropout", (0.0,) * 3)):
+            return "variational_dropout"
         return None
 
     def _triton_by_table(self, input) -> bool:
@@ -230,6 +236,9 @@ def _rnn_forward(module, input, hx, backend: str, resets=None):
         op = functools.partial(op, cell_states=True)
     if resets is not None:
         op = functools.partial(op, resets=resets)
+    recurrent = _recurrent(module)
+    if recurrent is not None:
+        op = functools.partial(op, recurrent=recurrent)
     with ctx:
         result = op(input, batch_sizes, tuple(states) if lstm_mode else states[0], weights,
                     module.bias, module.num_layers, float(module.dropout), module.training,
@@ -249,18 +258,35 @@ def _rnn_forward(module, input, hx, backend: str, resets=None):
     return (output, hidden, *extra)
 
 
+def _recurrent(module):
+    """The variational dropout and zoneout of this forward pass, or None where both are
+    off (and in eval, where only zoneout's expectation remains)."""
+    variational = getattr(module, "variational_dropout", (0.0,) * 3)
+    zoneout = getattr(module, "zoneout", (0.0, 0.0))
+    if not any(zoneout) and not (module.training and any(variational)):
+        return None
+    return regularizers.Recurrent(regularizers.draw_seed(), module.training, variational,
+                                  zoneout)
+
+
 class _SequenceModule(_BackendMixin):
     """What fusedrnn's LSTM, GRU and RNN add to torch's: ``backend`` and the recurrent
     regularizers (fusedrnn/regularizers.py), all keyword-only and off by default."""
     DOC = """
     fusedrnn: takes the keywords ``backend`` ("auto" | "triton" | "reference" | "native"),
     ``weight_dropout`` (DropConnect on W_hh in training, one mask per forward pass;
-    default 0: off, torch's module exactly) and, for the LSTM, ``return_cell_states``
-    (default False; True: forward returns (output, (h_n, c_n), cell_states), every c_t of
-    the last layer in the output's layout, zero past a sequence's length)."""
+    default 0: off, torch's module exactly), ``variational_dropout`` (a rate, or rates
+    (input, between layers, recurrent state): one mask per sequence and layer, the same at
+    every step, in training; the recurrent one multiplies h_{t-1} inside the kernels) and,
+    for the LSTM, ``zoneout`` (a rate, or rates (h, c): per step and unit the previous
+    value is kept in training, the expectation in eval; not with proj_size) and
+    ``return_cell_states`` (default False; True: forward returns (output, (h_n, c_n),
+    cell_states), every c_t of the last layer in the output's layout, zero past a
+    sequence's length)."""
 
     def __init__(self, *args, backend: str = "auto", weight_dropout: float = 0.0,
-                 return_cell_states: bool = False, **kwargs):
+                 return_cell_states: bool = False, variational_dropout=0.0, zoneout=0.0,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self._set_backend(backend)
         self.weight_dropout = regularizers.check_rate("weight_dropout", weight_dropout)
@@ -268,6 +294,15 @@ class _SequenceModule(_BackendMixin):
             raise ValueError(f"return_cell_states: only an LSTM has cell states, not "
                              f"{type(self).__name__}")
         self.return_cell_states = bool(return_cell_states)
+        self.variational_dropout = regularizers.check_rates("variational_dropout",
+                                                            variational_dropout, 3)
+        self.zoneout = regularizers.check_rates("zoneout", zoneout, 2)
+        if any(self.zoneout) and self.mode != "LSTM":
+            raise ValueError(f"zoneout: fusedrnn runs it on the LSTM only, not "
+                             f"{type(self).__name__}")
+        if any(self.zoneout) and getattr(self, "proj_size", 0) > 0:
+            raise ValueError("zoneout: not with proj_size > 0 (the kernels blend the "
+                             "unprojected state)")
 
     def forward(self, input, hx=None, *, resets=None):
         """torch's forward; ``resets`` (fusedrnn, keyword-only): a bool tensor shaped like
@@ -287,6 +322,10 @@ class _SequenceModule(_BackendMixin):
         s = super().extra_repr()
         p = getattr(self, "weight_dropout", 0.0)
         s += f", weight_dropout={p}" if p else ""
+        for name, off in (("variational_dropout", (0.0,) * 3), ("zoneout", (0.0, 0.0))):
+            v = getattr(self, name, off)
+            if any(v):
+                s += f", {name}={v[0] if len(set(v)) == 1 else v}"
         return s + (", return_cell_states=True" if getattr(self, "return_cell_states", False)
                     else "")
 

@@ -12,11 +12,19 @@ bool, the state entering step t restarts from the initial state where ``resets[t
 the reverse direction restarts where the forward one would start a new episode: entering
 step t when ``resets[t + 1]`` is set (and t + 1 is within the sequence), so each episode runs
 backwards from its own last step (fusedrnn/episodes.py).
+
+Regularizers (issue 14; fusedrnn/regularizers.py draws them): ``hmask`` (B, K), the
+variational recurrent-state mask, multiplies h_{t-1} where the recurrent product reads it
+(only there: a GRU's z * h_{t-1} and the carried state stay unmasked); LSTM ``zoneout``
+blends c_t = z_c c_{t-1} + (1 - z_c) c~_t and h_t = z_h h_{t-1} + (1 - z_h) h~_t, with
+h~_t = o * tanh(c~_t), per step and unit (fusedrnn.regularizers.zoneout_rate).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from fusedrnn import regularizers
 
 
 # ----------------------------------------------------------------------------------------
@@ -100,18 +108,32 @@ def _restart(resets: Tensor | None, lengths: Tensor | None, t: int, reverse: boo
     return (m if lengths is None else m & (lengths > k)).unsqueeze(-1)
 
 
+def _masked(h: Tensor, hmask: Tensor | None) -> Tensor:
+    """h_{t-1} as the recurrent product reads it."""
+    return h if hmask is None else h * hmask
+
+
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None,
-               reverse=False, cell_states=False, resets=None):
+               reverse=False, cell_states=False, resets=None, hmask=None, zoneout=None):
     """x (T, B, I), h0 (B, P or H), c0 (B, H). Returns out (T, B, P or H), h_n, c_n, and
     with ``cell_states`` every c_t (T, B, H), zero past a sequence's length like out."""
     xproj = _linear(x, w_ih, b_ih)  # all steps at once: no recurrence in the input term
     h, c = h0, c0
+    B, H = c0.shape
     outs, cells = [None] * x.shape[0], [None] * x.shape[0]
     for t in _time_order(x.shape[0], reverse):
         r = _restart(resets, lengths, t, reverse)
         if r is not None:
             h, c = torch.where(r, h0, h), torch.where(r, c0, c)
-        h_new, c_new = lstm_cell_from_proj(xproj[t], h, c, w_hh, b_hh, w_hr)
+        gates = xproj[t] + _linear(_masked(h, hmask), w_hh, b_hh)
+        h_new, c_new = lstm_pointwise(gates, c)
+        if zoneout is not None:
+            rate = lambda which: regularizers.zoneout_rate(  # noqa: E731
+                zoneout, t, 2 * int(reverse) + which, B, H, x.device, c.dtype)
+            z_h, z_c = rate(0), rate(1)
+            h_new, c_new = z_h * h + (1 - z_h) * h_new, z_c * c + (1 - z_c) * c_new
+        if w_hr is not None:
+            h_new = h_new @ w_hr.t()
         m = _valid(lengths, t)
         if m is None:
             h, c, outs[t], cells[t] = h_new, c_new, h_new, c_new
@@ -145,18 +167,19 @@ def _one_state_layer(x, h0, lengths, reverse, step, resets=None):
 
 
 def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False,
-              resets=None):
+              resets=None, hmask=None):
     """x (T, B, I), h0 (B, H). Returns out (T, B, H), h_n."""
     xproj = _linear(x, w_ih, b_ih)
-    return _one_state_layer(x, h0, lengths, reverse,
-                            lambda t, h: gru_pointwise(xproj[t], _linear(h, w_hh, b_hh), h),
-                            resets)
+    return _one_state_layer(
+        x, h0, lengths, reverse,
+        lambda t, h: gru_pointwise(xproj[t], _linear(_masked(h, hmask), w_hh, b_hh), h), resets)
 
 
 def rnn_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False,
-              nonlinearity="tanh", resets=None):
+              nonlinearity="tanh", resets=None, hmask=None):
     """x (T, B, I), h0 (B, H); "tanh" or "relu". Returns out (T, B, H), h_n."""
     xproj = _linear(x, w_ih, b_ih)
     return _one_state_layer(
         x, h0, lengths, reverse,
-        lambda t, h: rnn_pointwise(xproj[t] + _linear(h, w_hh, b_hh), nonlinearity), resets)
+        lambda t, h: rnn_pointwise(xproj[t] + _linear(_masked(h, hmask), w_hh, b_hh),
+                                   nonlinearity), resets)
