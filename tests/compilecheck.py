@@ -156,6 +156,45 @@ def _capture_pair(fwd, bwd, args, bwd_weights, n_states, lengths):
                            directions=2) for r in (0, 1)))
 
 
+def capture_regularized(H=64, batch=16, dtype=torch.bfloat16, sms=132):
+    """The launches of the recurrent regularizers (issue 14) as a GPU makes them: LSTM with
+    the variational state mask and zoneout, GRU and RNN with the mask, forward (saving) and
+    backward, in step, streaming-sequence and weight-stationary mode."""
+    launches = {}
+    for mod in (lstm, gru, rnn, stationary):
+        for name in dir(mod):
+            if isinstance(getattr(mod, name), Recorder):
+                getattr(mod, name).launches = launches
+            elif name.endswith("_kernel") and hasattr(getattr(mod, name), "arg_names"):
+                setattr(mod, name, Recorder(getattr(mod, name), launches))
+    _as_on_gpu(sms)
+    T, I, kw = 2, 32, dict(dtype=dtype)
+    x = torch.randn(T, batch, I, **kw)
+    lengths = torch.full((batch,), T, dtype=torch.int64)
+    hmask = torch.ones(batch, H, **kw)
+    zoneout = (2 ** 40 + 1, 1 << 22, 1 << 21, 1)
+    for mode in ("step", "sequence", "stationary"):
+        os.environ[KERNEL_ENV] = mode
+        largs = (x, torch.zeros(batch, H, **kw), torch.zeros(batch, H, **kw),
+                 torch.randn(4 * H, I, **kw), torch.randn(4 * H, H, **kw),
+                 torch.randn(4 * H, **kw), torch.randn(4 * H, **kw), None)
+        out, h, c, saved = lstm.lstm_forward(*largs, lengths, False, True, hmask=hmask,
+                                             zoneout=zoneout)
+        lstm.lstm_backward(x, largs[3], largs[4], None, lengths, False, saved,
+                           torch.randn_like(out), torch.randn_like(h), torch.randn_like(c),
+                           hmask=hmask, zoneout=zoneout)
+        for mod, G, fwd, bwd in ((gru, 3, gru.gru_forward, gru.gru_backward),
+                                 (rnn, 1, rnn.rnn_forward, rnn.rnn_backward)):
+            args = (x, torch.zeros(batch, H, **kw), torch.randn(G * H, I, **kw),
+                    torch.randn(G * H, H, **kw), torch.randn(G * H, **kw),
+                    torch.randn(G * H, **kw))
+            out, h, saved = fwd(*args, lengths, False, True, hmask=hmask)
+            bwd(x, args[2], args[3], lengths, False, saved, torch.randn_like(out),
+                torch.randn_like(h), hmask=hmask)
+    os.environ.pop(KERNEL_ENV)
+    return launches
+
+
 def _cuobjdump() -> str:
     path = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     return str(path) if path.exists() else "cuobjdump"

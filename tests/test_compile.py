@@ -168,3 +168,38 @@ def test_fp64_kernels_compile_with_triton_3_6():
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert len(proc.stdout.split()) == 8, proc.stdout
+
+
+_REGULARIZED = (
+    "import sys, json, triton; sys.path.insert(0, %r)\n"
+    "import compilecheck as cc\n"
+    "rows = cc.compile_all(cc.capture_regularized(), targets=('sm_90',))\n"
+    "print(json.dumps([dict(r, triton=triton.__version__) for r in rows]))\n")
+
+
+@pytest.mark.parametrize("triton_36", [False, True], ids=["installed", "triton_3_6"])
+def test_regularized_kernels_compile_for_sm90(triton_36):
+    """The variational state mask and zoneout (Philox: tl.randint on int64 counters) as a
+    GPU builds them, with the installed Triton and with 3.6, the GPU machines': every
+    kernel with HAS_HMASK / ZONEOUT on compiles for sm_90, within its budget: no spill in a
+    hot loop (H=64, bf16, B=16: a tiling inside the register budgets)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if triton_36:
+        if not (TRITON_36 / "triton").is_dir():
+            pytest.skip(f"Triton 3.6 is not installed at {TRITON_36} (make test installs it; "
+                        f"it needs PyPI once)")
+        env["PYTHONPATH"] = os.pathsep.join([str(TRITON_36), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", _REGULARIZED % str(ROOT)], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    if triton_36:
+        assert rows[0]["triton"] == "3.6.0"
+    names = {r["kernel"] for r in rows}
+    assert names == {"lstm_fwd_kernel", "lstm_bwd_kernel", "gru_fwd_kernel", "gru_bwd_kernel",
+                     "rnn_fwd_kernel", "rnn_bwd_kernel", "stationary_fwd_kernel",
+                     "stationary_bwd_kernel"}, names
+    for r in rows:
+        assert r["config"].get("HAS_HMASK") == "True", r
+        assert r["hot_spills"] == 0, r
+    assert any(r["config"].get("ZONEOUT") == "1" for r in rows)
