@@ -49,11 +49,12 @@ def _cell_states(cs, lengths, reverse, dtype):
 class LSTMLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
-                cell_states=False, hmask=None, zoneout=None):
+                cell_states=False, hmask=None, zoneout=None, resets=None):
         out, h_n, c_n, saved = _lstm.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                                   lengths, reverse, save=True, hmask=hmask,
-                                                  zoneout=zoneout)
-        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, hmask, *saved)
+                                                  zoneout=zoneout, resets=resets)
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, hmask, resets,
+                              *saved)
         ctx.reverse, ctx.cell_states, ctx.zoneout = reverse, cell_states, zoneout
         if cell_states:
             return out, h_n, c_n, _cell_states(saved[1], lengths, reverse, x.dtype)
@@ -61,61 +62,64 @@ class LSTMLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_out, d_hn, d_cn, *d_cells):
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, hmask, *saved = ctx.saved_tensors
+        (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, hmask, resets,
+         *saved) = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True
             inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, ctx.reverse,
-                      ctx.cell_states, None, hmask, ctx.zoneout)
-            return _differentiable_backward(reference.lstm_layer, inputs,
-                                            (d_out, d_hn, d_cn, *d_cells))[:11] + (None, None)
+                      ctx.cell_states, resets, hmask, ctx.zoneout)
+            grads = _differentiable_backward(reference.lstm_layer, inputs,
+                                             (d_out, d_hn, d_cn, *d_cells))
+            return grads[:11] + (None, None, None)
         grads = _lstm.lstm_backward(x, w_ih, w_hh, w_hr, lengths, ctx.reverse, saved, d_out,
                                     d_hn, d_cn, needs=ctx.needs_input_grad[:8],
                                     d_cs=d_cells[0] if d_cells else None, hmask=hmask,
-                                    zoneout=ctx.zoneout)
-        return (*grads, None, None, None, None, None)
+                                    zoneout=ctx.zoneout, resets=resets)
+        return (*grads, None, None, None, None, None, None)
 
 
 class GRULayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, hmask=None):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, hmask=None, resets=None):
         out, h_n, saved = _gru.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
-                                           save=True, hmask=hmask)
-        ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, *saved)
+                                           save=True, hmask=hmask, resets=resets)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, resets, *saved)
         ctx.reverse = reverse
         return out, h_n
 
     @staticmethod
     def backward(ctx, d_out, d_hn):
-        x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, *saved = ctx.saved_tensors
+        x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, resets, *saved = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True
-            inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, None, hmask)
+            inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, resets, hmask)
             return _differentiable_backward(reference.gru_layer, inputs,
-                                            (d_out, d_hn))[:8] + (None,)
+                                            (d_out, d_hn))[:8] + (None, None)
         grads = _gru.gru_backward(x, w_ih, w_hh, lengths, ctx.reverse, saved, d_out, d_hn,
-                                  needs=ctx.needs_input_grad[:6], hmask=hmask)
-        return (*grads, None, None, None)
+                                  needs=ctx.needs_input_grad[:6], hmask=hmask, resets=resets)
+        return (*grads, None, None, None, None)
 
 
 class RNNLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity,
-                hmask=None):
+                hmask=None, resets=None):
         out, h_n, saved = _rnn.rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
-                                           save=True, nonlinearity=nonlinearity, hmask=hmask)
-        ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, *saved)
+                                           save=True, nonlinearity=nonlinearity, hmask=hmask,
+                                           resets=resets)
+        ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, resets, *saved)
         ctx.reverse, ctx.nonlinearity = reverse, nonlinearity
         return out, h_n
 
     @staticmethod
     def backward(ctx, d_out, d_hn):
-        x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, *saved = ctx.saved_tensors
+        x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, resets, *saved = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True
             inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, ctx.nonlinearity,
-                      None, hmask)
+                      resets, hmask)
             return _differentiable_backward(reference.rnn_layer, inputs,
-                                            (d_out, d_hn))[:9] + (None,)
+                                            (d_out, d_hn))[:9] + (None, None)
         grads = _rnn.rnn_backward(x, w_ih, w_hh, lengths, ctx.reverse, saved, d_out, d_hn,
-                                  needs=ctx.needs_input_grad[:6], hmask=hmask)
-        return (*grads, None, None, None, None)
+                                  needs=ctx.needs_input_grad[:6], hmask=hmask, resets=resets)
+        return (*grads, None, None, None, None, None)
 
 
 def _refuse_compiling(what: str) -> None:
@@ -124,10 +128,11 @@ def _refuse_compiling(what: str) -> None:
 
 
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None,
-               reverse=False, cell_states=False, hmask=None, zoneout=None):
+               reverse=False, cell_states=False, hmask=None, zoneout=None, resets=None):
     """One LSTM layer on the Triton kernels. Returns (out, h_n, c_n), and with
     ``cell_states`` every c_t (T, B, H) too. ``hmask`` / ``zoneout``: the recurrent
-    regularizers (fusedrnn/reference.py has their math)."""
+    regularizers, ``resets`` (T, B) bool the episode restarts (fusedrnn/reference.py has
+    their math)."""
     train = _needs_grad(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr)
     if torch.compiler.is_compiling():
         if cell_states:
@@ -136,36 +141,37 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
             _refuse_compiling("variational_dropout / zoneout")
         from fusedrnn import ops
         return ops.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
-                              train)[:3]
+                              train, resets)[:3]
     if train:
         return LSTMLayer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
-                               cell_states, hmask, zoneout)
+                               cell_states, hmask, zoneout, resets)
     out, h_n, c_n, saved = _lstm.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                               lengths, reverse, save=cell_states, hmask=hmask,
-                                              zoneout=zoneout)
+                                              zoneout=zoneout, resets=resets)
     if cell_states:  # (the whole cell history was kept for them)
         return out, h_n, c_n, _cell_states(saved[1], lengths, reverse, x.dtype)
     return out, h_n, c_n
 
 
 def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False,
-              hmask=None):
+              hmask=None, resets=None):
     """One GRU layer on the Triton kernels. Returns (out, h_n)."""
     train = _needs_grad(x, h0, w_ih, w_hh, b_ih, b_hh)
     if torch.compiler.is_compiling():
         if hmask is not None:
             _refuse_compiling("variational_dropout")
         from fusedrnn import ops
-        return ops.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train)[:2]
+        return ops.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train,
+                             resets)[:2]
     if train:
-        return GRULayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, hmask)
+        return GRULayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, hmask, resets)
     out, h_n, _ = _gru.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save=False,
-                                   hmask=hmask)
+                                   hmask=hmask, resets=resets)
     return out, h_n
 
 
 def rnn_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False,
-              nonlinearity="tanh", hmask=None):
+              nonlinearity="tanh", hmask=None, resets=None):
     """One plain RNN layer (tanh or relu) on the Triton kernels. Returns (out, h_n)."""
     train = _needs_grad(x, h0, w_ih, w_hh, b_ih, b_hh)
     if torch.compiler.is_compiling():
@@ -173,12 +179,12 @@ def rnn_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
             _refuse_compiling("variational_dropout")
         from fusedrnn import ops
         return ops.rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity,
-                             train)[:2]
+                             train, resets)[:2]
     if train:
         return RNNLayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity,
-                              hmask)
+                              hmask, resets)
     out, h_n, _ = _rnn.rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save=False,
-                                   nonlinearity=nonlinearity, hmask=hmask)
+                                   nonlinearity=nonlinearity, hmask=hmask, resets=resets)
     return out, h_n
 
 
@@ -242,16 +248,18 @@ class BiLayer(torch.autograd.Function):
         needs = ctx.needs_input_grad
         grads_f, grads_r = pairing.run_pair(
             bwd(x, *weights(params[:n]), lengths, False, tuple(saved_f), d_out[..., :half],
-                *d_states[:n_states], needs=(needs[2], *needs[4:4 + n]), directions=2),
+                *d_states[:n_states], needs=(needs[2], *needs[4:4 + n]), directions=2,
+                resets=ctx.extra.get("resets")),
             bwd(x, *weights(params[n:]), lengths, True, tuple(saved_r), d_out[..., half:],
-                *d_states[n_states:], needs=(needs[2], *needs[4 + n:]), directions=2))
+                *d_states[n_states:], needs=(needs[2], *needs[4 + n:]), directions=2,
+                resets=ctx.extra.get("resets")))
         dx = [g for g in (grads_f[0], grads_r[0]) if g is not None]
         return (None, None, sum(dx) if dx else None, None, *grads_f[1:], *grads_r[1:])
 
 
 def bi_layer(cell: str, x, lengths, params_fwd, params_rev, **extra):
     """Both directions of one layer on the Triton kernels ("lstm", "gru" or "rnn", with
-    ``nonlinearity`` for "rnn"). Returns (out (T, B, 2 widths), forward direction's states,
+    ``nonlinearity`` for "rnn"; ``resets``, optional, for both directions). Returns (out (T, B, 2 widths), forward direction's states,
     reverse direction's states): LSTM (out, h_f, c_f, h_r, c_r), else (out, h_f, h_r)."""
     params = (*params_fwd, *params_rev)
     if _needs_grad(x, *params):

@@ -63,13 +63,8 @@ def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
     if resets is not None:
         _check_layer_resets(resets, x)
     if _layer_backend(backend, x) == "triton":
-        if resets is not None:
-            _refuse_zoneout_episodes(zoneout)
-            return _by_episodes(lambda xe, le, h, c, *m: _triton_ops().lstm_layer(
-                xe, h, c, w_ih, w_hh, b_ih, b_hh, w_hr, le, reverse, cell_states, *m),
-                x, lengths, resets, reverse, h0, c0, masks=(hmask,))
         return _triton_ops().lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
-                                        reverse, cell_states, hmask, zoneout)
+                                        reverse, cell_states, hmask, zoneout, resets)
     return reference.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
                                 cell_states, resets, hmask, zoneout)
 
@@ -83,11 +78,8 @@ def gru_layer(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor,
     if resets is not None:
         _check_layer_resets(resets, x)
     if _layer_backend(backend, x) == "triton":
-        if resets is not None:
-            return _by_episodes(lambda xe, le, h, *m: _triton_ops().gru_layer(
-                xe, h, w_ih, w_hh, b_ih, b_hh, le, reverse, *m), x, lengths, resets, reverse,
-                h0, masks=(hmask,))
-        return _triton_ops().gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, hmask)
+        return _triton_ops().gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, hmask,
+                                       resets)
     return reference.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, resets, hmask)
 
 
@@ -102,35 +94,10 @@ def rnn_layer(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor,
     if resets is not None:
         _check_layer_resets(resets, x)
     if _layer_backend(backend, x) == "triton":
-        if resets is not None:
-            return _by_episodes(lambda xe, le, h, *m: _triton_ops().rnn_layer(
-                xe, h, w_ih, w_hh, b_ih, b_hh, le, reverse, nonlinearity, *m), x, lengths,
-                resets, reverse, h0, masks=(hmask,))
         return _triton_ops().rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
-                                       nonlinearity, hmask)
+                                       nonlinearity, hmask, resets)
     return reference.rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity,
                                resets, hmask)
-
-
-def _refuse_zoneout_episodes(zoneout) -> None:
-    # the kernels draw zoneout by (step, batch row); re-batched episodes would draw other
-    # units than the reference does
-    if zoneout is not None:
-        raise ValueError("fusedrnn: zoneout together with resets does not run on "
-                         "backend='triton' yet; use backend='reference'")
-
-
-def _by_episodes(run, x, lengths, resets, reverse, *states, masks=()):
-    """One layer with resets on the kernels: run(x', lengths', *states', *masks') over the
-    episodes (fusedrnn/episodes.py; a per-sequence mask goes with each of its episodes),
-    then outputs back to (T, B) and final states per sequence.
-    Returns what the layer op returns: out, the final states, [cell states]."""
-    ep = episodes.Episodes(resets, lengths)
-    res = run(ep.to_episodes(x), ep.lengths, *(ep.initial(s) for s in states),
-              *(None if m is None else ep.initial(m) for m in masks))
-    n = len(states)
-    return (ep.from_episodes(res[0]), *(ep.final(s, reverse) for s in res[1:1 + n]),
-            *(ep.from_episodes(c) for c in res[1 + n:]))
 
 
 def _check_layer_resets(resets, x: Tensor) -> None:
@@ -231,7 +198,7 @@ def _split_weights(weights, has_biases: bool, n_groups: int):
     return groups
 
 
-def _paired_layer(cell, x, lengths, h0, c0, groups, layer, nonlinearity, h_n, c_n):
+def _paired_layer(cell, x, lengths, h0, c0, groups, layer, nonlinearity, h_n, c_n, resets):
     """Both directions of one layer on the Triton kernels; appends the states to h_n, c_n
     and returns the layer's output."""
     params = []
@@ -242,6 +209,8 @@ def _paired_layer(cell, x, lengths, h0, c0, groups, layer, nonlinearity, h_n, c_
         else:
             params.append((h0[k], w_ih, w_hh, b_ih, b_hh))
     extra = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
+    if resets is not None:
+        extra["resets"] = resets
     out, *states = _triton_ops().bi_layer(cell, x, lengths, *params, **extra)
     if cell == "lstm":
         h_n += [states[0], states[2]]
@@ -269,16 +238,9 @@ def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         x, lengths, index = (input.transpose(0, 1) if batch_first else input), None, None
 
-    ep = None
-    B = x.shape[1]  # sequences: the regularizers' masks are per sequence
+    B = x.shape[1]
     if resets is not None:
         resets = _stack_resets(resets, input, batch_sizes, batch_first, index, x.shape)
-        if backend == "triton":  # every layer runs on the episodes (fusedrnn/episodes.py)
-            _refuse_zoneout_episodes(recurrent and recurrent.zoneout(0))
-            ep = episodes.Episodes(resets, lengths)
-            x, lengths, resets = ep.to_episodes(x), ep.lengths, None
-            h0 = ep.initial(h0)
-            c0 = ep.initial(c0) if lstm_mode else None
 
     D = 2 if bidirectional else 1
     groups = _split_weights(weights, has_biases, num_layers * D)
@@ -290,17 +252,15 @@ def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
     # at a time)
     paired = paired and (recurrent is None or not recurrent.in_kernels())
 
-    def per_sequence(mask):  # a (B, N) mask on the batch the layers run on
-        return mask if mask is None or ep is None else ep.initial(mask)
-
     cells = []
     for layer in range(num_layers):
         last = layer == num_layers - 1
         if recurrent is not None:  # variational dropout of the layer's input
-            m = per_sequence(recurrent.input_mask(layer, B, x.shape[-1], x))
+            m = recurrent.input_mask(layer, B, x.shape[-1], x)
             x = x if m is None else x * m
         if paired and not (cell_states and last):  # (the paired launch returns no c_t)
-            x = _paired_layer(cell, x, lengths, h0, c0, groups, layer, nonlinearity, h_n, c_n)
+            x = _paired_layer(cell, x, lengths, h0, c0, groups, layer, nonlinearity, h_n, c_n,
+                              resets)
             if dropout > 0 and train and layer < num_layers - 1:
                 x = F.dropout(x, p=dropout, training=True)
             continue
@@ -310,7 +270,7 @@ def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
             w_ih, w_hh, b_ih, b_hh, w_hr = groups[k]
             hmask, zoneout = None, None
             if recurrent is not None:
-                hmask = per_sequence(recurrent.state_mask(layer, d, B, h0.shape[-1], x))
+                hmask = recurrent.state_mask(layer, d, B, h0.shape[-1], x)
                 zoneout = recurrent.zoneout(layer)
             if lstm_mode:
                 out, h, c, *cs = lstm_layer(x, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_hr,
@@ -337,11 +297,6 @@ def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
             return y.reshape(-1, y.shape[-1]).index_select(0, index)
         return y.transpose(0, 1) if batch_first else y
 
-    if ep is not None:  # back from the episodes: outputs, and each sequence's final state
-        x = ep.from_episodes(x)
-        cells = [ep.from_episodes(c) for c in cells]
-        h_n = [ep.final(h, reverse=k % D == 1) for k, h in enumerate(h_n)]
-        c_n = [ep.final(c, reverse=k % D == 1) for k, c in enumerate(c_n)]
     output = laid_out(x)
     hidden = torch.stack(h_n)
     if not lstm_mode:

@@ -40,17 +40,18 @@ def _or_zeros(g: Optional[Tensor], like: Tensor) -> Tensor:
 @torch.library.custom_op("fusedrnn::lstm_layer", mutates_args=())
 def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
                b_ih: Optional[Tensor], b_hh: Optional[Tensor], w_hr: Optional[Tensor],
-               lengths: Optional[Tensor], reverse: bool, save: bool
+               lengths: Optional[Tensor], reverse: bool, save: bool,
+               resets: Optional[Tensor] = None
                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(out, h_n, c_n, hs, cs, gates, hraw); the last four are empty unless ``save``."""
     out, h_n, c_n, saved = _lstm.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
-                                              reverse, save)
+                                              reverse, save, resets=resets)
     hs, cs, gates, hraw = saved if save else (None,) * 4
     return (out.contiguous(), h_n, c_n, *(_or_empty(t, x) for t in (hs, cs, gates, hraw)))
 
 
 @lstm_layer.register_fake
-def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save):
+def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save, resets=None):
     T, B, _ = x.shape
     H, K = w_hh.shape[0] // 4, w_hh.shape[1]
     acc = compute_dtype(x.dtype)
@@ -65,17 +66,19 @@ def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save):
 @torch.library.custom_op("fusedrnn::lstm_layer_backward", mutates_args=())
 def lstm_layer_backward(x: Tensor, w_ih: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
                         lengths: Optional[Tensor], hs: Tensor, cs: Tensor, gates: Tensor,
-                        hraw: Tensor, d_out: Tensor, d_hn: Tensor, d_cn: Tensor, reverse: bool
+                        hraw: Tensor, d_out: Tensor, d_hn: Tensor, d_cn: Tensor, reverse: bool,
+                        resets: Optional[Tensor] = None
                         ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr); db is the gradient of both biases."""
     dx, dh0, dc0, dw_ih, dw_hh, db, _, dw_hr = _lstm.lstm_backward(
         x, w_ih, w_hh, w_hr, lengths, reverse, (hs, cs, gates, _none_if_empty(hraw)),
-        d_out, d_hn, d_cn)
+        d_out, d_hn, d_cn, resets=resets)
     return dx, dh0, dc0, dw_ih, dw_hh, db, _or_empty(dw_hr, x)
 
 
 @lstm_layer_backward.register_fake
-def _(x, w_ih, w_hh, w_hr, lengths, hs, cs, gates, hraw, d_out, d_hn, d_cn, reverse):
+def _(x, w_ih, w_hh, w_hr, lengths, hs, cs, gates, hraw, d_out, d_hn, d_cn, reverse,
+      resets=None):
     B = x.shape[1]
     return (x.new_empty(x.shape), x.new_empty(B, w_hh.shape[1]), x.new_empty(B, cs.shape[-1]),
             torch.empty_like(w_ih), torch.empty_like(w_hh), w_hh.new_empty(w_hh.shape[0]),
@@ -83,8 +86,8 @@ def _(x, w_ih, w_hh, w_hr, lengths, hs, cs, gates, hraw, d_out, d_hn, d_cn, reve
 
 
 def _lstm_setup(ctx, inputs, output):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save = inputs
-    ctx.save_for_backward(x, w_ih, w_hh, w_hr, lengths, *output[3:])
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save, resets = inputs
+    ctx.save_for_backward(x, w_ih, w_hh, w_hr, lengths, resets, *output[3:])
     ctx.reverse, ctx.has_bias = reverse, b_ih is not None
 
 
@@ -95,15 +98,17 @@ def _check_saved(hs: Tensor) -> None:
 
 
 def _lstm_backward(ctx, d_out, d_hn, d_cn, *_unused):
-    x, w_ih, w_hh, w_hr, lengths, hs, cs, gates, hraw = ctx.saved_tensors
+    x, w_ih, w_hh, w_hr, lengths, resets, hs, cs, gates, hraw = ctx.saved_tensors
     _check_saved(hs)
     d_out = _or_zeros(d_out, x.new_empty(x.shape[0], x.shape[1], w_hh.shape[1]))
     d_hn = _or_zeros(d_hn, hs[0])
     d_cn = _or_zeros(d_cn, cs[0].to(x.dtype))
     dx, dh0, dc0, dw_ih, dw_hh, db, dw_hr = lstm_layer_backward(
-        x, w_ih, w_hh, w_hr, lengths, hs, cs, gates, hraw, d_out, d_hn, d_cn, ctx.reverse)
+        x, w_ih, w_hh, w_hr, lengths, hs, cs, gates, hraw, d_out, d_hn, d_cn, ctx.reverse,
+        resets)
     db_ih, db_hh = (db, db) if ctx.has_bias else (None, None)
-    return (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, _none_if_empty(dw_hr), None, None, None)
+    return (dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, _none_if_empty(dw_hr), None, None, None,
+            None)
 
 
 torch.library.register_autograd("fusedrnn::lstm_layer", _lstm_backward,
@@ -115,16 +120,17 @@ torch.library.register_autograd("fusedrnn::lstm_layer", _lstm_backward,
 # ----------------------------------------------------------------------------------------
 @torch.library.custom_op("fusedrnn::gru_layer", mutates_args=())
 def gru_layer(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
-              b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool, save: bool
-              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+              b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool, save: bool,
+              resets: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(out, h_n, hs, gates); the last two are empty unless ``save``."""
-    out, h_n, saved = _gru.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save)
+    out, h_n, saved = _gru.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save,
+                                       resets=resets)
     hs, gates = saved if save else (x.new_empty(0), x.new_empty(0))
     return out.contiguous(), h_n, hs, gates
 
 
 @gru_layer.register_fake
-def _(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save):
+def _(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, resets=None):
     T, B, _ = x.shape
     H = w_hh.shape[1]
     saved = (x.new_empty(0), x.new_empty(0))
@@ -135,34 +141,36 @@ def _(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save):
 
 @torch.library.custom_op("fusedrnn::gru_layer_backward", mutates_args=())
 def gru_layer_backward(x: Tensor, w_ih: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
-                       hs: Tensor, gates: Tensor, d_out: Tensor, d_hn: Tensor, reverse: bool
+                       hs: Tensor, gates: Tensor, d_out: Tensor, d_hn: Tensor, reverse: bool,
+                       resets: Optional[Tensor] = None
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)."""
-    return _gru.gru_backward(x, w_ih, w_hh, lengths, reverse, (hs, gates), d_out, d_hn)
+    return _gru.gru_backward(x, w_ih, w_hh, lengths, reverse, (hs, gates), d_out, d_hn,
+                             resets=resets)
 
 
 @gru_layer_backward.register_fake
-def _(x, w_ih, w_hh, lengths, hs, gates, d_out, d_hn, reverse):
+def _(x, w_ih, w_hh, lengths, hs, gates, d_out, d_hn, reverse, resets=None):
     return (x.new_empty(x.shape), x.new_empty(d_hn.shape), torch.empty_like(w_ih),
             torch.empty_like(w_hh), w_hh.new_empty(w_hh.shape[0]), w_hh.new_empty(w_hh.shape[0]))
 
 
 def _gru_setup(ctx, inputs, output):
-    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save = inputs
-    ctx.save_for_backward(x, w_ih, w_hh, lengths, *output[2:])
+    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, resets = inputs
+    ctx.save_for_backward(x, w_ih, w_hh, lengths, resets, *output[2:])
     ctx.reverse, ctx.has_bias = reverse, b_ih is not None
 
 
 def _gru_backward(ctx, d_out, d_hn, *_unused):
-    x, w_ih, w_hh, lengths, hs, gates = ctx.saved_tensors
+    x, w_ih, w_hh, lengths, resets, hs, gates = ctx.saved_tensors
     _check_saved(hs)
     d_out = _or_zeros(d_out, x.new_empty(x.shape[0], x.shape[1], w_hh.shape[1]))
     d_hn = _or_zeros(d_hn, hs[0])
     dx, dh0, dw_ih, dw_hh, db_ih, db_hh = gru_layer_backward(
-        x, w_ih, w_hh, lengths, hs, gates, d_out, d_hn, ctx.reverse)
+        x, w_ih, w_hh, lengths, hs, gates, d_out, d_hn, ctx.reverse, resets)
     if not ctx.has_bias:
         db_ih = db_hh = None
-    return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None
+    return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None
 
 
 torch.library.register_autograd("fusedrnn::gru_layer", _gru_backward, setup_context=_gru_setup)
@@ -174,16 +182,17 @@ torch.library.register_autograd("fusedrnn::gru_layer", _gru_backward, setup_cont
 @torch.library.custom_op("fusedrnn::rnn_layer", mutates_args=())
 def rnn_layer(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
               b_hh: Optional[Tensor], lengths: Optional[Tensor], reverse: bool,
-              nonlinearity: str, save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+              nonlinearity: str, save: bool, resets: Optional[Tensor] = None
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(out, h_n, hs, dact); the last two are empty unless ``save``."""
     out, h_n, saved = _rnn.rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save,
-                                       nonlinearity)
+                                       nonlinearity, resets=resets)
     hs, dact = saved if save else (x.new_empty(0), x.new_empty(0))
     return out.contiguous(), h_n, hs, dact
 
 
 @rnn_layer.register_fake
-def _(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity, save):
+def _(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity, save, resets=None):
     T, B, _ = x.shape
     H = w_hh.shape[1]
     saved = (x.new_empty(0), x.new_empty(0))
@@ -194,35 +203,36 @@ def _(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity, save):
 
 @torch.library.custom_op("fusedrnn::rnn_layer_backward", mutates_args=())
 def rnn_layer_backward(x: Tensor, w_ih: Tensor, w_hh: Tensor, lengths: Optional[Tensor],
-                       hs: Tensor, dact: Tensor, d_out: Tensor, d_hn: Tensor, reverse: bool
+                       hs: Tensor, dact: Tensor, d_out: Tensor, d_hn: Tensor, reverse: bool,
+                       resets: Optional[Tensor] = None
                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dh0, dw_ih, dw_hh, db); db is the gradient of both biases."""
     dx, dh0, dw_ih, dw_hh, db, _ = _rnn.rnn_backward(x, w_ih, w_hh, lengths, reverse,
-                                                     (hs, dact), d_out, d_hn)
+                                                     (hs, dact), d_out, d_hn, resets=resets)
     return dx, dh0, dw_ih, dw_hh, db
 
 
 @rnn_layer_backward.register_fake
-def _(x, w_ih, w_hh, lengths, hs, dact, d_out, d_hn, reverse):
+def _(x, w_ih, w_hh, lengths, hs, dact, d_out, d_hn, reverse, resets=None):
     return (x.new_empty(x.shape), x.new_empty(d_hn.shape), torch.empty_like(w_ih),
             torch.empty_like(w_hh), w_hh.new_empty(w_hh.shape[0]))
 
 
 def _rnn_setup(ctx, inputs, output):
-    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity, save = inputs
-    ctx.save_for_backward(x, w_ih, w_hh, lengths, *output[2:])
+    x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity, save, resets = inputs
+    ctx.save_for_backward(x, w_ih, w_hh, lengths, resets, *output[2:])
     ctx.reverse, ctx.has_bias = reverse, b_ih is not None
 
 
 def _rnn_backward(ctx, d_out, d_hn, *_unused):
-    x, w_ih, w_hh, lengths, hs, dact = ctx.saved_tensors
+    x, w_ih, w_hh, lengths, resets, hs, dact = ctx.saved_tensors
     _check_saved(hs)
     d_out = _or_zeros(d_out, x.new_empty(x.shape[0], x.shape[1], w_hh.shape[1]))
     d_hn = _or_zeros(d_hn, hs[0])
     dx, dh0, dw_ih, dw_hh, db = rnn_layer_backward(x, w_ih, w_hh, lengths, hs, dact, d_out,
-                                                   d_hn, ctx.reverse)
+                                                   d_hn, ctx.reverse, resets)
     db_ih, db_hh = (db, db) if ctx.has_bias else (None, None)
-    return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None
+    return dx, dh0, dw_ih, dw_hh, db_ih, db_hh, None, None, None, None, None
 
 
 torch.library.register_autograd("fusedrnn::rnn_layer", _rnn_backward, setup_context=_rnn_setup)

@@ -52,14 +52,16 @@ def dot(a, b, acc, IEEE: tl.constexpr, UPCAST: tl.constexpr):
 @triton.jit
 def mm_tile(acc, a_ptr, stride_am, offs_m, mask_m, w_ptr, stride_wk, stride_wn, offs_n, mask_n,
             K, BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-            am_ptr=0, s_am=0, A_MASK: tl.constexpr = False):
+            am_ptr=0, s_am=0, A_MASK: tl.constexpr = False, a0_ptr=0, b_rs=0,
+            HAS_RESETS: tl.constexpr = False):
     """acc[m, n] += sum_k a[m, k] * w[k, n], for k < K.
 
     a: rows ``offs_m`` of a row-major (M, K) operand, element stride 1 along k.
     w: any strides, so W (stride_wk=row stride, stride_wn=1) and W^T (stride_wk=1,
        stride_wn=row stride) are both one call. a is cast to w's dtype, so fp32 gradient
        buffers meet bf16/fp16 weights on the tensor cores. A_MASK: a times the same block
-       of a mask (M, K) with row stride s_am (state_mask).
+       of a mask (M, K) with row stride s_am (state_mask). HAS_RESETS: rows where b_rs is
+       set read a0_ptr (same strides as a) instead (restart_flags).
     """
     a_rows = a_ptr + offs_m.to(tl.int64)[:, None] * stride_am
     w_cols = w_ptr + offs_n.to(tl.int64)[None, :] * stride_wn
@@ -67,6 +69,10 @@ def mm_tile(acc, a_ptr, stride_am, offs_m, mask_m, w_ptr, stride_wk, stride_wn, 
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
         a = tl.load(a_rows + offs_k[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        if HAS_RESETS:
+            a0 = tl.load(a0_ptr + offs_m.to(tl.int64)[:, None] * stride_am + offs_k[None, :],
+                         mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+            a = tl.where(b_rs[:, None], a0, a)
         a = state_mask(a, am_ptr, s_am, offs_m, mask_m, offs_k, mask_k, A_MASK)
         w = tl.load(w_cols + offs_k.to(tl.int64)[:, None] * stride_wk,
                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)
@@ -117,12 +123,14 @@ def tile_offsets(i_n, i_b, N, B, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr):
 def recurrent_gates(p_h, m_b, w_ptr, s_w, o_h, m_h, H, K, ACC: tl.constexpr,
                     FOUR: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
                     BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-                    hm_ptr=0, s_hm_b=0, o_b=0, HAS_HMASK: tl.constexpr = False):
+                    hm_ptr=0, s_hm_b=0, o_b=0, HAS_HMASK: tl.constexpr = False,
+                    p_h0=0, b_rs=0, HAS_RESETS: tl.constexpr = False):
     """h_{t-1} W_hh^T for the gates (3, or 4 if FOUR) of hidden units o_h: rows o_h, H + o_h,
     ... of W_hh (NG*H, K). p_h points at the batch rows (o_b) of h_{t-1}; HAS_HMASK: h_{t-1}
     times its variational mask (state_mask). One load of h per chunk of K is shared by the
     gates' dots, so a tile's gates come out side by side for the pointwise update. Returns
-    four accumulators (the fourth zero unless FOUR)."""
+    four accumulators (the fourth zero unless FOUR). HAS_RESETS: rows where b_rs is set read
+    the initial state at p_h0 instead (restart_flags)."""
     b_0 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     b_1 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
     b_2 = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
@@ -133,6 +141,9 @@ def recurrent_gates(p_h, m_b, w_ptr, s_w, o_h, m_h, H, K, ACC: tl.constexpr,
         o_k = k0 + tl.arange(0, BLOCK_K)
         m_k = o_k < K
         b_h = tl.load(p_h + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
+        if HAS_RESETS:
+            b_h0 = tl.load(p_h0 + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
+            b_h = tl.where(b_rs[:, None], b_h0, b_h)
         b_h = state_mask(b_h, hm_ptr, s_hm_b, o_b, m_b, o_k, m_k, HAS_HMASK)
         m_w = m_k[:, None] & m_h[None, :]
         p_wk = p_w + o_k[:, None]
@@ -174,6 +185,54 @@ def valid_rows(len_ptr, offs_b, mask_b, t, HAS_LENGTHS: tl.constexpr):
         return mask_b & (t < n)
     else:
         return mask_b
+
+
+@triton.jit
+def restart_flags(rs_ptr, s_rs_t, t, offs_b, mask_b, HAS_RESETS: tl.constexpr):
+    """(BLOCK_B,) mask of the sequences whose state entering step t is the initial state
+    again (an episode restarts: resets, fusedrnn/episodes.py); rs (T + 1, B) int8, in this
+    pass's direction, row T zero. All false without HAS_RESETS."""
+    if HAS_RESETS:
+        r = tl.load(rs_ptr + t.to(tl.int64) * s_rs_t + offs_b, mask=mask_b, other=0)
+        return r != 0
+    else:
+        return offs_b < 0
+
+
+@triton.jit
+def restarted(b_prev, p_init, m, b_rs, HAS_RESETS: tl.constexpr):
+    """The state entering a step: b_prev, or where b_rs marks a restart the initial state
+    (loaded at p_init, the block's place in the initial state's slot)."""
+    if HAS_RESETS:
+        b_init = tl.load(p_init, mask=m, other=0.0).to(b_prev.dtype)
+        b_prev = tl.where(b_rs[:, None], b_init, b_prev)
+    return b_prev
+
+
+@triton.jit
+def divert(b_g, p_g, B, s_g_b, m, b_rs, HAS_RESETS: tl.constexpr):
+    """The gradient b_g of the state entering the next step of the pass. Where that state
+    was the initial one (b_rs: a restart) the gradient belongs to the initial state: it is
+    added to its accumulator (the carried buffer's second half, B rows past p_g: each
+    element has one owner per step, so no atomics) and nothing flows on."""
+    if HAS_RESETS:
+        p_acc = p_g + B * s_g_b
+        b_acc = tl.load(p_acc, mask=m, other=0.0)
+        tl.store(p_acc, b_acc + tl.where(b_rs[:, None], b_g, 0.0), mask=m)
+        b_g = tl.where(b_rs[:, None], 0.0, b_g)
+    return b_g
+
+
+@triton.jit
+def init_slot(T, rev, SAVE: tl.constexpr):
+    """History slot of the initial state, rev 1 in reverse else 0: the first slot in
+    training (T + 1 slots, never overwritten), the third of the inference history
+    (fwd_step alternates 0 and 1; the launchers keep h0 there when there are resets)."""
+    if SAVE:
+        init = T * rev
+    else:
+        init = T * 0 + 2
+    return init
 
 
 @triton.jit
@@ -546,3 +605,51 @@ def zoneout_args(zoneout) -> dict:
     seed, th_h, th_c, mode = zoneout
     check(mode in (1, 2), f"zoneout mode must be 1 (training) or 2 (eval), got {mode}")
     return dict(z_seed=seed, z_th_h=th_h, z_th_c=th_c, ZONEOUT=mode)
+
+
+def restart_rows(resets, lengths, reverse: bool) -> torch.Tensor:
+    """The kernels' restart flags (T + 1, B) int8 of one direction (restart_flags): the
+    state entering step t is the initial state again. Forward: where resets[t] (t >= 1,
+    within the sequence); reverse, which runs each episode backwards from its last step:
+    where resets[t + 1] (t + 1 within the sequence). Row T stays zero: the backward reads
+    the flags of the step after t, and past the end there is none."""
+    T, B = resets.shape
+    rs = torch.zeros(T + 1, B, dtype=torch.int8, device=resets.device)
+    if T < 2:
+        return rs
+    starts = resets[1:]  # a reset at 0 changes nothing
+    if lengths is not None:
+        steps = torch.arange(1, T, device=resets.device).unsqueeze(1)
+        starts = starts & (steps < lengths.to(resets.device).unsqueeze(0))
+    if reverse:
+        rs[:T - 1] = starts
+    else:
+        rs[1:T] = starts
+    return rs
+
+
+def resets_args(rs, placeholder) -> dict:
+    """Kernel arguments of the restart flags (restart_rows), or none."""
+    if rs is None:
+        return dict(rs_ptr=placeholder, s_rs_t=0, HAS_RESETS=False)
+    return dict(rs_ptr=rs, s_rs_t=rs.stride(0), HAS_RESETS=True)
+
+
+def restarted_prev(prev_h, rs, h0):
+    """The state entering each step (T, B, K) for the weight gradients: the history, or
+    the initial state where the step restarts (rs: restart_rows)."""
+    if rs is None:
+        return prev_h
+    return torch.where(rs[:-1].unsqueeze(-1) != 0, h0, prev_h)
+
+
+def carried(d_state, acc, with_restarts: bool):
+    """The carried gradient buffer of a state, (B, N) in ``acc`` dtype, initialized from
+    the final state's gradient. With restarts it is the first half of a (2, B, N) buffer
+    whose second half, zeroed, accumulates what restarts send to the initial state
+    (divert). Returns (carried, accumulator or None)."""
+    if not with_restarts:
+        return d_state.to(acc, copy=True), None
+    both = torch.zeros(2, *d_state.shape, dtype=acc, device=d_state.device)
+    both[0] = d_state
+    return both[0], both[1]

@@ -22,7 +22,9 @@ from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check
                                      like_layout, pointer_args, recurrent_gates, run_steps,
                                      sigmoid, state_grad, store_four, store_step, tanh,
                                      tile_offsets, valid_rows, weight_grads,
-                                     hmask_args, zoneout_args)
+                                     hmask_args, zoneout_args, carried, divert, init_slot,
+                                     restart_flags, restart_rows, restarted, restarted_prev,
+                                     resets_args)
 from fusedrnn.kernels.pairing import Launch, run
 from fusedrnn.kernels.plan import plan_for
 
@@ -37,19 +39,24 @@ def _gru_fwd_tile(
     out_ptr, s_o_t, s_o_b,        # output (T, B, H), zero past a sequence's length
     ga_ptr, s_ga_t, s_ga_b,       # SAVE: r, z, n, W_hn h + b_hn (T, B, 4H), ACC
     len_ptr, hm_ptr, s_hm_b,      # HAS_HMASK: variational mask of h_{t-1} (B, H)
+    rs_ptr, s_rs_t, init,         # HAS_RESETS: restart flags (T + 1, B), slot of h0
     t, rd, wr, B, H,
     ACC: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, HAS_HMASK: tl.constexpr,
+    HAS_RESETS: tl.constexpr,
 ):
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     p_h = h_ptr + rd.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b
+    p_h0 = h_ptr + init.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b
+    b_rs = restart_flags(rs_ptr, s_rs_t, t, o_b, m_b, HAS_RESETS)
     b_r, b_z, b_n, _ = recurrent_gates(p_h, m_b, w_ptr, s_w, o_h, m_h, H, H, ACC, False,
                                        BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST,
-                                       hm_ptr, s_hm_b, o_b, HAS_HMASK)
+                                       hm_ptr, s_hm_b, o_b, HAS_HMASK, p_h0, b_rs, HAS_RESETS)
     gru_update_fwd(b_r, b_z, b_n, i_h, i_b, xg_ptr, s_xg_t, s_xg_b, bhn_ptr, h_ptr, s_h_slot,
                    s_h_b, out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr,
-                   B, H, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, BLOCK_B, BLOCK_H)
+                   B, H, rs_ptr, s_rs_t, init, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, BLOCK_B,
+                   BLOCK_H, HAS_RESETS)
 
 
 @triton.jit
@@ -57,8 +64,9 @@ def gru_update_fwd(
     b_r, b_z, b_n,                # (BLOCK_B, BLOCK_H) recurrent parts h_{t-1} W_hh^T per gate
     i_h, i_b, xg_ptr, s_xg_t, s_xg_b, bhn_ptr, h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b,
     ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, B, H,  # as in _gru_fwd_tile
+    rs_ptr, s_rs_t, init,
     ACC: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, HAS_RESETS: tl.constexpr,
 ):
     """The rest of a forward step for one tile, shared with the weight-stationary kernel."""
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
@@ -72,6 +80,8 @@ def gru_update_fwd(
 
     p_hs = h_ptr + rd.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b + o_h[None, :]
     b_h_prev = tl.load(p_hs, mask=m, other=0.0).to(ACC)
+    b_h_prev = restarted(b_h_prev, p_hs + (init - rd).to(tl.int64) * s_h_slot, m,
+                         restart_flags(rs_ptr, s_rs_t, t, o_b, m_b, HAS_RESETS), HAS_RESETS)
     b_hn = (1.0 - b_z) * b_nn + b_z * b_h_prev
     valid = valid_rows(len_ptr, o_b, m_b, t, HAS_LENGTHS)[:, None]
     store_step(h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, t, wr, o_b64, o_h, m, valid,
@@ -91,17 +101,21 @@ def _gru_bwd_tile(
     do_ptr, s_do_t, s_do_b,       # output gradient (T, B, H)
     ga_ptr, s_ga_t, s_ga_b,       # saved r, z, n, W_hn h + b_hn (T, B, 4H)
     h_ptr, s_h_slot, s_h_b,       # state history: h_{t-1} in slot rd
-    len_ptr, hm_ptr, s_hm_b, t, t_next, rd, B, H,
+    len_ptr, hm_ptr, s_hm_b, rs_ptr, s_rs_t, init, t, t_next, rd, B, H,
     HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, HAS_HMASK: tl.constexpr,
+    HAS_RESETS: tl.constexpr,
 ):
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     b_gs = state_grad(g_ptr, s_g_b, dg_ptr + t_next.to(tl.int64) * s_dg_t, s_dg_b, w_ptr, s_w,
                       o_b, m_b, o_h, m_h, 3 * H, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST,
                       hm_ptr, s_hm_b, HAS_HMASK)
+    b_gs = divert(b_gs, g_ptr + o_b64[:, None] * s_g_b + o_h[None, :], B, s_g_b, m,
+                  restart_flags(rs_ptr, s_rs_t, t_next, o_b, m_b, HAS_RESETS), HAS_RESETS)
     gru_update_bwd(b_gs, i_h, i_b, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, g_ptr,
                    s_g_b, do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b, h_ptr, s_h_slot,
-                   s_h_b, len_ptr, t, rd, B, H, HAS_LENGTHS, BLOCK_B, BLOCK_H)
+                   s_h_b, len_ptr, t, rd, B, H, rs_ptr, s_rs_t, init, HAS_LENGTHS, BLOCK_B,
+                   BLOCK_H, HAS_RESETS)
 
 
 @triton.jit
@@ -110,7 +124,9 @@ def gru_update_bwd(
     i_h, i_b, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, g_ptr, s_g_b,
     do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b, h_ptr, s_h_slot, s_h_b,
     len_ptr, t, rd, B, H,         # as in _gru_bwd_tile
+    rs_ptr, s_rs_t, init,
     HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+    HAS_RESETS: tl.constexpr,
 ):
     """The rest of a backward step for one tile, shared with the weight-stationary kernel."""
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
@@ -125,6 +141,8 @@ def gru_update_bwd(
     b_n = tl.load(p_ga + 3 * H, mask=m, other=0.0)
     p_hs = h_ptr + rd.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b + o_h[None, :]
     b_h_prev = tl.load(p_hs, mask=m, other=0.0).to(ACC)
+    b_h_prev = restarted(b_h_prev, p_hs + (init - rd).to(tl.int64) * s_h_slot, m,
+                         restart_flags(rs_ptr, s_rs_t, t, o_b, m_b, HAS_RESETS), HAS_RESETS)
 
     b_dnn = b_dh * (1.0 - b_z) * (1.0 - b_nn * b_nn)      # through n = tanh(.)
     b_dz = b_dh * (b_h_prev - b_nn) * b_z * (1.0 - b_z)
@@ -149,22 +167,24 @@ def gru_update_bwd(
 def gru_fwd_kernel(
     xg_ptr, s_xg_t, s_xg_b, w_ptr, s_w, bhn_ptr, h_ptr, s_h_slot, s_h_b,
     out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b,  # see the tile
-    len_ptr, hm_ptr, s_hm_b, sem_ptr, err_ptr, s0, n_steps, T, B, H,
+    len_ptr, hm_ptr, s_hm_b, rs_ptr, s_rs_t, sem_ptr, err_ptr, s0, n_steps, T, B, H,
     ACC: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     REVERSE: tl.constexpr, PERSISTENT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr,
-    SPIN_LIMIT: tl.constexpr, HAS_HMASK: tl.constexpr,
+    SPIN_LIMIT: tl.constexpr, HAS_HMASK: tl.constexpr, HAS_RESETS: tl.constexpr,
 ):
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_b, n_h = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H)
+    init = init_slot(T, 1 if REVERSE else 0, SAVE)
     for s in range(s0, s0 + n_steps):
         t, rd, wr = fwd_step(s, T, REVERSE, SAVE)
         for tile in range(pid, n_h * n_b, n_progs):
             _gru_fwd_tile(tile % n_h, tile // n_h, xg_ptr, s_xg_t, s_xg_b, w_ptr, s_w, bhn_ptr,
                           h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b,
-                          len_ptr, hm_ptr, s_hm_b, t, rd, wr, B, H, ACC, HAS_BIAS, SAVE,
-                          HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST, HAS_HMASK)
+                          len_ptr, hm_ptr, s_hm_b, rs_ptr, s_rs_t, init, t, rd, wr, B, H,
+                          ACC, HAS_BIAS, SAVE, HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K, IEEE,
+                          UPCAST, HAS_HMASK, HAS_RESETS)
         if PERSISTENT:
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
@@ -173,22 +193,24 @@ def gru_fwd_kernel(
 def gru_bwd_kernel(
     dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, w_ptr, s_w, g_ptr, s_g_b,
     do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b, h_ptr, s_h_slot, s_h_b,  # see the tile
-    len_ptr, hm_ptr, s_hm_b, sem_ptr, err_ptr, s0, n_steps, T, B, H,
+    len_ptr, hm_ptr, s_hm_b, rs_ptr, s_rs_t, sem_ptr, err_ptr, s0, n_steps, T, B, H,
     HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr, PERSISTENT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
     UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr,
-    HAS_HMASK: tl.constexpr,
+    HAS_HMASK: tl.constexpr, HAS_RESETS: tl.constexpr,
 ):
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_b, n_h = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H)
+    init = init_slot(T, 1 if REVERSE else 0, True)
     for s in range(s0, s0 + n_steps):
         t, t_next, rd, wr = bwd_step(s, T, REVERSE)
         for tile in range(pid, n_h * n_b, n_progs):
             _gru_bwd_tile(tile % n_h, tile // n_h, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t,
                           s_dxn_b, w_ptr, s_w, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b,
                           ga_ptr, s_ga_t, s_ga_b, h_ptr, s_h_slot, s_h_b,
-                          len_ptr, hm_ptr, s_hm_b, t, t_next, rd, B, H,
-                          HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST, HAS_HMASK)
+                          len_ptr, hm_ptr, s_hm_b, rs_ptr, s_rs_t, init, t, t_next, rd, B,
+                          H, HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST, HAS_HMASK,
+                          HAS_RESETS)
         if PERSISTENT:
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
@@ -202,12 +224,13 @@ def gru_forward(*args, **kwargs):
 
 
 def gru_forward_steps(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, allow_tf32=None,
-                      directions=1, hmask=None):
+                      directions=1, hmask=None, resets=None):
     """Runs one GRU layer. Returns out, h_n, and (if save) the buffers backward needs.
     A generator (kernels/pairing.py): it yields its weight-stationary launch, if any, and
     finishes when resumed; ``directions=2`` plans a bidirectional layer's direction.
     ``hmask`` (B, H): variational dropout of h_{t-1} in the recurrent product (the
-    interpolation z * h_{t-1} keeps the state unmasked)."""
+    interpolation z * h_{t-1} keeps the state unmasked). ``resets`` (T, B) bool: restarts
+    from h0 inside the time loop (common.restart_rows)."""
     T, B, _ = x.shape
     H = w_hh.shape[1]
     check(T > 0, "x must have at least one time step")
@@ -225,13 +248,16 @@ def gru_forward_steps(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, all
         xg = F.linear(x, w_ih, bias)
     if xg.stride(-1) != 1:
         xg = xg.contiguous()
-    n_slots = T + 1 if save else 2
+    rs = restart_rows(resets, lengths, reverse) if resets is not None else None
+    n_slots = T + 1 if save else (2 if rs is None else 3)  # (init_slot)
     hs = empty(n_slots, B, H, dtype=x.dtype, device=dev)
     out = like_layout(x, T, B, H, x.dtype)
     gates = empty(T, B, 4 * H, dtype=acc, device=dev) if save else hs
     first = first_slot(T, reverse, save)
     hs[first] = h0
-    hm = hmask_args(hmask, hs, B, H, x.dtype)
+    if rs is not None and not save:
+        hs[2] = h0
+    hm = dict(**hmask_args(hmask, hs, B, H, x.dtype), **resets_args(rs, hs))
 
     ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
     kplan = plan_for("gru", x.dtype, B, H, H, False, dev, save, ieee,
@@ -270,7 +296,8 @@ def gru_backward(*args, **kwargs):
 
 
 def gru_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
-                       needs=(True,) * 6, allow_tf32=None, directions=1, hmask=None):
+                       needs=(True,) * 6, allow_tf32=None, directions=1, hmask=None,
+                       resets=None):
     """Gradients (x, h0, w_ih, w_hh, b_ih, b_hh) of one GRU layer; None where not needed;
     ``hmask`` the forward's.
     A generator (kernels/pairing.py): it yields its weight-stationary launch, if any, and
@@ -282,10 +309,11 @@ def gru_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
     dg = empty(T + 1, B, 3 * H, dtype=acc, device=dev)
     dg[T] = 0
     dxn = empty(T, B, H, dtype=acc, device=dev)
-    g = d_hn.to(acc, copy=True)
+    rs = restart_rows(resets, lengths, reverse) if resets is not None else None
+    g, g_restarts = carried(d_hn, acc, rs is not None)
     if d_out.stride(-1) != 1:
         d_out = d_out.contiguous()
-    hm = hmask_args(hmask, g, B, H, x.dtype)
+    hm = dict(**hmask_args(hmask, g, B, H, x.dtype), **resets_args(rs, g))
 
     ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
     kplan = plan_for("gru", x.dtype, B, H, H, False, dev, True, ieee, backward=True,
@@ -315,5 +343,8 @@ def gru_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
     dgi = torch.cat([dgh[..., :2 * H], dxn], dim=-1)
     t_first = T - 1 if reverse else 0
     prev_h = hs[1:] if reverse else hs[:T]
+    if rs is not None:  # what restarts sent to the initial state
+        prev_h = restarted_prev(prev_h, rs, hs[first_slot(T, reverse, True)])
+        g = g + g_restarts
     return weight_grads(x, dgi, dgh, prev_h, w_ih, w_hh, needs, extra_dh0=(g, dg[t_first]),
                         hmask=hmask)

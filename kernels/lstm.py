@@ -26,7 +26,9 @@ from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check
                                      like_layout, mm_tile, pointer_args, recurrent_gates,
                                      run_steps, sigmoid, state_grad, store_four, store_step,
                                      tanh, tile_offsets, valid_rows, weight_grads,
-                                     hmask_args, zoneout_args, zoneout_rate)
+                                     hmask_args, zoneout_args, zoneout_rate, divert,
+                                     init_slot, restart_flags, restarted, resets_args,
+                                     restart_rows, restarted_prev, carried)
 from fusedrnn.kernels.pairing import Launch, run
 from fusedrnn.kernels.plan import plan_for
 
@@ -44,21 +46,26 @@ def _gates_fwd_tile(
     len_ptr,                      # HAS_LENGTHS: (B,) sequence lengths
     hm_ptr, s_hm_b,               # HAS_HMASK: variational mask of h_{t-1} (B, K)
     z_seed, z_th_h, z_th_c, z_dir,  # ZONEOUT: see lstm_update_fwd
+    rs_ptr, s_rs_t, init,         # HAS_RESETS: restart flags (T + 1, B), slot of h0 and c0
     t, rd, wr, hr_t, B, H, K,     # time index, state slots, slot of hr, sizes
     ACC: tl.constexpr, HAS_PROJ: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr,
+    HAS_RESETS: tl.constexpr,
 ):
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     p_h = h_ptr + rd.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b
+    p_h0 = h_ptr + init.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b
+    b_rs = restart_flags(rs_ptr, s_rs_t, t, o_b, m_b, HAS_RESETS)
     b_i, b_f, b_g, b_o = recurrent_gates(p_h, m_b, w_ptr, s_w, o_h, m_h, H, K, ACC, True,
                                          BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST,
-                                         hm_ptr, s_hm_b, o_b, HAS_HMASK)
+                                         hm_ptr, s_hm_b, o_b, HAS_HMASK, p_h0, b_rs,
+                                         HAS_RESETS)
     lstm_update_fwd(b_i, b_f, b_g, b_o, i_h, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot,
                     s_h_b, c_ptr, s_c_slot, s_c_b, out_ptr, s_o_t, s_o_b, hr_ptr, s_hr_t,
                     s_hr_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, hr_t, B, H,
-                    z_seed, z_th_h, z_th_c, z_dir,
-                    ACC, HAS_PROJ, SAVE, HAS_LENGTHS, BLOCK_B, BLOCK_H, ZONEOUT)
+                    z_seed, z_th_h, z_th_c, z_dir, rs_ptr, s_rs_t, init,
+                    ACC, HAS_PROJ, SAVE, HAS_LENGTHS, BLOCK_B, BLOCK_H, ZONEOUT, HAS_RESETS)
 
 
 @triton.jit
@@ -68,8 +75,10 @@ def lstm_update_fwd(
     out_ptr, s_o_t, s_o_b, hr_ptr, s_hr_t, s_hr_b, ga_ptr, s_ga_t, s_ga_b,
     len_ptr, t, rd, wr, hr_t, B, H,  # as in _gates_fwd_tile
     z_seed, z_th_h, z_th_c, z_dir,  # ZONEOUT: seed, thresholds of h and c, direction
+    rs_ptr, s_rs_t, init,         # HAS_RESETS: restart flags, slot of h0 and c0
     ACC: tl.constexpr, HAS_PROJ: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, ZONEOUT: tl.constexpr,
+    HAS_RESETS: tl.constexpr,
 ):
     """The rest of a forward step for one tile, shared with the weight-stationary kernel:
     input projection, nonlinearities, cell update, and the stores. ZONEOUT (no proj):
@@ -82,8 +91,10 @@ def lstm_update_fwd(
     b_o = sigmoid(b_o + tl.load(p_x + 3 * H, mask=m, other=0.0).to(ACC))
 
     valid = valid_rows(len_ptr, o_b, m_b, t, HAS_LENGTHS)[:, None]
+    b_rs = restart_flags(rs_ptr, s_rs_t, t, o_b, m_b, HAS_RESETS)
     p_c = c_ptr + o_b64[:, None] * s_c_b + o_h[None, :]
     b_c_prev = tl.load(p_c + rd.to(tl.int64) * s_c_slot, mask=m, other=0.0)
+    b_c_prev = restarted(b_c_prev, p_c + init.to(tl.int64) * s_c_slot, m, b_rs, HAS_RESETS)
     b_c = b_f * b_c_prev + b_i * b_g
     b_hn = b_o * tanh(b_c)
     if ZONEOUT:
@@ -96,6 +107,8 @@ def lstm_update_fwd(
     else:
         p_hs = h_ptr + rd.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b + o_h[None, :]
         b_h_prev = tl.load(p_hs, mask=m, other=0.0).to(ACC)
+        b_h_prev = restarted(b_h_prev, p_hs + (init - rd).to(tl.int64) * s_h_slot, m, b_rs,
+                             HAS_RESETS)
         if ZONEOUT:
             z_h = zoneout_rate(z_seed, z_th_h, 2 * z_dir, t, o_b64, o_h, B, H, ZONEOUT)
             b_hn = z_h.to(ACC) * b_h_prev + (1.0 - z_h.to(ACC)) * b_hn
@@ -136,14 +149,17 @@ def _proj_bwd_tile(
     g_ptr, s_g_b,                 # carried gradient of the state (B, P), ACC, in place
     do_ptr, s_do_t, s_do_b,       # output gradient (T, B, P)
     dhp_ptr, s_dhp_t, s_dhp_b,    # writes: gradient of the projected h_t (T, B, P), ACC
-    len_ptr, hm_ptr, s_hm_b, t, t_next, B, H, P,
+    len_ptr, hm_ptr, s_hm_b, rs_ptr, s_rs_t, t, t_next, B, H, P,
     HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, HAS_HMASK: tl.constexpr,
+    HAS_RESETS: tl.constexpr,
 ):
     o_p, o_b, m_p, m_b, m, o_b64 = tile_offsets(i_p, i_b, P, B, BLOCK_P, BLOCK_B)
     b_g = state_grad(g_ptr, s_g_b, dg_ptr + t_next.to(tl.int64) * s_dg_t, s_dg_b, w_ptr, s_w,
                      o_b, m_b, o_p, m_p, 4 * H, BLOCK_B, BLOCK_P, BLOCK_K, IEEE, UPCAST,
                      hm_ptr, s_hm_b, HAS_HMASK)
+    b_g = divert(b_g, g_ptr + o_b64[:, None] * s_g_b + o_p[None, :], B, s_g_b, m,
+                 restart_flags(rs_ptr, s_rs_t, t_next, o_b, m_b, HAS_RESETS), HAS_RESETS)
     p_do = do_ptr + t.to(tl.int64) * s_do_t + o_b64[:, None] * s_do_b + o_p[None, :]
     b_dh = b_g + tl.load(p_do, mask=m, other=0.0).to(b_g.dtype)
     valid = valid_rows(len_ptr, o_b, m_b, t, HAS_LENGTHS)[:, None]
@@ -167,10 +183,12 @@ def _gates_bwd_tile(
     dcs_ptr, s_dcs_t, s_dcs_b,    # HAS_DCS: gradient of the returned cell states (T, B, H)
     len_ptr, hm_ptr, s_hm_b,      # HAS_HMASK: variational mask of h_{t-1} (B, K)
     z_seed, z_th_h, z_th_c, z_dir,  # ZONEOUT: see lstm_update_fwd
+    rs_ptr, s_rs_t, init,         # HAS_RESETS: restart flags, slot of h0 and c0
     t, t_next, rd, wr, B, H, P,
     HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_DCS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr,
+    HAS_RESETS: tl.constexpr,
 ):
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     ACC = gc_ptr.dtype.element_ty
@@ -184,23 +202,26 @@ def _gates_bwd_tile(
         b_gs = state_grad(g_ptr, s_g_b, dg_ptr + t_next.to(tl.int64) * s_dg_t, s_dg_b, w_ptr,
                           s_w, o_b, m_b, o_h, m_h, 4 * H, BLOCK_B, BLOCK_H, BLOCK_K, IEEE,
                           UPCAST, hm_ptr, s_hm_b, HAS_HMASK)
+        b_gs = divert(b_gs, g_ptr + o_b64[:, None] * s_g_b + o_h[None, :], B, s_g_b, m,
+                      restart_flags(rs_ptr, s_rs_t, t_next, o_b, m_b, HAS_RESETS), HAS_RESETS)
         p_do = do_ptr + t.to(tl.int64) * s_do_t + o_b64[:, None] * s_do_b + o_h[None, :]
         b_dh = b_gs + tl.load(p_do, mask=m, other=0.0).to(ACC)
     lstm_update_bwd(b_dh, b_gs, i_h, i_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, gc_ptr, s_gc_b,
                     ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, dcs_ptr, s_dcs_t, s_dcs_b,
-                    len_ptr, t, rd, wr, B, H, z_seed, z_th_h, z_th_c, z_dir,
-                    HAS_PROJ, HAS_LENGTHS, HAS_DCS, BLOCK_B, BLOCK_H, ZONEOUT)
+                    len_ptr, t, t_next, rd, wr, B, H, z_seed, z_th_h, z_th_c, z_dir,
+                    rs_ptr, s_rs_t, init, HAS_PROJ, HAS_LENGTHS, HAS_DCS, BLOCK_B, BLOCK_H,
+                    ZONEOUT, HAS_RESETS)
 
 
 @triton.jit
 def lstm_update_bwd(
     b_dh, b_gs,                   # gradient reaching o * tanh(c_t); the state's (no proj)
     i_h, i_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b,
-    c_ptr, s_c_slot, s_c_b, dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, t, rd, wr, B, H,  # as in
-    z_seed, z_th_h, z_th_c, z_dir,                       # _gates_bwd_tile and lstm_update_fwd
-    HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    c_ptr, s_c_slot, s_c_b, dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, t, t_next, rd, wr, B, H,
+    z_seed, z_th_h, z_th_c, z_dir, rs_ptr, s_rs_t, init,  # as in _gates_bwd_tile and
+    HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr,     # lstm_update_fwd
     HAS_DCS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-    ZONEOUT: tl.constexpr,
+    ZONEOUT: tl.constexpr, HAS_RESETS: tl.constexpr,
 ):
     """The rest of a backward step for one tile, shared with the weight-stationary kernel:
     the gate gradients of step t and the carried cell and state gradients. ZONEOUT: the
@@ -215,12 +236,16 @@ def lstm_update_bwd(
     b_o = tl.load(p_ga + 3 * H, mask=m, other=0.0)
     p_c = c_ptr + o_b64[:, None] * s_c_b + o_h[None, :]
     b_c_prev = tl.load(p_c + rd.to(tl.int64) * s_c_slot, mask=m, other=0.0)
+    b_c_prev = restarted(b_c_prev, p_c + init.to(tl.int64) * s_c_slot, m,
+                         restart_flags(rs_ptr, s_rs_t, t, o_b, m_b, HAS_RESETS), HAS_RESETS)
     if ZONEOUT:  # the slot holds the blended c_t; h_t's tanh saw the new value
         b_tc = tanh(b_f * b_c_prev + b_i * b_g)
     else:
         b_tc = tanh(tl.load(p_c + wr.to(tl.int64) * s_c_slot, mask=m, other=0.0))
     p_gc = gc_ptr + o_b64[:, None] * s_gc_b + o_h[None, :]
     b_gc = tl.load(p_gc, mask=m, other=0.0)
+    b_gc = divert(b_gc, p_gc, B, s_gc_b, m,
+                  restart_flags(rs_ptr, s_rs_t, t_next, o_b, m_b, HAS_RESETS), HAS_RESETS)
 
     b_dct = b_gc  # gradient reaching c_t
     if HAS_DCS:  # c_t is also an output (return_cell_states): its own gradient joins here
@@ -265,6 +290,7 @@ def lstm_fwd_kernel(
     len_ptr,                      # HAS_LENGTHS: (B,) sequence lengths
     hm_ptr, s_hm_b,               # HAS_HMASK: variational mask of h_{t-1} (B, K)
     z_seed, z_th_h, z_th_c,       # ZONEOUT: see lstm_update_fwd
+    rs_ptr, s_rs_t,               # HAS_RESETS: restart flags (T + 1, B), see restart_flags
     sem_ptr, err_ptr,             # PERSISTENT: the grid barrier's int32 and its error word
     s0, n_steps, T, B, H, K,      # steps s0 .. s0+n_steps-1 of T; K: state width (P or H)
     ACC: tl.constexpr, HAS_PROJ: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
@@ -272,11 +298,12 @@ def lstm_fwd_kernel(
     PERSISTENT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
     ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr, HAS_HMASK: tl.constexpr,
-    ZONEOUT: tl.constexpr,
+    ZONEOUT: tl.constexpr, HAS_RESETS: tl.constexpr,
 ):
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_b, n_h, n_p = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H), tl.cdiv(K, BLOCK_P)
     z_dir = 1 if REVERSE else 0
+    init = init_slot(T, z_dir, SAVE)
     for s in range(s0, s0 + n_steps):
         t, rd, wr = fwd_step(s, T, REVERSE, SAVE)
         if SAVE:
@@ -289,9 +316,9 @@ def lstm_fwd_kernel(
                                 h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot, s_c_b,
                                 out_ptr, s_o_t, s_o_b, hr_ptr, s_hr_t, s_hr_b,
                                 ga_ptr, s_ga_t, s_ga_b, len_ptr, hm_ptr, s_hm_b, z_seed,
-                                z_th_h, z_th_c, z_dir, t, rd, wr, hr_t, B, H, K,
-                                ACC, HAS_PROJ, SAVE, HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K,
-                                IEEE, UPCAST, HAS_HMASK, ZONEOUT)
+                                z_th_h, z_th_c, z_dir, rs_ptr, s_rs_t, init, t, rd, wr, hr_t,
+                                B, H, K, ACC, HAS_PROJ, SAVE, HAS_LENGTHS, BLOCK_B, BLOCK_H,
+                                BLOCK_K, IEEE, UPCAST, HAS_HMASK, ZONEOUT, HAS_RESETS)
             if PERSISTENT:
                 grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
         if RUN_PROJ:
@@ -309,7 +336,7 @@ def lstm_bwd_kernel(
     dg_ptr, s_dg_t, s_dg_b, w_ptr, s_w, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b,
     dhp_ptr, s_dhp_t, s_dhp_b, w_hr_ptr, s_whr, gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b,
     c_ptr, s_c_slot, s_c_b, dcs_ptr, s_dcs_t, s_dcs_b,  # see the tiles
-    len_ptr, hm_ptr, s_hm_b, z_seed, z_th_h, z_th_c, sem_ptr, err_ptr,
+    len_ptr, hm_ptr, s_hm_b, z_seed, z_th_h, z_th_c, rs_ptr, s_rs_t, sem_ptr, err_ptr,
     s0, n_steps, T, B, H, K,      # backward steps s0 .. s0+n_steps-1 (0 = last forward step)
     HAS_PROJ: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_DCS: tl.constexpr,
     REVERSE: tl.constexpr,
@@ -317,18 +344,21 @@ def lstm_bwd_kernel(
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr,
     SPIN_LIMIT: tl.constexpr, HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr,
+    HAS_RESETS: tl.constexpr,
 ):
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_b, n_h, n_p = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H), tl.cdiv(K, BLOCK_P)
     z_dir = 1 if REVERSE else 0
+    init = init_slot(T, z_dir, True)
     for s in range(s0, s0 + n_steps):
         t, t_next, rd, wr = bwd_step(s, T, REVERSE)
         if RUN_PROJ:
             for tile in range(pid, n_p * n_b, n_progs):
                 _proj_bwd_tile(tile % n_p, tile // n_p, dg_ptr, s_dg_t, s_dg_b, w_ptr, s_w,
                                g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, dhp_ptr, s_dhp_t, s_dhp_b,
-                               len_ptr, hm_ptr, s_hm_b, t, t_next, B, H, K,
-                               HAS_LENGTHS, BLOCK_B, BLOCK_P, BLOCK_K, IEEE, UPCAST, HAS_HMASK)
+                               len_ptr, hm_ptr, s_hm_b, rs_ptr, s_rs_t, t, t_next, B, H, K,
+                               HAS_LENGTHS, BLOCK_B, BLOCK_P, BLOCK_K, IEEE, UPCAST, HAS_HMASK,
+                               HAS_RESETS)
             if PERSISTENT:
                 grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
         if RUN_GATES:
@@ -337,9 +367,10 @@ def lstm_bwd_kernel(
                                 g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, dhp_ptr, s_dhp_t, s_dhp_b,
                                 w_hr_ptr, s_whr, gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b,
                                 c_ptr, s_c_slot, s_c_b, dcs_ptr, s_dcs_t, s_dcs_b, len_ptr,
-                                hm_ptr, s_hm_b, z_seed, z_th_h, z_th_c, z_dir, t,
-                                t_next, rd, wr, B, H, K, HAS_PROJ, HAS_LENGTHS, HAS_DCS,
-                                BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST, HAS_HMASK, ZONEOUT)
+                                hm_ptr, s_hm_b, z_seed, z_th_h, z_th_c, z_dir, rs_ptr,
+                                s_rs_t, init, t, t_next, rd, wr, B, H, K, HAS_PROJ,
+                                HAS_LENGTHS, HAS_DCS, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST,
+                                HAS_HMASK, ZONEOUT, HAS_RESETS)
             if PERSISTENT:
                 grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
@@ -363,13 +394,14 @@ def lstm_forward(*args, **kwargs):
 
 
 def lstm_forward_steps(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, save,
-                       allow_tf32=None, directions=1, hmask=None, zoneout=None):
+                       allow_tf32=None, directions=1, hmask=None, zoneout=None, resets=None):
     """Runs one LSTM layer. Returns out, h_n, c_n, and (if save) the buffers backward needs.
     A generator (kernels/pairing.py): it yields its weight-stationary launch, if any, and
     finishes when resumed; ``directions=2`` plans a bidirectional layer's direction.
     Regularizers (issue 14): ``hmask`` (B, K) multiplies h_{t-1} in the recurrent product
     (variational dropout); ``zoneout`` (seed, thresh_h, thresh_c, mode), see
-    common.zoneout_args."""
+    common.zoneout_args. ``resets`` (T, B) bool: the state restarts from (h0, c0) where set
+    (common.restart_rows has the rule), inside the time loop."""
     T, B, _ = x.shape
     H = w_hh.shape[0] // 4
     K = w_hh.shape[1]  # state width: proj_size or hidden
@@ -390,7 +422,9 @@ def lstm_forward_steps(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse
         xg = F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
     if xg.stride(-1) != 1:
         xg = xg.contiguous()
-    n_slots = T + 1 if save else 2
+    rs = restart_rows(resets, lengths, reverse) if resets is not None else None
+    # inference alternates two slots; with restarts a third keeps (h0, c0) (init_slot)
+    n_slots = T + 1 if save else (2 if rs is None else 3)
     hs = empty(n_slots, B, K, dtype=x.dtype, device=dev)
     cs = empty(n_slots, B, H, dtype=acc, device=dev)
     out = like_layout(x, T, B, K, x.dtype)
@@ -399,7 +433,10 @@ def lstm_forward_steps(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse
     first = first_slot(T, reverse, save)
     hs[first] = h0
     cs[first] = c0
-    regs = dict(**hmask_args(hmask, hs, B, K, x.dtype), **zoneout_args(zoneout))
+    if rs is not None and not save:
+        hs[2], cs[2] = h0, c0
+    regs = dict(**hmask_args(hmask, hs, B, K, x.dtype), **zoneout_args(zoneout),
+                **resets_args(rs, hs))
 
     ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
     kplan = plan_for("lstm", x.dtype, B, H, K, has_proj, dev, save, ieee,
@@ -440,7 +477,7 @@ def lstm_backward(*args, **kwargs):
 
 def lstm_backward_steps(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_hn, d_cn,
                         needs=(True,) * 8, allow_tf32=None, directions=1, d_cs=None,
-                        hmask=None, zoneout=None):
+                        hmask=None, zoneout=None, resets=None):
     """Gradients (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr) of one LSTM layer; None where
     ``needs`` says a gradient is not wanted. d_cs: the gradient of the cell states c_t the
     layer returned (return_cell_states), (T, B, H), or None. hmask, zoneout: the forward's.
@@ -453,8 +490,9 @@ def lstm_backward_steps(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_h
     has_proj = w_hr is not None
     dg = empty(T + 1, B, 4 * H, dtype=acc, device=dev)
     dg[T] = 0
-    g = d_hn.to(acc, copy=True)
-    gc = d_cn.to(acc, copy=True)
+    rs = restart_rows(resets, lengths, reverse) if resets is not None else None
+    g, g_restarts = carried(d_hn, acc, rs is not None)
+    gc, gc_restarts = carried(d_cn, acc, rs is not None)
     if d_out.stride(-1) != 1:
         d_out = d_out.contiguous()
     dhp = empty(T, B, K, dtype=acc, device=dev) if has_proj else dg
@@ -462,7 +500,8 @@ def lstm_backward_steps(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_h
         d_cs = d_cs.contiguous()
     dcs = (pointer_args(dcs=(d_cs, "tb")) if d_cs is not None else
            dict(dcs_ptr=gc, s_dcs_t=0, s_dcs_b=0))
-    regs = dict(**hmask_args(hmask, g, B, K, x.dtype), **zoneout_args(zoneout))
+    regs = dict(**hmask_args(hmask, g, B, K, x.dtype), **zoneout_args(zoneout),
+                **resets_args(rs, g))
 
     ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
     kplan = plan_for("lstm", x.dtype, B, H, K, has_proj, dev, True, ieee, backward=True,
@@ -498,5 +537,8 @@ def lstm_backward_steps(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_h
     dgs = dg[:T]
     t_first = T - 1 if reverse else 0
     prev_h = hs[1:] if reverse else hs[:T]  # h_{t-1} of each time index t
+    if rs is not None:  # what restarts sent to the initial state
+        prev_h = restarted_prev(prev_h, rs, hs[first_slot(T, reverse, True)])
+        g, gc = g + g_restarts, gc + gc_restarts
     return weight_grads(x, dgs, dgs, prev_h, w_ih, w_hh, needs, extra_dh0=(g, dg[t_first]),
                         dc0=gc, d_proj=(dhp, hraw) if has_proj else None, hmask=hmask)

@@ -23,7 +23,9 @@ from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check
                                      first_slot, fwd_step, grid_barrier, last_slot,
                                      like_layout, mm_tile, pointer_args, run_steps,
                                      state_grad, store_step, tile_offsets, valid_rows,
-                                     weight_grads, hmask_args, zoneout_args)
+                                     weight_grads, hmask_args, zoneout_args, carried, divert,
+                                     init_slot, restart_flags, restart_rows, restarted_prev,
+                                     resets_args)
 from fusedrnn.kernels.pairing import Launch, run
 from fusedrnn.kernels.plan import plan_for
 
@@ -90,16 +92,20 @@ def _rnn_fwd_tile(
     out_ptr, s_o_t, s_o_b,        # output (T, B, H), zero past a sequence's length
     ga_ptr, s_ga_t, s_ga_b,       # SAVE: the nonlinearity's derivative (T, B, H), ACC
     len_ptr, hm_ptr, s_hm_b,      # HAS_HMASK: variational mask of h_{t-1} (B, H)
+    rs_ptr, s_rs_t, init,         # HAS_RESETS: restart flags (T + 1, B), slot of h0
     t, rd, wr, B, H,
     ACC: tl.constexpr, RNN: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, HAS_HMASK: tl.constexpr,
+    HAS_RESETS: tl.constexpr,
 ):
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     b_pre = tl.zeros((BLOCK_B, BLOCK_H), dtype=ACC)
-    # h_{t-1} (B, H) . W_hh^T: w[k, n] = W_hh[n, k]
+    # h_{t-1} (B, H) . W_hh^T: w[k, n] = W_hh[n, k] (h0 where the step restarts)
     b_pre = mm_tile(b_pre, h_ptr + rd.to(tl.int64) * s_h_slot, s_h_b, o_b, m_b, w_ptr, 1, s_w,
-                    o_h, m_h, H, BLOCK_K, IEEE, UPCAST, hm_ptr, s_hm_b, HAS_HMASK)
+                    o_h, m_h, H, BLOCK_K, IEEE, UPCAST, hm_ptr, s_hm_b, HAS_HMASK,
+                    h_ptr + init.to(tl.int64) * s_h_slot,
+                    restart_flags(rs_ptr, s_rs_t, t, o_b, m_b, HAS_RESETS), HAS_RESETS)
     rnn_update_fwd(b_pre, i_h, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot, s_h_b, out_ptr,
                    s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, B, H, ACC, RNN,
                    SAVE, HAS_LENGTHS, BLOCK_B, BLOCK_H)
@@ -114,14 +120,17 @@ def _rnn_bwd_tile(
     g_ptr, s_g_b,                 # carried gradient of the state (B, H), ACC, in place
     do_ptr, s_do_t, s_do_b,       # output gradient (T, B, H)
     ga_ptr, s_ga_t, s_ga_b,       # saved derivative of the nonlinearity (T, B, H), ACC
-    len_ptr, hm_ptr, s_hm_b, t, t_next, B, H,
+    len_ptr, hm_ptr, s_hm_b, rs_ptr, s_rs_t, t, t_next, B, H,
     HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, HAS_HMASK: tl.constexpr,
+    HAS_RESETS: tl.constexpr,
 ):
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     b_gs = state_grad(g_ptr, s_g_b, dg_ptr + t_next.to(tl.int64) * s_dg_t, s_dg_b, w_ptr, s_w,
                       o_b, m_b, o_h, m_h, H, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST,
                       hm_ptr, s_hm_b, HAS_HMASK)
+    b_gs = divert(b_gs, g_ptr + o_b64[:, None] * s_g_b + o_h[None, :], B, s_g_b, m,
+                  restart_flags(rs_ptr, s_rs_t, t_next, o_b, m_b, HAS_RESETS), HAS_RESETS)
     rnn_update_bwd(b_gs, i_h, i_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, do_ptr, s_do_t,
                    s_do_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, B, H, HAS_LENGTHS, BLOCK_B,
                    BLOCK_H)
@@ -134,22 +143,24 @@ def _rnn_bwd_tile(
 def rnn_fwd_kernel(
     xg_ptr, s_xg_t, s_xg_b, w_ptr, s_w, h_ptr, s_h_slot, s_h_b,
     out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b,  # see the tile
-    len_ptr, hm_ptr, s_hm_b, sem_ptr, err_ptr, s0, n_steps, T, B, H,
+    len_ptr, hm_ptr, s_hm_b, rs_ptr, s_rs_t, sem_ptr, err_ptr, s0, n_steps, T, B, H,
     ACC: tl.constexpr, RNN: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     REVERSE: tl.constexpr, PERSISTENT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr,
-    SPIN_LIMIT: tl.constexpr, HAS_HMASK: tl.constexpr,
+    SPIN_LIMIT: tl.constexpr, HAS_HMASK: tl.constexpr, HAS_RESETS: tl.constexpr,
 ):
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_b, n_h = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H)
+    init = init_slot(T, 1 if REVERSE else 0, SAVE)
     for s in range(s0, s0 + n_steps):
         t, rd, wr = fwd_step(s, T, REVERSE, SAVE)
         for tile in range(pid, n_h * n_b, n_progs):
             _rnn_fwd_tile(tile % n_h, tile // n_h, xg_ptr, s_xg_t, s_xg_b, w_ptr, s_w,
                           h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b,
-                          len_ptr, hm_ptr, s_hm_b, t, rd, wr, B, H, ACC, RNN, SAVE,
-                          HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST, HAS_HMASK)
+                          len_ptr, hm_ptr, s_hm_b, rs_ptr, s_rs_t, init, t, rd, wr, B, H,
+                          ACC, RNN, SAVE, HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K, IEEE,
+                          UPCAST, HAS_HMASK, HAS_RESETS)
         if PERSISTENT:
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
@@ -158,11 +169,12 @@ def rnn_fwd_kernel(
 def rnn_bwd_kernel(
     dg_ptr, s_dg_t, s_dg_b, w_ptr, s_w, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b,
     ga_ptr, s_ga_t, s_ga_b,       # see the tile
-    len_ptr, hm_ptr, s_hm_b, sem_ptr, err_ptr, s0, n_steps, T, B, H,
+    len_ptr, hm_ptr, s_hm_b, rs_ptr, s_rs_t, sem_ptr, err_ptr, s0, n_steps, T, B, H,
     HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr,
     PERSISTENT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
     ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr, HAS_HMASK: tl.constexpr,
+    HAS_RESETS: tl.constexpr,
 ):
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_b, n_h = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H)
@@ -171,8 +183,9 @@ def rnn_bwd_kernel(
         for tile in range(pid, n_h * n_b, n_progs):
             _rnn_bwd_tile(tile % n_h, tile // n_h, dg_ptr, s_dg_t, s_dg_b, w_ptr, s_w,
                           g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b,
-                          len_ptr, hm_ptr, s_hm_b, t, t_next, B, H, HAS_LENGTHS, BLOCK_B,
-                          BLOCK_H, BLOCK_K, IEEE, UPCAST, HAS_HMASK)
+                          len_ptr, hm_ptr, s_hm_b, rs_ptr, s_rs_t, t, t_next, B, H,
+                          HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST, HAS_HMASK,
+                          HAS_RESETS)
         if PERSISTENT:
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
@@ -192,11 +205,13 @@ def rnn_forward(*args, **kwargs):
 
 
 def rnn_forward_steps(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save,
-                      nonlinearity="tanh", allow_tf32=None, directions=1, hmask=None):
+                      nonlinearity="tanh", allow_tf32=None, directions=1, hmask=None,
+                      resets=None):
     """Runs one plain RNN layer. Returns out, h_n, and (if save) the buffers backward needs.
     A generator (kernels/pairing.py): it yields its weight-stationary launch, if any, and
     finishes when resumed; ``directions=2`` plans a bidirectional layer's direction.
-    ``hmask`` (B, H): variational dropout of h_{t-1} in the recurrent product."""
+    ``hmask`` (B, H): variational dropout of h_{t-1} in the recurrent product. ``resets``
+    (T, B) bool: restarts from h0 inside the time loop (common.restart_rows)."""
     T, B, _ = x.shape
     H = w_hh.shape[1]
     act = _nonlinearity(nonlinearity)
@@ -212,12 +227,15 @@ def rnn_forward_steps(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save,
         xg = F.linear(x, w_ih, None if b_ih is None else b_ih + b_hh)
     if xg.stride(-1) != 1:
         xg = xg.contiguous()
-    n_slots = T + 1 if save else 2
+    rs = restart_rows(resets, lengths, reverse) if resets is not None else None
+    n_slots = T + 1 if save else (2 if rs is None else 3)  # (init_slot)
     hs = empty(n_slots, B, H, dtype=x.dtype, device=dev)
     out = like_layout(x, T, B, H, x.dtype)
     dact = empty(T, B, H, dtype=acc, device=dev) if save else hs
     first = first_slot(T, reverse, save)
     hs[first] = h0
+    if rs is not None and not save:
+        hs[2] = h0
 
     ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
     kplan = plan_for("rnn", x.dtype, B, H, H, False, dev, save, ieee,
@@ -225,7 +243,7 @@ def rnn_forward_steps(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save,
     common = dict(len_ptr=lengths if lengths is not None else hs, T=T, B=B, H=H,
                   ACC=TL_ACC[acc], SAVE=save, HAS_LENGTHS=lengths is not None,
                   REVERSE=reverse, IEEE=ieee, UPCAST=upcast,
-                  **hmask_args(hmask, hs, B, H, x.dtype))
+                  **hmask_args(hmask, hs, B, H, x.dtype), **resets_args(rs, hs))
     ptrs = pointer_args(xg=(xg, "tb"), w=(w_hh, ("",)), h=(hs, ("slot", "b")),
                         out=(out, "tb", "o"), ga=(dact, "tb"))
     if B > 0 and kplan["kernel"] == "stationary":
@@ -249,7 +267,8 @@ def rnn_backward(*args, **kwargs):
 
 
 def rnn_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
-                       needs=(True,) * 6, allow_tf32=None, directions=1, hmask=None):
+                       needs=(True,) * 6, allow_tf32=None, directions=1, hmask=None,
+                       resets=None):
     """Gradients (x, h0, w_ih, w_hh, b_ih, b_hh) of one RNN layer; None where not needed.
     (The nonlinearity is in the saved derivative; ``hmask`` is the forward's.)
     A generator (kernels/pairing.py): it yields its weight-stationary launch, if any, and
@@ -260,7 +279,8 @@ def rnn_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
     acc, dev = dact.dtype, x.device
     dg = empty(T + 1, B, H, dtype=acc, device=dev)
     dg[T] = 0
-    g = d_hn.to(acc, copy=True)
+    rs = restart_rows(resets, lengths, reverse) if resets is not None else None
+    g, g_restarts = carried(d_hn, acc, rs is not None)
     if d_out.stride(-1) != 1:
         d_out = d_out.contiguous()
 
@@ -269,7 +289,7 @@ def rnn_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
                      directions=directions) if B > 0 else None
     common = dict(len_ptr=lengths if lengths is not None else hs, T=T, B=B, H=H,
                   HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast,
-                  **hmask_args(hmask, g, B, H, x.dtype))
+                  **hmask_args(hmask, g, B, H, x.dtype), **resets_args(rs, g))
     ptrs = pointer_args(dg=(dg, "tb"), w=(w_hh, ("",)), g=(g, "b"), do=(d_out, "tb"),
                         ga=(dact, "tb"))
     if B > 0 and kplan["kernel"] == "stationary":
@@ -289,5 +309,8 @@ def rnn_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
     dgh = dg[:T]
     t_first = T - 1 if reverse else 0
     prev_h = hs[1:] if reverse else hs[:T]
+    if rs is not None:  # what restarts sent to the initial state
+        prev_h = restarted_prev(prev_h, rs, hs[first_slot(T, reverse, True)])
+        g = g + g_restarts
     return weight_grads(x, dgh, dgh, prev_h, w_ih, w_hh, needs, extra_dh0=(g, dg[t_first]),
                         hmask=hmask)

@@ -40,9 +40,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from fusedrnn.kernels.common import (barrier_flags, barrier_words, bwd_step, dot, fwd_step,
-                                     grid_barrier, group_barrier, launch_sequence,
-                                     state_mask, tile_offsets)
+from fusedrnn.kernels.common import (barrier_flags, barrier_words, bwd_step, divert, dot,
+                                     fwd_step, grid_barrier, group_barrier, init_slot,
+                                     launch_sequence, restart_flags, state_mask,
+                                     tile_offsets)
 from fusedrnn.kernels.gru import gru_update_bwd, gru_update_fwd
 from fusedrnn.kernels.lstm import lstm_update_bwd, lstm_update_fwd
 from fusedrnn.kernels.rnn import rnn_update_bwd, rnn_update_fwd
@@ -93,14 +94,19 @@ def _w_chunks(w_ptr, s_w, i_u, g, H, G: tl.constexpr, U: tl.constexpr, KC: tl.co
 
 @triton.jit
 def _chunk_dot(w, p_x, m_b, c, H, ACC: tl.constexpr, KC: tl.constexpr, ROWS: tl.constexpr,
-               IEEE: tl.constexpr, UPCAST: tl.constexpr, p_m=0, HAS_MASK: tl.constexpr = False):
+               IEEE: tl.constexpr, UPCAST: tl.constexpr, p_m=0, HAS_MASK: tl.constexpr = False,
+               p_x0=0, b_rs=0, HAS_RESETS: tl.constexpr = False):
     """ROWS: w (M, KC) . x^T chunk c (KC, BB), p_x (1, BB) at the batch rows of x (times the
-    same block of a mask at p_m where HAS_MASK: the variational mask of h_{t-1}).
+    same block of a mask at p_m where HAS_MASK: the variational mask of h_{t-1}; the
+    initial state at p_x0 in the columns b_rs marks where HAS_RESETS: restarts).
     Otherwise: x chunk c (BB, KC) . w (KC, N), p_x (BB, 1). x is cast to w's dtype."""
     o_k = c * KC + tl.arange(0, KC)
     if ROWS:
         m_x = (o_k < H)[:, None] & m_b[None, :]
         b_x = tl.load(p_x + o_k[:, None], mask=m_x, other=0.0)
+        if HAS_RESETS:
+            b_x = tl.where(b_rs[None, :], tl.load(p_x0 + o_k[:, None], mask=m_x, other=0.0),
+                           b_x)
         if HAS_MASK:
             b_x = b_x * tl.load(p_m + o_k[:, None], mask=m_x, other=0.0).to(b_x.dtype)
         acc = tl.zeros((w.shape[0], b_x.shape[1]), dtype=ACC)
@@ -115,15 +121,20 @@ def _chunk_dot(w, p_x, m_b, c, H, ACC: tl.constexpr, KC: tl.constexpr, ROWS: tl.
 @triton.jit
 def _chunks_dot(w0, w1, w2, w3, p_x, m_b, H, ACC: tl.constexpr, KC: tl.constexpr,
                 NK: tl.constexpr, ROWS: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-                p_m=0, HAS_MASK: tl.constexpr = False):
+                p_m=0, HAS_MASK: tl.constexpr = False, p_x0=0, b_rs=0,
+                HAS_RESETS: tl.constexpr = False):
     """The sum over the NK chunks (Triton folds it into one accumulator chain)."""
-    acc = _chunk_dot(w0, p_x, m_b, 0, H, ACC, KC, ROWS, IEEE, UPCAST, p_m, HAS_MASK)
+    acc = _chunk_dot(w0, p_x, m_b, 0, H, ACC, KC, ROWS, IEEE, UPCAST, p_m, HAS_MASK, p_x0,
+                     b_rs, HAS_RESETS)
     if NK > 1:
-        acc += _chunk_dot(w1, p_x, m_b, 1, H, ACC, KC, ROWS, IEEE, UPCAST, p_m, HAS_MASK)
+        acc += _chunk_dot(w1, p_x, m_b, 1, H, ACC, KC, ROWS, IEEE, UPCAST, p_m, HAS_MASK, p_x0,
+                          b_rs, HAS_RESETS)
     if NK > 2:
-        acc += _chunk_dot(w2, p_x, m_b, 2, H, ACC, KC, ROWS, IEEE, UPCAST, p_m, HAS_MASK)
+        acc += _chunk_dot(w2, p_x, m_b, 2, H, ACC, KC, ROWS, IEEE, UPCAST, p_m, HAS_MASK, p_x0,
+                          b_rs, HAS_RESETS)
     if NK > 3:
-        acc += _chunk_dot(w3, p_x, m_b, 3, H, ACC, KC, ROWS, IEEE, UPCAST, p_m, HAS_MASK)
+        acc += _chunk_dot(w3, p_x, m_b, 3, H, ACC, KC, ROWS, IEEE, UPCAST, p_m, HAS_MASK, p_x0,
+                          b_rs, HAS_RESETS)
     return acc
 
 
@@ -147,18 +158,20 @@ def _fwd_tile(
     i_u, i_b, w0, w1, w2, w3,
     xg_ptr, s_xg_t, s_xg_b, bhn_ptr, h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot, s_c_b,
     out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, hm_ptr, s_hm_b,
-    z_seed, z_th_h, z_th_c, z_dir, t, rd, wr, B, H,
+    z_seed, z_th_h, z_th_c, z_dir, rs_ptr, s_rs_t, init, t, rd, wr, B, H,
     LSTM: tl.constexpr, RNN: tl.constexpr, ACC: tl.constexpr, HAS_BIAS: tl.constexpr,
     SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr, U: tl.constexpr, BB: tl.constexpr,
     KC: tl.constexpr, NK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
-    HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr,
+    HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr, HAS_RESETS: tl.constexpr,
 ):
     o_b = i_b * BB + tl.arange(0, BB)
     m_b = o_b < B
     p_h = h_ptr + rd.to(tl.int64) * s_h_slot + o_b.to(tl.int64)[None, :] * s_h_b
+    p_h0 = h_ptr + init.to(tl.int64) * s_h_slot + o_b.to(tl.int64)[None, :] * s_h_b
     p_hm = hm_ptr + o_b.to(tl.int64)[None, :] * s_hm_b
     acc = _chunks_dot(w0, w1, w2, w3, p_h, m_b, H, ACC, KC, NK, True, IEEE, UPCAST, p_hm,
-                      HAS_HMASK)
+                      HAS_HMASK, p_h0, restart_flags(rs_ptr, s_rs_t, t, o_b, m_b, HAS_RESETS),
+                      HAS_RESETS)
     if RNN:  # one gate: the (U, BB) tile is the pre-activation
         rnn_update_fwd(tl.trans(acc), i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot,
                        s_h_b, out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd,
@@ -168,13 +181,14 @@ def _fwd_tile(
         lstm_update_fwd(g0, g1, g2, g3, i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot,
                         s_h_b, c_ptr, s_c_slot, s_c_b, out_ptr, s_o_t, s_o_b, h_ptr, 0, 0,
                         ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, t, B, H,
-                        z_seed, z_th_h, z_th_c, z_dir, ACC, False, SAVE, HAS_LENGTHS, BB, U,
-                        ZONEOUT)
+                        z_seed, z_th_h, z_th_c, z_dir, rs_ptr, s_rs_t, init, ACC, False, SAVE,
+                        HAS_LENGTHS, BB, U, ZONEOUT, HAS_RESETS)
     else:
         g0, g1, g2, g3 = _split_gates(acc, U, BB)
         gru_update_fwd(g0, g1, g2, i_u, i_b, xg_ptr, s_xg_t, s_xg_b, bhn_ptr, h_ptr, s_h_slot,
                        s_h_b, out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd,
-                       wr, B, H, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, BB, U)
+                       wr, B, H, rs_ptr, s_rs_t, init, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, BB, U,
+                       HAS_RESETS)
 
 
 @triton.jit
@@ -184,11 +198,12 @@ def _bwd_tile(
     dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b,
     gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b,
     dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, hm_ptr, s_hm_b, z_seed, z_th_h, z_th_c, z_dir,
-    t, t_next, rd, wr, B, H,
+    rs_ptr, s_rs_t, init, t, t_next, rd, wr, B, H,
     LSTM: tl.constexpr, RNN: tl.constexpr, ACC: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     HAS_DCS: tl.constexpr,
     U: tl.constexpr, BB: tl.constexpr, KC: tl.constexpr, NK: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr,
+    HAS_RESETS: tl.constexpr,
 ):
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_u, i_b, H, B, U, BB)
     p_dg = dg_ptr + t_next.to(tl.int64) * s_dg_t + o_b64[:, None] * s_dg_b
@@ -205,6 +220,8 @@ def _bwd_tile(
     b_g = tl.load(g_ptr + o_b64[:, None] * s_g_b + o_h[None, :], mask=m, other=0.0)
     # carried + dgates_{t+1} W_hh (times the variational mask the product saw), (BB, U)
     b_gs = b_g + state_mask(acc, hm_ptr, s_hm_b, o_b, m_b, o_h, m_h, HAS_HMASK)
+    b_gs = divert(b_gs, g_ptr + o_b64[:, None] * s_g_b + o_h[None, :], B, s_g_b, m,
+                  restart_flags(rs_ptr, s_rs_t, t_next, o_b, m_b, HAS_RESETS), HAS_RESETS)
     if RNN:
         rnn_update_bwd(b_gs, i_u, i_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, do_ptr, s_do_t,
                        s_do_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, B, H, HAS_LENGTHS, BB, U)
@@ -213,12 +230,14 @@ def _bwd_tile(
         b_dh = b_gs + tl.load(p_do, mask=m, other=0.0).to(ACC)
         lstm_update_bwd(b_dh, b_gs, i_u, i_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, gc_ptr,
                         s_gc_b, ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, dcs_ptr,
-                        s_dcs_t, s_dcs_b, len_ptr, t, rd, wr, B, H, z_seed, z_th_h, z_th_c,
-                        z_dir, False, HAS_LENGTHS, HAS_DCS, BB, U, ZONEOUT)
+                        s_dcs_t, s_dcs_b, len_ptr, t, t_next, rd, wr, B, H, z_seed, z_th_h,
+                        z_th_c, z_dir, rs_ptr, s_rs_t, init, False, HAS_LENGTHS, HAS_DCS, BB,
+                        U, ZONEOUT, HAS_RESETS)
     else:
         gru_update_bwd(b_gs, i_u, i_b, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b,
                        g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b, h_ptr,
-                       s_h_slot, s_h_b, len_ptr, t, rd, B, H, HAS_LENGTHS, BB, U)
+                       s_h_slot, s_h_b, len_ptr, t, rd, B, H, rs_ptr, s_rs_t, init,
+                       HAS_LENGTHS, BB, U, HAS_RESETS)
 
 
 # ----------------------------------------------------------------------------------------
@@ -266,8 +285,9 @@ def stationary_fwd_kernel(
     out_ptr, s_o_t, s_o_b,        # output (T, B, H), zero past a sequence's length
     ga_ptr, s_ga_t, s_ga_b,       # SAVE: gates (T, B, 4H), ACC (see lstm.py, gru.py, rnn.py)
     hm_ptr, s_hm_b,               # HAS_HMASK: variational mask of h_{t-1} (B, H)
-    r_xg, r_w, r_bhn, r_h, r_c, r_out, r_ga, r_hm,  # PAIRED: elements from each buffer
-                                  # above to the reverse direction's (same strides)
+    rs_ptr, s_rs_t,               # HAS_RESETS: restart flags (T + 1, B), int8
+    r_xg, r_w, r_bhn, r_h, r_c, r_out, r_ga, r_hm, r_rs,  # PAIRED: elements from each
+                                  # buffer above to the reverse direction's (same strides)
     len_ptr,                      # HAS_LENGTHS: (B,) sequence lengths
     z_seed, z_th_h, z_th_c,       # LSTM ZONEOUT: see lstm.lstm_update_fwd
     sem_ptr, err_ptr,             # barrier counters (one per batch group and direction),
@@ -280,6 +300,7 @@ def stationary_fwd_kernel(
     RESIDENT: tl.constexpr, U: tl.constexpr, BB: tl.constexpr, KC: tl.constexpr,
     NK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr,
     SPIN_LIMIT: tl.constexpr, HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr,
+    HAS_RESETS: tl.constexpr,
 ):
     G: tl.constexpr = 4 if LSTM else (1 if RNN else 3)
     DIRS: tl.constexpr = 2 if PAIRED else 1
@@ -297,9 +318,10 @@ def stationary_fwd_kernel(
                       s_xg_b, bhn_ptr + d * r_bhn, h_ptr + d * r_h, s_h_slot, s_h_b,
                       c_ptr + d * r_c, s_c_slot, s_c_b, out_ptr + d * r_out, s_o_t, s_o_b,
                       ga_ptr + d * r_ga, s_ga_t, s_ga_b, len_ptr, hm_ptr + d * r_hm, s_hm_b,
-                      z_seed, z_th_h, z_th_c, d + REV, t, rd, wr, B, H, LSTM, RNN,
+                      z_seed, z_th_h, z_th_c, d + REV, rs_ptr + d * r_rs, s_rs_t,
+                      init_slot(T, d + REV, SAVE), t, rd, wr, B, H, LSTM, RNN,
                       ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE, UPCAST,
-                      HAS_HMASK, ZONEOUT)
+                      HAS_HMASK, ZONEOUT, HAS_RESETS)
             group_barrier(sem_ptr + d * n_bg + tile // n_u, n_u, tile % n_u == 0, err_ptr, s,
                           ASM_ACQUIRE, SPIN_LIMIT)
         else:
@@ -312,9 +334,10 @@ def stationary_fwd_kernel(
                           s_xg_b, bhn_ptr + d * r_bhn, h_ptr + d * r_h, s_h_slot, s_h_b,
                           c_ptr + d * r_c, s_c_slot, s_c_b, out_ptr + d * r_out, s_o_t, s_o_b,
                           ga_ptr + d * r_ga, s_ga_t, s_ga_b, len_ptr, hm_ptr + d * r_hm,
-                          s_hm_b, z_seed, z_th_h, z_th_c, d + REV, t, rd, wr, B, H, LSTM,
+                          s_hm_b, z_seed, z_th_h, z_th_c, d + REV, rs_ptr + d * r_rs, s_rs_t,
+                          init_slot(T, d + REV, SAVE), t, rd, wr, B, H, LSTM,
                           RNN, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE, UPCAST,
-                          HAS_HMASK, ZONEOUT)
+                          HAS_HMASK, ZONEOUT, HAS_RESETS)
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
 
@@ -349,15 +372,16 @@ def stationary_bwd_kernel(
     h_ptr, s_h_slot, s_h_b,       # GRU: state history
     dcs_ptr, s_dcs_t, s_dcs_b,    # LSTM, HAS_DCS: gradient of the returned cell states
     hm_ptr, s_hm_b,               # HAS_HMASK: variational mask of h_{t-1} (B, H)
-    r_dg, r_dxn, r_w, r_g, r_do, r_gc, r_ga, r_c, r_h, r_dcs, r_hm,  # PAIRED: elements
-                                  # from each buffer above to the reverse direction's
+    rs_ptr, s_rs_t,               # HAS_RESETS: restart flags (T + 1, B), int8
+    r_dg, r_dxn, r_w, r_g, r_do, r_gc, r_ga, r_c, r_h, r_dcs, r_hm, r_rs,  # PAIRED:
+                                  # elements from each buffer above to the reverse's
     len_ptr, z_seed, z_th_h, z_th_c, sem_ptr, err_ptr, T, B, H,
     LSTM: tl.constexpr, RNN: tl.constexpr, ACC: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     HAS_DCS: tl.constexpr,
     REVERSE: tl.constexpr, PAIRED: tl.constexpr, RESIDENT: tl.constexpr, U: tl.constexpr,
     BB: tl.constexpr, KC: tl.constexpr, NK: tl.constexpr, IEEE: tl.constexpr,
     UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr,
-    HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr,
+    HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr, HAS_RESETS: tl.constexpr,
 ):
     DIRS: tl.constexpr = 2 if PAIRED else 1
     REV: tl.constexpr = 1 if REVERSE else 0  # direction d + REV: zoneout's stream
@@ -379,9 +403,10 @@ def stationary_bwd_kernel(
                       gc_ptr + d * r_gc, s_gc_b, ga_ptr + d * r_ga, s_ga_t, s_ga_b,
                       c_ptr + d * r_c, s_c_slot, s_c_b, h_ptr + d * r_h, s_h_slot, s_h_b,
                       dcs_ptr + d * r_dcs, s_dcs_t, s_dcs_b, len_ptr, hm_ptr + d * r_hm,
-                      s_hm_b, z_seed, z_th_h, z_th_c, d + REV, t, t_next, rd, wr, B, H,
+                      s_hm_b, z_seed, z_th_h, z_th_c, d + REV, rs_ptr + d * r_rs, s_rs_t,
+                      init_slot(T, d + REV, True), t, t_next, rd, wr, B, H,
                       LSTM, RNN, ACC, HAS_LENGTHS, HAS_DCS, U, BB, KC, NK, IEEE, UPCAST,
-                      HAS_HMASK, ZONEOUT)
+                      HAS_HMASK, ZONEOUT, HAS_RESETS)
             group_barrier(sem_ptr + d * n_bg + tile // n_u, n_u, tile % n_u == 0, err_ptr, s,
                           ASM_ACQUIRE, SPIN_LIMIT)
         else:
@@ -398,9 +423,10 @@ def stationary_bwd_kernel(
                           gc_ptr + d * r_gc, s_gc_b, ga_ptr + d * r_ga, s_ga_t, s_ga_b,
                           c_ptr + d * r_c, s_c_slot, s_c_b, h_ptr + d * r_h, s_h_slot, s_h_b,
                           dcs_ptr + d * r_dcs, s_dcs_t, s_dcs_b, len_ptr, hm_ptr + d * r_hm,
-                          s_hm_b, z_seed, z_th_h, z_th_c, d + REV, t, t_next, rd, wr,
+                          s_hm_b, z_seed, z_th_h, z_th_c, d + REV, rs_ptr + d * r_rs, s_rs_t,
+                          init_slot(T, d + REV, True), t, t_next, rd, wr,
                           B, H, LSTM, RNN, ACC, HAS_LENGTHS, HAS_DCS, U, BB, KC, NK, IEEE,
-                          UPCAST, HAS_HMASK, ZONEOUT)
+                          UPCAST, HAS_HMASK, ZONEOUT, HAS_RESETS)
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
 
@@ -408,8 +434,8 @@ def stationary_bwd_kernel(
 # launchers: the buffers come from lstm.py / gru.py / rnn.py, whose launchers hand their
 # launch over as a pairing.Launch (see kernels/pairing.py)
 # ----------------------------------------------------------------------------------------
-_FWD_DIR_ARGS = ("xg", "w", "bhn", "h", "c", "out", "ga", "hm")
-_BWD_DIR_ARGS = ("dg", "dxn", "w", "g", "do", "gc", "ga", "c", "h", "dcs", "hm")
+_FWD_DIR_ARGS = ("xg", "w", "bhn", "h", "c", "out", "ga", "hm", "rs")
+_BWD_DIR_ARGS = ("dg", "dxn", "w", "g", "do", "gc", "ga", "c", "h", "dcs", "hm", "rs")
 
 
 def _kernel(launch):

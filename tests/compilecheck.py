@@ -30,7 +30,8 @@ from fusedrnn.kernels.plan import KERNEL_ENV
 
 TARGETS = {"sm_80": GPUTarget("cuda", 80, 32), "sm_90": GPUTarget("cuda", 90, 32)}
 _TL = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16",
-       torch.bfloat16: "bf16", torch.int64: "i64", torch.int32: "i32", torch.bool: "i1"}
+       torch.bfloat16: "bf16", torch.int64: "i64", torch.int32: "i32", torch.int8: "i8",
+       torch.bool: "i1"}
 
 
 class Recorder:
@@ -157,9 +158,9 @@ def _capture_pair(fwd, bwd, args, bwd_weights, n_states, lengths):
 
 
 def capture_regularized(H=64, batch=16, dtype=torch.bfloat16, sms=132):
-    """The launches of the recurrent regularizers (issue 14) as a GPU makes them: LSTM with
-    the variational state mask and zoneout, GRU and RNN with the mask, forward (saving) and
-    backward, in step, streaming-sequence and weight-stationary mode."""
+    """The launches of issue 14's options as a GPU makes them: LSTM with the variational
+    state mask, zoneout and resets, GRU and RNN with the mask and resets, forward (saving)
+    and backward, in step, streaming-sequence and weight-stationary mode."""
     launches = {}
     for mod in (lstm, gru, rnn, stationary):
         for name in dir(mod):
@@ -173,24 +174,26 @@ def capture_regularized(H=64, batch=16, dtype=torch.bfloat16, sms=132):
     lengths = torch.full((batch,), T, dtype=torch.int64)
     hmask = torch.ones(batch, H, **kw)
     zoneout = (2 ** 40 + 1, 1 << 22, 1 << 21, 1)
+    resets = torch.zeros(T, batch, dtype=torch.bool)
+    resets[1, 0] = True
     for mode in ("step", "sequence", "stationary"):
         os.environ[KERNEL_ENV] = mode
         largs = (x, torch.zeros(batch, H, **kw), torch.zeros(batch, H, **kw),
                  torch.randn(4 * H, I, **kw), torch.randn(4 * H, H, **kw),
                  torch.randn(4 * H, **kw), torch.randn(4 * H, **kw), None)
         out, h, c, saved = lstm.lstm_forward(*largs, lengths, False, True, hmask=hmask,
-                                             zoneout=zoneout)
+                                             zoneout=zoneout, resets=resets)
         lstm.lstm_backward(x, largs[3], largs[4], None, lengths, False, saved,
                            torch.randn_like(out), torch.randn_like(h), torch.randn_like(c),
-                           hmask=hmask, zoneout=zoneout)
+                           hmask=hmask, zoneout=zoneout, resets=resets)
         for mod, G, fwd, bwd in ((gru, 3, gru.gru_forward, gru.gru_backward),
                                  (rnn, 1, rnn.rnn_forward, rnn.rnn_backward)):
             args = (x, torch.zeros(batch, H, **kw), torch.randn(G * H, I, **kw),
                     torch.randn(G * H, H, **kw), torch.randn(G * H, **kw),
                     torch.randn(G * H, **kw))
-            out, h, saved = fwd(*args, lengths, False, True, hmask=hmask)
+            out, h, saved = fwd(*args, lengths, False, True, hmask=hmask, resets=resets)
             bwd(x, args[2], args[3], lengths, False, saved, torch.randn_like(out),
-                torch.randn_like(h), hmask=hmask)
+                torch.randn_like(h), hmask=hmask, resets=resets)
     os.environ.pop(KERNEL_ENV)
     return launches
 

@@ -178,11 +178,12 @@ _REGULARIZED = (
 
 
 @pytest.mark.parametrize("triton_36", [False, True], ids=["installed", "triton_3_6"])
-def test_regularized_kernels_compile_for_sm90(triton_36):
-    """The variational state mask and zoneout (Philox: tl.randint on int64 counters) as a
-    GPU builds them, with the installed Triton and with 3.6, the GPU machines': every
-    kernel with HAS_HMASK / ZONEOUT on compiles for sm_90, within its budget: no spill in a
-    hot loop (H=64, bf16, B=16: a tiling inside the register budgets)."""
+def test_issue_14_kernels_compile_for_sm90(triton_36):
+    """The variational state mask, zoneout (Philox: tl.randint on int64 counters) and
+    in-kernel resets as a GPU builds them, with the installed Triton and with 3.6, the GPU
+    machines': every kernel with HAS_HMASK / ZONEOUT / HAS_RESETS on compiles for sm_90,
+    within its budget: no spill in a hot loop (H=64, bf16, B=16: a tiling inside the
+    register budgets)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     if triton_36:
         if not (TRITON_36 / "triton").is_dir():
@@ -201,5 +202,6 @@ def test_regularized_kernels_compile_for_sm90(triton_36):
                      "stationary_bwd_kernel"}, names
     for r in rows:
         assert r["config"].get("HAS_HMASK") == "True", r
+        assert r["config"].get("HAS_RESETS") == "True", r
         assert r["hot_spills"] == 0, r
     assert any(r["config"].get("ZONEOUT") == "1" for r in rows)

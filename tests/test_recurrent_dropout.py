@@ -145,14 +145,22 @@ def test_reference_gru_masks_only_the_recurrent_product():
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("training", [True, False])
 def test_layer_kernels_match_reference(cell, reverse, training, kernel_mode, poison):
-    args = _inputs(cell)
+    """Everything at once, with lengths and episode resets inside the sequences: forward
+    and backward (training), or the forward alone without saving (inference buffers)."""
+    args = _inputs(cell, T=6)
     B, H = args[1].shape
-    kw = dict(reverse=reverse, lengths=torch.tensor([5, 2, 4]),
+    resets = torch.zeros(6, B, dtype=torch.bool)
+    resets[2, 0] = resets[4, 0] = resets[1, 2] = resets[3, 1] = True  # ([3, 1]: past length)
+    kw = dict(reverse=reverse, lengths=torch.tensor([6, 2, 5]), resets=resets,
               hmask=regularizers.sequence_mask(9, 1, B, H, 0.5, args[0]))
     if cell == "lstm":
         kw["zoneout"] = regularizers.zoneout_spec(0.3, 0.4, 2 ** 40 + 17, training)
-    got = _outputs_and_grads(cell, "triton", args, **kw)
-    want = _outputs_and_grads(cell, "reference", args, **kw)
+        kw["cell_states"] = True
+    if training:
+        got = _outputs_and_grads(cell, "triton", args, **kw)
+        want = _outputs_and_grads(cell, "reference", args, **kw)
+    else:
+        got, want = (_layer(cell, be, args, **kw) for be in ("triton", "reference"))
     for k, (a, b) in enumerate(zip(got, want)):
         assert_close(a, b, 1e-10, f"{cell} result/gradient {k}")
 
@@ -282,20 +290,17 @@ def test_bad_options_are_refused_by_name():
     fusedrnn.LSTM(3, 4, backend="native", variational_dropout=0.2).eval()(x)  # off in eval
 
 
-def test_resets_with_variational_dropout_and_zoneout():
-    """The kernels' episodes take each sequence's masks; zoneout with resets is the
-    reference's only, and the kernels say so."""
+@pytest.mark.parametrize("mode", MODES)
+def test_modules_with_resets_variational_dropout_and_zoneout(mode):
     x = torch.randn(6, 3, 4, dtype=F64)
     resets = torch.zeros(6, 3, dtype=torch.bool)
     resets[3, 0] = resets[2, 2] = True
+    kw = dict(variational_dropout=(0.2, 0.3, 0.5), zoneout=0.2 if mode == "LSTM" else 0.0)
     outs = {}
     for backend in ("reference", "triton"):
-        m = _module("GRU", backend, variational_dropout=(0.2, 0.3, 0.5))
+        m = _module(mode, backend, **kw)
         torch.manual_seed(4)
-        outs[backend] = m(x, resets=resets)
+        out, h = m(x, resets=resets)
+        outs[backend] = [out, *(h if mode == "LSTM" else [h])]
     for a, b in zip(outs["triton"], outs["reference"]):
         assert_close(a, b, 1e-10)
-    m = _module("LSTM", "triton", zoneout=0.2)
-    with pytest.raises(ValueError, match="zoneout together with resets"):
-        m(x, resets=resets)
-    _module("LSTM", "reference", zoneout=0.2)(x, resets=resets)

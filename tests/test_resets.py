@@ -111,6 +111,24 @@ def test_resets_on_every_kernel_kind(mode, kernel_mode, launches):
     assert sum(launches.values()) > 0, "the Triton kernels did not run"
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_resets_run_inside_the_kernels(mode, bidirectional, launches, monkeypatch):
+    """One launch per pass and direction in sequence mode, whatever the resets: the
+    restarts happen inside the time loop (no re-batching, no launch per episode)."""
+    from fusedrnn.kernels.plan import KERNEL_ENV
+
+    monkeypatch.setenv(KERNEL_ENV, "sequence")
+    gen = torch.Generator().manual_seed(3)
+    m = getattr(fusedrnn, mode)(4, 6, dtype=F64, bidirectional=bidirectional,
+                                backend="triton")
+    x = torch.randn(7, 3, 4, dtype=F64, requires_grad=True)
+    out = m(x, resets=_random_resets(7, 3, gen, 0.5))[0]
+    out.sum().backward()
+    D = 2 if bidirectional else 1
+    assert sum(launches.values()) == 2 * D, dict(launches)
+
+
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_no_gradient_crosses_a_reset(backend):
     m = fusedrnn.GRU(2, 3, dtype=F64, backend=backend)
