@@ -44,6 +44,32 @@ def test_compile_fullgraph_matches_eager(mode, backend):
         assert_close(got, want, 1e-5, mode)
 
 
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_compile_fullgraph_with_resets(mode):
+    """Resets run inside the kernels, so a compiled model holds one custom op per layer
+    pass with them too (no data-dependent re-batching to break the graph)."""
+    fusedrnn.allow_compile()
+    torch._dynamo.reset()
+    m = getattr(fusedrnn, mode)(4, 6, backend="triton", device=DEVICE)
+    x = torch.randn(5, 3, 4, device=DEVICE)
+    resets = torch.zeros(5, 3, dtype=torch.bool, device=DEVICE)
+    resets[2, 1] = True
+
+
+    class WithResets(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = m
+
+        def forward(self, x):
+            return self.rnn(x, resets=resets)
+
+    eager = WithResets()
+    compiled = torch.compile(eager, fullgraph=True)
+    for got, want in zip(_grads(compiled, x), _grads(eager, x)):
+        assert_close(got, want, 1e-5, mode)
+
+
 def test_default_backend_compiles_fullgraph_on_cpu():
     """A stock nn.LSTM fails fullgraph compilation on the CPU even with allow_rnn (PyTorch
     issues 91439, 141184; an AOT autograd assertion on torch 2.13); the drop-in on its
