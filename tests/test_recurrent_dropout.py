@@ -304,3 +304,19 @@ def test_modules_with_resets_variational_dropout_and_zoneout(mode):
         outs[backend] = [out, *(h if mode == "LSTM" else [h])]
     for a, b in zip(outs["triton"], outs["reference"]):
         assert_close(a, b, 1e-10)
+
+
+def test_gradcheck_through_the_kernels():
+    """Finite differences against the kernels' backward, every option of the issue on."""
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = _inputs("lstm", T=4, B=2, I=2, H=3)
+    resets = torch.tensor([[False, False], [False, True], [True, False], [False, False]])
+    hmask = regularizers.sequence_mask(1, 1, 2, 3, 0.5, x)
+    spec = regularizers.zoneout_spec(0.4, 0.4, 77, True)
+
+    def layer(x, h0, c0, w_hh):
+        return functional.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, backend="triton",
+                                     resets=resets, hmask=hmask, zoneout=spec,
+                                     lengths=torch.tensor([4, 3]))
+
+    inputs = [t.detach().requires_grad_() for t in (x, h0, c0, w_hh)]
+    assert torch.autograd.gradcheck(layer, inputs, eps=1e-6, atol=1e-7, fast_mode=True)
