@@ -3,8 +3,8 @@ state from hx where set, in every layer; the reverse direction runs each episode
 from its own last step; no gradient crosses a reset (fusedrnn/episodes.py).
 
 The truth is torch's own module run on each episode separately, from the initial state,
-by hand. The reference restarts inside its time loop; the Triton backend re-batches the
-episodes: both are held to it in float64, outputs, final states and every gradient.
+by hand. The reference and the Triton kernels both restart inside their time loops: both
+are held to it in float64, outputs, final states and every gradient.
 """
 import pytest
 import torch
@@ -202,8 +202,8 @@ def test_resets_with_packed_batch_first_and_unbatched_input(backend):
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("reverse", [False, True])
 def test_layer_ops_take_resets(cell, reverse):
-    """functional.*_layer(resets=...): the kernels (re-batched episodes) equal the reference
-    (restart in its loop), with lengths, and the LSTM's cell states too."""
+    """functional.*_layer(resets=...): the kernels equal the reference, with lengths, and
+    the LSTM's cell states too."""
     gen = torch.Generator().manual_seed(5)
     T, B, I, H = 6, 3, 2, 4
     G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
