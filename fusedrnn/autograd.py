@@ -207,6 +207,17 @@ def _bi_spec(cell: str):
             lambda p: (p[1], p[2]))
 
 
+def _direction(extra: dict, d: int, backward: bool = False) -> dict:
+    """Direction d's keywords out of a bidirectional layer's: ``hmasks`` (one variational
+    mask per direction) gives its ``hmask``; ``resets``, ``zoneout`` and (forward only)
+    ``nonlinearity`` go to both."""
+    kw = {k: v for k, v in extra.items() if k != "hmasks"
+          and not (backward and k == "nonlinearity")}
+    if extra.get("hmasks") is not None:
+        kw["hmask"] = extra["hmasks"][d]
+    return kw
+
+
 def _bi_forward(cell, extra, x, lengths, params, save):
     """Both directions' forward: (out (T, B, 2 widths), forward states, reverse states,
     forward's saved buffers, reverse's)."""
@@ -215,8 +226,8 @@ def _bi_forward(cell, extra, x, lengths, params, save):
     fwd = _bi_spec(cell)[0]
     n = len(params) // 2
     res_f, res_r = pairing.run_pair(
-        fwd(x, *params[:n], lengths, False, save, **extra, directions=2),
-        fwd(x, *params[n:], lengths, True, save, **extra, directions=2))
+        fwd(x, *params[:n], lengths, False, save, **_direction(extra, 0), directions=2),
+        fwd(x, *params[n:], lengths, True, save, **_direction(extra, 1), directions=2))
     out = torch.cat([res_f[0], res_r[0]], dim=-1)
     return out, res_f[1:-1], res_r[1:-1], res_f[-1], res_r[-1]
 
@@ -237,8 +248,8 @@ class BiLayer(torch.autograd.Function):
         _, bwd, n_states, ref, weights = _bi_spec(ctx.cell)
         if torch.is_grad_enabled():  # create_graph=True: through the reference
             def both(x, lengths, *p):
-                res_f = ref(x, *p[:n], lengths, False, **ctx.extra)
-                res_r = ref(x, *p[n:], lengths, True, **ctx.extra)
+                res_f = ref(x, *p[:n], lengths, False, **_direction(ctx.extra, 0))
+                res_r = ref(x, *p[n:], lengths, True, **_direction(ctx.extra, 1))
                 return (torch.cat([res_f[0], res_r[0]], dim=-1), *res_f[1:], *res_r[1:])
             grads = _differentiable_backward(both, (x, lengths, *params), (d_out, *d_states))
             return (None, None, grads[0], None, *grads[2:])
@@ -249,18 +260,20 @@ class BiLayer(torch.autograd.Function):
         grads_f, grads_r = pairing.run_pair(
             bwd(x, *weights(params[:n]), lengths, False, tuple(saved_f), d_out[..., :half],
                 *d_states[:n_states], needs=(needs[2], *needs[4:4 + n]), directions=2,
-                resets=ctx.extra.get("resets")),
+                **_direction(ctx.extra, 0, backward=True)),
             bwd(x, *weights(params[n:]), lengths, True, tuple(saved_r), d_out[..., half:],
                 *d_states[n_states:], needs=(needs[2], *needs[4 + n:]), directions=2,
-                resets=ctx.extra.get("resets")))
+                **_direction(ctx.extra, 1, backward=True)))
         dx = [g for g in (grads_f[0], grads_r[0]) if g is not None]
         return (None, None, sum(dx) if dx else None, None, *grads_f[1:], *grads_r[1:])
 
 
 def bi_layer(cell: str, x, lengths, params_fwd, params_rev, **extra):
     """Both directions of one layer on the Triton kernels ("lstm", "gru" or "rnn", with
-    ``nonlinearity`` for "rnn"; ``resets``, optional, for both directions). Returns (out (T, B, 2 widths), forward direction's states,
-    reverse direction's states): LSTM (out, h_f, c_f, h_r, c_r), else (out, h_f, h_r)."""
+    ``nonlinearity`` for "rnn"; optional ``resets``, ``hmasks`` (one mask per direction) and
+    LSTM ``zoneout``, see _direction). Returns (out (T, B, 2 widths), forward direction's
+    states, reverse direction's states): LSTM (out, h_f, c_f, h_r, c_r), else (out, h_f,
+    h_r)."""
     params = (*params_fwd, *params_rev)
     if _needs_grad(x, *params):
         return BiLayer.apply(cell, extra, x, lengths, *params)

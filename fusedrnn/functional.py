@@ -198,7 +198,8 @@ def _split_weights(weights, has_biases: bool, n_groups: int):
     return groups
 
 
-def _paired_layer(cell, x, lengths, h0, c0, groups, layer, nonlinearity, h_n, c_n, resets):
+def _paired_layer(cell, x, lengths, h0, c0, groups, layer, nonlinearity, h_n, c_n, resets,
+                  hmasks, zoneout):
     """Both directions of one layer on the Triton kernels; appends the states to h_n, c_n
     and returns the layer's output."""
     params = []
@@ -211,6 +212,10 @@ def _paired_layer(cell, x, lengths, h0, c0, groups, layer, nonlinearity, h_n, c_
     extra = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
     if resets is not None:
         extra["resets"] = resets
+    if hmasks[0] is not None:
+        extra["hmasks"] = hmasks
+    if zoneout is not None and cell == "lstm":
+        extra["zoneout"] = zoneout
     out, *states = _triton_ops().bi_layer(cell, x, lengths, *params, **extra)
     if cell == "lstm":
         h_n += [states[0], states[2]]
@@ -248,19 +253,19 @@ def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
     # the Triton kernels run both directions of a layer together (one launch per pass where
     # they are weight-stationary); torch.compile sees one custom op per direction instead
     paired = D == 2 and backend == "triton" and not torch.compiler.is_compiling()
-    # (the paired launch takes no regularizer of its own: those layers go one direction
-    # at a time)
-    paired = paired and (recurrent is None or not recurrent.in_kernels())
 
     cells = []
     for layer in range(num_layers):
         last = layer == num_layers - 1
-        if recurrent is not None:  # variational dropout of the layer's input
+        hmasks, zoneout = [None] * D, None
+        if recurrent is not None:  # variational dropout of the layer's input, and the rest
             m = recurrent.input_mask(layer, B, x.shape[-1], x)
             x = x if m is None else x * m
+            hmasks = [recurrent.state_mask(layer, d, B, h0.shape[-1], x) for d in range(D)]
+            zoneout = recurrent.zoneout(layer)
         if paired and not (cell_states and last):  # (the paired launch returns no c_t)
             x = _paired_layer(cell, x, lengths, h0, c0, groups, layer, nonlinearity, h_n, c_n,
-                              resets)
+                              resets, hmasks, zoneout)
             if dropout > 0 and train and layer < num_layers - 1:
                 x = F.dropout(x, p=dropout, training=True)
             continue
@@ -268,10 +273,7 @@ def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
         for d in range(D):
             k = layer * D + d
             w_ih, w_hh, b_ih, b_hh, w_hr = groups[k]
-            hmask, zoneout = None, None
-            if recurrent is not None:
-                hmask = recurrent.state_mask(layer, d, B, h0.shape[-1], x)
-                zoneout = recurrent.zoneout(layer)
+            hmask = hmasks[d]
             if lstm_mode:
                 out, h, c, *cs = lstm_layer(x, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_hr,
                                             lengths, reverse=d == 1, backend=backend,

@@ -136,10 +136,6 @@ class Recurrent:
         p = self.p_input if layer == 0 else self.p_between
         return None if p == 0 else sequence_mask(self.seed, 4 * layer, B, N, p, like)
 
-    def in_kernels(self) -> bool:
-        """Whether the kernels apply something (state masks or zoneout)."""
-        return self.p_state > 0 or any(p > 0 for p in self.zoneout_rates)
-
     def state_mask(self, layer: int, direction: int, B: int, K: int, like: Tensor):
         """The (B, K) mask of h_{t-1} of one layer and direction, or None."""
         if self.p_state == 0:
