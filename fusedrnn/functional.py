@@ -62,6 +62,9 @@ def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
     """
     if resets is not None:
         _check_layer_resets(resets, x)
+    _check_hmask(hmask, h0)
+    if zoneout is not None and w_hr is not None:
+        raise ValueError("fusedrnn: zoneout does not run with proj_size (w_hr)")
     if _layer_backend(backend, x) == "triton":
         return _triton_ops().lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths,
                                         reverse, cell_states, hmask, zoneout, resets)
@@ -77,6 +80,7 @@ def gru_layer(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor,
     :func:`lstm_layer`'s. Returns (out (T, B, H), h_n)."""
     if resets is not None:
         _check_layer_resets(resets, x)
+    _check_hmask(hmask, h0)
     if _layer_backend(backend, x) == "triton":
         return _triton_ops().gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, hmask,
                                        resets)
@@ -93,11 +97,21 @@ def rnn_layer(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor,
     _check_nonlinearity(nonlinearity)
     if resets is not None:
         _check_layer_resets(resets, x)
+    _check_hmask(hmask, h0)
     if _layer_backend(backend, x) == "triton":
         return _triton_ops().rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
                                        nonlinearity, hmask, resets)
     return reference.rnn_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity,
                                resets, hmask)
+
+
+def _check_hmask(hmask, h0: Tensor) -> None:
+    """The variational state mask must be shaped, typed and placed like the state."""
+    if hmask is not None and (hmask.shape != h0.shape or hmask.dtype != h0.dtype
+                              or hmask.device != h0.device):
+        raise ValueError(f"fusedrnn: hmask must be {tuple(h0.shape)} {h0.dtype} on "
+                         f"{h0.device} like the state, got {tuple(hmask.shape)} "
+                         f"{hmask.dtype} on {hmask.device}")
 
 
 def _check_layer_resets(resets, x: Tensor) -> None:

@@ -98,8 +98,8 @@ def zoneout_rate(zoneout, t: int, stream: int, B: int, N: int, device, dtype) ->
     thresh = th_c if stream % 2 else th_h
     if mode == 2:
         return torch.full((B, N), thresh * 2.0 ** -24, device=device, dtype=dtype)
-    base = (t * 4 + stream) * B
-    offs = (base + torch.arange(B, device=device).unsqueeze(1)) * N + torch.arange(N, device=device)
+    rows = (t * 4 + stream) * B + torch.arange(B, device=device).unsqueeze(1)
+    offs = rows * N + torch.arange(N, device=device)
     return ((philox_bits(seed, offs) >> 8) < thresh).to(dtype)
 
 

@@ -288,6 +288,14 @@ def test_bad_options_are_refused_by_name():
     with pytest.raises(ValueError, match="zoneout is set, and torch's own op"):
         fusedrnn.LSTM(3, 4, backend="native", zoneout=0.2).eval()(x)
     fusedrnn.LSTM(3, 4, backend="native", variational_dropout=0.2).eval()(x)  # off in eval
+    args = _inputs("lstm", H=4)
+    for backend in ("reference", "triton"):
+        with pytest.raises(ValueError, match=r"hmask must be \(3, 4\) torch.float64"):
+            _layer("lstm", backend, args, hmask=torch.ones(4, 3, dtype=F64))
+        with pytest.raises(ValueError, match="zoneout does not run with proj_size"):
+            functional.lstm_layer(args[0], args[1][:, :2], *args[2:4], args[4][:, :2],
+                                  w_hr=torch.randn(2, 4, dtype=F64), backend=backend,
+                                  zoneout=regularizers.zoneout_spec(0.1, 0.1, 1, True))
 
 
 @pytest.mark.parametrize("mode", MODES)
