@@ -1,12 +1,20 @@
-"""Recurrent regularizers of the drop-in modules (issue 14), applied on the host.
+"""Recurrent regularizers of the drop-in modules (issue 14): what is drawn on the host.
 
 ``weight_dropout`` is DropConnect on the recurrent weights (the AWD-LSTM weight drop): in
 training, each forward pass multiplies every layer's and direction's W_hh by its own
 Bernoulli(1 - p) mask over 1 - p, before any backend sees the weights, so every backend
-runs it and the gradient reaches the unmasked parameter through the product. The masks
-are a function of one seed drawn from torch's default generator per forward pass:
-``torch.manual_seed`` makes a run repeat bit for bit, and the reference and the Triton
-backend drop the same weights.
+runs it and the gradient reaches the unmasked parameter through the product.
+
+``variational_dropout`` draws one (B, N) mask per sequence and layer (sequence_mask): the
+input masks multiply the layers' inputs here, the recurrent-state masks go to the kernels
+(and the reference), which apply them where h_{t-1} enters the recurrent product.
+
+``zoneout`` is drawn inside the kernels with Philox, per step and unit; philox_bits is the
+same draw in PyTorch, so the reference zones out the same units.
+
+Every mask is a function of one seed drawn from torch's default generator per forward
+pass: ``torch.manual_seed`` makes a run repeat bit for bit, and the reference and the
+Triton backend drop the same weights and units.
 """
 from __future__ import annotations
 

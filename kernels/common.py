@@ -561,7 +561,7 @@ def _weight_grads(x, dgi, dgh, prev_h, w_ih, w_hh, needs, extra_dh0, dc0, d_proj
 
 # ----------------------------------------------------------------------------------------
 # zoneout (issue 14): per step and unit, a counter-based draw, so the backward regenerates
-# the forward's choices instead of storing them (fusedrnn.regularizers.zoneout_zoned is the
+# the forward's choices instead of storing them (fusedrnn.regularizers.zoneout_rate is the
 # same draw in PyTorch, for the reference)
 # ----------------------------------------------------------------------------------------
 @triton.jit
@@ -572,8 +572,8 @@ def zoneout_rate(seed, thresh, stream, t, o_b64, o_n, B, N, ZONEOUT: tl.constexp
     choice; 2 (eval): the expectation p.
 
     The draw: 32 bits of Philox (tl.randint keyed by ``seed``) at the counter
-    ((t * 4 + stream) * B + b) * N + n, stream = 2 * direction + (0 for h, 1 for c); the unit
-    zones out where their top 24 bits are below ``thresh``."""
+    ((t * 4 + stream) * B + b) * N + n, stream = 2 * direction + (0 for h, 1 for c); a unit
+    zones out where the draw's top 24 bits are below ``thresh``."""
     if ZONEOUT == 1:
         offs = ((t.to(tl.int64) * 4 + stream) * B + o_b64[:, None]) * N + o_n[None, :]
         bits = tl.randint(seed, offs)

@@ -354,3 +354,20 @@ def test_bidirectional_pairs_with_every_option(mode, monkeypatch):
     for k, (a, b) in enumerate(zip(results["triton"], results["reference"])):
         assert_close(a, b, 1e-10, f"result/gradient {k}")
     assert len(pairs) == 4  # 2 layers x (forward, backward)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_lstm_proj_with_mask_and_resets(reverse, kernel_mode, poison):
+    """proj_size: the mask is on the projected state the product reads (B, P)."""
+    gen = torch.Generator().manual_seed(4)
+    T, B, I, H, P = 6, 3, 4, 8, 5
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=F64)  # noqa: E731
+    args = [r(T, B, I), r(B, P), r(B, H), r(4 * H, I) * 0.3, r(4 * H, P) * 0.3, r(4 * H),
+            r(4 * H), r(P, H) * 0.3]
+    kw = dict(lengths=torch.tensor([6, 4, 5]), reverse=reverse,
+              resets=torch.rand(T, B, generator=gen) < 0.4,
+              hmask=regularizers.sequence_mask(2, 1, B, P, 0.3, args[0]))
+    got = _outputs_and_grads("lstm", "triton", args, **kw)
+    want = _outputs_and_grads("lstm", "reference", args, **kw)
+    for k, (a, b) in enumerate(zip(got, want)):
+        assert_close(a, b, 1e-10, f"result/gradient {k}")
