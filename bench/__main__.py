@@ -4,9 +4,10 @@ On a GPU: the grid of GUIDE section 5 (or --quick; with --targets, the section's
 configurations first), implementations cudnn (torch.nn, the baseline), fused (the Triton
 kernels as the package picks them), and fused-seq and fused-stationary (forced to the
 streaming or the weight-stationary sequence kernels, so the rule between them can be
-checked); --impls names others (fused-step, reference, native-nocudnn). Without a GPU: the
-Triton kernels under the interpreter at a tiny size as a correctness smoke test, and CPU
-timings of auto/native/reference against torch.nn.
+checked); --impls names others (fused-step; fused-resets, resets passed but none set,
+which times the in-kernel restarts; reference, native-nocudnn). Without a GPU: the Triton
+kernels under the interpreter at a tiny size as a correctness smoke test, and CPU timings
+of auto/native/reference against torch.nn.
 Writes a table, JSON and a PNG plot under --out.
 """
 from __future__ import annotations

@@ -21,9 +21,11 @@ L2_BYTES = 64 * 2 ** 20  # inputs rotate through copies until they exceed this (
 
 
 # fusedrnn implementations: the Triton backend with the kernel rule (fused), or forced to
-# the step kernels or the sequence (persistent) kernels; value: FUSEDRNN_KERNEL
+# the step kernels or the sequence (persistent) kernels; value: FUSEDRNN_KERNEL.
+# fused-resets: the kernel rule with resets passed, none set (the same numbers as cuDNN):
+# what the in-kernel restart machinery costs
 KERNEL_VARIANTS = {"fused": "auto", "fused-step": "step", "fused-seq": "sequence",
-                   "fused-stationary": "stationary",
+                   "fused-stationary": "stationary", "fused-resets": "auto",
                    "triton-interp": "auto", "triton-interp-step": "step"}
 
 
@@ -71,7 +73,22 @@ def _call(m, impl, x):
         if impl == "native-nocudnn":
             with torch.backends.cudnn.flags(enabled=False):
                 return m(x)
+        if impl == "fused-resets":
+            return m(x, resets=_no_resets(x.shape[0], x.shape[1], x.device))
         return m(x)
+
+
+_NO_RESETS = {}
+
+
+def _no_resets(T, B, device):
+    """A (T, B) all-false resets tensor, made once per shape (not inside the timing), and
+    outside inference mode: training saves it for backward."""
+    key = (T, B, str(device))
+    if key not in _NO_RESETS:
+        with torch.inference_mode(False):
+            _NO_RESETS[key] = torch.zeros(T, B, dtype=torch.bool, device=device)
+    return _NO_RESETS[key]
 
 
 def run_once(m, impl, x, mode, g_out=None):

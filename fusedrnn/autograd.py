@@ -122,6 +122,12 @@ class RNNLayer(torch.autograd.Function):
         return (*grads, None, None, None, None, None)
 
 
+def _saveable(resets):
+    """resets as backward can keep it: a tensor made under torch.inference_mode (a rollout
+    collected without gradients, then trained on) cannot be saved, a copy can."""
+    return resets.clone() if resets is not None and resets.is_inference() else resets
+
+
 def _refuse_compiling(what: str) -> None:
     raise NotImplementedError(f"fusedrnn: {what} on backend='triton' does not run under "
                               f"torch.compile yet; use backend='reference' there")
@@ -144,7 +150,7 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
                               train, resets)[:3]
     if train:
         return LSTMLayer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
-                               cell_states, hmask, zoneout, resets)
+                               cell_states, hmask, zoneout, _saveable(resets))
     out, h_n, c_n, saved = _lstm.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                               lengths, reverse, save=cell_states, hmask=hmask,
                                               zoneout=zoneout, resets=resets)
@@ -164,7 +170,8 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
         return ops.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train,
                              resets)[:2]
     if train:
-        return GRULayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, hmask, resets)
+        return GRULayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, hmask,
+                              _saveable(resets))
     out, h_n, _ = _gru.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save=False,
                                    hmask=hmask, resets=resets)
     return out, h_n
@@ -182,7 +189,7 @@ def rnn_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
                              train, resets)[:2]
     if train:
         return RNNLayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity,
-                              hmask, resets)
+                              hmask, _saveable(resets))
     out, h_n, _ = _rnn.rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save=False,
                                    nonlinearity=nonlinearity, hmask=hmask, resets=resets)
     return out, h_n

@@ -25,12 +25,15 @@ from rnncheck import assert_close
 
 F64 = torch.float64
 MODES = ["LSTM", "GRU", "RNN"]
+# the layer tests run on CUDA tensors where a GPU is present (bench/gpu_check.sh runs them
+# there), else on CPU tensors under the interpreter
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _inputs(cell, T=5, B=3, I=4, H=20, dtype=F64, seed=0):
+def _inputs(cell, T=5, B=3, I=4, H=20, dtype=F64, seed=0, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
     G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
-    r = lambda *s: torch.randn(*s, generator=gen).to(dtype)  # noqa: E731
+    r = lambda *s: torch.randn(*s, generator=gen).to(dtype=dtype, device=device)  # noqa: E731
     states = [r(B, H)] + ([r(B, H)] if cell == "lstm" else [])
     return [r(T, B, I), *states, r(G * H, I) * 0.3, r(G * H, H) * 0.3, r(G * H), r(G * H)]
 
@@ -45,8 +48,7 @@ def _outputs_and_grads(cell, backend, args, **kw):
     args = [a.detach().requires_grad_() for a in args]
     res = _layer(cell, backend, args, **kw)
     gen = torch.Generator().manual_seed(1)
-    loss = sum((r * torch.randn(r.shape, generator=gen, dtype=F64).to(r.dtype)).sum()
-               for r in res)
+    loss = sum((r * torch.randn(r.shape, generator=gen, dtype=F64).to(r)).sum() for r in res)
     return list(res) + list(torch.autograd.grad(loss, args))
 
 
@@ -147,11 +149,11 @@ def test_reference_gru_masks_only_the_recurrent_product():
 def test_layer_kernels_match_reference(cell, reverse, training, kernel_mode, poison):
     """Everything at once, with lengths and episode resets inside the sequences: forward
     and backward (training), or the forward alone without saving (inference buffers)."""
-    args = _inputs(cell, T=6)
+    args = _inputs(cell, T=6, device=DEVICE)
     B, H = args[1].shape
-    resets = torch.zeros(6, B, dtype=torch.bool)
+    resets = torch.zeros(6, B, dtype=torch.bool, device=DEVICE)
     resets[2, 0] = resets[4, 0] = resets[1, 2] = resets[3, 1] = True  # ([3, 1]: past length)
-    kw = dict(reverse=reverse, lengths=torch.tensor([6, 2, 5]), resets=resets,
+    kw = dict(reverse=reverse, lengths=torch.tensor([6, 2, 5], device=DEVICE), resets=resets,
               hmask=regularizers.sequence_mask(9, 1, B, H, 0.5, args[0]))
     if cell == "lstm":
         kw["zoneout"] = regularizers.zoneout_spec(0.3, 0.4, 2 ** 40 + 17, training)

@@ -129,6 +129,19 @@ def test_resets_run_inside_the_kernels(mode, bidirectional, launches, monkeypatc
     assert sum(launches.values()) == 2 * D, dict(launches)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_resets_made_in_inference_mode_train(mode):
+    """An RL rollout collects its done flags under torch.inference_mode, then trains on
+    them: the kernels' backward keeps a copy."""
+    m = getattr(fusedrnn, mode)(4, 6, dtype=F64, backend="triton")
+    with torch.inference_mode():
+        resets = torch.zeros(5, 3, dtype=torch.bool)
+        resets[2, 1] = True
+    x = torch.randn(5, 3, 4, dtype=F64, requires_grad=True)
+    m(x, resets=resets)[0].sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_no_gradient_crosses_a_reset(backend):
     m = fusedrnn.GRU(2, 3, dtype=F64, backend=backend)
