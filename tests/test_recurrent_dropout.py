@@ -172,7 +172,8 @@ def test_lstm_kernels_fp32_with_cell_states(kernel_mode, poison):
     kw = dict(hmask=regularizers.sequence_mask(9, 1, 3, 20, 0.5, args[0]), cell_states=True,
               zoneout=regularizers.zoneout_spec(0.5, 0.2, 5, True))
     got = _outputs_and_grads("lstm", "triton", args, **kw)
-    want = _outputs_and_grads("lstm", "reference", [a.double() for a in args], **kw)
+    want = _outputs_and_grads("lstm", "reference", [a.double() for a in args],
+                              **dict(kw, hmask=kw["hmask"].double()))
     for k, (a, b) in enumerate(zip(got, want)):
         assert_close(a, b, 1e-5, f"result/gradient {k}")
 
