@@ -173,7 +173,12 @@ def test_fp64_kernels_compile_with_triton_3_6():
 _REGULARIZED = (
     "import sys, json, triton; sys.path.insert(0, %r)\n"
     "import compilecheck as cc\n"
-    "rows = cc.compile_all(cc.capture_regularized(), targets=('sm_90',))\n"
+    "def one(k):\n"
+    "    row, compiled, _ = cc._compile(k)\n"
+    "    if row['kernel'].startswith('stationary'):\n"
+    "        row['w_loads'] = cc.w_loads_in_time_loop(compiled.asm['ttgir'])\n"
+    "    return row\n"
+    "rows = cc.compile_all(cc.capture_regularized(), one=one, targets=('sm_90',))\n"
     "print(json.dumps([dict(r, triton=triton.__version__) for r in rows]))\n")
 
 
@@ -183,7 +188,7 @@ def test_issue_14_kernels_compile_for_sm90(triton_36):
     in-kernel resets as a GPU builds them, with the installed Triton and with 3.6, the GPU
     machines': every kernel with HAS_HMASK / ZONEOUT / HAS_RESETS on compiles for sm_90,
     within its budget: no spill in a hot loop (H=64, bf16, B=16: a tiling inside the
-    register budgets)."""
+    register budgets), and the weight-stationary ones load no W_hh inside the time loop."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     if triton_36:
         if not (TRITON_36 / "triton").is_dir():
@@ -204,4 +209,6 @@ def test_issue_14_kernels_compile_for_sm90(triton_36):
         assert r["config"].get("HAS_HMASK") == "True", r
         assert r["config"].get("HAS_RESETS") == "True", r
         assert r["hot_spills"] == 0, r
+        if r["kernel"].startswith("stationary"):  # W_hh stays on chip with every option
+            assert r["config"]["RESIDENT"] == "True" and r["w_loads"] == 0, r
     assert any(r["config"].get("ZONEOUT") == "1" for r in rows)
