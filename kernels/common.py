@@ -69,10 +69,12 @@ def mm_tile(acc, a_ptr, stride_am, offs_m, mask_m, w_ptr, stride_wk, stride_wn, 
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
         a = tl.load(a_rows + offs_k[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        if HAS_RESETS:  # (masked to the restarting rows: no traffic for the others)
-            a0 = tl.load(a0_ptr + offs_m.to(tl.int64)[:, None] * stride_am + offs_k[None, :],
-                         mask=(mask_m & b_rs)[:, None] & mask_k[None, :], other=0.0)
-            a = tl.where(b_rs[:, None], a0, a)
+        if HAS_RESETS:
+            if any_restart(b_rs):  # (a uniform branch: steps without restarts skip it)
+                a0 = tl.load(a0_ptr + offs_m.to(tl.int64)[:, None] * stride_am
+                             + offs_k[None, :], mask=(mask_m & b_rs)[:, None] & mask_k[None, :],
+                             other=0.0)
+                a = tl.where(b_rs[:, None], a0, a)
         a = state_mask(a, am_ptr, s_am, offs_m, mask_m, offs_k, mask_k, A_MASK)
         w = tl.load(w_cols + offs_k.to(tl.int64)[:, None] * stride_wk,
                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)
@@ -141,10 +143,11 @@ def recurrent_gates(p_h, m_b, w_ptr, s_w, o_h, m_h, H, K, ACC: tl.constexpr,
         o_k = k0 + tl.arange(0, BLOCK_K)
         m_k = o_k < K
         b_h = tl.load(p_h + o_k[None, :], mask=m_b[:, None] & m_k[None, :], other=0.0)
-        if HAS_RESETS:  # (masked to the restarting rows: no traffic for the others)
-            b_h0 = tl.load(p_h0 + o_k[None, :], mask=(m_b & b_rs)[:, None] & m_k[None, :],
-                           other=0.0)
-            b_h = tl.where(b_rs[:, None], b_h0, b_h)
+        if HAS_RESETS:
+            if any_restart(b_rs):  # (a uniform branch: steps without restarts skip it)
+                b_h0 = tl.load(p_h0 + o_k[None, :], mask=(m_b & b_rs)[:, None] & m_k[None, :],
+                               other=0.0)
+                b_h = tl.where(b_rs[:, None], b_h0, b_h)
         b_h = state_mask(b_h, hm_ptr, s_hm_b, o_b, m_b, o_k, m_k, HAS_HMASK)
         m_w = m_k[:, None] & m_h[None, :]
         p_wk = p_w + o_k[:, None]
@@ -201,12 +204,20 @@ def restart_flags(rs_ptr, s_rs_t, t, offs_b, mask_b, HAS_RESETS: tl.constexpr):
 
 
 @triton.jit
+def any_restart(b_rs):
+    """Whether any row of the tile restarts at this step: one uniform branch around the
+    restart work, so the steps without one (nearly all of them) pay a few instructions."""
+    return tl.max(b_rs.to(tl.int32), axis=0) > 0
+
+
+@triton.jit
 def restarted(b_prev, p_init, m, b_rs, HAS_RESETS: tl.constexpr):
     """The state entering a step: b_prev, or where b_rs marks a restart the initial state
     (loaded at p_init, the block's place in the initial state's slot)."""
-    if HAS_RESETS:  # (loaded for the restarting rows only)
-        b_init = tl.load(p_init, mask=m & b_rs[:, None], other=0.0).to(b_prev.dtype)
-        b_prev = tl.where(b_rs[:, None], b_init, b_prev)
+    if HAS_RESETS:
+        if any_restart(b_rs):  # (loaded for the restarting rows only)
+            b_init = tl.load(p_init, mask=m & b_rs[:, None], other=0.0).to(b_prev.dtype)
+            b_prev = tl.where(b_rs[:, None], b_init, b_prev)
     return b_prev
 
 
@@ -216,11 +227,12 @@ def divert(b_g, p_g, B, s_g_b, m, b_rs, HAS_RESETS: tl.constexpr):
     was the initial one (b_rs: a restart) the gradient belongs to the initial state: it is
     added to its accumulator (the carried buffer's second half, B rows past p_g: each
     element has one owner per step, so no atomics) and nothing flows on."""
-    if HAS_RESETS:  # (memory traffic for the restarting rows only)
-        p_acc = p_g + B * s_g_b
-        m_rs = m & b_rs[:, None]
-        tl.store(p_acc, tl.load(p_acc, mask=m_rs, other=0.0) + b_g, mask=m_rs)
-        b_g = tl.where(b_rs[:, None], 0.0, b_g)
+    if HAS_RESETS:
+        if any_restart(b_rs):  # (memory traffic for the restarting rows only)
+            p_acc = p_g + B * s_g_b
+            m_rs = m & b_rs[:, None]
+            tl.store(p_acc, tl.load(p_acc, mask=m_rs, other=0.0) + b_g, mask=m_rs)
+            b_g = tl.where(b_rs[:, None], 0.0, b_g)
     return b_g
 
 

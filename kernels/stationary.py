@@ -40,9 +40,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from fusedrnn.kernels.common import (barrier_flags, barrier_words, bwd_step, divert, dot,
-                                     fwd_step, grid_barrier, group_barrier, init_slot,
-                                     launch_sequence, restart_flags, state_mask,
+from fusedrnn.kernels.common import (any_restart, barrier_flags, barrier_words, bwd_step,
+                                     divert, dot, fwd_step, grid_barrier, group_barrier,
+                                     init_slot, launch_sequence, restart_flags, state_mask,
                                      tile_offsets)
 from fusedrnn.kernels.gru import gru_update_bwd, gru_update_fwd
 from fusedrnn.kernels.lstm import lstm_update_bwd, lstm_update_fwd
@@ -104,9 +104,10 @@ def _chunk_dot(w, p_x, m_b, c, H, ACC: tl.constexpr, KC: tl.constexpr, ROWS: tl.
     if ROWS:
         m_x = (o_k < H)[:, None] & m_b[None, :]
         b_x = tl.load(p_x + o_k[:, None], mask=m_x, other=0.0)
-        if HAS_RESETS:  # (the initial state loaded for the restarting columns only)
-            b_x0 = tl.load(p_x0 + o_k[:, None], mask=m_x & b_rs[None, :], other=0.0)
-            b_x = tl.where(b_rs[None, :], b_x0, b_x)
+        if HAS_RESETS:
+            if any_restart(b_rs):  # (the initial state, for the restarting columns only)
+                b_x0 = tl.load(p_x0 + o_k[:, None], mask=m_x & b_rs[None, :], other=0.0)
+                b_x = tl.where(b_rs[None, :], b_x0, b_x)
         if HAS_MASK:
             b_x = b_x * tl.load(p_m + o_k[:, None], mask=m_x, other=0.0).to(b_x.dtype)
         acc = tl.zeros((w.shape[0], b_x.shape[1]), dtype=ACC)
