@@ -79,23 +79,27 @@ class LSTMLayer(torch.autograd.Function):
 
 class GRULayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, hmask=None, resets=None):
+    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, hmask=None, resets=None,
+                zoneout=None):
         out, h_n, saved = _gru.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
-                                           save=True, hmask=hmask, resets=resets)
+                                           save=True, hmask=hmask, resets=resets,
+                                           zoneout=zoneout)
         ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, resets, *saved)
-        ctx.reverse = reverse
+        ctx.reverse, ctx.zoneout = reverse, zoneout
         return out, h_n
 
     @staticmethod
     def backward(ctx, d_out, d_hn):
         x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, resets, *saved = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True
-            inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, resets, hmask)
+            inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, resets, hmask,
+                      ctx.zoneout)
             return _differentiable_backward(reference.gru_layer, inputs,
-                                            (d_out, d_hn))[:8] + (None, None)
+                                            (d_out, d_hn))[:8] + (None, None, None)
         grads = _gru.gru_backward(x, w_ih, w_hh, lengths, ctx.reverse, saved, d_out, d_hn,
-                                  needs=ctx.needs_input_grad[:6], hmask=hmask, resets=resets)
-        return (*grads, None, None, None, None)
+                                  needs=ctx.needs_input_grad[:6], hmask=hmask, resets=resets,
+                                  zoneout=ctx.zoneout)
+        return (*grads, None, None, None, None, None)
 
 
 class RNNLayer(torch.autograd.Function):
@@ -160,20 +164,20 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
 
 
 def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False,
-              hmask=None, resets=None):
+              hmask=None, resets=None, zoneout=None):
     """One GRU layer on the Triton kernels. Returns (out, h_n)."""
     train = _needs_grad(x, h0, w_ih, w_hh, b_ih, b_hh)
     if torch.compiler.is_compiling():
-        if hmask is not None:
-            _refuse_compiling("variational_dropout")
+        if hmask is not None or zoneout is not None:
+            _refuse_compiling("variational_dropout / zoneout")
         from fusedrnn import ops
         return ops.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, train,
                              resets)[:2]
     if train:
         return GRULayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, hmask,
-                              _saveable(resets))
+                              _saveable(resets), zoneout)
     out, h_n, _ = _gru.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save=False,
-                                   hmask=hmask, resets=resets)
+                                   hmask=hmask, resets=resets, zoneout=zoneout)
     return out, h_n
 
 
@@ -278,7 +282,7 @@ class BiLayer(torch.autograd.Function):
 def bi_layer(cell: str, x, lengths, params_fwd, params_rev, **extra):
     """Both directions of one layer on the Triton kernels ("lstm", "gru" or "rnn", with
     ``nonlinearity`` for "rnn"; optional ``resets``, ``hmasks`` (one mask per direction) and
-    LSTM ``zoneout``, see _direction). Returns (out (T, B, 2 widths), forward direction's
+    LSTM / GRU ``zoneout``, see _direction). Returns (out (T, B, 2 widths), forward direction's
     states, reverse direction's states): LSTM (out, h_f, c_f, h_r, c_r), else (out, h_f,
     h_r)."""
     params = (*params_fwd, *params_rev)

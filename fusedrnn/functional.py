@@ -75,16 +75,17 @@ def lstm_layer(x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor,
 def gru_layer(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor,
               b_ih: Tensor | None = None, b_hh: Tensor | None = None,
               lengths: Tensor | None = None, reverse: bool = False, backend: str = "auto",
-              resets: Tensor | None = None, hmask: Tensor | None = None):
-    """One GRU layer over time-major x (T, B, I); h0 (B, H); ``resets`` and ``hmask`` as
-    :func:`lstm_layer`'s. Returns (out (T, B, H), h_n)."""
+              resets: Tensor | None = None, hmask: Tensor | None = None, zoneout=None):
+    """One GRU layer over time-major x (T, B, I); h0 (B, H); ``resets``, ``hmask`` and
+    ``zoneout`` (of h) as :func:`lstm_layer`'s. Returns (out (T, B, H), h_n)."""
     if resets is not None:
         _check_layer_resets(resets, x)
     _check_hmask(hmask, h0)
     if _layer_backend(backend, x) == "triton":
         return _triton_ops().gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, hmask,
-                                       resets)
-    return reference.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, resets, hmask)
+                                       resets, zoneout)
+    return reference.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, resets, hmask,
+                               zoneout)
 
 
 def rnn_layer(x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor,
@@ -228,7 +229,7 @@ def _paired_layer(cell, x, lengths, h0, c0, groups, layer, nonlinearity, h_n, c_
         extra["resets"] = resets
     if hmasks[0] is not None:
         extra["hmasks"] = hmasks
-    if zoneout is not None and cell == "lstm":
+    if zoneout is not None and cell != "rnn":
         extra["zoneout"] = zoneout
     out, *states = _triton_ops().bi_layer(cell, x, lengths, *params, **extra)
     if cell == "lstm":
@@ -297,7 +298,8 @@ def _stack(cell: str, input: Tensor, batch_sizes: Tensor | None, hx, weights,
                 cells += cs
             elif cell == "gru":
                 out, h = gru_layer(x, h0[k], w_ih, w_hh, b_ih, b_hh, lengths,
-                                   reverse=d == 1, backend=backend, resets=resets, hmask=hmask)
+                                   reverse=d == 1, backend=backend, resets=resets, hmask=hmask,
+                                   zoneout=zoneout)
             else:
                 out, h = rnn_layer(x, h0[k], w_ih, w_hh, b_ih, b_hh, lengths, reverse=d == 1,
                                    nonlinearity=nonlinearity, backend=backend, resets=resets,

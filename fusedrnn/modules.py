@@ -277,10 +277,10 @@ class _SequenceModule(_BackendMixin):
     ``weight_dropout`` (DropConnect on W_hh in training, one mask per forward pass;
     default 0: off, torch's module exactly), ``variational_dropout`` (a rate, or rates
     (input, between layers, recurrent state): one mask per sequence and layer, the same at
-    every step, in training; the recurrent one multiplies h_{t-1} inside the kernels) and,
-    for the LSTM, ``zoneout`` (a rate, or rates (h, c): per step and unit the previous
-    value is kept in training, the expectation in eval; not with proj_size) and
-    ``return_cell_states`` (default False; True: forward returns (output, (h_n, c_n),
+    every step, in training; the recurrent one multiplies h_{t-1} inside the kernels),
+    ``zoneout`` (LSTM and GRU: a rate, or for the LSTM rates (h, c): per step and unit the
+    previous value is kept in training, the expectation in eval; not with proj_size) and,
+    for the LSTM, ``return_cell_states`` (default False; True: forward returns (output, (h_n, c_n),
     cell_states), every c_t of the last layer in the output's layout, zero past a
     sequence's length)."""
 
@@ -297,9 +297,12 @@ class _SequenceModule(_BackendMixin):
         self.variational_dropout = regularizers.check_rates("variational_dropout",
                                                             variational_dropout, 3)
         self.zoneout = regularizers.check_rates("zoneout", zoneout, 2)
-        if any(self.zoneout) and self.mode != "LSTM":
-            raise ValueError(f"zoneout: fusedrnn runs it on the LSTM only, not "
+        if any(self.zoneout) and self.mode not in ("LSTM", "GRU"):
+            raise ValueError(f"zoneout: fusedrnn runs it on the LSTM and the GRU, not "
                              f"{type(self).__name__}")
+        if self.mode == "GRU" and self.zoneout[1] != self.zoneout[0]:
+            raise ValueError(f"zoneout: a GRU has no cell state; give one rate (for h), got "
+                             f"{zoneout!r}")
         if any(self.zoneout) and getattr(self, "proj_size", 0) > 0:
             raise ValueError("zoneout: not with proj_size > 0 (the kernels blend the "
                              "unprojected state)")

@@ -17,7 +17,8 @@ Regularizers (issue 14; fusedrnn/regularizers.py draws them): ``hmask`` (B, K), 
 variational recurrent-state mask, multiplies h_{t-1} where the recurrent product reads it
 (only there: a GRU's z * h_{t-1} and the carried state stay unmasked); LSTM ``zoneout``
 blends c_t = z_c c_{t-1} + (1 - z_c) c~_t and h_t = z_h h_{t-1} + (1 - z_h) h~_t, with
-h~_t = o * tanh(c~_t), per step and unit (fusedrnn.regularizers.zoneout_rate).
+h~_t = o * tanh(c~_t), per step and unit (fusedrnn.regularizers.zoneout_rate); a GRU's
+blends h_t the same way, h~_t the GRU's own new state.
 """
 from __future__ import annotations
 
@@ -167,12 +168,20 @@ def _one_state_layer(x, h0, lengths, reverse, step, resets=None):
 
 
 def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False,
-              resets=None, hmask=None):
-    """x (T, B, I), h0 (B, H). Returns out (T, B, H), h_n."""
+              resets=None, hmask=None, zoneout=None):
+    """x (T, B, I), h0 (B, H). Returns out (T, B, H), h_n. ``zoneout`` blends h as the
+    LSTM's does (its c threshold unused)."""
     xproj = _linear(x, w_ih, b_ih)
-    return _one_state_layer(
-        x, h0, lengths, reverse,
-        lambda t, h: gru_pointwise(xproj[t], _linear(_masked(h, hmask), w_hh, b_hh), h), resets)
+
+    def step(t, h):
+        h_new = gru_pointwise(xproj[t], _linear(_masked(h, hmask), w_hh, b_hh), h)
+        if zoneout is None:
+            return h_new
+        z_h = regularizers.zoneout_rate(zoneout, t, 2 * int(reverse), *h.shape, x.device,
+                                        h.dtype)
+        return z_h * h + (1 - z_h) * h_new
+
+    return _one_state_layer(x, h0, lengths, reverse, step, resets)
 
 
 def rnn_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False,

@@ -24,7 +24,7 @@ from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check
                                      tile_offsets, valid_rows, weight_grads,
                                      hmask_args, zoneout_args, carried, divert, init_slot,
                                      restart_flags, restart_rows, restarted, restarted_prev,
-                                     resets_args)
+                                     resets_args, zoneout_rate)
 from fusedrnn.kernels.pairing import Launch, run
 from fusedrnn.kernels.plan import plan_for
 
@@ -40,11 +40,12 @@ def _gru_fwd_tile(
     ga_ptr, s_ga_t, s_ga_b,       # SAVE: r, z, n, W_hn h + b_hn (T, B, 4H), ACC
     len_ptr, hm_ptr, s_hm_b,      # HAS_HMASK: variational mask of h_{t-1} (B, H)
     rs_ptr, s_rs_t, init,         # HAS_RESETS: restart flags (T + 1, B), slot of h0
+    z_seed, z_th_h, z_dir,        # ZONEOUT: see gru_update_fwd
     t, rd, wr, B, H,
     ACC: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, HAS_HMASK: tl.constexpr,
-    HAS_RESETS: tl.constexpr,
+    HAS_RESETS: tl.constexpr, ZONEOUT: tl.constexpr,
 ):
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     p_h = h_ptr + rd.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b
@@ -55,8 +56,8 @@ def _gru_fwd_tile(
                                        hm_ptr, s_hm_b, o_b, HAS_HMASK, p_h0, b_rs, HAS_RESETS)
     gru_update_fwd(b_r, b_z, b_n, i_h, i_b, xg_ptr, s_xg_t, s_xg_b, bhn_ptr, h_ptr, s_h_slot,
                    s_h_b, out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr,
-                   B, H, rs_ptr, s_rs_t, init, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, BLOCK_B,
-                   BLOCK_H, HAS_RESETS)
+                   B, H, rs_ptr, s_rs_t, init, z_seed, z_th_h, z_dir, ACC, HAS_BIAS, SAVE,
+                   HAS_LENGTHS, BLOCK_B, BLOCK_H, HAS_RESETS, ZONEOUT)
 
 
 @triton.jit
@@ -65,10 +66,13 @@ def gru_update_fwd(
     i_h, i_b, xg_ptr, s_xg_t, s_xg_b, bhn_ptr, h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b,
     ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, B, H,  # as in _gru_fwd_tile
     rs_ptr, s_rs_t, init,
+    z_seed, z_th_h, z_dir,        # ZONEOUT: seed, threshold of h, direction (lstm.py's)
     ACC: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, HAS_RESETS: tl.constexpr,
+    ZONEOUT: tl.constexpr,
 ):
-    """The rest of a forward step for one tile, shared with the weight-stationary kernel."""
+    """The rest of a forward step for one tile, shared with the weight-stationary kernel.
+    ZONEOUT: h_t blends the new value with h_{t-1} (common.zoneout_rate)."""
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     if HAS_BIAS:
         b_n += tl.load(bhn_ptr + o_h, mask=m_h, other=0.0).to(ACC)[None, :]
@@ -83,6 +87,9 @@ def gru_update_fwd(
     b_h_prev = restarted(b_h_prev, p_hs + (init - rd).to(tl.int64) * s_h_slot, m,
                          restart_flags(rs_ptr, s_rs_t, t, o_b, m_b, HAS_RESETS), HAS_RESETS)
     b_hn = (1.0 - b_z) * b_nn + b_z * b_h_prev
+    if ZONEOUT:
+        z_h = zoneout_rate(z_seed, z_th_h, 2 * z_dir, t, o_b64, o_h, B, H, ZONEOUT).to(ACC)
+        b_hn = z_h * b_h_prev + (1.0 - z_h) * b_hn
     valid = valid_rows(len_ptr, o_b, m_b, t, HAS_LENGTHS)[:, None]
     store_step(h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, t, wr, o_b64, o_h, m, valid,
                b_hn, b_h_prev)
@@ -101,10 +108,10 @@ def _gru_bwd_tile(
     do_ptr, s_do_t, s_do_b,       # output gradient (T, B, H)
     ga_ptr, s_ga_t, s_ga_b,       # saved r, z, n, W_hn h + b_hn (T, B, 4H)
     h_ptr, s_h_slot, s_h_b,       # state history: h_{t-1} in slot rd
-    len_ptr, hm_ptr, s_hm_b, rs_ptr, s_rs_t, init, t, t_next, rd, B, H,
+    len_ptr, hm_ptr, s_hm_b, rs_ptr, s_rs_t, init, z_seed, z_th_h, z_dir, t, t_next, rd, B, H,
     HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, HAS_HMASK: tl.constexpr,
-    HAS_RESETS: tl.constexpr,
+    HAS_RESETS: tl.constexpr, ZONEOUT: tl.constexpr,
 ):
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     b_gs = state_grad(g_ptr, s_g_b, dg_ptr + t_next.to(tl.int64) * s_dg_t, s_dg_b, w_ptr, s_w,
@@ -114,8 +121,8 @@ def _gru_bwd_tile(
                   restart_flags(rs_ptr, s_rs_t, t_next, o_b, m_b, HAS_RESETS), HAS_RESETS)
     gru_update_bwd(b_gs, i_h, i_b, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, g_ptr,
                    s_g_b, do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b, h_ptr, s_h_slot,
-                   s_h_b, len_ptr, t, rd, B, H, rs_ptr, s_rs_t, init, HAS_LENGTHS, BLOCK_B,
-                   BLOCK_H, HAS_RESETS)
+                   s_h_b, len_ptr, t, rd, B, H, rs_ptr, s_rs_t, init, z_seed, z_th_h, z_dir,
+                   HAS_LENGTHS, BLOCK_B, BLOCK_H, HAS_RESETS, ZONEOUT)
 
 
 @triton.jit
@@ -124,15 +131,24 @@ def gru_update_bwd(
     i_h, i_b, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, g_ptr, s_g_b,
     do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b, h_ptr, s_h_slot, s_h_b,
     len_ptr, t, rd, B, H,         # as in _gru_bwd_tile
-    rs_ptr, s_rs_t, init,
+    rs_ptr, s_rs_t, init, z_seed, z_th_h, z_dir,
     HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-    HAS_RESETS: tl.constexpr,
+    HAS_RESETS: tl.constexpr, ZONEOUT: tl.constexpr,
 ):
-    """The rest of a backward step for one tile, shared with the weight-stationary kernel."""
+    """The rest of a backward step for one tile, shared with the weight-stationary kernel.
+    ZONEOUT: the forward's choices drawn again; the cell's own h gets (1 - z) of h_t's
+    gradient and h_{t-1} z of it directly."""
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     ACC = b_gs.dtype
     p_do = do_ptr + t.to(tl.int64) * s_do_t + o_b64[:, None] * s_do_b + o_h[None, :]
-    b_dh = b_gs + tl.load(p_do, mask=m, other=0.0).to(ACC)
+    b_dh_all = b_gs + tl.load(p_do, mask=m, other=0.0).to(ACC)  # gradient of h_t
+    if ZONEOUT:
+        z_h = zoneout_rate(z_seed, z_th_h, 2 * z_dir, t, o_b64, o_h, B, H, ZONEOUT).to(ACC)
+        b_dh = (1.0 - z_h) * b_dh_all  # of the cell's own new state
+        b_direct = z_h * b_dh_all
+    else:
+        b_dh = b_dh_all
+        b_direct = 0.0
 
     p_ga = ga_ptr + t.to(tl.int64) * s_ga_t + o_b64[:, None] * s_ga_b + o_h[None, :]
     b_r = tl.load(p_ga, mask=m, other=0.0)
@@ -156,61 +172,66 @@ def gru_update_bwd(
     tl.store(p_dxn, tl.where(valid, b_dnn, 0.0), mask=m)
     # h_t = ... + z * h_{t-1}: the direct term is carried; past a length, all of it is
     tl.store(g_ptr + o_b64[:, None] * s_g_b + o_h[None, :],
-             tl.where(valid, b_dh * b_z, b_gs), mask=m)
+             tl.where(valid, b_dh * b_z + b_direct, b_gs), mask=m)
 
 
 # ----------------------------------------------------------------------------------------
 # kernels: step mode (one step, a program per tile) or sequence mode (every step, programs
 # loop over tiles and meet at grid barriers); see fusedrnn.kernels.common.run_steps
 # ----------------------------------------------------------------------------------------
-@triton.jit(do_not_specialize=["s0", "n_steps", "T"])
+@triton.jit(do_not_specialize=["s0", "n_steps", "T", "z_seed"])
 def gru_fwd_kernel(
     xg_ptr, s_xg_t, s_xg_b, w_ptr, s_w, bhn_ptr, h_ptr, s_h_slot, s_h_b,
     out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b,  # see the tile
-    len_ptr, hm_ptr, s_hm_b, rs_ptr, s_rs_t, sem_ptr, err_ptr, s0, n_steps, T, B, H,
+    len_ptr, hm_ptr, s_hm_b, rs_ptr, s_rs_t, z_seed, z_th_h, z_th_c, sem_ptr, err_ptr,
+    s0, n_steps, T, B, H,
     ACC: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     REVERSE: tl.constexpr, PERSISTENT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr,
     SPIN_LIMIT: tl.constexpr, HAS_HMASK: tl.constexpr, HAS_RESETS: tl.constexpr,
+    ZONEOUT: tl.constexpr,
 ):
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_b, n_h = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H)
-    init = init_slot(T, 1 if REVERSE else 0, SAVE)
+    z_dir = 1 if REVERSE else 0
+    init = init_slot(T, z_dir, SAVE)
     for s in range(s0, s0 + n_steps):
         t, rd, wr = fwd_step(s, T, REVERSE, SAVE)
         for tile in range(pid, n_h * n_b, n_progs):
             _gru_fwd_tile(tile % n_h, tile // n_h, xg_ptr, s_xg_t, s_xg_b, w_ptr, s_w, bhn_ptr,
                           h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b,
-                          len_ptr, hm_ptr, s_hm_b, rs_ptr, s_rs_t, init, t, rd, wr, B, H,
-                          ACC, HAS_BIAS, SAVE, HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K, IEEE,
-                          UPCAST, HAS_HMASK, HAS_RESETS)
+                          len_ptr, hm_ptr, s_hm_b, rs_ptr, s_rs_t, init, z_seed, z_th_h,
+                          z_dir, t, rd, wr, B, H, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, BLOCK_B,
+                          BLOCK_H, BLOCK_K, IEEE, UPCAST, HAS_HMASK, HAS_RESETS, ZONEOUT)
         if PERSISTENT:
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
 
-@triton.jit(do_not_specialize=["s0", "n_steps", "T"])
+@triton.jit(do_not_specialize=["s0", "n_steps", "T", "z_seed"])
 def gru_bwd_kernel(
     dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, w_ptr, s_w, g_ptr, s_g_b,
     do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b, h_ptr, s_h_slot, s_h_b,  # see the tile
-    len_ptr, hm_ptr, s_hm_b, rs_ptr, s_rs_t, sem_ptr, err_ptr, s0, n_steps, T, B, H,
+    len_ptr, hm_ptr, s_hm_b, rs_ptr, s_rs_t, z_seed, z_th_h, z_th_c, sem_ptr, err_ptr,
+    s0, n_steps, T, B, H,
     HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr, PERSISTENT: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr,
     UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr,
-    HAS_HMASK: tl.constexpr, HAS_RESETS: tl.constexpr,
+    HAS_HMASK: tl.constexpr, HAS_RESETS: tl.constexpr, ZONEOUT: tl.constexpr,
 ):
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_b, n_h = tl.cdiv(B, BLOCK_B), tl.cdiv(H, BLOCK_H)
-    init = init_slot(T, 1 if REVERSE else 0, True)
+    z_dir = 1 if REVERSE else 0
+    init = init_slot(T, z_dir, True)
     for s in range(s0, s0 + n_steps):
         t, t_next, rd, wr = bwd_step(s, T, REVERSE)
         for tile in range(pid, n_h * n_b, n_progs):
             _gru_bwd_tile(tile % n_h, tile // n_h, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t,
                           s_dxn_b, w_ptr, s_w, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b,
                           ga_ptr, s_ga_t, s_ga_b, h_ptr, s_h_slot, s_h_b,
-                          len_ptr, hm_ptr, s_hm_b, rs_ptr, s_rs_t, init, t, t_next, rd, B,
-                          H, HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K, IEEE, UPCAST, HAS_HMASK,
-                          HAS_RESETS)
+                          len_ptr, hm_ptr, s_hm_b, rs_ptr, s_rs_t, init, z_seed, z_th_h,
+                          z_dir, t, t_next, rd, B, H, HAS_LENGTHS, BLOCK_B, BLOCK_H, BLOCK_K,
+                          IEEE, UPCAST, HAS_HMASK, HAS_RESETS, ZONEOUT)
         if PERSISTENT:
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
@@ -224,13 +245,14 @@ def gru_forward(*args, **kwargs):
 
 
 def gru_forward_steps(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, allow_tf32=None,
-                      directions=1, hmask=None, resets=None):
+                      directions=1, hmask=None, resets=None, zoneout=None):
     """Runs one GRU layer. Returns out, h_n, and (if save) the buffers backward needs.
     A generator (kernels/pairing.py): it yields its weight-stationary launch, if any, and
     finishes when resumed; ``directions=2`` plans a bidirectional layer's direction.
     ``hmask`` (B, H): variational dropout of h_{t-1} in the recurrent product (the
     interpolation z * h_{t-1} keeps the state unmasked). ``resets`` (T, B) bool: restarts
-    from h0 inside the time loop (common.restart_rows)."""
+    from h0 inside the time loop (common.restart_rows). ``zoneout``: as the LSTM's, on h
+    (its c threshold unused)."""
     T, B, _ = x.shape
     H = w_hh.shape[1]
     check(T > 0, "x must have at least one time step")
@@ -257,7 +279,8 @@ def gru_forward_steps(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, all
     hs[first] = h0
     if rs is not None and not save:
         hs[2] = h0
-    hm = dict(**hmask_args(hmask, hs, B, H, x.dtype), **resets_args(rs, hs))
+    hm = dict(**hmask_args(hmask, hs, B, H, x.dtype), **resets_args(rs, hs),
+              **zoneout_args(zoneout))
 
     ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
     kplan = plan_for("gru", x.dtype, B, H, H, False, dev, save, ieee,
@@ -271,7 +294,7 @@ def gru_forward_steps(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, all
             len_ptr=lengths if lengths is not None else hs, T=T, B=B, H=H, LSTM=False,
             RNN=0, ACC=TL_ACC[acc], HAS_BIAS=b_hh is not None, SAVE=save,
             HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast,
-            **hm, **zoneout_args(None)), B, dev)
+            **hm), B, dev)
     elif B > 0:
         BB, BH, BK, warps = block_sizes(B, H)
         args = dict(
@@ -297,7 +320,7 @@ def gru_backward(*args, **kwargs):
 
 def gru_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
                        needs=(True,) * 6, allow_tf32=None, directions=1, hmask=None,
-                       resets=None):
+                       resets=None, zoneout=None):
     """Gradients (x, h0, w_ih, w_hh, b_ih, b_hh) of one GRU layer; None where not needed;
     ``hmask`` the forward's.
     A generator (kernels/pairing.py): it yields its weight-stationary launch, if any, and
@@ -313,7 +336,8 @@ def gru_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
     g, g_restarts = carried(d_hn, acc, rs is not None)
     if d_out.stride(-1) != 1:
         d_out = d_out.contiguous()
-    hm = dict(**hmask_args(hmask, g, B, H, x.dtype), **resets_args(rs, g))
+    hm = dict(**hmask_args(hmask, g, B, H, x.dtype), **resets_args(rs, g),
+              **zoneout_args(zoneout))
 
     ieee, upcast = dot_flags(x.dtype, dev, allow_tf32)
     kplan = plan_for("gru", x.dtype, B, H, H, False, dev, True, ieee, backward=True,
@@ -326,7 +350,7 @@ def gru_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
             len_ptr=lengths if lengths is not None else hs, T=T, B=B, H=H, LSTM=False,
             RNN=0, ACC=TL_ACC[acc], HAS_LENGTHS=lengths is not None, REVERSE=reverse,
             IEEE=ieee, UPCAST=upcast, dcs_ptr=g, s_dcs_t=0, s_dcs_b=0, HAS_DCS=False,
-            **hm, **zoneout_args(None)), B, dev)
+            **hm), B, dev)
     elif B > 0:
         BB, BH, BK, warps = block_sizes(B, H)
         args = dict(

@@ -188,8 +188,8 @@ def _fwd_tile(
         g0, g1, g2, g3 = _split_gates(acc, U, BB)
         gru_update_fwd(g0, g1, g2, i_u, i_b, xg_ptr, s_xg_t, s_xg_b, bhn_ptr, h_ptr, s_h_slot,
                        s_h_b, out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd,
-                       wr, B, H, rs_ptr, s_rs_t, init, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, BB, U,
-                       HAS_RESETS)
+                       wr, B, H, rs_ptr, s_rs_t, init, z_seed, z_th_h, z_dir, ACC, HAS_BIAS,
+                       SAVE, HAS_LENGTHS, BB, U, HAS_RESETS, ZONEOUT)
 
 
 @triton.jit
@@ -237,8 +237,8 @@ def _bwd_tile(
     else:
         gru_update_bwd(b_gs, i_u, i_b, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b,
                        g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b, h_ptr,
-                       s_h_slot, s_h_b, len_ptr, t, rd, B, H, rs_ptr, s_rs_t, init,
-                       HAS_LENGTHS, BB, U, HAS_RESETS)
+                       s_h_slot, s_h_b, len_ptr, t, rd, B, H, rs_ptr, s_rs_t, init, z_seed,
+                       z_th_h, z_dir, HAS_LENGTHS, BB, U, HAS_RESETS, ZONEOUT)
 
 
 # ----------------------------------------------------------------------------------------
@@ -290,7 +290,7 @@ def stationary_fwd_kernel(
     r_xg, r_w, r_bhn, r_h, r_c, r_out, r_ga, r_hm, r_rs,  # PAIRED: elements from each
                                   # buffer above to the reverse direction's (same strides)
     len_ptr,                      # HAS_LENGTHS: (B,) sequence lengths
-    z_seed, z_th_h, z_th_c,       # LSTM ZONEOUT: see lstm.lstm_update_fwd
+    z_seed, z_th_h, z_th_c,       # LSTM / GRU ZONEOUT: see lstm.lstm_update_fwd
     sem_ptr, err_ptr,             # barrier counters (one per batch group and direction),
                                   # error word
     T, B, H,

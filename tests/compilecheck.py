@@ -158,9 +158,9 @@ def _capture_pair(fwd, bwd, args, bwd_weights, n_states, lengths):
 
 
 def capture_regularized(H=64, batch=16, dtype=torch.bfloat16, sms=132):
-    """The launches of issue 14's options as a GPU makes them: LSTM with the variational
-    state mask, zoneout and resets, GRU and RNN with the mask and resets, forward (saving)
-    and backward, in step, streaming-sequence and weight-stationary mode."""
+    """The launches of issue 14's options as a GPU makes them: LSTM and GRU with the
+    variational state mask, zoneout and resets, the RNN with the mask and resets, forward
+    (saving) and backward, in step, streaming-sequence and weight-stationary mode."""
     launches = {}
     for mod in (lstm, gru, rnn, stationary):
         for name in dir(mod):
@@ -186,14 +186,14 @@ def capture_regularized(H=64, batch=16, dtype=torch.bfloat16, sms=132):
         lstm.lstm_backward(x, largs[3], largs[4], None, lengths, False, saved,
                            torch.randn_like(out), torch.randn_like(h), torch.randn_like(c),
                            hmask=hmask, zoneout=zoneout, resets=resets)
-        for mod, G, fwd, bwd in ((gru, 3, gru.gru_forward, gru.gru_backward),
-                                 (rnn, 1, rnn.rnn_forward, rnn.rnn_backward)):
+        for G, fwd, bwd, opts in ((3, gru.gru_forward, gru.gru_backward, dict(zoneout=zoneout)),
+                                  (1, rnn.rnn_forward, rnn.rnn_backward, {})):
             args = (x, torch.zeros(batch, H, **kw), torch.randn(G * H, I, **kw),
                     torch.randn(G * H, H, **kw), torch.randn(G * H, **kw),
                     torch.randn(G * H, **kw))
-            out, h, saved = fwd(*args, lengths, False, True, hmask=hmask, resets=resets)
+            out, h, saved = fwd(*args, lengths, False, True, hmask=hmask, resets=resets, **opts)
             bwd(x, args[2], args[3], lengths, False, saved, torch.randn_like(out),
-                torch.randn_like(h), hmask=hmask, resets=resets)
+                torch.randn_like(h), hmask=hmask, resets=resets, **opts)
     os.environ.pop(KERNEL_ENV)
     return launches
 

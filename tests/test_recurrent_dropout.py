@@ -127,17 +127,20 @@ def test_reference_lstm_matches_hand_loop_with_mask_and_zoneout():
         assert_close(c_n, c, 1e-12, "c_n")
 
 
-def test_reference_gru_masks_only_the_recurrent_product():
+def test_reference_gru_masks_only_the_recurrent_product_and_zones_out_h():
     x, h0, w_ih, w_hh, b_ih, b_hh = _inputs("gru", H=6)
     hmask = regularizers.sequence_mask(3, 1, *h0.shape, 0.4, x)
+    spec = regularizers.zoneout_spec(0.3, 0.0, 8, True)
     h = h0
     for t in range(x.shape[0]):
         gx, gh = x[t] @ w_ih.t() + b_ih, (h * hmask) @ w_hh.t() + b_hh
         r = torch.sigmoid(gx[:, :6] + gh[:, :6])
         z = torch.sigmoid(gx[:, 6:12] + gh[:, 6:12])
         n = torch.tanh(gx[:, 12:] + r * gh[:, 12:])
-        h = (1 - z) * n + z * h  # the unmasked state
-    assert_close(reference.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, hmask=hmask)[1], h, 1e-12)
+        zoned = regularizers.zoneout_rate(spec, t, 0, 3, 6, "cpu", F64) == 1
+        h = torch.where(zoned, h, (1 - z) * n + z * h)  # the unmasked state
+    got = reference.gru_layer(x, h0, w_ih, w_hh, b_ih, b_hh, hmask=hmask, zoneout=spec)[1]
+    assert_close(got, h, 1e-12)
 
 
 # ----------------------------------------------------------------------------------------
@@ -155,8 +158,9 @@ def test_layer_kernels_match_reference(cell, reverse, training, kernel_mode, poi
     resets[2, 0] = resets[4, 0] = resets[1, 2] = resets[3, 1] = True  # ([3, 1]: past length)
     kw = dict(reverse=reverse, lengths=torch.tensor([6, 2, 5], device=DEVICE), resets=resets,
               hmask=regularizers.sequence_mask(9, 1, B, H, 0.5, args[0]))
-    if cell == "lstm":
+    if cell != "rnn":
         kw["zoneout"] = regularizers.zoneout_spec(0.3, 0.4, 2 ** 40 + 17, training)
+    if cell == "lstm":
         kw["cell_states"] = True
     if training:
         got = _outputs_and_grads(cell, "triton", args, **kw)
@@ -202,8 +206,8 @@ def _module(mode, backend, **kw):
 @pytest.mark.parametrize("packed", [False, True])
 def test_module_triton_equals_reference_with_the_same_seed(mode, packed):
     kw = dict(variational_dropout=(0.2, 0.3, 0.4))
-    if mode == "LSTM":
-        kw["zoneout"] = (0.3, 0.2)
+    if mode != "RNN":
+        kw["zoneout"] = (0.3, 0.2) if mode == "LSTM" else 0.3
     results = {}
     for backend in ("reference", "triton"):
         m = _module(mode, backend, **kw)
@@ -281,8 +285,10 @@ def test_bad_options_are_refused_by_name():
     with pytest.raises(ValueError, match="variational_dropout must be a probability or a "
                                          "tuple of 3"):
         fusedrnn.GRU(3, 4, variational_dropout=(0.1, 0.2))
-    with pytest.raises(ValueError, match="zoneout: fusedrnn runs it on the LSTM only"):
-        fusedrnn.GRU(3, 4, zoneout=0.1)
+    with pytest.raises(ValueError, match="zoneout: fusedrnn runs it on the LSTM and the GRU"):
+        fusedrnn.RNN(3, 4, zoneout=0.1)
+    with pytest.raises(ValueError, match="zoneout: a GRU has no cell state"):
+        fusedrnn.GRU(3, 4, zoneout=(0.1, 0.2))
     with pytest.raises(ValueError, match="zoneout: not with proj_size"):
         fusedrnn.LSTM(3, 4, proj_size=2, zoneout=0.1)
     x = torch.randn(5, 2, 3)
@@ -306,7 +312,7 @@ def test_modules_with_resets_variational_dropout_and_zoneout(mode):
     x = torch.randn(6, 3, 4, dtype=F64)
     resets = torch.zeros(6, 3, dtype=torch.bool)
     resets[3, 0] = resets[2, 2] = True
-    kw = dict(variational_dropout=(0.2, 0.3, 0.5), zoneout=0.2 if mode == "LSTM" else 0.0)
+    kw = dict(variational_dropout=(0.2, 0.3, 0.5), zoneout=0.0 if mode == "RNN" else 0.2)
     outs = {}
     for backend in ("reference", "triton"):
         m = _module(mode, backend, **kw)
@@ -344,7 +350,7 @@ def test_bidirectional_pairs_with_every_option(mode, monkeypatch):
     pairs = []
     real = stationary.launch_pair
     monkeypatch.setattr(stationary, "launch_pair", lambda f, r: (pairs.append(1), real(f, r)))
-    kw = dict(variational_dropout=(0.2, 0.3, 0.4), zoneout=(0.3, 0.2) if mode == "LSTM" else 0)
+    kw = dict(variational_dropout=(0.2, 0.3, 0.4), zoneout=0.0 if mode == "RNN" else 0.3)
     x = torch.randn(7, 3, 4, dtype=F64)
     resets = torch.rand(7, 3, generator=torch.Generator().manual_seed(1)) < 0.3
     results = {}
