@@ -265,8 +265,9 @@ def _recurrent(module):
     zoneout = getattr(module, "zoneout", (0.0, 0.0))
     if not any(zoneout) and not (module.training and any(variational)):
         return None
-    return regularizers.Recurrent(regularizers.draw_seed(), module.training, variational,
-                                  zoneout)
+    # eval draws nothing (zoneout's expectation): torch's generator is left as it was
+    seed = regularizers.draw_seed() if module.training else 0
+    return regularizers.Recurrent(seed, module.training, variational, zoneout)
 
 
 class _SequenceModule(_BackendMixin):

@@ -259,7 +259,9 @@ def test_masks_repeat_under_manual_seed_and_change_each_pass():
 def test_zoneout_in_eval_is_its_expectation_and_deterministic():
     m = _module("LSTM", "triton", zoneout=0.25).eval()
     x = torch.randn(5, 3, 4, dtype=F64)
+    state = torch.get_rng_state()
     a = m(x)[0]
+    assert torch.equal(torch.get_rng_state(), state)  # eval draws nothing
     assert torch.equal(m(x)[0], a)
     m.backend = "reference"
     assert_close(m(x)[0], a, 1e-12)
