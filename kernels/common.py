@@ -352,6 +352,16 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def gate_grad_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The gate gradients' buffer (T+1, B, G*H): in the layer's dtype for fp16/bf16, where
+    every product that reads it (the recurrence's dgates . W_hh, dx, dW_ih, dW_hh) casts it
+    to that dtype anyway, as cuDNN keeps them; only the bias gradients, summed in fp32, see
+    the rounding. It halves the bytes of the backward's per-step broadcast (each program
+    reads dgates_{t+1} of its batch rows: 192 KB a step at B=16, H=768 in fp32). fp32 and
+    fp64 layers keep their compute dtype."""
+    return dtype if dtype in (torch.float16, torch.bfloat16) else compute_dtype(dtype)
+
+
 def block_sizes(batch: int, width: int) -> tuple[int, int, int, int]:
     """(BLOCK_B, BLOCK_N, BLOCK_K, num_warps) for a step kernel: batch rows and output
     columns per program, the reduction chunk, and warps. A rule, not autotuning, and never
@@ -548,7 +558,7 @@ def _weight_grads(x, dgi, dgh, prev_h, w_ih, w_hh, needs, extra_dh0, dc0, d_proj
     dx = (dgi.to(lp) @ w_ih) if need_x else None
     dh0 = None
     if need_h0:
-        dh_rec = dg_first @ w_hh.to(g_carry.dtype)
+        dh_rec = dg_first.to(g_carry.dtype) @ w_hh.to(g_carry.dtype)
         if hmask is not None:
             dh_rec = dh_rec * hmask.to(dh_rec.dtype)
         dh0 = (g_carry + dh_rec).to(lp)
@@ -556,8 +566,9 @@ def _weight_grads(x, dgi, dgh, prev_h, w_ih, w_hh, needs, extra_dh0, dc0, d_proj
         prev_h = prev_h * hmask
     dw_ih = (flat(dgi).t().to(lp) @ flat(x)) if need_wih else None
     dw_hh = (flat(dgh).t().to(lp) @ flat(prev_h)) if need_whh else None
-    db_ih = flat(dgi).sum(0).to(lp) if need_bih else None
-    db_hh = flat(dgh).sum(0).to(lp) if need_bhh else None
+    acc = g_carry.dtype  # (the gate gradients may be fp16/bf16: gate_grad_dtype)
+    db_ih = flat(dgi).sum(0, dtype=acc).to(lp) if need_bih else None
+    db_hh = flat(dgh).sum(0, dtype=acc).to(lp) if need_bhh else None
     grads = [dx, dh0]
     if dc0 is not None:
         grads.append(dc0.to(lp) if needs[2] else None)

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check_layer_args,
                                      compute_dtype, cudnn_tf32_gemms, dot_flags, empty,
-                                     first_slot, fwd_step, grid_barrier, last_slot,
+                                     first_slot, fwd_step, gate_grad_dtype, grid_barrier, last_slot,
                                      like_layout, pointer_args, recurrent_gates, run_steps,
                                      sigmoid, state_grad, store_four, store_step, tanh,
                                      tile_offsets, valid_rows, weight_grads,
@@ -329,7 +329,7 @@ def gru_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
     T, B, _ = x.shape
     H = w_hh.shape[1]
     acc, dev = gates.dtype, x.device
-    dg = empty(T + 1, B, 3 * H, dtype=acc, device=dev)
+    dg = empty(T + 1, B, 3 * H, dtype=gate_grad_dtype(x.dtype), device=dev)
     dg[T] = 0
     dxn = empty(T, B, H, dtype=acc, device=dev)
     rs = restart_rows(resets, lengths, reverse) if resets is not None else None

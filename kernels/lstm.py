@@ -22,7 +22,7 @@ import triton.language as tl
 
 from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check_layer_args,
                                      compute_dtype, cudnn_tf32_gemms, dot_flags, empty,
-                                     first_slot, fwd_step, grid_barrier, last_slot,
+                                     first_slot, fwd_step, gate_grad_dtype, grid_barrier, last_slot,
                                      like_layout, mm_tile, pointer_args, recurrent_gates,
                                      run_steps, sigmoid, state_grad, store_four, store_step,
                                      tanh, tile_offsets, valid_rows, weight_grads,
@@ -488,7 +488,7 @@ def lstm_backward_steps(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_h
     H, K = w_hh.shape[0] // 4, w_hh.shape[1]
     acc, dev = cs.dtype, x.device
     has_proj = w_hr is not None
-    dg = empty(T + 1, B, 4 * H, dtype=acc, device=dev)
+    dg = empty(T + 1, B, 4 * H, dtype=gate_grad_dtype(x.dtype), device=dev)
     dg[T] = 0
     rs = restart_rows(resets, lengths, reverse) if resets is not None else None
     g, g_restarts = carried(d_hn, acc, rs is not None)

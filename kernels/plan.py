@@ -89,6 +89,15 @@ def _warps(rows: int) -> int:
 _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 
 
+def _warps_bwd(cell: str, bb: int) -> int:
+    """Warps of a weight-stationary backward program: its product is a dot batched over the
+    gates (a GRU's three padded to four; the plain RNN's one), one warp per gate and per 16
+    of the BB batch rows, at most 8. (One warp for all four gates ran each step's products
+    as one accumulator chain, 4H/16 MMAs deep, with the whole slice in its registers.)"""
+    gates = 1 if cell == "rnn" else 4
+    return max(1, min(8, gates * (bb // 16 or 1)))
+
+
 def _rows(cell: str, u: int) -> int:
     """Rows of a program's forward slice, the MMA's M: 4U (a GRU's fourth gate is zero
     padding), or U for the plain RNN."""
@@ -102,9 +111,11 @@ def register_bytes(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: 
     and, backward, of the W_hh columns (a (KC, U) B operand, which Triton keeps in
     registers)."""
     elt = torch.empty((), dtype=dtype).element_size()
-    warps = _warps(bb) if backward else _warps(_rows(cell, u))
-    operand = nk * kc * bb * (max(4, elt) if backward else elt) // (32 * warps)
-    weights = _GATES[cell] * nk * kc * u * elt // (32 * warps) if backward else 0
+    warps = _warps_bwd(cell, bb) if backward else _warps(_rows(cell, u))
+    gates = 1 if cell == "rnn" else 4  # backward: the batch of gates, padded
+    operand = (gates * nk * kc * bb * max(4, elt) if backward else nk * kc * bb * elt
+               ) // (32 * warps)
+    weights = gates * nk * kc * u * elt // (32 * warps) if backward else 0
     return operand, weights
 
 
@@ -207,7 +218,7 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
                           f"{programs} programs: W_hh re-read per tile")
             return dict(base, kernel="stationary", programs=programs, tiles=tiles,
                         weights_on_chip=resident, reason=reason, U=u, BB=bb, NK=nk, KC=kc,
-                        warps=_warps(_rows(cell, u)), warps_bwd=_warps(bb), w_bytes=smem,
+                        warps=_warps(_rows(cell, u)), warps_bwd=_warps_bwd(cell, bb), w_bytes=smem,
                         gates=g)
         if why_not is None:
             regs = (f"W_hh columns under {BWD_W_REG_BYTES} B and the dgates operand under "

@@ -20,7 +20,7 @@ import triton.language as tl
 
 from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check_layer_args,
                                      compute_dtype, cudnn_tf32_gemms, dot_flags, empty,
-                                     first_slot, fwd_step, grid_barrier, last_slot,
+                                     first_slot, fwd_step, gate_grad_dtype, grid_barrier, last_slot,
                                      like_layout, mm_tile, pointer_args, run_steps,
                                      state_grad, store_step, tile_offsets, valid_rows,
                                      weight_grads, hmask_args, zoneout_args, carried, divert,
@@ -277,7 +277,7 @@ def rnn_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
     T, B, _ = x.shape
     H = w_hh.shape[1]
     acc, dev = dact.dtype, x.device
-    dg = empty(T + 1, B, H, dtype=acc, device=dev)
+    dg = empty(T + 1, B, H, dtype=gate_grad_dtype(x.dtype), device=dev)
     dg[T] = 0
     rs = restart_rows(resets, lengths, reverse) if resets is not None else None
     g, g_restarts = carried(d_hn, acc, rs is not None)

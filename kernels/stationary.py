@@ -18,9 +18,12 @@ kernels' own (lstm.lstm_update_fwd, gru.gru_update_fwd): the same math and store
 
 Backward, per step: dh (BB, U) = sum over gates g and chunks c of dgates_{t+1} (BB, KC) .
 W_hh[g*H + c*KC : ..., units] (KC, U): each program keeps the columns of W_hh its units'
-state gradient needs. Triton 3.9 keeps this slice in registers, not shared memory (as the
-A operand too): it spills past H ~ 256, so the plan (kernels/plan.py) uses this backward
-only where it fits. Then the gate gradients of step t, as in the streaming kernels
+state gradient needs, as NK chunks of (4, KC, U), and runs the product as a dot batched
+over the gates (a GRU's three padded to four), so each gate's product has its own warp
+(warpsPerCTA [4, 1, 1]) and its own accumulator chain, K/16 deep, and holds a quarter of
+the slice in registers; the four are summed after. (One warp for all gates ran them as one
+chain, 4H/16 dependent MMAs a step, with the whole slice in its registers: 3.4 KB of
+stack at H=768.) Then the gate gradients of step t, as in the streaming kernels
 (lstm_update_bwd, gru_update_bwd).
 No atomics in the math: deterministic.
 
@@ -53,13 +56,14 @@ from fusedrnn.kernels.rnn import rnn_update_bwd, rnn_update_fwd
 # the slices of W_hh a program keeps, and the per-step products with them
 # ----------------------------------------------------------------------------------------
 @triton.jit
-def _w_chunk(w_ptr, s_w, i_u, g, c, H, G: tl.constexpr, U: tl.constexpr, KC: tl.constexpr,
+def _w_chunk(w_ptr, s_w, i_u, c, H, G: tl.constexpr, U: tl.constexpr, KC: tl.constexpr,
              ROWS: tl.constexpr):
     """Chunk c (columns, or rows, c*KC ..) of a program's slice of W_hh (G*H, H).
 
     ROWS (forward): (4U, KC); row r is gate r // U of unit i_u*U + r % U (a GRU's gate 3 is
     zero); a plain RNN (G = 1): (U, KC), row r unit i_u*U + r.
-    Otherwise (backward, gate g): (KC, U) = W_hh[g*H + c*KC + k, i_u*U + u]."""
+    Otherwise (backward): (GP, KC, U) = W_hh[g*H + c*KC + k, i_u*U + u], the gates as a
+    batch of GP = 4 (a GRU's gate 3 zero), or 1 for the plain RNN."""
     o_k = c * KC + tl.arange(0, KC)
     if ROWS:
         if G == 1:
@@ -71,35 +75,39 @@ def _w_chunk(w_ptr, s_w, i_u, g, c, H, G: tl.constexpr, U: tl.constexpr, KC: tl.
         m = ((gate < G) & (unit < H))[:, None] & (o_k < H)[None, :]
         p = w_ptr + (gate * H + unit).to(tl.int64)[:, None] * s_w + o_k[None, :]
     else:
+        GP: tl.constexpr = 1 if G == 1 else 4
+        o_g = tl.arange(0, GP)[:, None, None]
         o_u = i_u * U + tl.arange(0, U)
-        m = (o_k < H)[:, None] & (o_u < H)[None, :]
-        p = w_ptr + (g * H + o_k).to(tl.int64)[:, None] * s_w + o_u[None, :]
+        m = (o_g < G) & (o_k < H)[None, :, None] & (o_u < H)[None, None, :]
+        p = w_ptr + (o_g * H + o_k[None, :, None]).to(tl.int64) * s_w + o_u[None, None, :]
     return tl.load(p, mask=m, other=0.0)
 
 
 @triton.jit
-def _w_chunks(w_ptr, s_w, i_u, g, H, G: tl.constexpr, U: tl.constexpr, KC: tl.constexpr,
+def _w_chunks(w_ptr, s_w, i_u, H, G: tl.constexpr, U: tl.constexpr, KC: tl.constexpr,
               NK: tl.constexpr, ROWS: tl.constexpr):
     """The slice as NK chunks (repeats of chunk 0 past NK, never used)."""
-    w0 = _w_chunk(w_ptr, s_w, i_u, g, 0, H, G, U, KC, ROWS)
+    w0 = _w_chunk(w_ptr, s_w, i_u, 0, H, G, U, KC, ROWS)
     w1, w2, w3 = w0, w0, w0
     if NK > 1:
-        w1 = _w_chunk(w_ptr, s_w, i_u, g, 1, H, G, U, KC, ROWS)
+        w1 = _w_chunk(w_ptr, s_w, i_u, 1, H, G, U, KC, ROWS)
     if NK > 2:
-        w2 = _w_chunk(w_ptr, s_w, i_u, g, 2, H, G, U, KC, ROWS)
+        w2 = _w_chunk(w_ptr, s_w, i_u, 2, H, G, U, KC, ROWS)
     if NK > 3:
-        w3 = _w_chunk(w_ptr, s_w, i_u, g, 3, H, G, U, KC, ROWS)
+        w3 = _w_chunk(w_ptr, s_w, i_u, 3, H, G, U, KC, ROWS)
     return w0, w1, w2, w3
 
 
 @triton.jit
 def _chunk_dot(w, p_x, m_b, c, H, ACC: tl.constexpr, KC: tl.constexpr, ROWS: tl.constexpr,
                IEEE: tl.constexpr, UPCAST: tl.constexpr, p_m=0, HAS_MASK: tl.constexpr = False,
-               p_x0=0, b_rs=0, HAS_RESETS: tl.constexpr = False):
+               p_x0=0, b_rs=0, HAS_RESETS: tl.constexpr = False, G: tl.constexpr = 4):
     """ROWS: w (M, KC) . x^T chunk c (KC, BB), p_x (1, BB) at the batch rows of x (times the
     same block of a mask at p_m where HAS_MASK: the variational mask of h_{t-1}; the
     initial state at p_x0 in the columns b_rs marks where HAS_RESETS: restarts).
-    Otherwise: x chunk c (BB, KC) . w (KC, N), p_x (BB, 1). x is cast to w's dtype."""
+    Otherwise (backward): x chunk c of every gate (GP, BB, KC) . w (GP, KC, U), p_x
+    (1, BB, 1) at gate 0 of the batch rows of x, gate g H columns on: (GP, BB, U), a
+    batched dot, one gate per warp (their sum is the caller's). x is cast to w's dtype."""
     o_k = c * KC + tl.arange(0, KC)
     if ROWS:
         m_x = (o_k < H)[:, None] & m_b[None, :]
@@ -113,8 +121,11 @@ def _chunk_dot(w, p_x, m_b, c, H, ACC: tl.constexpr, KC: tl.constexpr, ROWS: tl.
         acc = tl.zeros((w.shape[0], b_x.shape[1]), dtype=ACC)
         acc = dot(w, b_x.to(w.dtype), acc, IEEE, UPCAST)
     else:
-        b_x = tl.load(p_x + o_k[None, :], mask=m_b[:, None] & (o_k < H)[None, :], other=0.0)
-        acc = tl.zeros((b_x.shape[0], w.shape[1]), dtype=ACC)
+        GP: tl.constexpr = w.shape[0]
+        o_g = tl.arange(0, GP)[:, None, None]
+        m_x = (o_g < G) & m_b[None, :, None] & (o_k < H)[None, None, :]
+        b_x = tl.load(p_x + o_g * H + o_k[None, None, :], mask=m_x, other=0.0)
+        acc = tl.zeros((GP, b_x.shape[1], w.shape[2]), dtype=ACC)
         acc = dot(b_x.to(w.dtype), w, acc, IEEE, UPCAST)
     return acc
 
@@ -123,19 +134,19 @@ def _chunk_dot(w, p_x, m_b, c, H, ACC: tl.constexpr, KC: tl.constexpr, ROWS: tl.
 def _chunks_dot(w0, w1, w2, w3, p_x, m_b, H, ACC: tl.constexpr, KC: tl.constexpr,
                 NK: tl.constexpr, ROWS: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
                 p_m=0, HAS_MASK: tl.constexpr = False, p_x0=0, b_rs=0,
-                HAS_RESETS: tl.constexpr = False):
-    """The sum over the NK chunks (Triton folds it into one accumulator chain)."""
+                HAS_RESETS: tl.constexpr = False, G: tl.constexpr = 4):
+    """The sum over the NK chunks (Triton folds it into one accumulator chain, per warp)."""
     acc = _chunk_dot(w0, p_x, m_b, 0, H, ACC, KC, ROWS, IEEE, UPCAST, p_m, HAS_MASK, p_x0,
-                     b_rs, HAS_RESETS)
+                     b_rs, HAS_RESETS, G)
     if NK > 1:
         acc += _chunk_dot(w1, p_x, m_b, 1, H, ACC, KC, ROWS, IEEE, UPCAST, p_m, HAS_MASK, p_x0,
-                          b_rs, HAS_RESETS)
+                          b_rs, HAS_RESETS, G)
     if NK > 2:
         acc += _chunk_dot(w2, p_x, m_b, 2, H, ACC, KC, ROWS, IEEE, UPCAST, p_m, HAS_MASK, p_x0,
-                          b_rs, HAS_RESETS)
+                          b_rs, HAS_RESETS, G)
     if NK > 3:
         acc += _chunk_dot(w3, p_x, m_b, 3, H, ACC, KC, ROWS, IEEE, UPCAST, p_m, HAS_MASK, p_x0,
-                          b_rs, HAS_RESETS)
+                          b_rs, HAS_RESETS, G)
     return acc
 
 
@@ -194,8 +205,7 @@ def _fwd_tile(
 
 @triton.jit
 def _bwd_tile(
-    i_u, i_b, w00, w01, w02, w03, w10, w11, w12, w13, w20, w21, w22, w23,
-    w30, w31, w32, w33,
+    i_u, i_b, w0, w1, w2, w3,
     dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b,
     gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b,
     dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, hm_ptr, s_hm_b, z_seed, z_th_h, z_th_c, z_dir,
@@ -208,16 +218,11 @@ def _bwd_tile(
 ):
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_u, i_b, H, B, U, BB)
     p_dg = dg_ptr + t_next.to(tl.int64) * s_dg_t + o_b64[:, None] * s_dg_b
-    # dgates_{t+1} (BB, G*H) . W_hh[:, units] (G*H, U), gate by gate
-    acc = _chunks_dot(w00, w01, w02, w03, p_dg, m_b, H, ACC, KC, NK, False, IEEE, UPCAST)
-    if not RNN:
-        acc += _chunks_dot(w10, w11, w12, w13, p_dg + H, m_b, H, ACC, KC, NK, False, IEEE,
-                           UPCAST)
-        acc += _chunks_dot(w20, w21, w22, w23, p_dg + 2 * H, m_b, H, ACC, KC, NK, False, IEEE,
-                           UPCAST)
-    if LSTM:
-        acc += _chunks_dot(w30, w31, w32, w33, p_dg + 3 * H, m_b, H, ACC, KC, NK, False, IEEE,
-                           UPCAST)
+    # dgates_{t+1} (BB, G*H) . W_hh[:, units] (G*H, U): each gate's product on its own
+    # warp (a dot batched over the gates), then their sum
+    G: tl.constexpr = 4 if LSTM else (1 if RNN else 3)
+    acc = tl.sum(_chunks_dot(w0, w1, w2, w3, p_dg[None, :, :], m_b, H, ACC, KC, NK, False,
+                             IEEE, UPCAST, G=G), axis=0)
     b_g = tl.load(g_ptr + o_b64[:, None] * s_g_b + o_h[None, :], mask=m, other=0.0)
     # carried + dgates_{t+1} W_hh (times the variational mask the product saw), (BB, U)
     b_gs = b_g + state_mask(acc, hm_ptr, s_hm_b, o_b, m_b, o_h, m_h, HAS_HMASK)
@@ -311,7 +316,7 @@ def stationary_fwd_kernel(
     n_tiles = n_u * n_bg
     if RESIDENT:  # one tile a program; the slice, loaded once: no W from global in the loop
         d, tile = pid // n_tiles, pid % n_tiles
-        w0, w1, w2, w3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, 0, H, G, U, KC, NK, True)
+        w0, w1, w2, w3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, G, U, KC, NK, True)
     for s in range(0, T):
         if RESIDENT:
             t, rd, wr = _fwd_step_dir(s, T, d, PAIRED, REVERSE, SAVE)
@@ -329,8 +334,8 @@ def stationary_fwd_kernel(
             for k in range(pid, DIRS * n_tiles, n_progs):
                 d, tile = k // n_tiles, k % n_tiles
                 t, rd, wr = _fwd_step_dir(s, T, d, PAIRED, REVERSE, SAVE)
-                v0, v1, v2, v3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, 0, H, G, U, KC,
-                                           NK, True)
+                v0, v1, v2, v3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, G, U, KC, NK,
+                                           True)
                 _fwd_tile(tile % n_u, tile // n_u, v0, v1, v2, v3, xg_ptr + d * r_xg, s_xg_t,
                           s_xg_b, bhn_ptr + d * r_bhn, h_ptr + d * r_h, s_h_slot, s_h_b,
                           c_ptr + d * r_c, s_c_slot, s_c_b, out_ptr + d * r_out, s_o_t, s_o_b,
@@ -340,24 +345,6 @@ def stationary_fwd_kernel(
                           RNN, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE, UPCAST,
                           HAS_HMASK, ZONEOUT, HAS_RESETS)
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
-
-
-@triton.jit
-def _w_cols_all(w_ptr, s_w, i_u, H, LSTM: tl.constexpr, RNN: tl.constexpr, U: tl.constexpr,
-                KC: tl.constexpr, NK: tl.constexpr):
-    """The backward slice: every gate's chunks (the gates a cell lacks repeat gate 0,
-    unused)."""
-    w00, w01, w02, w03 = _w_chunks(w_ptr, s_w, i_u, 0, H, 4, U, KC, NK, False)
-    w10, w11, w12, w13 = w00, w01, w02, w03
-    w20, w21, w22, w23 = w00, w01, w02, w03
-    if not RNN:
-        w10, w11, w12, w13 = _w_chunks(w_ptr, s_w, i_u, 1, H, 4, U, KC, NK, False)
-        w20, w21, w22, w23 = _w_chunks(w_ptr, s_w, i_u, 2, H, 4, U, KC, NK, False)
-    w30, w31, w32, w33 = w00, w01, w02, w03
-    if LSTM:
-        w30, w31, w32, w33 = _w_chunks(w_ptr, s_w, i_u, 3, H, 4, U, KC, NK, False)
-    return (w00, w01, w02, w03, w10, w11, w12, w13, w20, w21, w22, w23,
-            w30, w31, w32, w33)
 
 
 @triton.jit(do_not_specialize=["T", "z_seed"])
@@ -389,16 +376,14 @@ def stationary_bwd_kernel(
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_u, n_bg = tl.cdiv(H, U), tl.cdiv(B, BB)
     n_tiles = n_u * n_bg
+    G: tl.constexpr = 4 if LSTM else (1 if RNN else 3)
     if RESIDENT:
         d, tile = pid // n_tiles, pid % n_tiles
-        (w00, w01, w02, w03, w10, w11, w12, w13, w20, w21, w22, w23,
-         w30, w31, w32, w33) = _w_cols_all(w_ptr + d * r_w, s_w, tile % n_u, H, LSTM, RNN, U,
-                                           KC, NK)
+        w0, w1, w2, w3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, G, U, KC, NK, False)
     for s in range(0, T):
         if RESIDENT:
             t, t_next, rd, wr = _bwd_step_dir(s, T, d, PAIRED, REVERSE)
-            _bwd_tile(tile % n_u, tile // n_u, w00, w01, w02, w03, w10, w11, w12, w13,
-                      w20, w21, w22, w23, w30, w31, w32, w33,
+            _bwd_tile(tile % n_u, tile // n_u, w0, w1, w2, w3,
                       dg_ptr + d * r_dg, s_dg_t, s_dg_b, dxn_ptr + d * r_dxn, s_dxn_t,
                       s_dxn_b, g_ptr + d * r_g, s_g_b, do_ptr + d * r_do, s_do_t, s_do_b,
                       gc_ptr + d * r_gc, s_gc_b, ga_ptr + d * r_ga, s_ga_t, s_ga_b,
@@ -414,11 +399,9 @@ def stationary_bwd_kernel(
             for k in range(pid, DIRS * n_tiles, n_progs):
                 d, tile = k // n_tiles, k % n_tiles
                 t, t_next, rd, wr = _bwd_step_dir(s, T, d, PAIRED, REVERSE)
-                (v00, v01, v02, v03, v10, v11, v12, v13, v20, v21, v22, v23,
-                 v30, v31, v32, v33) = _w_cols_all(w_ptr + d * r_w, s_w, tile % n_u, H, LSTM,
-                                                   RNN, U, KC, NK)
-                _bwd_tile(tile % n_u, tile // n_u, v00, v01, v02, v03, v10, v11, v12, v13,
-                          v20, v21, v22, v23, v30, v31, v32, v33,
+                v0, v1, v2, v3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, G, U, KC, NK,
+                                           False)
+                _bwd_tile(tile % n_u, tile // n_u, v0, v1, v2, v3,
                           dg_ptr + d * r_dg, s_dg_t, s_dg_b, dxn_ptr + d * r_dxn, s_dxn_t,
                           s_dxn_b, g_ptr + d * r_g, s_g_b, do_ptr + d * r_do, s_do_t, s_do_b,
                           gc_ptr + d * r_gc, s_gc_b, ga_ptr + d * r_ga, s_ga_t, s_ga_b,

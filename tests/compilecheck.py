@@ -23,12 +23,14 @@ import tempfile
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from triton.compiler import ASTSource, make_backend
+from triton.runtime.jit import create_function_from_signature
 
 from fusedrnn.kernels import common, gru, lstm, pairing, plan, rnn, stationary
 from fusedrnn.kernels.plan import KERNEL_ENV
 
 TARGETS = {"sm_80": GPUTarget("cuda", 80, 32), "sm_90": GPUTarget("cuda", 90, 32)}
+_BACKEND = make_backend(TARGETS["sm_90"])  # specializes arguments as on either target
 _TL = {torch.float32: "fp32", torch.float64: "fp64", torch.float16: "fp16",
        torch.bfloat16: "bf16", torch.int64: "i64", torch.int32: "i32", torch.int8: "i8",
        torch.bool: "i1"}
@@ -44,9 +46,17 @@ class Recorder:
         def record(*args, num_warps=4, **kwargs):
             bound = inspect.signature(self.kernel.fn).bind(*args, **kwargs).arguments
             names = {p.name for p in self.kernel.params if p.is_constexpr}
+            if "ASM_ACQUIRE" in names and bound.get("PERSISTENT", True):
+                bound["ASM_ACQUIRE"] = True  # what a CUDA launch passes
+            # the JIT's own specialization of these arguments, as a launch makes it: which
+            # pointers and integers are divisible by 16 (tt.divisibility, what lets loads
+            # vectorize) and which integers are 1 (compiled in as constants)
+            binder = create_function_from_signature(self.kernel.signature, self.kernel.params,
+                                                    _BACKEND)
+            bound_args, spec, options = binder(**bound, num_warps=num_warps)
+            options, signature, jit_constexprs, attrs = self.kernel._pack_args(
+                _BACKEND, {"num_warps": num_warps}, bound_args, spec, options)
             constexprs = {k: v for k, v in bound.items() if k in names}
-            if "ASM_ACQUIRE" in constexprs and constexprs.get("PERSISTENT", True):
-                constexprs["ASM_ACQUIRE"] = True  # what a CUDA launch passes
             sig = {}
             for name, value in bound.items():
                 if name in constexprs:
@@ -55,9 +65,11 @@ class Recorder:
                     sig[name] = "*" + _TL[value.dtype]
                 else:
                     sig[name] = "i32" if abs(int(value)) < 2 ** 31 else "i64"
-            key = (self.kernel.fn.__name__, tuple(sorted(sig.items())),
-                   tuple(sorted((k, str(v)) for k, v in constexprs.items())), num_warps)
-            self.launches.setdefault(key, (self.kernel, sig, constexprs, num_warps))
+            key = (self.kernel.fn.__name__, tuple(sorted(signature.items())),
+                   tuple(sorted((str(k), str(v)) for k, v in jit_constexprs.items())),
+                   tuple(sorted((str(k), str(v)) for k, v in attrs.items())), num_warps)
+            self.launches.setdefault(key, (self.kernel, sig, constexprs, num_warps,
+                                           (signature, jit_constexprs, attrs)))
         return record
 
 
@@ -249,13 +261,22 @@ def hot_spills(sass: str) -> int:
                and any(a <= addr <= b for a, b in innermost))
 
 
+def source(launch, **constexprs) -> ASTSource:
+    """What the JIT compiles for a recorded launch (its signature, constants and attributes
+    as a launch specializes them), with some constexprs replaced by name."""
+    kernel, _, _, _, (signature, jit_constexprs, attrs) = launch
+    paths = {(kernel.arg_names.index(name),): value for name, value in constexprs.items()}
+    return ASTSource(kernel, signature, {**jit_constexprs, **paths}, attrs)
+
+
 _JOBS = []  # (launch, target) pairs, read by forked workers
 
 
 def _compile(k: int):
     """Compile job k: (its row of the table, the compiled kernel, its SASS)."""
-    (name, _, _, _), (kernel, sig, constexprs, num_warps), tname = _JOBS[k]
-    src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
+    (name, *_), launch, tname = _JOBS[k]
+    kernel, sig, constexprs, num_warps, _ = launch
+    src = source(launch)
     compiled = triton.compile(src, target=TARGETS[tname], options={"num_warps": num_warps})
     sass = _dump(compiled.asm["cubin"], "-sass")
     row = {"kernel": name, "target": tname, "num_warps": num_warps,
@@ -343,9 +364,10 @@ def _region(lines, start):
 
 
 def w_loads_in_time_loop(ttgir: str, arg: str = "w_ptr") -> int:
-    """Global loads (tt.load) inside the time loop (the ``scf.for`` up to T) whose pointer
-    derives from the kernel argument ``arg``: what a weight-stationary kernel must not
-    have."""
+    """Global loads inside the time loop (the ``scf.for`` up to T) whose pointer derives
+    from the kernel argument ``arg``: what a weight-stationary kernel must not have. A load
+    is a tt.load or, where the pipeliner turned it into one (16-byte aligned operands, as a
+    launch specializes them), an asynchronous copy to shared memory (cp.async)."""
     lines = ttgir.splitlines()
     defs = {}
     for line in lines:
@@ -372,24 +394,57 @@ def w_loads_in_time_loop(ttgir: str, arg: str = "w_ptr") -> int:
     start = starts[0]
     n = 0
     for line in _region(lines, start):
-        m = re.search(r"= tt\.load (%[\w.]+)", line)
+        m = re.search(r"= (?:tt\.load|ttg\.async_copy_global_to_local) (%[\w.]+)", line)
         if m and from_arg(m.group(1), set()):
             n += 1
     return n
 
 
-def mma_per_step(sass: str) -> int:
-    """Tensor-core MMA instructions (HMMA, or Hopper's HGMMA) one warp issues per time
-    step: those inside the time loop, the outermost loop of the SASS that holds any. (The
-    work model below counts mma.sync tiles: an HGMMA build would fail the equality, as it
-    should until the model covers it.)"""
+def _time_loop(sass: str):
+    """(instructions, (first, last) address of the time loop): the outermost loop of the
+    SASS holding an MMA (HMMA, or Hopper's HGMMA)."""
     code, loops = sass_loops(sass)
     mma = [a for a, ins in code if re.match(r"HG?MMA\b", ins)]
     holding = [(a, b) for a, b in loops if any(a <= x <= b for x in mma)]
     if not holding:
+        return code, None
+    return code, min(holding, key=lambda ab: ab[0] - ab[1])  # the outermost (largest)
+
+
+def mma_per_step(sass: str) -> int:
+    """Tensor-core MMA instructions (HMMA, or Hopper's HGMMA) one warp issues per time
+    step: those inside the time loop. (The work model below counts mma.sync tiles: an
+    HGMMA build would fail the equality, as it should until the model covers it.)"""
+    code, loop = _time_loop(sass)
+    if loop is None:
         return 0
-    a, b = min(holding, key=lambda ab: ab[0] - ab[1])  # the outermost (largest) loop
-    return sum(1 for x in mma if a <= x <= b)
+    return sum(1 for a, ins in code if loop[0] <= a <= loop[1] and re.match(r"HG?MMA\b", ins))
+
+
+def mma_chain_per_step(sass: str) -> int:
+    """The longest chain of dependent MMAs in one time step: MMA after MMA, each taking the
+    last one's accumulator (through any instructions between). A dependent HMMA waits out
+    the previous one's latency (~33 cycles), so this chain, not the count, bounds a step's
+    product time where it is long. Registers are followed by their first (base) name, in
+    program order through the loop body."""
+    code, loop = _time_loop(sass)
+    if loop is None:
+        return 0
+    depth, longest = {}, 0
+    for a, ins in code:
+        if not loop[0] <= a <= loop[1]:
+            continue
+        ins = re.sub(r"^@!?U?P\w+\s+", "", ins)  # the predicate guard
+        op, _, rest = ins.partition(" ")
+        regs = re.findall(r"\bR(\d+)\b", rest)
+        if not regs or op.startswith(("ST", "RED", "BAR", "BRA")):  # these write no register
+            continue
+        mma = re.match(r"HG?MMA\b", op) is not None
+        sources = regs[-1:] if mma else regs[1:]  # an MMA continues its accumulator's chain
+        d = max((depth.get(r, 0) for r in sources), default=0) + mma
+        depth[regs[0]] = d
+        longest = max(longest, d)
+    return longest
 
 
 def mma_work_per_warp(config: dict, kernel: str, num_warps: int, dtype: str) -> int:
@@ -402,15 +457,21 @@ def mma_work_per_warp(config: dict, kernel: str, num_warps: int, dtype: str) -> 
     if kernel == "stationary_fwd_kernel":
         rows = U if plain else 4 * U
         return max(1, rows // 16) * max(1, BB // 8) * k_tiles // num_warps
-    gates = 4 if config["LSTM"] == "True" else (1 if plain else 3)
+    gates = 1 if plain else 4  # a batch of gates, a GRU's three padded to four
     return gates * max(1, BB // 16) * max(1, U // 8) * k_tiles // num_warps
+
+
+def k_tiles(config: dict, dtype: str) -> int:
+    """MMA steps along K of one gate's product: NK*KC / 16 (8 for TF32)."""
+    return int(config["NK"]) * int(config["KC"]) // (8 if dtype == "fp32" else 16)
 
 
 def _stationary_one(k: int) -> dict:
     row, compiled, sass = _compile(k)
     return {**row, "triton": triton.__version__, "dyn_shared": compiled.metadata.shared,
             "w_loads_in_loop": w_loads_in_time_loop(compiled.asm["ttgir"]),
-            "mma_per_step": mma_per_step(sass),
+            "mma_per_step": mma_per_step(sass), "mma_chain": mma_chain_per_step(sass),
+            "k_tiles": k_tiles(row["config"], row["dtype"]),
             "mma_work": mma_work_per_warp(row["config"], row["kernel"], row["num_warps"],
                                           row["dtype"])}
 
@@ -442,13 +503,15 @@ def check_stationary(json_path=None, targets=tuple(TARGETS), batches=(1, 16, 64)
                        keep=lambda key, launch, tname: tname == "sm_90"
                        or within_register_budget(key[0], launch[1]["w_ptr"][1:], launch[2]))
     print(f"{'kernel':22} {'target':6} {'dtype':5} {'U,BB,NKxKC':13} {'warps':>5} {'regs':>5} "
-          f"{'spill':>5} {'smem':>7} {'W ld/step':>9} {'MMA/warp/step':>13} {'work':>5}")
+          f"{'spill':>5} {'smem':>7} {'W ld/step':>9} {'MMA/warp/step':>13} {'work':>5} "
+          f"{'chain':>5}")
     for r in rows:
         c = r["config"]
         tiles = f"{c['U']},{c['BB']},{c['NK']}x{c['KC']}"
         print(f"{r['kernel']:22} {r['target']:6} {r['dtype']:5} {tiles:13} {r['num_warps']:5d} "
               f"{r['registers']:5d} {r['spill_bytes']:5d} {r['dyn_shared']:7d} "
-              f"{r['w_loads_in_loop']:9d} {r['mma_per_step']:13d} {r['mma_work']:5d}")
+              f"{r['w_loads_in_loop']:9d} {r['mma_per_step']:13d} {r['mma_work']:5d} "
+              f"{r['mma_chain']:5d}")
     if json_path:
         pathlib.Path(json_path).write_text(json.dumps(rows, indent=1))
     return rows

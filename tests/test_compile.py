@@ -79,6 +79,9 @@ def _check_stationary(rows):
     - no global load of W_hh inside the time loop (traced on the TTGIR from w_ptr);
     - the MMAs each warp issues per step (SASS, HMMA in the time loop) equal the work
       divided over the warps (no replicated warps); past the budgets at most the work;
+    - no chain of dependent MMAs in a step longer than one gate's sweep over K (NK*KC/16):
+      the backward's four gate products run on their own warps, not one after another on
+      one warp (4x the chain: 192 dependent HMMAs a step at H=768);
     - one program per SM fits (the plan's grids are co-resident)."""
     # a bidirectional layer's two directions in one launch, where the plan pairs them
     assert {r["config"]["PAIRED"] for r in rows} == {"True", "False"}
@@ -91,6 +94,7 @@ def _check_stationary(rows):
         what = f"{r['kernel']} {r['target']} {r['dtype']} {r['config']}"
         hot = 32 if r["triton"].startswith("3.6.") else 16
         assert r["w_loads_in_loop"] == 0, f"W_hh loaded inside the time loop: {what}"
+        assert 0 < r["mma_chain"] <= r["k_tiles"], f"MMA chain {r['mma_chain']}: {what}"
         if compilecheck.within_register_budget(r["kernel"], r["dtype"], r["config"]):
             assert 0 <= r["spill_bytes"] <= 128 and r["hot_spills"] <= hot, f"spills: {what}"
             assert r["mma_per_step"] == r["mma_work"] > 0, f"MMAs per warp per step: {what}"
@@ -125,18 +129,35 @@ def test_weight_stationary_kernels_on_the_gpu_machines_triton_3_6(tmp_path, caps
     _check_stationary(rows)
 
 
+def test_mma_chain_follows_the_accumulator():
+    """The chain counter on hand-written SASS: two interleaved accumulator chains of two
+    MMAs each are 2 deep; an FADD joining them and a third MMA on the sum make 3."""
+    def sass(lines):
+        body = [f"        /*{16 * (k + 1):04x}*/                   {ins} ;"
+                for k, ins in enumerate(lines)]
+        end = 16 * (len(lines) + 1)
+        return "\n".join(["        /*0000*/                   MOV R1, c[0x0][0x28] ;", *body,
+                          f"        /*{end:04x}*/                   @P0 BRA 0x10 ;"])
+
+    two = ["LDSM.16.M88.4 R8, [R2] ;", "HMMA.16816.F32 R4, R8, R12, RZ",
+           "HMMA.16816.F32 R20, R8, R14, RZ", "HMMA.16816.F32 R4, R8, R16, R4",
+           "HMMA.16816.F32 R20, R8, R18, R20"]
+    assert compilecheck.mma_per_step(sass(two)) == 4
+    assert compilecheck.mma_chain_per_step(sass(two)) == 2
+    joined = two + ["FADD R4, R4, R20", "HMMA.16816.F32 R24, R8, R12, R4"]
+    assert compilecheck.mma_chain_per_step(sass(joined)) == 3
+
+
 def test_w_load_check_sees_a_streaming_kernel():
     """The TTGIR check itself can fail: the weight-stationary kernel compiled non-resident
     (W re-read per tile inside the time loop) is caught."""
     code = (
         "import sys, torch, triton; sys.path.insert(0, %r)\n"
         "import compilecheck as cc\n"
-        "from triton.compiler import ASTSource\n"
         "l = cc.capture([64], batches=(16,), dtypes=(torch.bfloat16,), modes=('auto',))\n"
-        "k, sig, ce, nw = next(v for key, v in l.items() if key[0] == 'stationary_fwd_kernel')\n"
-        "ce = dict(ce, RESIDENT=False)\n"
-        "c = triton.compile(ASTSource(fn=k, signature=sig, constexprs=ce),"
-        " target=cc.TARGETS['sm_90'], options={'num_warps': nw})\n"
+        "v = next(v for key, v in l.items() if key[0] == 'stationary_fwd_kernel')\n"
+        "c = triton.compile(cc.source(v, RESIDENT=False), target=cc.TARGETS['sm_90'],"
+        " options={'num_warps': v[3]})\n"
         "print(cc.w_loads_in_time_loop(c.asm['ttgir']))\n") % str(ROOT)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
@@ -154,14 +175,13 @@ def test_fp64_kernels_compile_with_triton_3_6():
     code = (
         "import sys, torch, triton; sys.path.insert(0, %r)\n"
         "import compilecheck as cc\n"
-        "from triton.compiler import ASTSource\n"
         "assert triton.__version__ == '3.6.0', triton.__version__\n"
         "one = {}\n"
         "for key, v in cc.capture([20], batches=(3,), dtypes=(torch.float64,)).items():\n"
         "    one.setdefault(key[0], v)\n"
-        "for name, (k, sig, ce, nw) in sorted(one.items()):\n"
-        "    triton.compile(ASTSource(fn=k, signature=sig, constexprs=ce),"
-        " target=cc.TARGETS['sm_90'], options={'num_warps': nw})\n"
+        "for name, v in sorted(one.items()):\n"
+        "    triton.compile(cc.source(v), target=cc.TARGETS['sm_90'],"
+        " options={'num_warps': v[3]})\n"
         "    print(name)\n") % str(ROOT)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(TRITON_36), env.get("PYTHONPATH", "")])

@@ -3,6 +3,8 @@
 On a machine without a GPU they run under TRITON_INTERPRET=1 (conftest). Outputs are
 poisoned with NaN before the kernels write them; the launch counter proves the kernels ran.
 """
+import sys
+
 import pytest
 import torch
 
@@ -296,6 +298,33 @@ def test_low_precision_gradients(dtype, poison):
     # 16-bit rounding, so its gradients are compared in fp64/fp32 only
     args = _rnn_args(5, 3, 16, 32, True, dtype, lengths=True)
     _compare(_rnn_layer("tanh"), args, reverse=True, tol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [*LOW, torch.float32])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_gate_gradients_are_kept_in_16_bit_for_16_bit_layers(cell, dtype, monkeypatch):
+    """The backward's gate-gradient buffer (T+1, B, G*H), whose rows each step's recurrent
+    product broadcasts to every program, is in the layer's dtype for fp16/bf16 (every
+    product casts it to that dtype anyway: half the bytes a step) and in fp32 for fp32."""
+    from fusedrnn.kernels import common, gru, lstm, rnn
+    made = []
+    real = common.empty
+
+    def recording_empty(*shape, dtype, device):  # the buffers the backward launcher makes
+        if sys._getframe(1).f_code.co_name.endswith("backward_steps"):
+            made.append((tuple(shape), dtype))
+        return real(*shape, dtype=dtype, device=device)
+
+    monkeypatch.setattr({"lstm": lstm, "gru": gru, "rnn": rnn}[cell], "empty", recording_empty)
+    T, B, H = 4, 3, 16
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    args = {"lstm": _lstm_args(T, B, 8, H, 0, True, dtype, lengths=False),
+            "gru": _gru_args(T, B, 8, H, True, dtype, lengths=False),
+            "rnn": _rnn_args(T, B, 8, H, True, dtype, lengths=False)}[cell]
+    fn = {"lstm": functional.lstm_layer, "gru": functional.gru_layer,
+          "rnn": _rnn_layer("tanh")}[cell]
+    _run(fn, args, "triton", reverse=False)
+    assert ((T + 1, B, G * H), dtype) in made, made
 
 
 def test_launcher_rejects_bad_shapes():
