@@ -181,6 +181,18 @@ def store_four(ptr, s_t, s_b, t, o_b64, o_n, m, N, b_0, b_1, b_2, b_3):
 
 
 @triton.jit
+def prefetch(p, m, ON: tl.constexpr):
+    """Start bringing the lines of the pointers p (where m) from L2 into L1 now, so that a
+    tl.load of them later hits L1: ``prefetch.global.L1``, a hint that never faults or
+    changes a value. ON: CUDA only (inline PTX; the interpreter has none)."""
+    if ON:
+        tl.inline_asm_elementwise(
+            "{ .reg .pred q; setp.ne.b32 q, $2, 0; @q prefetch.global.L1 [$1]; "
+            "mov.u32 $0, 0; }", "=r,l,r", [p, m.to(tl.int32)], dtype=tl.int32,
+            is_pure=False, pack=1)
+
+
+@triton.jit
 def valid_rows(len_ptr, offs_b, mask_b, t, HAS_LENGTHS: tl.constexpr):
     """(BLOCK_B,) mask of the sequences still running at time t."""
     if HAS_LENGTHS:

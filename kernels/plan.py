@@ -23,7 +23,7 @@ import os
 import torch
 import triton
 
-from fusedrnn.kernels.common import block_sizes, sm_count
+from fusedrnn.kernels.common import block_sizes, gate_grad_dtype, sm_count
 
 KERNEL_ENV = "FUSEDRNN_KERNEL"  # "auto" | "step" | "sequence" | "stationary"
 KERNELS = ("auto", "step", "sequence", "stationary")
@@ -31,6 +31,9 @@ KERNELS = ("auto", "step", "sequence", "stationary")
 # Bytes of W_hh one program may keep in shared memory: an H100/H200 block gets up to 227 KB;
 # the rest is left for the h chunks and the layout conversions of the gate split.
 SMEM_W_BUDGET = 160 * 1024
+# All of a program's shared memory (stationary_smem), at most what an H100/H200 block may
+# have: past it the launch fails (OutOfResources).
+SMEM_BLOCK_LIMIT = 227 * 1024
 # U: hidden units per program; 4U gate rows are the MMA's M. U=16 (M=64, 4 warps) spilled
 # 96-1232 B on sm_80/sm_90 at H >= 768 and compiles to wgmma on sm_90: worth measuring on a
 # GPU, not yet planned.
@@ -40,16 +43,17 @@ UNIT_CHOICES = (4, 8)
 RNN_UNIT_SCALE = 4
 BATCH_CHOICES = (64, 32, 16, 8)   # BB: batch rows per program, the MMA's N
 MAX_K_CHUNKS = 4                  # K as at most 4 power-of-two chunks (768 = 3 x 256)
-# The backward's slice (G*H rows x U columns, the MMA's B operand, N = U <= 32) is kept by
-# Triton in registers, not shared memory: beyond ~192 bytes a thread it spills (sm_90
-# compile check: 0 B at GRU H=256 U=4, 200 B at LSTM H=256, 3-7 KB at H >= 768). Past that
-# the plan still takes a resident tiling (measured faster than streaming; _stationary).
-BWD_W_REG_BYTES = 192
-# The per-step operand (h_{t-1}^T forward, dgates_{t+1} in fp32 backward) is staged through
-# registers: forward, 512 bytes a thread spilled 80-680 B (sm_80/sm_90) and 384 did not;
-# backward, 512 (fp32 BB=64 at H=256) spilled 4 KB.
+# The per-step operand (h_{t-1}^T forward, a K chunk of dgates_{t+1} backward) is staged
+# through registers. Forward: 512 bytes a thread spilled 80-680 B (sm_80/sm_90) and 384 did
+# not (measured on builds without a launch's 16-byte alignment hints, so conservative: as
+# launched, fp16 H=768 BB=16 takes 168 registers, not 255). Backward, a dot batched
+# over the gates (one warp per gate, W_hh's columns in shared memory), one chunk a warp
+# (4 x BB x KC over the warps): no spill up to 512 B a thread (fp32 LSTM BB=16). The plain
+# RNN's backward (one gate, warps along the batch rows) keeps its W_hh columns in registers
+# instead, and spilled past ~192 B of them a thread (320 B of stack at fp32 U=16 H=1024).
 X_REG_BYTES = 384
-X_REG_BYTES_BWD = 256
+X_REG_BYTES_BWD = 512
+RNN_BWD_W_REG_BYTES = 192
 # The plain RNN's forward at 32 rows (U=32, 2 warps) has its whole (BB, U) state tile in
 # one block after the transpose, and spilled more (sm_80/sm_90 compile check): 104-120 B
 # at 256 B of h a thread, 144 B at 192, 184-200 B at 384; 8 B at 128, and none with one
@@ -105,30 +109,46 @@ def _rows(cell: str, u: int) -> int:
 
 
 def register_bytes(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
-                   backward: bool) -> tuple[int, int]:
-    """(operand, weights): bytes a thread of a weight-stationary program holds in registers
-    for a step, of the per-step operand (h_{t-1}^T forward; dgates_{t+1} in fp32 backward)
-    and, backward, of the W_hh columns (a (KC, U) B operand, which Triton keeps in
-    registers)."""
+                   backward: bool) -> int:
+    """Bytes a thread of a weight-stationary program holds in registers of the per-step
+    operand: forward, h_{t-1}^T (all NK chunks); backward, one K chunk of dgates_{t+1} for
+    the batch of gates (4, or 1 for the plain RNN), in the gate gradients' dtype."""
+    if backward:
+        gates = 1 if cell == "rnn" else 4
+        elt = torch.empty((), dtype=gate_grad_dtype(dtype)).element_size()
+        return gates * kc * bb * elt // (32 * _warps_bwd(cell, bb))
     elt = torch.empty((), dtype=dtype).element_size()
-    warps = _warps_bwd(cell, bb) if backward else _warps(_rows(cell, u))
-    gates = 1 if cell == "rnn" else 4  # backward: the batch of gates, padded
-    operand = (gates * nk * kc * bb * max(4, elt) if backward else nk * kc * bb * elt
-               ) // (32 * warps)
-    weights = gates * nk * kc * u * elt // (32 * warps) if backward else 0
-    return operand, weights
+    return nk * kc * bb * elt // (32 * _warps(_rows(cell, u)))
 
 
 def within_register_budget(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
                            backward: bool) -> bool:
     """Whether :func:`register_bytes` stays under the budgets above, where the sm_80/sm_90
     builds do not spill; past them the plan still takes a resident tiling."""
-    operand, weights = register_bytes(cell, dtype, u, bb, nk, kc, backward)
+    operand = register_bytes(cell, dtype, u, bb, nk, kc, backward)
     if backward:
-        return operand <= X_REG_BYTES_BWD and weights <= BWD_W_REG_BYTES
+        elt = torch.empty((), dtype=dtype).element_size()
+        w_rnn = nk * kc * u * elt // (32 * _warps_bwd(cell, bb)) if cell == "rnn" else 0
+        return operand <= X_REG_BYTES_BWD and w_rnn <= RNN_BWD_W_REG_BYTES
     if cell == "rnn" and _warps(_rows(cell, u)) > 1:
         return operand <= X_REG_BYTES_RNN_2W
     return operand <= X_REG_BYTES
+
+
+def stationary_smem(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
+                    backward: bool) -> int:
+    """Shared memory of a weight-stationary program, as its sm_90 builds have it (compile
+    check, to the byte on every tiling measured): the W_hh slice, plus one K chunk of the
+    step's operand staged for the MMA, reused chunk to chunk. Forward: h_{t-1}^T chunks
+    (KC, BB). Backward: dgates_{t+1} chunks of the batch of gates (4, or 1 for the plain
+    RNN; (4, BB, KC)) in the gate gradients' dtype (common.gate_grad_dtype)."""
+    elt = torch.empty((), dtype=dtype).element_size()
+    w = _rows(cell, u) * nk * kc * elt
+    if not backward:
+        return w + kc * bb * elt
+    gates = 1 if cell == "rnn" else 4
+    dg_elt = torch.empty((), dtype=gate_grad_dtype(dtype)).element_size()
+    return w + gates * bb * kc * dg_elt
 
 
 def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules):
@@ -146,11 +166,14 @@ def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules):
             n_u, n_b = triton.cdiv(H, u), triton.cdiv(B, bb)
             if smem > SMEM_W_BUDGET or n_u * n_b > sm:
                 continue
+            if cuda_rules and stationary_smem(cell, dtype, u, bb, nk, kc,
+                                              backward) > SMEM_BLOCK_LIMIT:
+                continue  # (fp32 LSTM H=1024 BB=32 backward: 256 KB)
             # the register budgets are preferences, not limits: on an H200 (bench/results/
             # 20261127-191927-NVIDIA_H200.json) every resident tiling past them still beat
             # the streaming kernel 2-5x (bf16 LSTM B=8 H=1024 training: 4.5 ms against
             # 12.4), its spills cost less than streaming W_hh from L2 every step
-            held = sum(register_bytes(cell, dtype, u, bb, nk, kc, backward))
+            held = register_bytes(cell, dtype, u, bb, nk, kc, backward)
             in_regs = not cuda_rules or within_register_budget(cell, dtype, u, bb, nk, kc,
                                                                backward)
             # within the budgets: the most programs; past them: the least held a thread
@@ -221,11 +244,10 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
                         warps=_warps(_rows(cell, u)), warps_bwd=_warps_bwd(cell, bb), w_bytes=smem,
                         gates=g)
         if why_not is None:
-            regs = (f"W_hh columns under {BWD_W_REG_BYTES} B and the dgates operand under "
-                    f"{X_REG_BYTES_BWD} B of registers a thread" if backward else
-                    f"the h operand under {X_REG_BYTES} B of registers a thread")
             why_not = (f"no tiling of at most {sm_count} programs keeps a W_hh slice under "
-                       f"{SMEM_W_BUDGET // 1024} KB with {regs}")
+                       f"{SMEM_W_BUDGET // 1024} KB")
+            if cuda:
+                why_not += f" within {SMEM_BLOCK_LIMIT // 1024} KB of shared memory a program"
     if choice == "stationary":
         why_not = f"{KERNEL_ENV}=stationary, but {why_not}"
     bb, bh, bk, warps = block_sizes(B, H)

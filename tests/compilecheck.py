@@ -48,6 +48,8 @@ class Recorder:
             names = {p.name for p in self.kernel.params if p.is_constexpr}
             if "ASM_ACQUIRE" in names and bound.get("PERSISTENT", True):
                 bound["ASM_ACQUIRE"] = True  # what a CUDA launch passes
+            if "PREFETCH" in names:
+                bound["PREFETCH"] = True  # (likewise)
             # the JIT's own specialization of these arguments, as a launch makes it: which
             # pointers and integers are divisible by 16 (tt.divisibility, what lets loads
             # vectorize) and which integers are 1 (compiled in as constants)
