@@ -296,7 +296,7 @@ def gru_forward_steps(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, all
             HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast,
             **hm), B, dev)
     elif B > 0:
-        BB, BH, BK, warps = block_sizes(B, H)
+        BB, BH, BK, warps = block_sizes(B, H, tensor_cores=not ieee)
         args = dict(
             **pointer_args(xg=(xg, "tb"), w=(w_hh, ("",)), h=(hs, ("slot", "b")),
                            out=(out, "tb", "o"), ga=(gates, "tb")),
@@ -352,7 +352,7 @@ def gru_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
             IEEE=ieee, UPCAST=upcast, dcs_ptr=g, s_dcs_t=0, s_dcs_b=0, HAS_DCS=False,
             **hm), B, dev)
     elif B > 0:
-        BB, BH, BK, warps = block_sizes(B, H)
+        BB, BH, BK, warps = block_sizes(B, H, tensor_cores=not ieee)
         args = dict(
             **pointer_args(dg=(dg, "tb"), dxn=(dxn, "tb"), w=(w_hh, ("",)), g=(g, "b"),
                            do=(d_out, "tb"), ga=(gates, "tb"), h=(hs, ("slot", "b"))),

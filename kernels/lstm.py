@@ -378,11 +378,11 @@ def lstm_bwd_kernel(
 # ----------------------------------------------------------------------------------------
 # launchers
 # ----------------------------------------------------------------------------------------
-def _tiling(B, H, K, max_rows=64):
+def _tiling(B, H, K, tensor_cores, max_rows=64):
     """Block sizes and tile counts of the gates (over H) and projection (over K) phases.
     max_rows caps the batch rows of a tile (block_sizes allows 64)."""
-    BB, BH, BK, warps = block_sizes(min(B, max_rows), H)
-    _, BP, _, warps_p = block_sizes(min(B, max_rows), K)
+    BB, BH, BK, warps = block_sizes(min(B, max_rows), H, tensor_cores)
+    _, BP, _, warps_p = block_sizes(min(B, max_rows), K, tensor_cores)
     n_b = triton.cdiv(B, BB)
     return dict(BLOCK_B=BB, BLOCK_H=BH, BLOCK_P=BP, BLOCK_K=BK), \
         n_b * triton.cdiv(H, BH), n_b * triton.cdiv(K, BP), max(warps, warps_p)
@@ -450,7 +450,7 @@ def lstm_forward_steps(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse
             HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast,
             **regs), B, dev)
     elif B > 0:
-        blocks, n_gate_tiles, n_proj_tiles, warps = _tiling(B, H, K)
+        blocks, n_gate_tiles, n_proj_tiles, warps = _tiling(B, H, K, not ieee)
         args = dict(
             **pointer_args(xg=(xg, "tb"), w=(w_hh, ("",)), h=(hs, ("slot", "b")),
                            c=(cs, ("slot", "b")), out=(out, "tb", "o"), hr=(hraw, "tb"),
@@ -520,7 +520,7 @@ def lstm_backward_steps(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_h
         # the cell states' gradient is one more (rows x units) operand a step: at 64 x 32
         # fp32 it spilled (96 B, one access in the K loop on sm_80); 32 rows do not
         rows = 32 if d_cs is not None else 64
-        blocks, n_gate_tiles, n_proj_tiles, warps = _tiling(B, H, K, rows)
+        blocks, n_gate_tiles, n_proj_tiles, warps = _tiling(B, H, K, not ieee, rows)
         args = dict(
             **pointer_args(dg=(dg, "tb"), w=(w_hh, ("",)), g=(g, "b"), do=(d_out, "tb"),
                            dhp=(dhp, "tb"), gc=(gc, "b"), ga=(gates, "tb"),

@@ -250,7 +250,7 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
                 why_not += f" within {SMEM_BLOCK_LIMIT // 1024} KB of shared memory a program"
     if choice == "stationary":
         why_not = f"{KERNEL_ENV}=stationary, but {why_not}"
-    bb, bh, bk, warps = block_sizes(B, H)
+    bb, bh, bk, warps = block_sizes(B, H, tensor_cores=not ieee)
     tiles = triton.cdiv(B, bb) * triton.cdiv(H, bh)
     if choice in ("step", "sequence"):
         kernel = choice

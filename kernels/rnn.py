@@ -251,7 +251,7 @@ def rnn_forward_steps(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save,
             **ptrs, **common, c_ptr=hs, s_c_slot=0, s_c_b=0, bhn_ptr=hs, LSTM=False, RNN=act,
             HAS_BIAS=False, **zoneout_args(None)), B, dev)
     elif B > 0:
-        BB, BH, BK, warps = block_sizes(B, H)
+        BB, BH, BK, warps = block_sizes(B, H, tensor_cores=not ieee)
         n_tiles = triton.cdiv(B, BB) * triton.cdiv(H, BH)
         run_steps(rnn_fwd_kernel, dict(**ptrs, **common, RNN=act, BLOCK_B=BB, BLOCK_H=BH,
                                        BLOCK_K=BK), T, [({}, n_tiles)],
@@ -300,7 +300,7 @@ def rnn_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
             ACC=TL_ACC[acc], dcs_ptr=g, s_dcs_t=0, s_dcs_b=0, HAS_DCS=False,
             **zoneout_args(None)), B, dev)
     elif B > 0:
-        BB, BH, BK, warps = block_sizes(B, H)
+        BB, BH, BK, warps = block_sizes(B, H, tensor_cores=not ieee)
         n_tiles = triton.cdiv(B, BB) * triton.cdiv(H, BH)
         run_steps(rnn_bwd_kernel, dict(**ptrs, **common, BLOCK_B=BB, BLOCK_H=BH,
                                        BLOCK_K=BK), T, [({}, n_tiles)],

@@ -11,8 +11,9 @@ import sys
 
 import compilecheck  # (tests/ is on the path, as for rnncheck; nothing compiles on import)
 import pytest
+import torch
 
-from fusedrnn.kernels import residency
+from fusedrnn.kernels import plan, residency
 
 ROOT = pathlib.Path(__file__).resolve().parent
 
@@ -83,7 +84,9 @@ def _check_stationary(rows):
       and in the backward no longer than one chunk's (KC/16): its four gate products run
       on their own warps, not one after another on one warp (192 dependent HMMAs a step at
       H=768 before), and its K chunks as separate chains (stationary._chunks_dot);
-    - one program per SM fits (the plan's grids are co-resident)."""
+    - one program per SM fits (the plan's grids are co-resident), and the plan's model of a
+      program's shared memory (plan.stationary_smem, which keeps every tiling it takes
+      within 227 KB) is the build's, to the byte."""
     # a bidirectional layer's two directions in one launch, where the plan pairs them
     assert {r["config"]["PAIRED"] for r in rows} == {"True", "False"}
     fwd = [r for r in rows if r["kernel"] == "stationary_fwd_kernel"]
@@ -109,6 +112,12 @@ def _check_stationary(rows):
             assert 0 < r["mma_per_step"] <= r["mma_work"], f"MMAs per warp per step: {what}"
         assert residency.max_coresident(r["registers"], r["num_warps"], r["dyn_shared"],
                                         residency.H100) >= residency.H100["sm_count"], what
+        c = r["config"]
+        cell = "lstm" if c["LSTM"] == "True" else "rnn" if c["RNN"] != "0" else "gru"
+        dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[r["dtype"]]
+        smem = plan.stationary_smem(cell, dt, int(c["U"]), int(c["BB"]), int(c["NK"]),
+                                    int(c["KC"]), "bwd" in r["kernel"])
+        assert smem == r["dyn_shared"], f"shared memory {r['dyn_shared']}, modelled {smem}: {what}"
     assert 0 < past < len(rows), "the matrix covers tilings within and past the budgets"
 
 
