@@ -100,8 +100,8 @@ def gru_update_fwd(
 @triton.jit
 def _gru_bwd_tile(
     i_h, i_b,
-    dg_ptr, s_dg_t, s_dg_b,       # recurrent pre-activation gradients (T+1, B, 3H), ACC:
-                                  # writes t, reads t_next
+    dg_ptr, s_dg_t, s_dg_b,       # recurrent pre-activation gradients (T+1, B, 3H),
+                                  # gate_grad_dtype: writes t, reads t_next
     dxn_ptr, s_dxn_t, s_dxn_b,    # gradient of the input's n pre-activation (T, B, H), ACC
     w_ptr, s_w,                   # W_hh: (3H, H)
     g_ptr, s_g_b,                 # carried gradient of the state (B, H), ACC, in place

@@ -144,7 +144,7 @@ def _proj_fwd_tile(
 @triton.jit
 def _proj_bwd_tile(
     i_p, i_b,
-    dg_ptr, s_dg_t, s_dg_b,       # gate gradients (T+1, B, 4H), ACC: reads slot t_next
+    dg_ptr, s_dg_t, s_dg_b,       # gate gradients (T+1, B, 4H), gate_grad_dtype: reads t_next
     w_ptr, s_w,                   # W_hh: (4H, P)
     g_ptr, s_g_b,                 # carried gradient of the state (B, P), ACC, in place
     do_ptr, s_do_t, s_do_b,       # output gradient (T, B, P)
@@ -171,7 +171,7 @@ def _proj_bwd_tile(
 @triton.jit
 def _gates_bwd_tile(
     i_h, i_b,
-    dg_ptr, s_dg_t, s_dg_b,       # gate gradients (T+1, B, 4H), ACC: writes t, reads t_next
+    dg_ptr, s_dg_t, s_dg_b,       # gate gradients (T+1, B, 4H), gate_grad_dtype: t, t_next
     w_ptr, s_w,                   # no proj: W_hh (4H, H)
     g_ptr, s_g_b,                 # no proj: carried gradient of the state (B, H), in place
     do_ptr, s_do_t, s_do_b,       # no proj: output gradient (T, B, H)

@@ -114,7 +114,7 @@ def _rnn_fwd_tile(
 @triton.jit
 def _rnn_bwd_tile(
     i_h, i_b,
-    dg_ptr, s_dg_t, s_dg_b,       # pre-activation gradients (T+1, B, H), ACC: writes t,
+    dg_ptr, s_dg_t, s_dg_b,       # pre-activation gradients (T+1, B, H), gate_grad_dtype: writes t,
                                   # reads t_next
     w_ptr, s_w,                   # W_hh: (H, H)
     g_ptr, s_g_b,                 # carried gradient of the state (B, H), ACC, in place

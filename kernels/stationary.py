@@ -18,13 +18,14 @@ kernels' own (lstm.lstm_update_fwd, gru.gru_update_fwd): the same math and store
 
 Backward, per step: dh (BB, U) = sum over gates g and chunks c of dgates_{t+1} (BB, KC) .
 W_hh[g*H + c*KC : ..., units] (KC, U): each program keeps the columns of W_hh its units'
-state gradient needs, as NK chunks of (4, KC, U), and runs the product as a dot batched
-over the gates (a GRU's three padded to four), so each gate's product has its own warp
-(warpsPerCTA [4, 1, 1]) and its own accumulator chain, K/16 deep, and holds a quarter of
-the slice in registers; the four are summed after. (One warp for all gates ran them as one
-chain, 4H/16 dependent MMAs a step, with the whole slice in its registers: 3.4 KB of
-stack at H=768.) Then the gate gradients of step t, as in the streaming kernels
-(lstm_update_bwd, gru_update_bwd).
+state gradient needs, as NK chunks of (4, KC, U) in shared memory, and runs the product
+as a dot batched over the gates (a GRU's three padded to four), so each gate's product
+has its own warp (warpsPerCTA [4, 1, 1]) and each of its K chunks its own accumulator
+chain, KC/16 deep (_chunks_dot); the four are summed after. (One warp for all gates ran
+them as one chain, 4H/16 dependent MMAs a step, with the whole slice in its registers:
+3.4 KB of stack at H=768.) dgates are read in the gate gradients' dtype, 16-bit for a
+16-bit layer (common.gate_grad_dtype). Then the gate gradients of step t, as in the
+streaming kernels (lstm_update_bwd, gru_update_bwd).
 No atomics in the math: deterministic.
 
 Barriers: each batch group has its own counter (its programs exchange only its rows of h),
@@ -401,7 +402,8 @@ def stationary_fwd_kernel(
 
 @triton.jit(do_not_specialize=["T", "z_seed"])
 def stationary_bwd_kernel(
-    dg_ptr, s_dg_t, s_dg_b,       # recurrent pre-activation gradients (T+1, B, G*H), ACC
+    dg_ptr, s_dg_t, s_dg_b,       # recurrent pre-activation gradients (T+1, B, G*H),
+                                  # common.gate_grad_dtype
     dxn_ptr, s_dxn_t, s_dxn_b,    # GRU: gradient of the input's n pre-activation (T, B, H)
     w_ptr, s_w,                   # W_hh (G*H, H)
     g_ptr, s_g_b,                 # carried gradient of the state (B, H), ACC, in place
