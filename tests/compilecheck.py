@@ -449,6 +449,24 @@ def mma_chain_per_step(sass: str) -> int:
     return longest
 
 
+def prefetches_before_mma(sass: str) -> int:
+    """L1 prefetches (CCTL.E.PF*) a step issues before its first MMA: the forward's update
+    inputs (stationary._prefetch_fwd), which must start before the product to hide under
+    it."""
+    code, loop = _time_loop(sass)
+    if loop is None:
+        return 0
+    n = 0
+    for a, ins in code:
+        if not loop[0] <= a <= loop[1]:
+            continue
+        ins = re.sub(r"^@!?U?P\w+\s+", "", ins)
+        if re.match(r"HG?MMA\b", ins):
+            break
+        n += bool(re.match(r"CCTL\.\w*\.?PF", ins))
+    return n
+
+
 def mma_work_per_warp(config: dict, kernel: str, num_warps: int, dtype: str) -> int:
     """The MMAs a step needs, divided over the warps: m16n8k16 (m16n8k8 for TF32) tiles of
     the forward's (4U x BB) gates over K = NK*KC, or the backward's G gates of (BB x U)."""
@@ -473,6 +491,7 @@ def _stationary_one(k: int) -> dict:
     return {**row, "triton": triton.__version__, "dyn_shared": compiled.metadata.shared,
             "w_loads_in_loop": w_loads_in_time_loop(compiled.asm["ttgir"]),
             "mma_per_step": mma_per_step(sass), "mma_chain": mma_chain_per_step(sass),
+            "prefetches": prefetches_before_mma(sass),
             "k_tiles": k_tiles(row["config"], row["dtype"]),
             "mma_work": mma_work_per_warp(row["config"], row["kernel"], row["num_warps"],
                                           row["dtype"])}

@@ -84,6 +84,7 @@ def _check_stationary(rows):
       and in the backward no longer than one chunk's (KC/16): its four gate products run
       on their own warps, not one after another on one warp (192 dependent HMMAs a step at
       H=768 before), and its K chunks as separate chains (stationary._chunks_dot);
+    - the forward issues its L1 prefetches of the update's inputs before its first MMA;
     - one program per SM fits (the plan's grids are co-resident), and the plan's model of a
       program's shared memory (plan.stationary_smem, which keeps every tiling it takes
       within 227 KB) is the build's, to the byte."""
@@ -98,6 +99,8 @@ def _check_stationary(rows):
         what = f"{r['kernel']} {r['target']} {r['dtype']} {r['config']}"
         hot = 32 if r["triton"].startswith("3.6.") else 16
         assert r["w_loads_in_loop"] == 0, f"W_hh loaded inside the time loop: {what}"
+        if "fwd" in r["kernel"]:  # the update's inputs are on their way before the product
+            assert r["prefetches"] > 0, f"no L1 prefetch before the first MMA: {what}"
         chain = r["k_tiles"] // (int(r["config"]["NK"]) if "bwd" in r["kernel"] else 1)
         assert 0 < r["mma_chain"] <= chain, f"MMA chain {r['mma_chain']} > {chain}: {what}"
         if compilecheck.within_register_budget(r["kernel"], r["dtype"], r["config"]):
