@@ -277,9 +277,9 @@ _JOBS = []  # (launch, target) pairs, read by forked workers
 def _compile(k: int):
     """Compile job k: (its row of the table, the compiled kernel, its SASS)."""
     (name, *_), launch, tname = _JOBS[k]
-    kernel, sig, constexprs, num_warps, _ = launch
-    src = source(launch)
-    compiled = triton.compile(src, target=TARGETS[tname], options={"num_warps": num_warps})
+    _, sig, constexprs, num_warps, _ = launch
+    compiled = triton.compile(source(launch), target=TARGETS[tname],
+                              options={"num_warps": num_warps})
     sass = _dump(compiled.asm["cubin"], "-sass")
     row = {"kernel": name, "target": tname, "num_warps": num_warps,
            "dtype": sig["w_ptr"][1:],  # the weights' dtype is the layer's
