@@ -44,7 +44,9 @@ RNN_UNIT_SCALE = 4
 BATCH_CHOICES = (64, 32, 16, 8)   # BB: batch rows per program, the MMA's N
 MAX_K_CHUNKS = 4                  # K as at most 4 power-of-two chunks (768 = 3 x 256)
 # The per-step operand (h_{t-1}^T forward, a K chunk of dgates_{t+1} backward) is staged
-# through registers. Forward: 512 bytes a thread spilled 80-680 B (sm_80/sm_90) and 384 did
+# through registers, divided over the program's warps (stationary_warps; the budgets were
+# measured when the forward had one warp per 16 gate rows and the backward one per gate,
+# and the compile check still holds every tiling within them to no spill). Forward: 512 bytes a thread spilled 80-680 B (sm_80/sm_90) and 384 did
 # not (measured on builds without a launch's 16-byte alignment hints, so conservative: as
 # launched, fp16 H=768 BB=16 takes 168 registers, not 255). Backward, a dot batched
 # over the gates (one warp per gate, W_hh's columns in shared memory), one chunk a warp
@@ -54,7 +56,7 @@ MAX_K_CHUNKS = 4                  # K as at most 4 power-of-two chunks (768 = 3 
 X_REG_BYTES = 384
 X_REG_BYTES_BWD = 512
 RNN_BWD_W_REG_BYTES = 192
-# The plain RNN's forward at 32 rows (U=32, 2 warps) has its whole (BB, U) state tile in
+# The plain RNN's forward at 32 rows (U=32; then 2 warps) has its whole (BB, U) state tile in
 # one block after the transpose, and spilled more (sm_80/sm_90 compile check): 104-120 B
 # at 256 B of h a thread, 144 B at 192, 184-200 B at 384; 8 B at 128, and none with one
 # warp (U=16) at 384.
@@ -80,26 +82,42 @@ def k_chunks(K: int) -> tuple[int, int]:
     return best[1], best[2]
 
 
-def _warps(rows: int) -> int:
-    """Warps of a weight-stationary program whose MMA output has ``rows`` rows (forward:
-    the 4U gate rows; backward: the BB batch rows).
-
-    Triton lays a kernel with several connected dots out as warpsPerCTA = [num_warps, 1]
-    (all warps along M; AccelerateMatmul's chained-dot rule), so any warp past rows / 16
-    would redo another warp's MMAs: one warp per 16 gate rows, at most 8."""
-    return max(1, min(8, rows // 16))
-
-
 _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+# The forward's K runs (k_runs): 4, one warp each, one per SM sub-partition. 8 spilled on
+# Triton 3.6 (GRU, fp16 H=768 BB=16: 24 B, 6 accesses in the time step) and needed more
+# shared memory for the sum over the runs than the staged h chunk.
+MAX_K_RUNS = 4
 
 
-def _warps_bwd(cell: str, bb: int) -> int:
-    """Warps of a weight-stationary backward program: its product is a dot batched over the
-    gates (a GRU's three padded to four; the plain RNN's one), one warp per gate and per 16
-    of the BB batch rows, at most 8. (One warp for all four gates ran each step's products
-    as one accumulator chain, 4H/16 MMAs deep, with the whole slice in its registers.)"""
-    gates = 1 if cell == "rnn" else 4
-    return max(1, min(8, gates * (bb // 16 or 1)))
+def _batch_gates(cell: str) -> int:
+    """The backward's batch of gates: 4 (a GRU's three padded to four), 1 for the plain RNN."""
+    return 1 if cell == "rnn" else 4
+
+
+def k_runs(cell: str, kc: int, bb: int, backward: bool) -> int:
+    """KS: each K chunk of a weight-stationary program's product split in KS runs of KC / KS
+    columns (at least 16, a tl.dot's K), each run's product on its own warp, summed after.
+
+    Both products are dots batched over their warps' work, and Triton 3.6, what the GPU
+    machines run, lays a batched dot's warps all along the batch (warpsPerCTA
+    [num_warps, 1, 1]; 3.9 also spreads them over M): a warp past the batch redoes another
+    warp's MMAs (the backward at BB=32 with 8 warps over 4 gates did each MMA twice). So
+    the batch is the warps, and the runs make the batch.
+    Forward: the batch is MAX_K_RUNS runs. One warp with the whole K ran each step's product
+    as chains of K/16 dependent MMAs (48 at H=768, ~33 cycles each); 4 runs make them K/64.
+    Backward: the 4 gates times 2 runs, 8 warps (4, one a gate, had chains of KC/16 and
+    twice the registers' share of the staged chunk); the plain RNN's one gate takes the
+    forward's runs."""
+    most = max(1, kc // 16)
+    if backward and cell != "rnn":
+        return min(2, most)
+    return min(MAX_K_RUNS, most)
+
+
+def stationary_warps(cell: str, kc: int, bb: int, backward: bool) -> int:
+    """Warps of a weight-stationary program: one per element of its product's batch (see
+    k_runs)."""
+    return k_runs(cell, kc, bb, backward) * (_batch_gates(cell) if backward else 1)
 
 
 def _rows(cell: str, u: int) -> int:
@@ -114,11 +132,10 @@ def register_bytes(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: 
     operand: forward, h_{t-1}^T (all NK chunks); backward, one K chunk of dgates_{t+1} for
     the batch of gates (4, or 1 for the plain RNN), in the gate gradients' dtype."""
     if backward:
-        gates = 1 if cell == "rnn" else 4
         elt = torch.empty((), dtype=gate_grad_dtype(dtype)).element_size()
-        return gates * kc * bb * elt // (32 * _warps_bwd(cell, bb))
+        return _batch_gates(cell) * kc * bb * elt // (32 * stationary_warps(cell, kc, bb, True))
     elt = torch.empty((), dtype=dtype).element_size()
-    return nk * kc * bb * elt // (32 * _warps(_rows(cell, u)))
+    return nk * kc * bb * elt // (32 * stationary_warps(cell, kc, bb, False))
 
 
 def within_register_budget(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
@@ -128,9 +145,9 @@ def within_register_budget(cell: str, dtype: torch.dtype, u: int, bb: int, nk: i
     operand = register_bytes(cell, dtype, u, bb, nk, kc, backward)
     if backward:
         elt = torch.empty((), dtype=dtype).element_size()
-        w_rnn = nk * kc * u * elt // (32 * _warps_bwd(cell, bb)) if cell == "rnn" else 0
+        w_rnn = nk * kc * u * elt // (32 * stationary_warps(cell, kc, bb, True)) if cell == "rnn" else 0
         return operand <= X_REG_BYTES_BWD and w_rnn <= RNN_BWD_W_REG_BYTES
-    if cell == "rnn" and _warps(_rows(cell, u)) > 1:
+    if cell == "rnn" and _rows(cell, u) > 16:
         return operand <= X_REG_BYTES_RNN_2W
     return operand <= X_REG_BYTES
 
@@ -146,9 +163,8 @@ def stationary_smem(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc:
     w = _rows(cell, u) * nk * kc * elt
     if not backward:
         return w + kc * bb * elt
-    gates = 1 if cell == "rnn" else 4
     dg_elt = torch.empty((), dtype=gate_grad_dtype(dtype)).element_size()
-    return w + gates * bb * kc * dg_elt
+    return w + _batch_gates(cell) * bb * kc * dg_elt
 
 
 def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules):
@@ -241,7 +257,9 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
                           f"{programs} programs: W_hh re-read per tile")
             return dict(base, kernel="stationary", programs=programs, tiles=tiles,
                         weights_on_chip=resident, reason=reason, U=u, BB=bb, NK=nk, KC=kc,
-                        warps=_warps(_rows(cell, u)), warps_bwd=_warps_bwd(cell, bb), w_bytes=smem,
+                        KS=k_runs(cell, kc, bb, False), warps=stationary_warps(cell, kc, bb, False),
+                        KS_bwd=k_runs(cell, kc, bb, True), warps_bwd=stationary_warps(cell, kc, bb, True),
+                        w_bytes=smem,
                         gates=g)
         if why_not is None:
             why_not = (f"no tiling of at most {sm_count} programs keeps a W_hh slice under "

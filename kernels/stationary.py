@@ -11,21 +11,28 @@ memory and is re-read per step with ldmatrix, which costs shared-memory bandwidt
 
 Forward, per step: gates^T (4U, BB) = W_slice (4U, K) . h_{t-1}^T (K, BB), the gate rows
 as the MMA's M side so U can be small. K = H is NK chunks of KC columns (768 = 3 x 256),
-each its own dot (Triton folds their sum back into one accumulator chain, K/16 deep per
-warp, and lays several connected dots out with every warp along M). The gate tile is
-transposed and split into the four (BB, U) gate blocks, and the pointwise update is the streaming
-kernels' own (lstm.lstm_update_fwd, gru.gru_update_fwd): the same math and stores.
+each its own dot, and each chunk is split in KS runs of KC/KS columns (plan.k_runs): the
+product is a dot batched over the runs, (KS, 4U, KC/KS) . (KS, KC/KS, BB), one warp a run,
+summed over the runs after. So each warp's accumulator chain is K/(16 KS) MMAs deep (12
+at H=768, against 48 with the whole K on each warp: a dependent HMMA waits ~33 cycles).
+The gate tile is transposed and split into the four (BB, U) gate blocks, and the pointwise
+update is the streaming kernels' own (lstm.lstm_update_fwd, gru.gru_update_fwd): the same
+math and stores.
 
 Backward, per step: dh (BB, U) = sum over gates g and chunks c of dgates_{t+1} (BB, KC) .
 W_hh[g*H + c*KC : ..., units] (KC, U): each program keeps the columns of W_hh its units'
-state gradient needs, as NK chunks of (4, KC, U) in shared memory, and runs the product
-as a dot batched over the gates (a GRU's three padded to four), so each gate's product
-has its own warp (warpsPerCTA [4, 1, 1]) and each of its K chunks its own accumulator
-chain, KC/16 deep (_chunks_dot); the four are summed after. (One warp for all gates ran
-them as one chain, 4H/16 dependent MMAs a step, with the whole slice in its registers:
-3.4 KB of stack at H=768.) dgates are read in the gate gradients' dtype, 16-bit for a
-16-bit layer (common.gate_grad_dtype). Then the gate gradients of step t, as in the
-streaming kernels (lstm_update_bwd, gru_update_bwd).
+state gradient needs, as NK chunks of (4 KS, KC/KS, U) in shared memory (gate g's run s
+at g*KS + s), and runs the product as a dot batched over the gates (a GRU's
+three padded to four) and the KS runs of each chunk, so each (gate, run) has its own
+warp and each of its K chunks its own accumulator chain, KC/(16 KS) deep (_chunks_dot);
+they are summed after. (One warp for all gates ran them as one chain, 4H/16 dependent
+MMAs a step, with the whole slice in its registers: 3.4 KB of stack at H=768.) dgates are
+read in the gate gradients' dtype, 16-bit for a 16-bit layer (common.gate_grad_dtype).
+Then the gate gradients of step t, as in the streaming kernels (lstm_update_bwd,
+gru_update_bwd).
+
+Warps: Triton 3.6 lays a batched dot's warps all along its batch, so the batch is the
+warp count (plan.stationary_warps): KS forward, 4 KS backward (the plain RNN: KS).
 No atomics in the math: deterministic.
 
 Barriers: each batch group has its own counter (its programs exchange only its rows of h),
@@ -58,44 +65,51 @@ from fusedrnn.kernels.rnn import rnn_update_bwd, rnn_update_fwd
 # ----------------------------------------------------------------------------------------
 @triton.jit
 def _w_chunk(w_ptr, s_w, i_u, c, H, G: tl.constexpr, U: tl.constexpr, KC: tl.constexpr,
-             ROWS: tl.constexpr):
+             ROWS: tl.constexpr, KS: tl.constexpr = 1):
     """Chunk c (columns, or rows, c*KC ..) of a program's slice of W_hh (G*H, H).
 
-    ROWS (forward): (4U, KC); row r is gate r // U of unit i_u*U + r % U (a GRU's gate 3 is
-    zero); a plain RNN (G = 1): (U, KC), row r unit i_u*U + r.
-    Otherwise (backward): (GP, KC, U) = W_hh[g*H + c*KC + k, i_u*U + u], the gates as a
-    batch of GP = 4 (a GRU's gate 3 zero), or 1 for the plain RNN."""
-    o_k = c * KC + tl.arange(0, KC)
+    ROWS (forward): (KS, 4U, KC / KS), the chunk's columns split in KS runs (s, ., k) =
+    column c*KC + s*KC/KS + k; row r is gate r // U of unit i_u*U + r % U (a GRU's gate 3
+    is zero); a plain RNN (G = 1): (KS, U, KC / KS), row r unit i_u*U + r.
+    Otherwise (backward): (GP*KS, KC/KS, U), element (g*KS + s, k, u) = W_hh[g*H + c*KC +
+    s*KC/KS + k, i_u*U + u], the gates as a batch of GP = 4 (a GRU's gate 3 zero), or 1
+    for the plain RNN, each in KS runs."""
     if ROWS:
+        KQ: tl.constexpr = KC // KS
+        o_k = (c * KC + tl.arange(0, KS)[:, None, None] * KQ
+               + tl.arange(0, KQ)[None, None, :])                      # (KS, 1, KQ)
         if G == 1:
             r = tl.arange(0, U)
             gate, unit = r * 0, i_u * U + r
         else:
             r = tl.arange(0, 4 * U)
             gate, unit = r // U, i_u * U + r % U
-        m = ((gate < G) & (unit < H))[:, None] & (o_k < H)[None, :]
-        p = w_ptr + (gate * H + unit).to(tl.int64)[:, None] * s_w + o_k[None, :]
+        m = ((gate < G) & (unit < H))[None, :, None] & (o_k < H)
+        p = w_ptr + (gate * H + unit).to(tl.int64)[None, :, None] * s_w + o_k
     else:
         GP: tl.constexpr = 1 if G == 1 else 4
-        o_g = tl.arange(0, GP)[:, None, None]
-        o_u = i_u * U + tl.arange(0, U)
-        m = (o_g < G) & (o_k < H)[None, :, None] & (o_u < H)[None, None, :]
-        p = w_ptr + (o_g * H + o_k[None, :, None]).to(tl.int64) * s_w + o_u[None, None, :]
+        KQ: tl.constexpr = KC // KS
+        o_j = tl.arange(0, GP * KS)[:, None, None]
+        o_g = o_j // KS
+        o_k = c * KC + (o_j % KS) * KQ + tl.arange(0, KQ)[None, :, None]  # (GP*KS, KQ, 1)
+        o_u = i_u * U + tl.arange(0, U)[None, None, :]
+        m = (o_g < G) & (o_k < H) & (o_u < H)
+        p = w_ptr + (o_g * H + o_k).to(tl.int64) * s_w + o_u
     return tl.load(p, mask=m, other=0.0)
 
 
 @triton.jit
 def _w_chunks(w_ptr, s_w, i_u, H, G: tl.constexpr, U: tl.constexpr, KC: tl.constexpr,
-              NK: tl.constexpr, ROWS: tl.constexpr):
+              NK: tl.constexpr, ROWS: tl.constexpr, KS: tl.constexpr = 1):
     """The slice as NK chunks (repeats of chunk 0 past NK, never used)."""
-    w0 = _w_chunk(w_ptr, s_w, i_u, 0, H, G, U, KC, ROWS)
+    w0 = _w_chunk(w_ptr, s_w, i_u, 0, H, G, U, KC, ROWS, KS)
     w1, w2, w3 = w0, w0, w0
     if NK > 1:
-        w1 = _w_chunk(w_ptr, s_w, i_u, 1, H, G, U, KC, ROWS)
+        w1 = _w_chunk(w_ptr, s_w, i_u, 1, H, G, U, KC, ROWS, KS)
     if NK > 2:
-        w2 = _w_chunk(w_ptr, s_w, i_u, 2, H, G, U, KC, ROWS)
+        w2 = _w_chunk(w_ptr, s_w, i_u, 2, H, G, U, KC, ROWS, KS)
     if NK > 3:
-        w3 = _w_chunk(w_ptr, s_w, i_u, 3, H, G, U, KC, ROWS)
+        w3 = _w_chunk(w_ptr, s_w, i_u, 3, H, G, U, KC, ROWS, KS)
     return w0, w1, w2, w3
 
 
@@ -104,31 +118,39 @@ def _chunk_dot(w, p_x, m_b, c, H, ACC: tl.constexpr, KC: tl.constexpr, ROWS: tl.
                IEEE: tl.constexpr, UPCAST: tl.constexpr, p_m=0, HAS_MASK: tl.constexpr = False,
                p_x0=0, b_rs=0, HAS_RESETS: tl.constexpr = False, G: tl.constexpr = 4,
                zero=0.0):
-    """ROWS: w (M, KC) . x^T chunk c (KC, BB), p_x (1, BB) at the batch rows of x (times the
-    same block of a mask at p_m where HAS_MASK: the variational mask of h_{t-1}; the
+    """ROWS: w (KS, M, KC/KS) . x^T chunk c as KS runs (KS, KC/KS, BB): (KS, M, BB), one
+    run per warp (their sum is the caller's); p_x (1, BB) at the batch rows of x (times
+    the same block of a mask at p_m where HAS_MASK: the variational mask of h_{t-1}; the
     initial state at p_x0 in the columns b_rs marks where HAS_RESETS: restarts).
-    Otherwise (backward): x chunk c of every gate (GP, BB, KC) . w (GP, KC, U), p_x
-    (1, BB, 1) at gate 0 of the batch rows of x, gate g H columns on: (GP, BB, U), a
-    batched dot, one gate per warp (their sum is the caller's). x is cast to w's dtype.
-    The accumulator starts at ``zero`` (see _chunks_dot)."""
-    o_k = c * KC + tl.arange(0, KC)
+    Otherwise (backward): x chunk c of every gate in KS runs (GP*KS, BB, KC/KS) . w
+    (GP*KS, KC/KS, U), p_x (1, BB, 1) at gate 0 of the batch rows of x, gate g H columns
+    on: (GP*KS, BB, U), one (gate, run) per warp (their sum is the caller's). x is cast to
+    w's dtype. The accumulator starts at ``zero`` (see _chunks_dot)."""
     if ROWS:
-        m_x = (o_k < H)[:, None] & m_b[None, :]
-        b_x = tl.load(p_x + o_k[:, None], mask=m_x, other=0.0)
+        KS: tl.constexpr = w.shape[0]
+        KQ: tl.constexpr = KC // KS
+        o_k = (c * KC + tl.arange(0, KS)[:, None, None] * KQ
+               + tl.arange(0, KQ)[None, :, None])                      # (KS, KQ, 1)
+        m_x = (o_k < H) & m_b[None, None, :]
+        b_x = tl.load(p_x + o_k, mask=m_x, other=0.0)
         if HAS_RESETS:
             if any_restart(b_rs):  # (the initial state, for the restarting columns only)
-                b_x0 = tl.load(p_x0 + o_k[:, None], mask=m_x & b_rs[None, :], other=0.0)
-                b_x = tl.where(b_rs[None, :], b_x0, b_x)
+                b_x0 = tl.load(p_x0 + o_k, mask=m_x & b_rs[None, None, :], other=0.0)
+                b_x = tl.where(b_rs[None, None, :], b_x0, b_x)
         if HAS_MASK:
-            b_x = b_x * tl.load(p_m + o_k[:, None], mask=m_x, other=0.0).to(b_x.dtype)
-        acc = tl.zeros((w.shape[0], b_x.shape[1]), dtype=ACC) + zero
+            b_x = b_x * tl.load(p_m + o_k, mask=m_x, other=0.0).to(b_x.dtype)
+        acc = tl.zeros((KS, w.shape[1], b_x.shape[2]), dtype=ACC) + zero
         acc = dot(w, b_x.to(w.dtype), acc, IEEE, UPCAST)
     else:
-        GP: tl.constexpr = w.shape[0]
-        o_g = tl.arange(0, GP)[:, None, None]
-        m_x = (o_g < G) & m_b[None, :, None] & (o_k < H)[None, None, :]
-        b_x = tl.load(p_x + o_g * H + o_k[None, None, :], mask=m_x, other=0.0)
-        acc = tl.zeros((GP, b_x.shape[1], w.shape[2]), dtype=ACC) + zero
+        GPK: tl.constexpr = w.shape[0]
+        KQ: tl.constexpr = w.shape[1]
+        KS: tl.constexpr = KC // KQ
+        o_j = tl.arange(0, GPK)[:, None, None]
+        o_g = o_j // KS
+        o_k = c * KC + (o_j % KS) * KQ + tl.arange(0, KQ)[None, None, :]  # (GP*KS, 1, KQ)
+        m_x = (o_g < G) & m_b[None, :, None] & (o_k < H)
+        b_x = tl.load(p_x + o_g * H + o_k, mask=m_x, other=0.0)
+        acc = tl.zeros((GPK, b_x.shape[1], w.shape[2]), dtype=ACC) + zero
         acc = dot(b_x.to(w.dtype), w, acc, IEEE, UPCAST)
     return acc
 
@@ -141,14 +163,15 @@ def _chunks_dot(w0, w1, w2, w3, p_x, m_b, H, ACC: tl.constexpr, KC: tl.constexpr
     """The sum over the NK chunks.
 
     Triton folds tl.dot(a, b, 0) + acc into tl.dot(a, b, acc): the NK products become one
-    chain of dependent MMAs, NK*KC/16 deep (48 at H=768), each waiting out the last one's
+    chain of dependent MMAs on each warp, K/(16 KS) deep, each waiting out the last one's
     latency. The backward's chunks past the first start from a zero computed at run time,
-    which Triton cannot fold: NK chains KC/16 deep, summed at the end (sm_90 builds, an
-    in-order issue model of the step's SASS, HMMA latency 33 cycles: 5-13% fewer cycles,
-    same registers, no spills). The forward keeps the one chain: split, its builds at BB=16
-    reach 255 registers and spill 40-72 B inside the time loop (fp16 H=768, bf16 H=1024),
-    and ptxas interleaves little across the chunks (each stages its h chunk through shared
-    memory behind a block barrier): 12-19% on the same model, before the spills' cost."""
+    which Triton cannot fold: NK chains KC/(16 KS) deep, summed at the end (sm_90 builds,
+    an in-order issue model of the step's SASS, HMMA latency 33 cycles: 5-13% fewer
+    cycles, same registers, no spills). The forward keeps the one chain: split, its builds
+    at BB=16 (with the whole K on each warp, before the runs) reached 255 registers and
+    spilled 40-72 B inside the time loop (fp16 H=768, bf16 H=1024), and ptxas interleaves
+    little across the chunks (each stages its h chunk through shared memory behind a block
+    barrier); the runs shorten its chain four times instead."""
     if ROWS:
         zero = 0.0
     else:
@@ -233,9 +256,11 @@ def _fwd_tile(
     p_h = h_ptr + rd.to(tl.int64) * s_h_slot + o_b.to(tl.int64)[None, :] * s_h_b
     p_h0 = h_ptr + init.to(tl.int64) * s_h_slot + o_b.to(tl.int64)[None, :] * s_h_b
     p_hm = hm_ptr + o_b.to(tl.int64)[None, :] * s_hm_b
-    acc = _chunks_dot(w0, w1, w2, w3, p_h, m_b, H, ACC, KC, NK, True, IEEE, UPCAST, p_hm,
-                      HAS_HMASK, p_h0, restart_flags(rs_ptr, s_rs_t, t, o_b, m_b, HAS_RESETS),
-                      HAS_RESETS)
+    # (KS, 4U, BB): each of the KS runs of K on its own warps, summed after
+    acc = tl.sum(_chunks_dot(w0, w1, w2, w3, p_h, m_b, H, ACC, KC, NK, True, IEEE, UPCAST,
+                             p_hm, HAS_HMASK, p_h0,
+                             restart_flags(rs_ptr, s_rs_t, t, o_b, m_b, HAS_RESETS),
+                             HAS_RESETS), axis=0)
     if RNN:  # one gate: the (U, BB) tile is the pre-activation
         rnn_update_fwd(tl.trans(acc), i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot,
                        s_h_b, out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd,
@@ -360,6 +385,7 @@ def stationary_fwd_kernel(
     SPIN_LIMIT: tl.constexpr, HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr,
     HAS_RESETS: tl.constexpr,
     PREFETCH: tl.constexpr,       # CUDA: the tile's update inputs to L1 under the product
+    KS: tl.constexpr = 1,         # K split in KS runs, each on its own warps
 ):
     G: tl.constexpr = 4 if LSTM else (1 if RNN else 3)
     DIRS: tl.constexpr = 2 if PAIRED else 1
@@ -369,7 +395,8 @@ def stationary_fwd_kernel(
     n_tiles = n_u * n_bg
     if RESIDENT:  # one tile a program; the slice, loaded once: no W from global in the loop
         d, tile = pid // n_tiles, pid % n_tiles
-        w0, w1, w2, w3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, G, U, KC, NK, True)
+        w0, w1, w2, w3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, G, U, KC, NK, True,
+                                    KS)
     for s in range(0, T):
         if RESIDENT:
             t, rd, wr = _fwd_step_dir(s, T, d, PAIRED, REVERSE, SAVE)
@@ -388,7 +415,7 @@ def stationary_fwd_kernel(
                 d, tile = k // n_tiles, k % n_tiles
                 t, rd, wr = _fwd_step_dir(s, T, d, PAIRED, REVERSE, SAVE)
                 v0, v1, v2, v3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, G, U, KC, NK,
-                                           True)
+                                           True, KS)
                 _fwd_tile(tile % n_u, tile // n_u, v0, v1, v2, v3, xg_ptr + d * r_xg, s_xg_t,
                           s_xg_b, bhn_ptr + d * r_bhn, h_ptr + d * r_h, s_h_slot, s_h_b,
                           c_ptr + d * r_c, s_c_slot, s_c_b, out_ptr + d * r_out, s_o_t, s_o_b,
@@ -424,6 +451,7 @@ def stationary_bwd_kernel(
     BB: tl.constexpr, KC: tl.constexpr, NK: tl.constexpr, IEEE: tl.constexpr,
     UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr,
     HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr, HAS_RESETS: tl.constexpr,
+    KS: tl.constexpr = 1,         # each gate's K chunk split in KS runs, a warp each
 ):
     DIRS: tl.constexpr = 2 if PAIRED else 1
     REV: tl.constexpr = 1 if REVERSE else 0  # direction d + REV: zoneout's stream
@@ -433,7 +461,8 @@ def stationary_bwd_kernel(
     G: tl.constexpr = 4 if LSTM else (1 if RNN else 3)
     if RESIDENT:
         d, tile = pid // n_tiles, pid % n_tiles
-        w0, w1, w2, w3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, G, U, KC, NK, False)
+        w0, w1, w2, w3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, G, U, KC, NK, False,
+                                    KS)
     for s in range(0, T):
         if RESIDENT:
             t, t_next, rd, wr = _bwd_step_dir(s, T, d, PAIRED, REVERSE)
@@ -454,7 +483,7 @@ def stationary_bwd_kernel(
                 d, tile = k // n_tiles, k % n_tiles
                 t, t_next, rd, wr = _bwd_step_dir(s, T, d, PAIRED, REVERSE)
                 v0, v1, v2, v3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, G, U, KC, NK,
-                                           False)
+                                           False, KS)
                 _bwd_tile(tile % n_u, tile // n_u, v0, v1, v2, v3,
                           dg_ptr + d * r_dg, s_dg_t, s_dg_b, dxn_ptr + d * r_dxn, s_dxn_t,
                           s_dxn_b, g_ptr + d * r_g, s_g_b, do_ptr + d * r_do, s_do_t, s_do_b,
@@ -480,9 +509,10 @@ def _kernel(launch):
     """(kernel, its per-direction buffers, warps, name, its flags for the device)."""
     if launch.kind == "fwd":
         return (stationary_fwd_kernel, _FWD_DIR_ARGS, launch.plan["warps"],
-                "stationary forward", dict(PREFETCH=launch.device.type == "cuda"))
+                "stationary forward", dict(PREFETCH=launch.device.type == "cuda",
+                                           KS=launch.plan["KS"]))
     return (stationary_bwd_kernel, _BWD_DIR_ARGS, launch.plan["warps_bwd"],
-            "stationary backward", {})
+            "stationary backward", dict(KS=launch.plan["KS_bwd"]))
 
 
 def launch(one) -> None:

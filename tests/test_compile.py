@@ -80,9 +80,10 @@ def _check_stationary(rows):
     - no global load of W_hh inside the time loop (traced on the TTGIR from w_ptr);
     - the MMAs each warp issues per step (SASS, HMMA in the time loop) equal the work
       divided over the warps (no replicated warps); past the budgets at most the work;
-    - no chain of dependent MMAs in a step longer than one gate's sweep over K (NK*KC/16),
-      and in the backward no longer than one chunk's (KC/16): its four gate products run
-      on their own warps, not one after another on one warp (192 dependent HMMAs a step at
+    - no chain of dependent MMAs in a step longer than one warp's run of K: forward
+      NK*KC/(16*KS), each of the KS runs of K on its own warp (48 dependent HMMAs a step
+      at fp16 H=768 with the whole K on each warp, 12 now); backward KC/(16*KS), its gate
+      products and runs on their own warps, not one after another on one warp (192 at
       H=768 before), and its K chunks as separate chains (stationary._chunks_dot);
     - the forward issues its L1 prefetches of the update's inputs before its first MMA;
     - one program per SM fits (the plan's grids are co-resident), and the plan's model of a
@@ -101,7 +102,8 @@ def _check_stationary(rows):
         assert r["w_loads_in_loop"] == 0, f"W_hh loaded inside the time loop: {what}"
         if "fwd" in r["kernel"]:  # the update's inputs are on their way before the product
             assert r["prefetches"] > 0, f"no L1 prefetch before the first MMA: {what}"
-        chain = r["k_tiles"] // (int(r["config"]["NK"]) if "bwd" in r["kernel"] else 1)
+        runs = int(r["config"]["KS"]) * (int(r["config"]["NK"]) if "bwd" in r["kernel"] else 1)
+        chain = r["k_tiles"] // runs
         assert 0 < r["mma_chain"] <= chain, f"MMA chain {r['mma_chain']} > {chain}: {what}"
         if compilecheck.within_register_budget(r["kernel"], r["dtype"], r["config"]):
             assert 0 <= r["spill_bytes"] <= 128 and r["hot_spills"] <= hot, f"spills: {what}"

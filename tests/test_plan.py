@@ -81,7 +81,7 @@ def test_plain_rnn_plans_the_same_mma_shape_with_four_times_the_units():
     lstm = plan("lstm", torch.float16, 16, 768, sm_count=132)
     rnn = plan("rnn", torch.float16, 16, 768, sm_count=132)
     assert rnn["kernel"] == "stationary" and rnn["weights_on_chip"]
-    assert rnn["U"] in (16, 32) and rnn["warps"] == rnn["U"] // 16
+    assert rnn["U"] in (16, 32) and rnn["warps"] == rnn["KS"] == 4
     assert rnn["w_bytes"] == rnn["U"] * 768 * 2 and rnn["gates"] == 1
     assert lstm["U"] * 4 >= 16
     cell = fusedrnn.RNNCell(768, 768, dtype=torch.float16)
@@ -104,3 +104,25 @@ def test_bidirectional_plans_pair_on_half_the_sms_or_fall_back_whole():
     rows = fusedrnn.explain(m, torch.randn(64, 8, 256, dtype=torch.bfloat16), sm_count=132)
     assert [r["direction"] for r in rows] == ["forward", "reverse"]
     assert all(r["paired"] and 2 * r["programs"] <= 132 for r in rows)
+
+
+def test_warps_are_the_batch_of_the_batched_dots():
+    """Each step's product is a dot batched over its warps' work: the forward's KS runs of
+    K, the backward's gates (4, or the plain RNN's 1) times KS runs. Triton 3.6 (the GPU
+    machines') lays every warp of a batched dot along the batch, so a warp past it would
+    redo another warp's MMAs; each run is at least 16 columns, a tl.dot's K."""
+    for cell in ("lstm", "gru", "rnn"):
+        for B in (1, 8, 16, 64, 128):
+            for H in (1, 20, 64, 256, 768, 1024):
+                for bwd in (False, True):
+                    p = plan(cell, torch.bfloat16, B, H, sm_count=132, backward=bwd)
+                    if p["kernel"] != "stationary":
+                        continue
+                    ks = p["KS_bwd"] if bwd else p["KS"]
+                    gates = 4 if bwd and cell != "rnn" else 1
+                    assert p["warps_bwd" if bwd else "warps"] == gates * ks <= 8, p
+                    assert p["KC"] % ks == 0 and p["KC"] // ks >= 16, p
+    # the cuDNN best case: 4 runs of 192 columns forward (chains of 12 MMAs, not 48), and
+    # the backward's 4 gates x 2 runs
+    p = plan("lstm", torch.float16, 16, 768, sm_count=132)
+    assert (p["KS"], p["warps"], p["KS_bwd"], p["warps_bwd"]) == (4, 4, 2, 8)
