@@ -50,11 +50,13 @@ MAX_K_CHUNKS = 4                  # K as at most 4 power-of-two chunks (768 = 3 
 # not (measured on builds without a launch's 16-byte alignment hints, so conservative: as
 # launched, fp16 H=768 BB=16 takes 168 registers, not 255). Backward, a dot batched
 # over the gates (one warp per gate, W_hh's columns in shared memory), one chunk a warp
-# (4 x BB x KC over the warps): no spill up to 512 B a thread (fp32 LSTM BB=16). The plain
+# (4 x BB x KC over the warps): no spill up to 512 B a thread (fp32 LSTM BB=16) with 4
+# warps; with 8 (4 gates x 2 runs of K), 512 B spilled 272 B on Triton 3.6 (bf16 BB=64
+# H=1024; 8-56 B on 3.9), and 256 B (fp16 BB=16 H=768: 150-180 registers) did not. The plain
 # RNN's backward (one gate, warps along the batch rows) keeps its W_hh columns in registers
 # instead, and spilled past ~192 B of them a thread (320 B of stack at fp32 U=16 H=1024).
 X_REG_BYTES = 384
-X_REG_BYTES_BWD = 512
+X_REG_BYTES_BWD = 256
 RNN_BWD_W_REG_BYTES = 192
 # The plain RNN's forward at 32 rows (U=32; then 2 warps) has its whole (BB, U) state tile in
 # one block after the transpose, and spilled more (sm_80/sm_90 compile check): 104-120 B
@@ -106,11 +108,12 @@ def k_runs(cell: str, kc: int, bb: int, backward: bool) -> int:
     Forward: the batch is MAX_K_RUNS runs. One warp with the whole K ran each step's product
     as chains of K/16 dependent MMAs (48 at H=768, ~33 cycles each); 4 runs make them K/64.
     Backward: the 4 gates times 2 runs, 8 warps (4, one a gate, had chains of KC/16 and
-    twice the registers' share of the staged chunk); the plain RNN's one gate takes the
-    forward's runs."""
+    twice the registers' share of the staged chunk); the plain RNN's one gate in 8 runs
+    (it keeps its W_hh columns in registers: with 4 runs, fp16 U=16 BB=64 H=768 spilled
+    136 B on Triton 3.6; with 8, none)."""
     most = max(1, kc // 16)
-    if backward and cell != "rnn":
-        return min(2, most)
+    if backward:
+        return min(2, most) if cell != "rnn" else min(8, most)
     return min(MAX_K_RUNS, most)
 
 

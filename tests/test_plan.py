@@ -82,6 +82,7 @@ def test_plain_rnn_plans_the_same_mma_shape_with_four_times_the_units():
     rnn = plan("rnn", torch.float16, 16, 768, sm_count=132)
     assert rnn["kernel"] == "stationary" and rnn["weights_on_chip"]
     assert rnn["U"] in (16, 32) and rnn["warps"] == rnn["KS"] == 4
+    assert rnn["warps_bwd"] == rnn["KS_bwd"] == 8
     assert rnn["w_bytes"] == rnn["U"] * 768 * 2 and rnn["gates"] == 1
     assert lstm["U"] * 4 >= 16
     cell = fusedrnn.RNNCell(768, 768, dtype=torch.float16)
