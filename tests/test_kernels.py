@@ -200,6 +200,27 @@ def test_sequence_kernel_launches_do_not_grow_with_T(cell, H, B, poison, launche
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_stationary_runs_of_k_match_the_reference(cell, poison, launches):
+    """H=128 (one K chunk of 128): the forward's product in 4 runs of K, the backward's in
+    2 a gate (the plain RNN's in 8), each run a warp's batch element, summed after; with
+    lengths and reverse, forward and every gradient, against the reference."""
+    from fusedrnn.kernels.plan import plan
+
+    H, B = 128, 3
+    fwd, bwd = (plan(cell, F64, B, H, cuda=False, sm_count=1, backward=b) for b in (0, 1))
+    assert fwd["kernel"] == bwd["kernel"] == "stationary"
+    assert (fwd["KS"], bwd["KS_bwd"]) == (4, 8 if cell == "rnn" else 2)
+    if cell == "lstm":
+        _compare(functional.lstm_layer, _lstm_args(4, B, 5, H, 0, True, F64, True), True,
+                 TOL[F64])
+    elif cell == "gru":
+        _compare(functional.gru_layer, _gru_args(4, B, 5, H, True, F64, True), True, TOL[F64])
+    else:
+        _compare(_rnn_layer("tanh"), _rnn_args(4, B, 5, H, True, F64, True), True, TOL[F64])
+    assert dict(launches) == {"stationary_fwd_kernel": 1, "stationary_bwd_kernel": 1}
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("H,B", [(20, 3), (70, 40)])  # one tile a direction; several
 def test_bidirectional_layer_is_one_launch_per_pass(cell, H, B, poison, launches,
                                                     monkeypatch):
