@@ -12,7 +12,7 @@
 #   rows.jsonl   the timed rows, one per implementation and configuration
 #   <stamp>-<gpu>.json and .png   the timed run's result, for bench/results/
 # Each part has a bound in seconds (TEST_TIMEOUT, MICRO_TIMEOUT, WARM_TIMEOUT, BENCH_BUDGET)
-# and the defaults add up to about 470 s: give the device call 520. On an H200 the tests
+# and the defaults add up to about 485 s: give the device call 520. On an H200 the tests
 # took 100-130 s on 16 workers, the warm-up and bench their bounds.
 set -uo pipefail
 out=${1:?usage: bash bench/gpu_check.sh OUT_DIR [bench args...]}
@@ -49,7 +49,7 @@ tail -3 "$out/tests.log" | tee -a "$log"
 
 # 2. barrier cost and h broadcast at one program per SM
 stamp micro
-timeout "${MICRO_TIMEOUT:-30}" $py -m bench.micro --barriers-only --out "$out" >>"$log" 2>&1
+timeout "${MICRO_TIMEOUT:-45}" $py -m bench.micro --barriers-only --out "$out" >>"$log" 2>&1
 micro_rc=$?
 
 # 3. compile warm-up: every core checks its share of the configurations (targets first),

@@ -40,9 +40,10 @@ from fusedrnn.kernels.common import (barrier_flags, barrier_words, group_barrier
 @triton.jit
 def _barriers(sem_ptr, err_ptr, out_ptr, h_ptr, s_h, n_steps, GROUPS: tl.constexpr,
               K: tl.constexpr, BB: tl.constexpr, LOAD: tl.constexpr,
-              ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr):
+              ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr, RED: tl.constexpr = False):
     """n_steps steps of: (LOAD) read h (K, BB) of this program's batch group; then a
-    barrier among this program's group (programs split into GROUPS contiguous groups)."""
+    barrier among this program's group (programs split into GROUPS contiguous groups),
+    arriving with an atomic, or with RED a red.release (common.group_barrier)."""
     pid = tl.program_id(0)
     per = tl.num_programs(0) // GROUPS
     group = pid // per
@@ -55,7 +56,7 @@ def _barriers(sem_ptr, err_ptr, out_ptr, h_ptr, s_h, n_steps, GROUPS: tl.constex
             acc += tl.load(h_ptr + o_b[None, :] * s_h + o_k[:, None],
                            volatile=True).to(tl.float32)
         group_barrier(sem_ptr + group, per, pid % per == 0, err_ptr, s, ASM_ACQUIRE,
-                      SPIN_LIMIT)
+                      SPIN_LIMIT, RED)
     tl.store(out_ptr + pid, tl.sum(tl.sum(acc, 1), 0))
 
 
@@ -74,7 +75,9 @@ GPU_K, GPU_BB = 1024, 16
 
 def barrier_rows(device, programs, steps, K=GPU_K, BB=GPU_BB, dtype=torch.bfloat16):
     rows = []
-    for load in (False, True):
+    # (the red.release arrival, barrier alone: what it saves is the atomic's round trip;
+    # last, and a failure, BarrierTimeout included, is a row, not the end of the script)
+    for load, red in ((False, False), (True, False), (False, True)):
         for groups in (1, 2, 4):
             if programs % groups:
                 continue
@@ -87,10 +90,17 @@ def barrier_rows(device, programs, steps, K=GPU_K, BB=GPU_BB, dtype=torch.bfloat
                 launch_sequence(_barriers, programs, dict(
                     sem_ptr=sem, err_ptr=err, out_ptr=out, h_ptr=h, s_h=h.stride(0),
                     n_steps=steps, GROUPS=groups, K=K, BB=BB, LOAD=load,
-                    **barrier_flags(device), num_warps=2), err, device, "barrier micro")
+                    **barrier_flags(device), RED=red, num_warps=2), err, device,
+                    "barrier micro")
 
-            us = _time_us(run, device)
-            rows.append(dict(kind="h broadcast + barrier" if load else "barrier",
+            try:
+                us, error = _time_us(run, device), None
+            except Exception as e:  # noqa: BLE001 (recorded in the row)
+                if not red:
+                    raise
+                us, error = float("nan"), f"{type(e).__name__}: {e}"
+            rows.append(dict(error=error,kind="h broadcast + barrier" if load else "barrier",
+                             arrive="red.release" if red else "atomic",
                              programs=programs, groups=groups, steps=steps,
                              bytes_per_program_step=K * BB * h.element_size() if load else 0,
                              us_per_step=us / steps))

@@ -261,7 +261,7 @@ def init_slot(T, rev, SAVE: tl.constexpr):
 
 @triton.jit
 def group_barrier(sem_ptr, n_members, leader, err_ptr, step, ASM_ACQUIRE: tl.constexpr,
-                  SPIN_LIMIT: tl.constexpr):
+                  SPIN_LIMIT: tl.constexpr, RED: tl.constexpr = False):
     """The programs of one group (the whole grid, or one batch group) wait here until all
     n_members have arrived. Reusable without reset. Bounded: never hangs.
 
@@ -280,15 +280,29 @@ def group_barrier(sem_ptr, n_members, leader, err_ptr, step, ASM_ACQUIRE: tl.con
     waits at any barrier again, so the whole grid leaves the kernel promptly; the launcher
     reads the word and raises (fusedrnn.kernels.barrier_errors). A program never knows
     whether another is merely late or gone, so the error word, not the data, is the truth.
+
+    RED (with ASM_ACQUIRE; measured by bench.micro, not yet used by the kernels): the
+    arrival as a ``red.release`` from one thread, which returns nothing, so the program
+    polls at once instead of first waiting out the atomic's round trip to L2. What the
+    atomic returned only served for its sign bit, which is the parity of the barriers
+    completed before: barrier ``step`` (the step-th on this counter, from 0) starts at
+    sign ``step & 1``. Valid where each step has exactly one barrier on the counter.
     """
     tl.debug_barrier()  # every warp's stores are issued before this program arrives
     if leader:
         arrive = tl.full((), -2147483648, tl.int32) - (n_members - 1)
     else:
         arrive = tl.full((), 1, tl.int32)
-    old = tl.atomic_add(sem_ptr, arrive, sem="release", scope="gpu")
+    if RED and ASM_ACQUIRE:
+        n = tl.inline_asm_elementwise(
+            "{ .reg .pred p; .reg .u32 t; mov.u32 t, %tid.x; setp.eq.u32 p, t, 0;\n"
+            "@p red.release.gpu.global.add.s32 [$1], $2; mov.u32 $0, 0; }",
+            "=r,l,r", [sem_ptr, arrive], dtype=tl.int32, is_pure=False, pack=1)
+        old = tl.where((step & 1) == 1, -2147483648, 0).to(tl.int32)
+    else:
+        old = tl.atomic_add(sem_ptr, arrive, sem="release", scope="gpu")
+        n = 0
     ok = (tl.load(err_ptr, volatile=True) != 0).to(tl.int32)  # a failure: never wait again
-    n = 0
     while (ok == 0) & (n < SPIN_LIMIT):
         if ASM_ACQUIRE:
             now = tl.inline_asm_elementwise("ld.global.acquire.gpu.b32 $0, [$1];", "=r,l",

@@ -92,7 +92,8 @@ def test_gpu_micro_script_runs_each_kernel(tmp_path):
     assert micro.GPU_K & (micro.GPU_K - 1) == 0 and micro.GPU_BB & (micro.GPU_BB - 1) == 0
     rows = [json.loads(line) for line in (tmp_path / "micro.jsonl").read_text().splitlines()]
     kinds = [r["kind"] for r in rows]
-    assert kinds.count("barrier") == 1 and kinds.count("h broadcast + barrier") == 1
+    assert kinds.count("barrier") == 2 and kinds.count("h broadcast + barrier") == 1
+    assert {r["arrive"] for r in rows if r["kind"] == "barrier"} == {"atomic", "red.release"}
     targets = [r for r in rows if r["kind"] == "target"]
     assert {r["impl"] for r in targets} >= {"fused-stationary", "fused-seq"}
     assert all(r["status"] == "ok" for r in targets)

@@ -6,6 +6,7 @@ ptxas may still park a few bytes (<= 32 seen) on the stack outside the loops, to
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -249,3 +250,35 @@ def test_issue_14_kernels_compile_for_sm90(triton_36):
         if r["kernel"].startswith("stationary"):  # W_hh stays on chip with every option
             assert r["config"]["RESIDENT"] == "True" and r["w_loads"] == 0, r
     assert any(r["config"].get("ZONEOUT") == "1" for r in rows)
+
+
+@pytest.mark.parametrize("red", [False, True], ids=["atomic", "red_release"])
+def test_barrier_arrival_as_built_for_sm90(red):
+    """The grid barrier's arrival as an sm_90 build issues it (bench.micro's barrier kernel,
+    as a CUDA launch flags it): an atomic whose returned value the poll waits on, or with
+    RED a red.release that returns nothing (common.group_barrier), so the poll starts at
+    once; the poll is an acquire load either way."""
+    code = (
+        "import sys, triton; sys.path.insert(0, %r)\n"
+        "import compilecheck as cc\n"
+        "from triton.compiler import ASTSource\n"
+        "from bench.micro import _barriers as k\n"
+        "sig = dict(sem_ptr='*i32', err_ptr='*i32', out_ptr='*fp32', h_ptr='*bf16',\n"
+        "           s_h='i32', n_steps='i32')\n"
+        "const = dict(GROUPS=1, K=64, BB=16, LOAD=False, ASM_ACQUIRE=True,\n"
+        "             SPIN_LIMIT=1 << 22, RED=%r)\n"
+        "sig.update({n: 'constexpr' for n in const})\n"
+        "src = ASTSource(k, sig, {(k.arg_names.index(n),): v for n, v in const.items()})\n"
+        "c = triton.compile(src, target=cc.TARGETS['sm_90'], options={'num_warps': 2})\n"
+        "print(cc._dump(c.asm['cubin'], '-sass'))\n") % (str(ROOT), red)
+    # (bench.micro turns the interpreter on where there is no GPU, unless it is set)
+    env = dict(os.environ, TRITON_INTERPRET="0")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT.parent), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ops = [line.split(";")[0] for line in proc.stdout.splitlines() if "/*" in line]
+    # (the error path's ATOMG.E.CAS is in both)
+    reds = [o for o in ops if re.search(r"\bREDG?\.E\.ADD\S*\.STRONG\.GPU\b", o)]
+    atoms = [o for o in ops if re.search(r"\bATOMG?\.E\.ADD\b", o)]
+    assert any("LDG" in o and "STRONG.GPU" in o for o in ops), "no acquire poll"
+    assert (len(reds), len(atoms)) == ((1, 0) if red else (0, 1)), (reds, atoms)
