@@ -156,18 +156,31 @@ def within_register_budget(cell: str, dtype: torch.dtype, u: int, bb: int, nk: i
 
 
 def stationary_smem(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
-                    backward: bool) -> int:
+                    backward: bool, ahead: bool = False) -> int:
     """Shared memory of a weight-stationary program, as its sm_90 builds have it (compile
-    check, to the byte on every tiling measured): the W_hh slice, plus one K chunk of the
-    step's operand staged for the MMA, reused chunk to chunk. Forward: h_{t-1}^T chunks
-    (KC, BB). Backward: dgates_{t+1} chunks of the batch of gates (4, or 1 for the plain
-    RNN; (4, BB, KC)) in the gate gradients' dtype (common.gate_grad_dtype)."""
+    check, to the byte on every tiling measured): the W_hh slice, plus the step's operand
+    staged for the MMA. Forward: chunks of h_{t-1}^T (KC, BB), one reused chunk to chunk,
+    or with ``ahead`` (x_ahead) all NK, loaded together before the product. Backward: one
+    chunk of dgates_{t+1} for the batch of gates (4, or 1 for the plain RNN; (4, BB, KC))
+    in the gate gradients' dtype (common.gate_grad_dtype), reused chunk to chunk."""
     elt = torch.empty((), dtype=dtype).element_size()
     w = _rows(cell, u) * nk * kc * elt
     if not backward:
-        return w + kc * bb * elt
+        return w + (nk if ahead else 1) * kc * bb * elt
     dg_elt = torch.empty((), dtype=gate_grad_dtype(dtype)).element_size()
     return w + _batch_gates(cell) * bb * kc * dg_elt
+
+
+def x_ahead(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
+            backward: bool, cuda_rules: bool = True) -> bool:
+    """Whether the forward loads every chunk of h_{t-1} before its product (X_AHEAD): one L2
+    round trip a step where chunk by chunk the sm_90 builds issued the last chunk's loads
+    among the MMAs of the one before (two). It stages all NK chunks in shared memory at
+    once, so only where that fits (fp32 BB >= 32 at H >= 768 does not); its builds also
+    took fewer registers (bf16 H=1024 BB=64: 170-200, no spill, against 255 and 32-56 B
+    of spills; Triton 3.6: 96-112 B against 368-560)."""
+    return not backward and (not cuda_rules or stationary_smem(
+        cell, dtype, u, bb, nk, kc, False, True) <= SMEM_BLOCK_LIMIT)
 
 
 def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules):
@@ -260,6 +273,7 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
                           f"{programs} programs: W_hh re-read per tile")
             return dict(base, kernel="stationary", programs=programs, tiles=tiles,
                         weights_on_chip=resident, reason=reason, U=u, BB=bb, NK=nk, KC=kc,
+                        x_ahead=x_ahead(cell, dtype, u, bb, nk, kc, backward, cuda),
                         KS=k_runs(cell, kc, bb, False), warps=stationary_warps(cell, kc, bb, False),
                         KS_bwd=k_runs(cell, kc, bb, True), warps_bwd=stationary_warps(cell, kc, bb, True),
                         w_bytes=smem,

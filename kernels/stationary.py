@@ -114,18 +114,17 @@ def _w_chunks(w_ptr, s_w, i_u, H, G: tl.constexpr, U: tl.constexpr, KC: tl.const
 
 
 @triton.jit
-def _chunk_dot(w, p_x, m_b, c, H, ACC: tl.constexpr, KC: tl.constexpr, ROWS: tl.constexpr,
-               IEEE: tl.constexpr, UPCAST: tl.constexpr, p_m=0, HAS_MASK: tl.constexpr = False,
-               p_x0=0, b_rs=0, HAS_RESETS: tl.constexpr = False, G: tl.constexpr = 4,
-               zero=0.0):
-    """ROWS: w (KS, M, KC/KS) . x^T chunk c as KS runs (KS, KC/KS, BB): (KS, M, BB), one
-    run per warp (their sum is the caller's); p_x (1, BB) at the batch rows of x (times
-    the same block of a mask at p_m where HAS_MASK: the variational mask of h_{t-1}; the
-    initial state at p_x0 in the columns b_rs marks where HAS_RESETS: restarts).
-    Otherwise (backward): x chunk c of every gate in KS runs (GP*KS, BB, KC/KS) . w
-    (GP*KS, KC/KS, U), p_x (1, BB, 1) at gate 0 of the batch rows of x, gate g H columns
-    on: (GP*KS, BB, U), one (gate, run) per warp (their sum is the caller's). x is cast to
-    w's dtype. The accumulator starts at ``zero`` (see _chunks_dot)."""
+def _chunk_x(w, p_x, m_b, c, H, KC: tl.constexpr, ROWS: tl.constexpr, p_m=0,
+             HAS_MASK: tl.constexpr = False, p_x0=0, b_rs=0, HAS_RESETS: tl.constexpr = False,
+             G: tl.constexpr = 4):
+    """The step's operand for chunk c, in w's dtype, laid out for _chunk_mma with w.
+
+    ROWS (forward): x^T chunk c as KS runs (KS, KC/KS, BB), KS = w.shape[0]; p_x (1, BB)
+    at the batch rows of x (times the same block of a mask at p_m where HAS_MASK: the
+    variational mask of h_{t-1}; the initial state at p_x0 in the columns b_rs marks where
+    HAS_RESETS: restarts).
+    Otherwise (backward): x chunk c of every gate in KS runs (GP*KS, BB, KC/KS), p_x
+    (1, BB, 1) at gate 0 of the batch rows of x, gate g H columns on."""
     if ROWS:
         KS: tl.constexpr = w.shape[0]
         KQ: tl.constexpr = KC // KS
@@ -139,8 +138,6 @@ def _chunk_dot(w, p_x, m_b, c, H, ACC: tl.constexpr, KC: tl.constexpr, ROWS: tl.
                 b_x = tl.where(b_rs[None, None, :], b_x0, b_x)
         if HAS_MASK:
             b_x = b_x * tl.load(p_m + o_k, mask=m_x, other=0.0).to(b_x.dtype)
-        acc = tl.zeros((KS, w.shape[1], b_x.shape[2]), dtype=ACC) + zero
-        acc = dot(w, b_x.to(w.dtype), acc, IEEE, UPCAST)
     else:
         GPK: tl.constexpr = w.shape[0]
         KQ: tl.constexpr = w.shape[1]
@@ -150,8 +147,22 @@ def _chunk_dot(w, p_x, m_b, c, H, ACC: tl.constexpr, KC: tl.constexpr, ROWS: tl.
         o_k = c * KC + (o_j % KS) * KQ + tl.arange(0, KQ)[None, None, :]  # (GP*KS, 1, KQ)
         m_x = (o_g < G) & m_b[None, :, None] & (o_k < H)
         b_x = tl.load(p_x + o_g * H + o_k, mask=m_x, other=0.0)
-        acc = tl.zeros((GPK, b_x.shape[1], w.shape[2]), dtype=ACC) + zero
-        acc = dot(b_x.to(w.dtype), w, acc, IEEE, UPCAST)
+    return b_x.to(w.dtype)
+
+
+@triton.jit
+def _chunk_mma(w, x, ACC: tl.constexpr, ROWS: tl.constexpr, IEEE: tl.constexpr,
+               UPCAST: tl.constexpr, zero=0.0):
+    """ROWS: w (KS, M, KC/KS) . x (KS, KC/KS, BB): (KS, M, BB), one run per warp.
+    Otherwise (backward): x (GP*KS, BB, KC/KS) . w (GP*KS, KC/KS, U): (GP*KS, BB, U), one
+    (gate, run) per warp. Their sums are the callers'. The accumulator starts at ``zero``
+    (see _chunks_dot)."""
+    if ROWS:
+        acc = tl.zeros((w.shape[0], w.shape[1], x.shape[2]), dtype=ACC) + zero
+        acc = dot(w, x, acc, IEEE, UPCAST)
+    else:
+        acc = tl.zeros((w.shape[0], x.shape[1], w.shape[2]), dtype=ACC) + zero
+        acc = dot(x, w, acc, IEEE, UPCAST)
     return acc
 
 
@@ -159,7 +170,8 @@ def _chunk_dot(w, p_x, m_b, c, H, ACC: tl.constexpr, KC: tl.constexpr, ROWS: tl.
 def _chunks_dot(w0, w1, w2, w3, p_x, m_b, H, ACC: tl.constexpr, KC: tl.constexpr,
                 NK: tl.constexpr, ROWS: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
                 p_m=0, HAS_MASK: tl.constexpr = False, p_x0=0, b_rs=0,
-                HAS_RESETS: tl.constexpr = False, G: tl.constexpr = 4):
+                HAS_RESETS: tl.constexpr = False, G: tl.constexpr = 4,
+                AHEAD: tl.constexpr = False):
     """The sum over the NK chunks.
 
     Triton folds tl.dot(a, b, 0) + acc into tl.dot(a, b, acc): the NK products become one
@@ -171,22 +183,44 @@ def _chunks_dot(w0, w1, w2, w3, p_x, m_b, H, ACC: tl.constexpr, KC: tl.constexpr
     at BB=16 (with the whole K on each warp, before the runs) reached 255 registers and
     spilled 40-72 B inside the time loop (fp16 H=768, bf16 H=1024), and ptxas interleaves
     little across the chunks (each stages its h chunk through shared memory behind a block
-    barrier); the runs shorten its chain four times instead."""
+    barrier); the runs shorten its chain four times instead.
+
+    AHEAD (the forward, where plan.x_ahead finds the shared memory): every chunk's
+    operand is loaded before the first MMA, one L2 round trip a step (chunk by chunk, the
+    sm_90 builds issued the last chunk's loads among the MMAs of the one before).
+    Otherwise each chunk is loaded as it goes."""
     if ROWS:
         zero = 0.0
     else:
         zero = H.to(ACC) * 0.0
-    acc = _chunk_dot(w0, p_x, m_b, 0, H, ACC, KC, ROWS, IEEE, UPCAST, p_m, HAS_MASK, p_x0,
-                     b_rs, HAS_RESETS, G)
+    x0 = _chunk_x(w0, p_x, m_b, 0, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs, HAS_RESETS, G)
+    x1, x2, x3 = x0, x0, x0
+    if AHEAD:
+        if NK > 1:
+            x1 = _chunk_x(w1, p_x, m_b, 1, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs, HAS_RESETS,
+                          G)
+        if NK > 2:
+            x2 = _chunk_x(w2, p_x, m_b, 2, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs, HAS_RESETS,
+                          G)
+        if NK > 3:
+            x3 = _chunk_x(w3, p_x, m_b, 3, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs, HAS_RESETS,
+                          G)
+    acc = _chunk_mma(w0, x0, ACC, ROWS, IEEE, UPCAST)
     if NK > 1:
-        acc += _chunk_dot(w1, p_x, m_b, 1, H, ACC, KC, ROWS, IEEE, UPCAST, p_m, HAS_MASK, p_x0,
-                          b_rs, HAS_RESETS, G, zero)
+        if not AHEAD:
+            x1 = _chunk_x(w1, p_x, m_b, 1, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs, HAS_RESETS,
+                          G)
+        acc += _chunk_mma(w1, x1, ACC, ROWS, IEEE, UPCAST, zero)
     if NK > 2:
-        acc += _chunk_dot(w2, p_x, m_b, 2, H, ACC, KC, ROWS, IEEE, UPCAST, p_m, HAS_MASK, p_x0,
-                          b_rs, HAS_RESETS, G, zero)
+        if not AHEAD:
+            x2 = _chunk_x(w2, p_x, m_b, 2, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs, HAS_RESETS,
+                          G)
+        acc += _chunk_mma(w2, x2, ACC, ROWS, IEEE, UPCAST, zero)
     if NK > 3:
-        acc += _chunk_dot(w3, p_x, m_b, 3, H, ACC, KC, ROWS, IEEE, UPCAST, p_m, HAS_MASK, p_x0,
-                          b_rs, HAS_RESETS, G, zero)
+        if not AHEAD:
+            x3 = _chunk_x(w3, p_x, m_b, 3, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs, HAS_RESETS,
+                          G)
+        acc += _chunk_mma(w3, x3, ACC, ROWS, IEEE, UPCAST, zero)
     return acc
 
 
@@ -246,7 +280,7 @@ def _fwd_tile(
     SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr, U: tl.constexpr, BB: tl.constexpr,
     KC: tl.constexpr, NK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
     HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr, HAS_RESETS: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    PREFETCH: tl.constexpr, X_AHEAD: tl.constexpr,
 ):
     G: tl.constexpr = 4 if LSTM else (1 if RNN else 3)
     _prefetch_fwd(i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot,
@@ -260,7 +294,7 @@ def _fwd_tile(
     acc = tl.sum(_chunks_dot(w0, w1, w2, w3, p_h, m_b, H, ACC, KC, NK, True, IEEE, UPCAST,
                              p_hm, HAS_HMASK, p_h0,
                              restart_flags(rs_ptr, s_rs_t, t, o_b, m_b, HAS_RESETS),
-                             HAS_RESETS), axis=0)
+                             HAS_RESETS, 4, X_AHEAD), axis=0)
     if RNN:  # one gate: the (U, BB) tile is the pre-activation
         rnn_update_fwd(tl.trans(acc), i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot,
                        s_h_b, out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd,
@@ -386,6 +420,7 @@ def stationary_fwd_kernel(
     HAS_RESETS: tl.constexpr,
     PREFETCH: tl.constexpr,       # CUDA: the tile's update inputs to L1 under the product
     KS: tl.constexpr = 1,         # K split in KS runs, each on its own warps
+    X_AHEAD: tl.constexpr = False,  # every chunk of h_{t-1} loaded before the product
 ):
     G: tl.constexpr = 4 if LSTM else (1 if RNN else 3)
     DIRS: tl.constexpr = 2 if PAIRED else 1
@@ -407,7 +442,7 @@ def stationary_fwd_kernel(
                       z_seed, z_th_h, z_th_c, d + REV, rs_ptr + d * r_rs, s_rs_t,
                       init_slot(T, d + REV, SAVE), t, rd, wr, B, H, LSTM, RNN,
                       ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE, UPCAST,
-                      HAS_HMASK, ZONEOUT, HAS_RESETS, PREFETCH)
+                      HAS_HMASK, ZONEOUT, HAS_RESETS, PREFETCH, X_AHEAD)
             group_barrier(sem_ptr + d * n_bg + tile // n_u, n_u, tile % n_u == 0, err_ptr, s,
                           ASM_ACQUIRE, SPIN_LIMIT)
         else:
@@ -423,7 +458,7 @@ def stationary_fwd_kernel(
                           s_hm_b, z_seed, z_th_h, z_th_c, d + REV, rs_ptr + d * r_rs, s_rs_t,
                           init_slot(T, d + REV, SAVE), t, rd, wr, B, H, LSTM,
                           RNN, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE, UPCAST,
-                          HAS_HMASK, ZONEOUT, HAS_RESETS, PREFETCH)
+                          HAS_HMASK, ZONEOUT, HAS_RESETS, PREFETCH, X_AHEAD)
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
 
@@ -510,7 +545,8 @@ def _kernel(launch):
     if launch.kind == "fwd":
         return (stationary_fwd_kernel, _FWD_DIR_ARGS, launch.plan["warps"],
                 "stationary forward", dict(PREFETCH=launch.device.type == "cuda",
-                                           KS=launch.plan["KS"]))
+                                           KS=launch.plan["KS"],
+                                           X_AHEAD=launch.plan["x_ahead"]))
     return (stationary_bwd_kernel, _BWD_DIR_ARGS, launch.plan["warps_bwd"],
             "stationary backward", dict(KS=launch.plan["KS_bwd"]))
 

@@ -467,6 +467,18 @@ def prefetches_before_mma(sass: str) -> int:
     return n
 
 
+def loads_among_mmas(sass: str) -> int:
+    """Global loads a step issues between its first and its last MMA: each waits out an L2
+    round trip inside the product (the forward's h chunks loaded chunk by chunk: the last
+    chunk's, among the MMAs of the one before)."""
+    code, loop = _time_loop(sass)
+    if loop is None:
+        return 0
+    body = [re.sub(r"^@!?U?P\w+\s+", "", ins) for a, ins in code if loop[0] <= a <= loop[1]]
+    mma = [k for k, ins in enumerate(body) if re.match(r"HG?MMA\b", ins)]
+    return sum(1 for ins in body[mma[0]:mma[-1]] if re.match(r"LDG\b", ins)) if mma else 0
+
+
 def mma_work_per_warp(config: dict, kernel: str, num_warps: int, dtype: str) -> int:
     """The MMAs a step needs, divided over the warps: m16n8k16 (m16n8k8 for TF32) tiles of
     the forward's (4U x BB) gates over K = NK*KC, or the backward's G gates of (BB x U)."""
@@ -491,7 +503,7 @@ def _stationary_one(k: int) -> dict:
     return {**row, "triton": triton.__version__, "dyn_shared": compiled.metadata.shared,
             "w_loads_in_loop": w_loads_in_time_loop(compiled.asm["ttgir"]),
             "mma_per_step": mma_per_step(sass), "mma_chain": mma_chain_per_step(sass),
-            "prefetches": prefetches_before_mma(sass),
+            "prefetches": prefetches_before_mma(sass), "loads_in_product": loads_among_mmas(sass),
             "k_tiles": k_tiles(row["config"], row["dtype"]),
             "mma_work": mma_work_per_warp(row["config"], row["kernel"], row["num_warps"],
                                           row["dtype"])}

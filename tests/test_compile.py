@@ -86,7 +86,9 @@ def _check_stationary(rows):
       at fp16 H=768 with the whole K on each warp, 12 now); backward KC/(16*KS), its gate
       products and runs on their own warps, not one after another on one warp (192 at
       H=768 before), and its K chunks as separate chains (stationary._chunks_dot);
-    - the forward issues its L1 prefetches of the update's inputs before its first MMA;
+    - the forward issues its L1 prefetches of the update's inputs before its first MMA,
+      and where the plan loads h_{t-1} ahead (plan.x_ahead), no global load among its
+      MMAs (chunk by chunk, the last chunk's loads came among the MMAs of the one before);
     - one program per SM fits (the plan's grids are co-resident), and the plan's model of a
       program's shared memory (plan.stationary_smem, which keeps every tiling it takes
       within 227 KB) is the build's, to the byte."""
@@ -103,6 +105,8 @@ def _check_stationary(rows):
         assert r["w_loads_in_loop"] == 0, f"W_hh loaded inside the time loop: {what}"
         if "fwd" in r["kernel"]:  # the update's inputs are on their way before the product
             assert r["prefetches"] > 0, f"no L1 prefetch before the first MMA: {what}"
+        if r["config"].get("X_AHEAD") == "True":  # and all of h_{t-1}: one L2 round trip
+            assert r["loads_in_product"] == 0, f"h loaded among the MMAs: {what}"
         runs = int(r["config"]["KS"]) * (int(r["config"]["NK"]) if "bwd" in r["kernel"] else 1)
         chain = r["k_tiles"] // runs
         assert 0 < r["mma_chain"] <= chain, f"MMA chain {r['mma_chain']} > {chain}: {what}"
@@ -122,7 +126,8 @@ def _check_stationary(rows):
         cell = "lstm" if c["LSTM"] == "True" else "rnn" if c["RNN"] != "0" else "gru"
         dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[r["dtype"]]
         smem = plan.stationary_smem(cell, dt, int(c["U"]), int(c["BB"]), int(c["NK"]),
-                                    int(c["KC"]), "bwd" in r["kernel"])
+                                    int(c["KC"]), "bwd" in r["kernel"],
+                                    c.get("X_AHEAD") == "True")
         assert smem == r["dyn_shared"], f"shared memory {r['dyn_shared']}, modelled {smem}: {what}"
     assert 0 < past < len(rows), "the matrix covers tilings within and past the budgets"
 

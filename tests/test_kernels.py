@@ -199,17 +199,24 @@ def test_sequence_kernel_launches_do_not_grow_with_T(cell, H, B, poison, launche
     assert counts[0] == counts[1] == {f"{kind}_fwd_kernel": 1, f"{kind}_bwd_kernel": 1}
 
 
+@pytest.mark.parametrize("ahead", [True, False], ids=["h_ahead", "h_by_chunk"])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_stationary_runs_of_k_match_the_reference(cell, poison, launches):
-    """H=128 (one K chunk of 128): the forward's product in 4 runs of K, the backward's in
+def test_stationary_runs_of_k_match_the_reference(cell, ahead, poison, launches,
+                                                  monkeypatch):
+    """H=384 (3 K chunks of 128): the forward's product in 4 runs of K, the backward's in
     2 a gate (the plain RNN's in 8), each run a warp's batch element, summed after; with
-    lengths and reverse, forward and every gradient, against the reference."""
-    from fusedrnn.kernels.plan import plan
+    lengths and reverse, forward and every gradient, against the reference. The forward
+    loads all of h_{t-1} before its product, or chunk by chunk where the plan finds no
+    shared memory for that (plan.x_ahead)."""
+    from fusedrnn.kernels import plan as planning
 
-    H, B = 128, 3
-    fwd, bwd = (plan(cell, F64, B, H, cuda=False, sm_count=1, backward=b) for b in (0, 1))
-    assert fwd["kernel"] == bwd["kernel"] == "stationary"
-    assert (fwd["KS"], bwd["KS_bwd"]) == (4, 8 if cell == "rnn" else 2)
+    if not ahead:
+        monkeypatch.setattr(planning, "x_ahead", lambda *args, **kw: False)
+    H, B = 384, 3
+    fwd, bwd = (planning.plan(cell, F64, B, H, cuda=False, sm_count=1, backward=b)
+                for b in (0, 1))
+    assert fwd["kernel"] == bwd["kernel"] == "stationary" and fwd["NK"] == 3
+    assert (fwd["KS"], bwd["KS_bwd"], fwd["x_ahead"]) == (4, 8 if cell == "rnn" else 2, ahead)
     if cell == "lstm":
         _compare(functional.lstm_layer, _lstm_args(4, B, 5, H, 0, True, F64, True), True,
                  TOL[F64])
