@@ -156,7 +156,7 @@ def within_register_budget(cell: str, dtype: torch.dtype, u: int, bb: int, nk: i
 
 
 def stationary_smem(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
-                    backward: bool, ahead: bool = False) -> int:
+                    backward: bool, ahead: bool = False, partials: bool = True) -> int:
     """Shared memory of a weight-stationary program, as its sm_90 builds have it (compile
     check, to the byte on every tiling measured): the W_hh slice, plus the step's operand
     staged for the MMA. Forward: chunks of h_{t-1}^T (KC, BB), one reused chunk to chunk,
@@ -165,10 +165,17 @@ def stationary_smem(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc:
     in the gate gradients' dtype (common.gate_grad_dtype), reused chunk to chunk."""
     elt = torch.empty((), dtype=dtype).element_size()
     w = _rows(cell, u) * nk * kc * elt
+    # the sum over the batched dot's warps goes through shared memory too (the same space:
+    # the larger of the two): fp32 partial products, one (M, N) tile a warp. (Triton 3.6
+    # on sm_90 keeps them there where they outgrow the staged operand, 3.9 on sm_80 did
+    # not: the plain RNN's backward at U=32 BB=8, 24 KB against 20. ``partials=False`` is
+    # the model without them; the limit takes them.)
+    runs = k_runs(cell, kc, bb, backward) if partials else 0
     if not backward:
-        return w + (nk if ahead else 1) * kc * bb * elt
+        return w + max((nk if ahead else 1) * kc * bb * elt, runs * _rows(cell, u) * bb * 4)
     dg_elt = torch.empty((), dtype=gate_grad_dtype(dtype)).element_size()
-    return w + _batch_gates(cell) * bb * kc * dg_elt
+    gp = _batch_gates(cell)
+    return w + max(gp * bb * kc * dg_elt, gp * runs * bb * u * 4)
 
 
 def x_ahead(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
@@ -208,8 +215,12 @@ def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules):
             held = register_bytes(cell, dtype, u, bb, nk, kc, backward)
             in_regs = not cuda_rules or within_register_budget(cell, dtype, u, bb, nk, kc,
                                                                backward)
-            # within the budgets: the most programs; past them: the least held a thread
-            key = (in_regs, 0 if in_regs else -held, n_u * n_b, bb)
+            # within the budgets: the most programs; past them: the least held a thread;
+            # then the most units a program: U x BB is the same at the same programs, and a
+            # program reads BB rows of the state a step (half the broadcast at U=8 BB=32
+            # as at U=4 BB=64), where a wider BB only saves batch groups' barriers (1.14 us
+            # with 2 groups, 1.25 with 4, on an H200: bench/results/, micro)
+            key = (in_regs, 0 if in_regs else -held, n_u * n_b, u)
             if best is None or key > best[0]:
                 best = (key, (u, bb, nk, kc, n_u * n_b, smem))
     if best is None and forced and not cuda_rules:

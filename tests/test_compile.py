@@ -91,7 +91,8 @@ def _check_stationary(rows):
       MMAs (chunk by chunk, the last chunk's loads came among the MMAs of the one before);
     - one program per SM fits (the plan's grids are co-resident), and the plan's model of a
       program's shared memory (plan.stationary_smem, which keeps every tiling it takes
-      within 227 KB) is the build's, to the byte."""
+      within 227 KB) is the build's, to the byte: with the warps' fp32 partial sums in
+      shared memory, or (where the build keeps them elsewhere) without."""
     # a bidirectional layer's two directions in one launch, where the plan pairs them
     assert {r["config"]["PAIRED"] for r in rows} == {"True", "False"}
     fwd = [r for r in rows if r["kernel"] == "stationary_fwd_kernel"]
@@ -125,10 +126,11 @@ def _check_stationary(rows):
         c = r["config"]
         cell = "lstm" if c["LSTM"] == "True" else "rnn" if c["RNN"] != "0" else "gru"
         dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[r["dtype"]]
-        smem = plan.stationary_smem(cell, dt, int(c["U"]), int(c["BB"]), int(c["NK"]),
-                                    int(c["KC"]), "bwd" in r["kernel"],
-                                    c.get("X_AHEAD") == "True")
-        assert smem == r["dyn_shared"], f"shared memory {r['dyn_shared']}, modelled {smem}: {what}"
+        smem = [plan.stationary_smem(cell, dt, int(c["U"]), int(c["BB"]), int(c["NK"]),
+                                     int(c["KC"]), "bwd" in r["kernel"],
+                                     c.get("X_AHEAD") == "True", partials)
+                for partials in (True, False)]
+        assert r["dyn_shared"] in smem, f"shared memory {r['dyn_shared']}, modelled {smem}: {what}"
     assert 0 < past < len(rows), "the matrix covers tilings within and past the budgets"
 
 
