@@ -99,8 +99,8 @@ def barrier_rows(device, programs, steps, K=GPU_K, BB=GPU_BB, dtype=torch.bfloat
                 if not red:
                     raise
                 us, error = float("nan"), f"{type(e).__name__}: {e}"
-            rows.append(dict(error=error,kind="h broadcast + barrier" if load else "barrier",
-                             arrive="red.release" if red else "atomic",
+            rows.append(dict(kind="h broadcast + barrier" if load else "barrier",
+                             arrive="red.release" if red else "atomic", error=error,
                              programs=programs, groups=groups, steps=steps,
                              bytes_per_program_step=K * BB * h.element_size() if load else 0,
                              us_per_step=us / steps))

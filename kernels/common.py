@@ -293,7 +293,7 @@ def group_barrier(sem_ptr, n_members, leader, err_ptr, step, ASM_ACQUIRE: tl.con
         arrive = tl.full((), -2147483648, tl.int32) - (n_members - 1)
     else:
         arrive = tl.full((), 1, tl.int32)
-    if RED and ASM_ACQUIRE:
+    if RED and ASM_ACQUIRE:  # (its output, 0, starts the poll count: the asm is kept)
         n = tl.inline_asm_elementwise(
             "{ .reg .pred p; .reg .u32 t; mov.u32 t, %tid.x; setp.eq.u32 p, t, 0;\n"
             "@p red.release.gpu.global.add.s32 [$1], $2; mov.u32 $0, 0; }",

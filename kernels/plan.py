@@ -46,15 +46,16 @@ MAX_K_CHUNKS = 4                  # K as at most 4 power-of-two chunks (768 = 3 
 # The per-step operand (h_{t-1}^T forward, a K chunk of dgates_{t+1} backward) is staged
 # through registers, divided over the program's warps (stationary_warps; the budgets were
 # measured when the forward had one warp per 16 gate rows and the backward one per gate,
-# and the compile check still holds every tiling within them to no spill). Forward: 512 bytes a thread spilled 80-680 B (sm_80/sm_90) and 384 did
-# not (measured on builds without a launch's 16-byte alignment hints, so conservative: as
-# launched, fp16 H=768 BB=16 takes 168 registers, not 255). Backward, a dot batched
-# over the gates (one warp per gate, W_hh's columns in shared memory), one chunk a warp
-# (4 x BB x KC over the warps): no spill up to 512 B a thread (fp32 LSTM BB=16) with 4
-# warps; with 8 (4 gates x 2 runs of K), 512 B spilled 272 B on Triton 3.6 (bf16 BB=64
-# H=1024; 8-56 B on 3.9), and 256 B (fp16 BB=16 H=768: 150-180 registers) did not. The plain
-# RNN's backward (one gate, warps along the batch rows) keeps its W_hh columns in registers
-# instead, and spilled past ~192 B of them a thread (320 B of stack at fp32 U=16 H=1024).
+# and the compile check still holds every tiling within them to no spill). Forward: 512
+# bytes a thread spilled 80-680 B (sm_80/sm_90) and 384 did not (measured on builds
+# without a launch's 16-byte alignment hints, so conservative: as launched, fp16 H=768
+# BB=16 takes 168 registers, not 255). Backward, a dot batched over the gates (W_hh's
+# columns in shared memory), one chunk over the warps (4 x BB x KC): no spill up to 512 B a
+# thread (fp32 LSTM BB=16) with 4 warps; with 8 (4 gates x 2 runs of K), 512 B spilled
+# 272 B on Triton 3.6 (bf16 BB=64 H=1024; 8-56 B on 3.9), and 256 B (fp16 BB=16 H=768:
+# 150-180 registers) did not. The plain RNN's backward (one gate) keeps its W_hh columns
+# in registers instead, and spilled past ~192 B of them a thread (320 B of stack at fp32
+# U=16 H=1024).
 X_REG_BYTES = 384
 X_REG_BYTES_BWD = 256
 RNN_BWD_W_REG_BYTES = 192
@@ -136,7 +137,8 @@ def register_bytes(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: 
     the batch of gates (4, or 1 for the plain RNN), in the gate gradients' dtype."""
     if backward:
         elt = torch.empty((), dtype=gate_grad_dtype(dtype)).element_size()
-        return _batch_gates(cell) * kc * bb * elt // (32 * stationary_warps(cell, kc, bb, True))
+        warps = stationary_warps(cell, kc, bb, True)
+        return _batch_gates(cell) * kc * bb * elt // (32 * warps)
     elt = torch.empty((), dtype=dtype).element_size()
     return nk * kc * bb * elt // (32 * stationary_warps(cell, kc, bb, False))
 
@@ -148,7 +150,8 @@ def within_register_budget(cell: str, dtype: torch.dtype, u: int, bb: int, nk: i
     operand = register_bytes(cell, dtype, u, bb, nk, kc, backward)
     if backward:
         elt = torch.empty((), dtype=dtype).element_size()
-        w_rnn = nk * kc * u * elt // (32 * stationary_warps(cell, kc, bb, True)) if cell == "rnn" else 0
+        warps = stationary_warps(cell, kc, bb, True)
+        w_rnn = nk * kc * u * elt // (32 * warps) if cell == "rnn" else 0
         return operand <= X_REG_BYTES_BWD and w_rnn <= RNN_BWD_W_REG_BYTES
     if cell == "rnn" and _rows(cell, u) > 16:
         return operand <= X_REG_BYTES_RNN_2W
@@ -285,10 +288,10 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
             return dict(base, kernel="stationary", programs=programs, tiles=tiles,
                         weights_on_chip=resident, reason=reason, U=u, BB=bb, NK=nk, KC=kc,
                         x_ahead=x_ahead(cell, dtype, u, bb, nk, kc, backward, cuda),
-                        KS=k_runs(cell, kc, bb, False), warps=stationary_warps(cell, kc, bb, False),
-                        KS_bwd=k_runs(cell, kc, bb, True), warps_bwd=stationary_warps(cell, kc, bb, True),
-                        w_bytes=smem,
-                        gates=g)
+                        KS=k_runs(cell, kc, bb, False),
+                        warps=stationary_warps(cell, kc, bb, False),
+                        KS_bwd=k_runs(cell, kc, bb, True),
+                        warps_bwd=stationary_warps(cell, kc, bb, True), w_bytes=smem, gates=g)
         if why_not is None:
             why_not = (f"no tiling of at most {sm_count} programs keeps a W_hh slice under "
                        f"{SMEM_W_BUDGET // 1024} KB")
