@@ -41,23 +41,30 @@ from fusedrnn.kernels.common import (barrier_flags, barrier_words, group_barrier
 def _barriers(sem_ptr, err_ptr, out_ptr, h_ptr, s_h, n_steps, GROUPS: tl.constexpr,
               K: tl.constexpr, BB: tl.constexpr, LOAD: tl.constexpr,
               ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr, RED: tl.constexpr = False):
-    """n_steps steps of: (LOAD) read h (K, BB) of this program's batch group; then a
-    barrier among this program's group (programs split into GROUPS contiguous groups),
-    arriving with an atomic, or with RED a red.release (common.group_barrier)."""
+    """n_steps steps of: (LOAD) read h (K, BB) of this program's batch group, from one of
+    two slots by the step's parity, as the kernels read h_{t-1}; then a barrier among this
+    program's group (programs split into GROUPS contiguous groups), arriving with an
+    atomic, or with RED a red.release (common.group_barrier).
+
+    (Until 2026-11-28 the load was volatile, into a (K, BB) fp32 accumulator: its sm_90
+    build spilled 2.8 KB a thread and its rows measured that, 9.9 us a step for 32 KB, not
+    the broadcast. Now each step's tile is summed over K into BB floats, and the loads are
+    L2 reads, ``.cg``, like the kernels' after the barrier's acquire.)"""
     pid = tl.program_id(0)
     per = tl.num_programs(0) // GROUPS
     group = pid // per
-    acc = tl.zeros((K, BB), dtype=tl.float32)
+    acc = tl.zeros((BB,), dtype=tl.float32)
     for s in range(0, n_steps):
         if LOAD:
             o_k = tl.arange(0, K)
             o_b = group * BB + tl.arange(0, BB)
-            # volatile: read every step, as after a barrier, never hoisted out of the loop
-            acc += tl.load(h_ptr + o_b[None, :] * s_h + o_k[:, None],
-                           volatile=True).to(tl.float32)
+            # (the slot by parity: a different address each step, never hoisted)
+            x = tl.load(h_ptr + (s % 2) * GROUPS * BB * s_h + o_b[None, :] * s_h
+                        + o_k[:, None], cache_modifier=".cg")
+            acc += tl.sum(x.to(tl.float32), axis=0)
         group_barrier(sem_ptr + group, per, pid % per == 0, err_ptr, s, ASM_ACQUIRE,
                       SPIN_LIMIT, RED)
-    tl.store(out_ptr + pid, tl.sum(tl.sum(acc, 1), 0))
+    tl.store(out_ptr + pid, tl.sum(acc, 0))
 
 
 def _time_us(fn, device) -> float:
@@ -83,14 +90,14 @@ def barrier_rows(device, programs, steps, K=GPU_K, BB=GPU_BB, dtype=torch.bfloat
                 continue
             sem, err = barrier_words(groups, device)
             out = torch.empty(programs, device=device)
-            h = torch.randn(groups * BB, K, device=device).to(dtype)
+            h = torch.randn(2 * groups * BB, K, device=device).to(dtype)  # two slots
 
             def run():
                 sem.zero_()
                 launch_sequence(_barriers, programs, dict(
                     sem_ptr=sem, err_ptr=err, out_ptr=out, h_ptr=h, s_h=h.stride(0),
                     n_steps=steps, GROUPS=groups, K=K, BB=BB, LOAD=load,
-                    **barrier_flags(device), RED=red, num_warps=2), err, device,
+                    **barrier_flags(device), RED=red, num_warps=4), err, device,
                     "barrier micro")
 
             try:

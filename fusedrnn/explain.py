@@ -43,15 +43,17 @@ def explain(module: nn.Module, input, sm_count: int | None = None) -> list[dict]
     else:
         sms = sm_count
     cuda = sm_count is not None or x.device.type == "cuda"
+    # (a given SM count describes an H100/H200: the wide tiles as on sm_90)
+    wide = _plan.wgmma(x.device) if sm_count is None and x.device.type == "cuda" else True
     ieee = x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
     chosen = _backend.resolve(getattr(module, "backend", "native"), x.device, x.dtype)
     rows = []
     for layer in range(layers):
         for d in range(dirs):
             p = _plan.plan(cell, x.dtype, B, H, proj or H, bool(proj), training, sms, cuda, ieee,
-                           directions=dirs)
+                           directions=dirs, wide_tiles=wide)
             bwd = _plan.plan(cell, x.dtype, B, H, proj or H, bool(proj), training, sms, cuda,
-                             ieee, backward=True, directions=dirs)
+                             ieee, backward=True, directions=dirs, wide_tiles=wide)
             rows.append(dict(p, layer=layer, direction="reverse" if d else "forward",
                              backend=chosen, backward=bwd))
     return rows

@@ -18,6 +18,7 @@ The kernels (GUIDE section 3):
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -34,10 +35,24 @@ SMEM_W_BUDGET = 160 * 1024
 # All of a program's shared memory (stationary_smem), at most what an H100/H200 block may
 # have: past it the launch fails (OutOfResources).
 SMEM_BLOCK_LIMIT = 227 * 1024
-# U: hidden units per program; 4U gate rows are the MMA's M. U=16 (M=64, 4 warps) spilled
-# 96-1232 B on sm_80/sm_90 at H >= 768 and compiles to wgmma on sm_90: worth measuring on a
-# GPU, not yet planned.
+# U: hidden units per program; 4U gate rows are the MMA's M.
 UNIT_CHOICES = (4, 8)
+# Past them, the forward where no tiling of 4 or 8 units is resident (16-bit B=128 at
+# H=1024 and H=768, which streamed W_hh at 0.5x cuDNN): 16 units, M=64 rows, as one plain
+# dot with the warps over M and N (k_runs: one run; a wgmma on sm_90). Its batched form,
+# each warp a whole (64, BB) partial product, spilled 96-1232 B; the plain dot with 4
+# warps 300-600 B (B=128 H=1024: 255 registers); with WIDE_WARPS none (239 / 254
+# registers on Triton 3.9 / 3.6, sm_90). 16-bit only: fp32 (TF32) spilled 136-384 B (fp32
+# H=512 B=256). (The backward's batched dot at U=16 BB=64 spilled 472-480 B on Triton 3.6,
+# fp16 H=768, 112 spill accesses a step: it streams there.)
+WIDE_UNITS = 16
+WIDE_WARPS = 8
+# ... and only at BB >= 64: each warpgroup's wgmma then 64 rows by 32 (a narrower batch
+# leaves the tensor cores short tiles while both warpgroups still read all of W)
+WIDE_MIN_BATCH = 64
+# Units a program where the weight-stationary kernel is forced past what stays resident
+# (the interpreter, one program looping over the tiles)
+FORCED_UNITS = 8
 # A plain RNN has one gate: U units are U rows, so it takes four times the units for the
 # same M (16 or 32 rows) and the same compiled shape.
 RNN_UNIT_SCALE = 4
@@ -97,7 +112,7 @@ def _batch_gates(cell: str) -> int:
     return 1 if cell == "rnn" else 4
 
 
-def k_runs(cell: str, kc: int, bb: int, backward: bool) -> int:
+def k_runs(cell: str, kc: int, bb: int, backward: bool, u: int) -> int:
     """KS: each K chunk of a weight-stationary program's product split in KS runs of KC / KS
     columns (at least 16, a tl.dot's K), each run's product on its own warp, summed after.
 
@@ -111,17 +126,24 @@ def k_runs(cell: str, kc: int, bb: int, backward: bool) -> int:
     Backward: the 4 gates times 2 runs, 8 warps (4, one a gate, had chains of KC/16 and
     twice the registers' share of the staged chunk); the plain RNN's one gate in 8 runs
     (it keeps its W_hh columns in registers: with 4 runs, fp16 U=16 BB=64 H=768 spilled
-    136 B on Triton 3.6; with 8, none)."""
+    136 B on Triton 3.6; with 8, none).
+    Wide (u: 64 gate rows or more, WIDE_UNITS): the forward's product is one plain dot,
+    one run, its warps (WIDE_WARPS) over the rows and the batch: the tile has work for
+    every warp without splitting K."""
     most = max(1, kc // 16)
+    if wide(cell, u, backward):
+        return 1
     if backward:
         return min(2, most) if cell != "rnn" else min(8, most)
     return min(MAX_K_RUNS, most)
 
 
-def stationary_warps(cell: str, kc: int, bb: int, backward: bool) -> int:
+def stationary_warps(cell: str, kc: int, bb: int, backward: bool, u: int) -> int:
     """Warps of a weight-stationary program: one per element of its product's batch (see
-    k_runs)."""
-    return k_runs(cell, kc, bb, backward) * (_batch_gates(cell) if backward else 1)
+    k_runs); a wide forward's plain dot, WIDE_WARPS."""
+    if wide(cell, u, backward):
+        return WIDE_WARPS
+    return k_runs(cell, kc, bb, backward, u) * (_batch_gates(cell) if backward else 1)
 
 
 def _rows(cell: str, u: int) -> int:
@@ -130,17 +152,26 @@ def _rows(cell: str, u: int) -> int:
     return u if cell == "rnn" else 4 * u
 
 
+def wide(cell: str, u: int, backward: bool) -> bool:
+    """Whether a forward tiling is wide (WIDE_UNITS: 64 gate rows or more), one plain dot."""
+    return not backward and _rows(cell, u) >= 64
+
+
 def register_bytes(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
                    backward: bool) -> int:
     """Bytes a thread of a weight-stationary program holds in registers of the per-step
-    operand: forward, h_{t-1}^T (all NK chunks); backward, one K chunk of dgates_{t+1} for
-    the batch of gates (4, or 1 for the plain RNN), in the gate gradients' dtype."""
+    operand: forward, h_{t-1}^T (all NK chunks; a wide tile, the chunks it loads at once:
+    its builds stage them through shared memory one at a time, see x_ahead); backward,
+    one K chunk of dgates_{t+1} for the batch of gates (4, or 1 for the plain RNN), in the
+    gate gradients' dtype."""
     if backward:
         elt = torch.empty((), dtype=gate_grad_dtype(dtype)).element_size()
-        warps = stationary_warps(cell, kc, bb, True)
+        warps = stationary_warps(cell, kc, bb, True, u)
         return _batch_gates(cell) * kc * bb * elt // (32 * warps)
     elt = torch.empty((), dtype=dtype).element_size()
-    return nk * kc * bb * elt // (32 * stationary_warps(cell, kc, bb, False))
+    chunks = (nk if x_ahead(cell, dtype, u, bb, nk, kc, False) else 1) if wide(
+        cell, u, False) else nk
+    return chunks * kc * bb * elt // (32 * stationary_warps(cell, kc, bb, False, u))
 
 
 def within_register_budget(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
@@ -150,10 +181,10 @@ def within_register_budget(cell: str, dtype: torch.dtype, u: int, bb: int, nk: i
     operand = register_bytes(cell, dtype, u, bb, nk, kc, backward)
     if backward:
         elt = torch.empty((), dtype=dtype).element_size()
-        warps = stationary_warps(cell, kc, bb, True)
+        warps = stationary_warps(cell, kc, bb, True, u)
         w_rnn = nk * kc * u * elt // (32 * warps) if cell == "rnn" else 0
         return operand <= X_REG_BYTES_BWD and w_rnn <= RNN_BWD_W_REG_BYTES
-    if cell == "rnn" and _rows(cell, u) > 16:
+    if cell == "rnn" and _rows(cell, u) > 16 and not wide(cell, u, backward):
         return operand <= X_REG_BYTES_RNN_2W
     return operand <= X_REG_BYTES
 
@@ -173,7 +204,9 @@ def stationary_smem(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc:
     # on sm_90 keeps them there where they outgrow the staged operand, 3.9 on sm_80 did
     # not: the plain RNN's backward at U=32 BB=8, 24 KB against 20. ``partials=False`` is
     # the model without them; the limit takes them.)
-    runs = k_runs(cell, kc, bb, backward) if partials else 0
+    runs = k_runs(cell, kc, bb, backward, u) if partials else 0
+    if wide(cell, u, backward):  # the chunks staged one at a time (ahead: from registers)
+        return w + max(kc * bb * elt, runs * _rows(cell, u) * bb * 4)
     if not backward:
         return w + max((nk if ahead else 1) * kc * bb * elt, runs * _rows(cell, u) * bb * 4)
     dg_elt = torch.empty((), dtype=gate_grad_dtype(dtype)).element_size()
@@ -188,21 +221,54 @@ def x_ahead(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
     among the MMAs of the one before (two). It stages all NK chunks in shared memory at
     once, so only where that fits (fp32 BB >= 32 at H >= 768 does not); its builds also
     took fewer registers (bf16 H=1024 BB=64: 170-200, no spill, against 255 and 32-56 B
-    of spills; Triton 3.6: 96-112 B against 368-560)."""
-    return not backward and (not cuda_rules or stationary_smem(
-        cell, dtype, u, bb, nk, kc, False, True) <= SMEM_BLOCK_LIMIT)
+    of spills; Triton 3.6: 96-112 B against 368-560).
+    A wide tile's builds keep the chunks loaded ahead in registers and stage them one at a
+    time: ahead where they fit X_REG_BYTES (fp16 H=768 BB=64: 3 chunks, 244-254 registers,
+    no spill; bf16 H=1024 BB=64, 4 chunks, would be 512 B a thread: chunk by chunk)."""
+    if backward:
+        return False
+    if wide(cell, u, backward):
+        elt = torch.empty((), dtype=dtype).element_size()
+        return (not cuda_rules or nk * kc * bb * elt // (32 * WIDE_WARPS) <= X_REG_BYTES)
+    return not cuda_rules or stationary_smem(cell, dtype, u, bb, nk, kc, False,
+                                             True) <= SMEM_BLOCK_LIMIT
 
 
-def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules):
-    """(U, BB, NK, KC, programs, smem) of the best weight-stationary tiling, or None."""
+def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=True):
+    """(U, BB, NK, KC, programs, smem) of the best weight-stationary tiling, or None:
+    of UNIT_CHOICES, else of WIDE_UNITS."""
+    scale = RNN_UNIT_SCALE if cell == "rnn" else 1
+    two_bytes = torch.empty((), dtype=dtype).element_size() == 2
+    wider = (((WIDE_UNITS,), WIDE_MIN_BATCH),) if (
+        wide_tiles and two_bytes and not backward) else ()
+    for units, least_bb in ((UNIT_CHOICES, 1), *wider):
+        best = _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules,
+                            [c * scale for c in units], least_bb)
+        if best is not None:
+            return best
+    if forced and not cuda_rules:
+        # forced where it cannot stay on chip: stream W per tile, programs loop over tiles.
+        # Under the interpreter only: on an H200 such tilings failed to compile (shared
+        # memory 245-788 KB, OutOfResources) or ran slower than streaming, so a forced plan
+        # on a GPU streams there, and says why
+        nk, kc = k_chunks(H)
+        elt = torch.empty((), dtype=dtype).element_size()
+        u, bb = (FORCED_UNITS if H > 8 else 4) * scale, min(16, max(8, triton.next_power_of_2(B)))
+        return (u, bb, nk, kc, triton.cdiv(H, u) * triton.cdiv(B, bb),
+                _rows(cell, u) * nk * kc * elt)
+    return None
+
+
+def _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules, units, least_bb):
+    """(U, BB, NK, KC, programs, smem) of the best resident tiling with U in ``units`` and
+    BB >= least_bb."""
     nk, kc = k_chunks(H)
     elt = torch.empty((), dtype=dtype).element_size()
-    scale = RNN_UNIT_SCALE if cell == "rnn" else 1
     best = None
     for bb in BATCH_CHOICES:
-        if bb > max(8, triton.next_power_of_2(B)):
+        if bb > max(8, triton.next_power_of_2(B)) or bb < least_bb:
             continue
-        for u in (c * scale for c in UNIT_CHOICES):
+        for u in units:
             rows = _rows(cell, u)
             smem = rows * nk * kc * elt
             n_u, n_b = triton.cdiv(H, u), triton.cdiv(B, bb)
@@ -226,21 +292,13 @@ def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules):
             key = (in_regs, 0 if in_regs else -held, n_u * n_b, u)
             if best is None or key > best[0]:
                 best = (key, (u, bb, nk, kc, n_u * n_b, smem))
-    if best is None and forced and not cuda_rules:
-        # forced where it cannot stay on chip: stream W per tile, programs loop over tiles.
-        # Under the interpreter only: on an H200 such tilings failed to compile (shared
-        # memory 245-788 KB, OutOfResources) or ran slower than streaming, so a forced plan
-        # on a GPU streams there, and says why
-        u, bb = (8 if H > 8 else 4) * scale, min(16, max(8, triton.next_power_of_2(B)))
-        return (u, bb, nk, kc, triton.cdiv(H, u) * triton.cdiv(B, bb),
-                _rows(cell, u) * nk * kc * elt)
     return None if best is None else best[1]
 
 
 def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
          proj: bool = False, training: bool = False, sm_count: int = 132,
          cuda: bool = True, ieee: bool = False, backward: bool = False,
-         directions: int = 1) -> dict:
+         directions: int = 1, wide_tiles: bool = True) -> dict:
     """The kernel, grid and tiles for one layer pass in one direction (see module doc).
 
     cell: "lstm", "gru" or "rnn"; K: the state width (proj_size, else H); training: the forward
@@ -248,19 +306,20 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
     run one after another); cuda: False under the interpreter; ieee: exact fp32 (no TF32);
     backward: plan the backward pass instead of the forward; directions: 2 for a direction
     of a bidirectional layer, planned (``paired``) to share one launch with the other
-    direction on half the SMs where the weight-stationary kernel fits there."""
+    direction on half the SMs where the weight-stationary kernel fits there; wide_tiles:
+    the GPU builds the wide tiles' dot as a wgmma (sm_90: H100, H200; see WIDE_UNITS)."""
     K = K or H
     choice = kernel_choice()
     if directions == 2:
         half = plan(cell, dtype, B, H, K, proj, training, max(1, sm_count // 2) if cuda else
-                    sm_count, cuda, ieee, backward)
+                    sm_count, cuda, ieee, backward, wide_tiles=wide_tiles)
         if half["kernel"] == "stationary":
             return dict(half, sm_count=sm_count, directions=2, paired=True,
                         reason=half["reason"].replace(f"on {half['sm_count']} SMs",
                                                       f"on half of {sm_count} SMs")
                         + "; both directions in one launch")
         return dict(plan(cell, dtype, B, H, K, proj, training, sm_count, cuda, ieee,
-                         backward), directions=2)
+                         backward, wide_tiles=wide_tiles), directions=2)
     g = _GATES[cell]
     base = dict(cell=cell, dtype=str(dtype).replace("torch.", ""), B=B, H=H, K=K,
                 training=training, sm_count=sm_count, cuda=cuda)
@@ -274,7 +333,7 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
                    "which does not fit on chip")
     if why_not is None and choice in ("auto", "stationary"):
         st = _stationary(cell, dtype, B, H, sm_count, choice == "stationary" or not cuda,
-                         backward and cuda, cuda)
+                         backward and cuda, cuda, wide_tiles)
         if st is not None:
             u, bb, nk, kc, tiles, smem = st
             programs = min(tiles, sm_count)
@@ -288,10 +347,11 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
             return dict(base, kernel="stationary", programs=programs, tiles=tiles,
                         weights_on_chip=resident, reason=reason, U=u, BB=bb, NK=nk, KC=kc,
                         x_ahead=x_ahead(cell, dtype, u, bb, nk, kc, backward, cuda),
-                        KS=k_runs(cell, kc, bb, False),
-                        warps=stationary_warps(cell, kc, bb, False),
-                        KS_bwd=k_runs(cell, kc, bb, True),
-                        warps_bwd=stationary_warps(cell, kc, bb, True), w_bytes=smem, gates=g)
+                        KS=k_runs(cell, kc, bb, False, u),
+                        warps=stationary_warps(cell, kc, bb, False, u),
+                        KS_bwd=k_runs(cell, kc, bb, True, u),
+                        warps_bwd=stationary_warps(cell, kc, bb, True, u), w_bytes=smem,
+                        gates=g)
         if why_not is None:
             why_not = (f"no tiling of at most {sm_count} programs keeps a W_hh slice under "
                        f"{SMEM_W_BUDGET // 1024} KB")
@@ -315,6 +375,18 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
                 reason=reason, BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, warps=warps, gates=g)
 
 
+def wgmma(device: torch.device) -> bool:
+    """Whether a CUDA device builds the wide tiles' dot as a wgmma: sm_90 (H100, H200). Its
+    sm_80 build spilled 600-5100 B and issued every MMA twice: elsewhere they stream."""
+    return _capability(device.index if device.index is not None else
+                       torch.cuda.current_device())[0] == 9
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
 def plan_for(cell: str, dtype: torch.dtype, B: int, H: int, K: int, proj: bool, device,
              training: bool, ieee: bool, backward: bool = False, directions: int = 1) -> dict:
     """:func:`plan` for tensors on ``device``: its SM count on CUDA; one program under the
@@ -322,5 +394,5 @@ def plan_for(cell: str, dtype: torch.dtype, B: int, H: int, K: int, proj: bool, 
     the weight-stationary kernel loops over the tiles there when there are several)."""
     if device.type == "cuda":
         return plan(cell, dtype, B, H, K, proj, training, sm_count(device), True, ieee,
-                    backward, directions)
+                    backward, directions, wgmma(device))
     return plan(cell, dtype, B, H, K, proj, training, 1, False, ieee, backward, directions)

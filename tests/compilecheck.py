@@ -312,6 +312,13 @@ def within_register_budget(kernel_name: str, dtype: str, config: dict) -> bool:
                                        kernel_name == "stationary_bwd_kernel")
 
 
+def _wide_launch(key, launch) -> bool:
+    """Whether a recorded weight-stationary launch is a wide tile's forward (plan.wide)."""
+    c = launch[2]
+    cell = "lstm" if c["LSTM"] else "rnn" if c["RNN"] else "gru"
+    return plan.wide(cell, c["U"], key[0] != "stationary_fwd_kernel")
+
+
 def _within_budgets(launches: dict) -> dict:
     """The launches without the weight-stationary tilings planned past the register budgets:
     those spill by design, compile slowly (minutes at H=1024), and --stationary checks them."""
@@ -322,18 +329,27 @@ def _within_budgets(launches: dict) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--hidden", type=int, nargs="+", default=[64, 256, 1024])
+    ap.add_argument("--auto-hidden", type=int, nargs="+",
+                    help="hidden sizes of the plan's own choice (default: --hidden)")
     ap.add_argument("--json")
     ap.add_argument("--stationary", action="store_true",
                     help="the weight-stationary kernels' matrix and checks instead")
     ap.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 16, 64],
                     help="batch sizes of the weight-stationary matrix")
+    ap.add_argument("--wide", action="store_true",
+                    help="with --stationary: the wide tiles' launches instead of the matrix")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("run without TRITON_INTERPRET: the kernels must be JIT functions")
     if args.stationary:
-        return check_stationary(args.json, args.targets, tuple(args.batches))
-    rows = compile_all(_within_budgets(capture(args.hidden)))
+        return check_stationary(args.json, args.targets, tuple(args.batches), args.wide)
+    # the streaming kernels at every size; the plan's own choice ("auto": the
+    # weight-stationary kernels where they fit, which --stationary checks in depth) at
+    # --auto-hidden
+    launches = capture(args.hidden, modes=("step", "sequence"))
+    launches.update(capture(args.auto_hidden or args.hidden, modes=("auto",)))
+    rows = compile_all(_within_budgets(launches))
     print(f"{'kernel':24} {'target':6} {'dtype':5} {'blocks (B,H,K)':14} {'warps':>5} "
           f"{'regs':>5} {'local':>6} {'stack':>6} {'smem':>6} {'hot-loop spills':>15}")
     for r in rows:
@@ -415,12 +431,19 @@ def _time_loop(sass: str):
 
 def mma_per_step(sass: str) -> int:
     """Tensor-core MMA instructions (HMMA, or Hopper's HGMMA) one warp issues per time
-    step: those inside the time loop. (The work model below counts mma.sync tiles: an
-    HGMMA build would fail the equality, as it should until the model covers it.)"""
+    step: those inside the time loop."""
     code, loop = _time_loop(sass)
     if loop is None:
         return 0
     return sum(1 for a, ins in code if loop[0] <= a <= loop[1] and re.match(r"HG?MMA\b", ins))
+
+
+def warpgroup_mma(sass: str) -> bool:
+    """Whether the time loop's MMAs are Hopper's warpgroup MMAs (HGMMA, wgmma: a wide
+    tile's plain dot on sm_90) rather than mma.sync (HMMA)."""
+    code, loop = _time_loop(sass)
+    return loop is not None and any(loop[0] <= a <= loop[1] and re.match(r"HGMMA\b", ins)
+                                    for a, ins in code)
 
 
 def mma_chain_per_step(sass: str) -> int:
@@ -479,15 +502,22 @@ def loads_among_mmas(sass: str) -> int:
     return sum(1 for ins in body[mma[0]:mma[-1]] if re.match(r"LDG\b", ins)) if mma else 0
 
 
-def mma_work_per_warp(config: dict, kernel: str, num_warps: int, dtype: str) -> int:
+def mma_work_per_warp(config: dict, kernel: str, num_warps: int, dtype: str,
+                      wgmma: bool = False) -> int:
     """The MMAs a step needs, divided over the warps: m16n8k16 (m16n8k8 for TF32) tiles of
-    the forward's (4U x BB) gates over K = NK*KC, or the backward's G gates of (BB x U)."""
+    the forward's (4U x BB) gates over K = NK*KC, or the backward's G gates of (BB x U).
+    ``wgmma`` (a wide forward's plain dot on sm_90): every warp of a warpgroup issues each
+    of its warpgroup's MMAs, 64 rows by the warpgroup's share of the batch, so a warp
+    issues the k steps times the 64-row tiles over the warpgroups along the rows."""
     U, BB, KC, NK = (int(config[k]) for k in ("U", "BB", "KC", "NK"))
     k_step = 8 if dtype == "fp32" else 16
     k_tiles = NK * KC // k_step
     plain = config.get("RNN", "0") != "0"  # one gate: U rows forward, one gate backward
     if kernel == "stationary_fwd_kernel":
         rows = U if plain else 4 * U
+        if wgmma:
+            m_tiles = max(1, rows // 64)
+            return k_tiles * m_tiles // min(m_tiles, num_warps // 4)
         return max(1, rows // 16) * max(1, BB // 8) * k_tiles // num_warps
     gates = 1 if plain else 4  # a batch of gates, a GRU's three padded to four
     return gates * max(1, BB // 16) * max(1, U // 8) * k_tiles // num_warps
@@ -505,8 +535,9 @@ def _stationary_one(k: int) -> dict:
             "mma_per_step": mma_per_step(sass), "mma_chain": mma_chain_per_step(sass),
             "prefetches": prefetches_before_mma(sass), "loads_in_product": loads_among_mmas(sass),
             "k_tiles": k_tiles(row["config"], row["dtype"]),
+            "wgmma": warpgroup_mma(sass),
             "mma_work": mma_work_per_warp(row["config"], row["kernel"], row["num_warps"],
-                                          row["dtype"])}
+                                          row["dtype"], warpgroup_mma(sass))}
 
 
 def stationary_matrix(sms=132, batches=(1, 16, 64)):
@@ -523,16 +554,40 @@ def stationary_matrix(sms=132, batches=(1, 16, 64)):
                    (torch.float32, (768,))):
         for B in batches:
             launches.update(capture(hs, batches=(B,), dtypes=(dt,), **kw))
-    return {k: v for k, v in launches.items() if k[0].startswith("stationary_")}
+    # (without the wide tiles' forward, which --wide checks: the bidirectional B=64 H=1024
+    # pairs them, and each build takes ~30 s)
+    return {k: v for k, v in launches.items()
+            if k[0].startswith("stationary_") and not _wide_launch(k, v)}
 
 
-def check_stationary(json_path=None, targets=tuple(TARGETS), batches=(1, 16, 64)
-                     ) -> list[dict]:
+def wide_launches(sms=132):
+    """The wide tiles' forward (plan.WIDE_UNITS, one plain dot a chunk) where a 132-SM GPU
+    plans them: bf16 LSTM B=128 H=1024 training (an issue 11 target, 4 chunks of h, one at
+    a time) and fp16 GRU B=128 H=768 inference (3 chunks loaded ahead). (Two launches: each
+    build takes ~30 s on one core.)"""
+    launches = {}
+    for dt, H, lstm, save in ((torch.bfloat16, 1024, True, True),
+                              (torch.float16, 768, False, False)):
+        for key, launch in capture([H], batches=(128,), dtypes=(dt,), modes=("auto",),
+                                   sms=sms).items():
+            c = launch[2]
+            if (key[0] == "stationary_fwd_kernel" and c["LSTM"] == lstm and c["SAVE"] == save
+                    and not c["PAIRED"] and _wide_launch(key, launch)):
+                launches[key] = launch
+                break  # (one of the layer's launches: they differ in strides' alignment)
+    return launches
+
+
+def check_stationary(json_path=None, targets=tuple(TARGETS), batches=(1, 16, 64),
+                     wide=False) -> list[dict]:
     # past the register budgets, sm_90 alone (the H100/H200 the plan measured them on):
     # those compiles take minutes, and sm_80 doubled them
-    rows = compile_all(stationary_matrix(batches=batches), _stationary_one, targets,
+    # (the wide tiles are sm_90's alone: plan.wgmma)
+    rows = compile_all(wide_launches() if wide else stationary_matrix(batches=batches),
+                       _stationary_one, targets,
                        keep=lambda key, launch, tname: tname == "sm_90"
-                       or within_register_budget(key[0], launch[1]["w_ptr"][1:], launch[2]))
+                       or within_register_budget(key[0], launch[1]["w_ptr"][1:], launch[2])
+                       and not _wide_launch(key, launch))
     print(f"{'kernel':22} {'target':6} {'dtype':5} {'U,BB,NKxKC':13} {'warps':>5} {'regs':>5} "
           f"{'spill':>5} {'smem':>7} {'W ld/step':>9} {'MMA/warp/step':>13} {'work':>5} "
           f"{'chain':>5}")

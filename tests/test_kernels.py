@@ -178,7 +178,7 @@ def test_rnn_relu_gradient_is_zero_where_relu_is_off(poison):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-@pytest.mark.parametrize("H,B", [(20, 3), (70, 40)])  # one tile; several tiles per program
+@pytest.mark.parametrize("H,B", [(20, 3), (40, 20)])  # one tile; several tiles per program
 def test_sequence_kernel_launches_do_not_grow_with_T(cell, H, B, poison, launches):
     """Default plan under the interpreter: a sequence kernel (the weight-stationary one
     where the layer is one tile, else the streaming one), one launch per layer pass."""
@@ -227,8 +227,34 @@ def test_stationary_runs_of_k_match_the_reference(cell, ahead, poison, launches,
     assert dict(launches) == {"stationary_fwd_kernel": 1, "stationary_bwd_kernel": 1}
 
 
+@pytest.mark.parametrize("ahead", [True, False], ids=["h_ahead", "h_by_chunk"])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-@pytest.mark.parametrize("H,B", [(20, 3), (70, 40)])  # one tile a direction; several
+def test_stationary_wide_tiles_match_the_reference(cell, ahead, poison, launches, monkeypatch):
+    """Wide tiles (plan.WIDE_UNITS: 64 gate rows, what 16-bit B=128 at H=1024 runs): the
+    forward's product one plain dot a chunk, its warps over the rows and the batch; the
+    backward's as at narrower tiles. H=384 (3 chunks of 128) in 6 tiles looping on one
+    program, lengths and reverse, forward and every gradient, against the reference."""
+    from fusedrnn.kernels import plan as planning
+
+    monkeypatch.setattr(planning, "FORCED_UNITS", planning.WIDE_UNITS)
+    if not ahead:
+        monkeypatch.setattr(planning, "x_ahead", lambda *args, **kw: False)
+    H, B = 384, 3
+    fwd = planning.plan(cell, F64, B, H, cuda=False, sm_count=1)
+    assert fwd["kernel"] == "stationary" and fwd["NK"] == 3 and fwd["x_ahead"] == ahead
+    assert (fwd["KS"], fwd["warps"]) == (1, planning.WIDE_WARPS)
+    if cell == "lstm":
+        _compare(functional.lstm_layer, _lstm_args(4, B, 5, H, 0, True, F64, True), True,
+                 TOL[F64])
+    elif cell == "gru":
+        _compare(functional.gru_layer, _gru_args(4, B, 5, H, True, F64, True), True, TOL[F64])
+    else:
+        _compare(_rnn_layer("tanh"), _rnn_args(4, B, 5, H, True, F64, True), True, TOL[F64])
+    assert dict(launches) == {"stationary_fwd_kernel": 1, "stationary_bwd_kernel": 1}
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("H,B", [(20, 3), (40, 20)])  # one tile a direction; several
 def test_bidirectional_layer_is_one_launch_per_pass(cell, H, B, poison, launches,
                                                     monkeypatch):
     """Both directions of a layer in one launch of the weight-stationary kernels, forward

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import fusedrnn
+from fusedrnn.kernels import plan as planning
 from fusedrnn.kernels.plan import k_chunks, plan
 
 
@@ -121,9 +122,35 @@ def test_warps_are_the_batch_of_the_batched_dots():
                         continue
                     ks = p["KS_bwd"] if bwd else p["KS"]
                     gates = 4 if bwd and cell != "rnn" else 1
+                    if not bwd and p["U"] >= planning.WIDE_UNITS * (4 if cell == "rnn" else 1):
+                        # a wide tile's plain dot (see below)
+                        assert p["warps"] == planning.WIDE_WARPS and ks == 1, p
+                        continue
                     assert p["warps_bwd" if bwd else "warps"] == gates * ks <= 8, p
                     assert p["KC"] % ks == 0 and p["KC"] // ks >= 16, p
     # the cuDNN best case: 4 runs of 192 columns forward (chains of 12 MMAs, not 48), and
     # the backward's 4 gates x 2 runs
     p = plan("lstm", torch.float16, 16, 768, sm_count=132)
     assert (p["KS"], p["warps"], p["KS_bwd"], p["warps_bwd"]) == (4, 4, 2, 8)
+
+
+def test_wide_tiles_only_where_no_narrower_tiling_is_resident():
+    """16-bit B=128 at H=1024 streamed W_hh (0.5x cuDNN on an H200): its forward now keeps
+    16 units of W_hh a program on chip (64 rows, 128 KB at bf16), 2 batch groups of 64, one
+    plain dot a chunk on WIDE_WARPS warps; its backward still streams (the batched-gate
+    backward spilled there). Where 4 or 8 units fit, nothing changes."""
+    p = plan("lstm", torch.bfloat16, 128, 1024, sm_count=132, training=True)
+    assert p["kernel"] == "stationary" and p["weights_on_chip"] and p["programs"] == 128
+    assert (p["U"], p["BB"], p["KS"], p["warps"]) == (16, 64, 1, planning.WIDE_WARPS)
+    assert p["w_bytes"] == 64 * 1024 * 2
+    assert plan("lstm", torch.bfloat16, 128, 1024, sm_count=132, backward=True)["kernel"] \
+        == "sequence"
+    for cell in ("lstm", "gru", "rnn"):
+        for dt in (torch.bfloat16, torch.float16, torch.float32):
+            for B in (1, 8, 16, 32, 64, 128, 512):
+                for H in (64, 256, 768, 1024):
+                    p = plan(cell, dt, B, H, sm_count=132)
+                    if p["kernel"] == "stationary" and p["KS"] == 1:
+                        narrow = planning._best_tiling(cell, dt, B, H, 132, False, True, [
+                            u * (4 if cell == "rnn" else 1) for u in planning.UNIT_CHOICES], 1)
+                        assert narrow is None and p["BB"] >= planning.WIDE_MIN_BATCH, p
