@@ -259,6 +259,25 @@ def test_bidirectional_layer_is_one_launch_per_pass(cell, H, B, poison, launches
                                                     monkeypatch):
     """Both directions of a layer in one launch of the weight-stationary kernels, forward
     and backward, with lengths and initial states, against the reference."""
+    _bidirectional_one_launch_per_pass(cell, H, B, monkeypatch)
+    assert dict(launches) == {"stationary_fwd_kernel": 2, "stationary_bwd_kernel": 2}
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_bidirectional_wide_tiles(cell, poison, launches, monkeypatch):
+    """The same with wide tiles (plan.WIDE_UNITS; a bidirectional 16-bit B=64 H=1024 layer
+    pairs them on an H100/H200): both directions' plain dots in one launch."""
+    from fusedrnn.kernels import plan as planning
+
+    monkeypatch.setattr(planning, "FORCED_UNITS", planning.WIDE_UNITS)
+    monkeypatch.setenv(planning.KERNEL_ENV, "stationary")
+    p = planning.plan(cell, F64, 20, 40, cuda=False, sm_count=1, directions=2)
+    assert p["paired"] and p["KS"] == 1 and p["warps"] == planning.WIDE_WARPS
+    _bidirectional_one_launch_per_pass(cell, 40, 20, monkeypatch)
+    assert dict(launches) == {"stationary_fwd_kernel": 2, "stationary_bwd_kernel": 2}
+
+
+def _bidirectional_one_launch_per_pass(cell, H, B, monkeypatch):
     from fusedrnn.kernels.plan import KERNEL_ENV
 
     monkeypatch.setenv(KERNEL_ENV, "stationary")
@@ -285,7 +304,6 @@ def test_bidirectional_layer_is_one_launch_per_pass(cell, H, B, poison, launches
         results[backend] = [*outs, *torch.autograd.grad(loss, leaves + w)]
     for k, (got, want) in enumerate(zip(results["triton"], results["reference"])):
         assert_close(got, want, 1e-10, f"result {k}")
-    assert dict(launches) == {"stationary_fwd_kernel": 2, "stationary_bwd_kernel": 2}
 
 
 def test_batch_first_strides_need_no_copy(poison):
