@@ -7,6 +7,8 @@ time limit keeps what it had):
    the weight-stationary kernels);
 2. the h broadcast: per step, every program reads all of h_{t-1} for its batch rows (K x BB
    in the layer's dtype) and meets the others at the barrier; minus (1), the broadcast;
+   and the same exchange with the barrier carried by the data (_ll_broadcast: each word of
+   h holds its step's tag, readers poll h itself), checked by its sums;
 3. the target configurations: weight-stationary vs streaming sequence kernels vs cuDNN
    (checked, then timed, by bench.measure): fp16 LSTM B=16 H=768 T=1024 (cuDNN's persistent
    best case) and bf16/fp32 LSTM B in {8, 128} H=1024 T=256, inference and training.
@@ -65,6 +67,99 @@ def _barriers(sem_ptr, err_ptr, out_ptr, h_ptr, s_h, n_steps, GROUPS: tl.constex
         group_barrier(sem_ptr + group, per, pid % per == 0, err_ptr, s, ASM_ACQUIRE,
                       SPIN_LIMIT, RED)
     tl.store(out_ptr + pid, tl.sum(acc, 0))
+
+
+@triton.jit
+def _ll_broadcast(ll_ptr, err_ptr, out_ptr, n_steps, GROUPS: tl.constexpr, K: tl.constexpr,
+                  BB: tl.constexpr, U: tl.constexpr, SPIN_LIMIT: tl.constexpr):
+    """n_steps steps of a barrier that carries the data (NCCL's LL protocol), for a GPU to
+    time against "h broadcast + barrier": each program writes its U columns of h (its
+    group's BB rows) as 32-bit words, a bf16 value in the low half and the step's tag in
+    the high half (one store writes both: a reader that sees the tag sees the value), then
+    reads its group's whole (K, BB) and re-reads the words whose tag is not yet the step's.
+    No counter, no fence: one L2 round trip a step where the barrier and the load after it
+    take three or four; but twice the bytes.
+
+    Two slots by the step's parity: a program writes slot s % 2 again at step s + 2 only
+    after reading every member's step s + 1, which each member wrote after reading its
+    step s. Tags are 1..32768 (never the zeroed buffer's 0). The value a member writes is
+    member % 8 + 1, so every program's sum is known (bench.micro checks it). Bounded like
+    common.group_barrier: SPIN_LIMIT re-reads, then [1, step, program, members] in
+    err_ptr, and no program waits again."""
+    pid = tl.program_id(0)
+    per = tl.num_programs(0) // GROUPS
+    group, member = pid // per, pid % per
+    o_b = group * BB + tl.arange(0, BB)
+    o_u = member * U + tl.arange(0, U)
+    o_k = tl.arange(0, K)
+    value = (member % 8 + 1).to(tl.float32).to(tl.bfloat16).to(tl.int16, bitcast=True)
+    mine = (tl.zeros((U, BB), dtype=tl.int32) + value.to(tl.int32)) & 0xFFFF
+    acc = tl.zeros((BB,), dtype=tl.float32)
+    for s in range(0, n_steps):
+        tag = (s & 0x7FFF) + 1
+        slot = ll_ptr + (s % 2) * (GROUPS * BB * K)
+        tl.store(slot + o_b[None, :] * K + o_u[:, None], mine | (tag << 16),
+                 mask=(o_u < K)[:, None])
+        p = slot + o_b[None, :] * K + o_k[:, None]
+        w = tl.load(p, cache_modifier=".cg")
+        late = ((w >> 16) & 0xFFFF) != tag
+        stop = tl.load(err_ptr, volatile=True) != 0  # a failure elsewhere: never wait again
+        n = 0
+        while (tl.max(late.to(tl.int32)) > 0) & (n < SPIN_LIMIT) & (stop == 0):
+            w = tl.where(late, tl.load(p, mask=late, other=0, volatile=True), w)
+            late = ((w >> 16) & 0xFFFF) != tag
+            n += 1
+            if n % 256 == 0:
+                stop = tl.load(err_ptr, volatile=True) != 0
+        if (n >= SPIN_LIMIT) & (stop == 0):
+            if tl.atomic_cas(err_ptr, 0, 1, sem="relaxed", scope="gpu") == 0:
+                tl.store(err_ptr + 1, s)
+                tl.store(err_ptr + 2, pid)
+                tl.store(err_ptr + 3, per)
+        h = (w & 0xFFFF).to(tl.int16).to(tl.bfloat16, bitcast=True)
+        acc += tl.sum(h.to(tl.float32), axis=0)
+    tl.store(out_ptr + pid, tl.sum(acc, 0))
+
+
+def ll_expected(K: int, BB: int, U: int, steps: int) -> float:
+    """What every program of _ll_broadcast sums: column k carries (k // U) % 8 + 1."""
+    return float(BB * steps * sum((k // U) % 8 + 1 for k in range(K)))
+
+
+def ll_rows(device, programs, steps, K=None, BB=None) -> list[dict]:
+    """The data-carrying barrier (_ll_broadcast) per step, the programs in 1, 2 and 4
+    groups, beside the "h broadcast + barrier" rows (twice their bytes: the words carry
+    tags). A failure (a timeout, a wrong sum) is recorded in the row."""
+    K, BB = K or GPU_K, BB or GPU_BB
+    rows = []
+    for groups in (1, 2, 4):
+        if programs % groups:
+            continue
+        per = programs // groups
+        U = triton.next_power_of_2(triton.cdiv(K, per))
+        words = torch.zeros(2 * groups * BB * K, dtype=torch.int32, device=device)
+        _, err = barrier_words(0, device)
+        out = torch.empty(programs, device=device)
+
+        def run():
+            words.zero_()
+            launch_sequence(_ll_broadcast, programs, dict(
+                ll_ptr=words, err_ptr=err, out_ptr=out, n_steps=steps, GROUPS=groups, K=K,
+                BB=BB, U=U, SPIN_LIMIT=barrier_flags(device)["SPIN_LIMIT"], num_warps=4),
+                err, device, "LL micro")
+
+        try:
+            us, error = _time_us(run, device), None
+            want = ll_expected(K, BB, U, steps)
+            worst = (out - want).abs().max().item() / want
+            if worst > 1e-4:
+                error = f"wrong sum: relative error {worst:.2e}"
+        except Exception as e:  # noqa: BLE001 (recorded in the row)
+            us, error = float("nan"), f"{type(e).__name__}: {e}"
+        rows.append(dict(kind="ll broadcast", arrive="data", error=error, programs=programs,
+                         groups=groups, steps=steps, bytes_per_program_step=K * BB * 4,
+                         us_per_step=us / steps))
+    return rows
 
 
 def _time_us(fn, device) -> float:
@@ -142,17 +237,21 @@ def main(argv=None) -> int:
         print(row, flush=True)
 
     t0 = time.time()
+    failed = 0
     programs = 1 if dry else torch.cuda.get_device_properties(device).multi_processor_count
     programs -= programs % 4 if programs >= 4 else 0
     for row in barrier_rows(device, programs, 2 if dry else 2000,
                             K=16 if dry else GPU_K, BB=8 if dry else GPU_BB):
         emit(row)
+    for row in ll_rows(device, programs, 2 if dry else 2000, K=16 if dry else GPU_K,
+                       BB=8 if dry else GPU_BB):
+        emit(row)
+        failed += row["error"] is not None and dry  # (on a GPU: a finding, not a failure)
     impls = ["fused-stationary", "fused-seq"] if dry else \
         ["cudnn", "fused", "fused-stationary", "fused-seq"]
     baseline = "triton-interp" if dry else "cudnn"
     if dry:
         impls = ["triton-interp"] + impls
-    failed = 0
     for cfg in [] if args.barriers_only else target_configs(dry):
         for r in measure.measure(cfg, impls, baseline, device, time_it=not dry):
             failed += r["status"] == "FAILED"

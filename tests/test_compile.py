@@ -320,3 +320,40 @@ def test_barrier_arrival_as_built_for_sm90(red):
     atoms = [o for o in ops if re.search(r"\bATOMG?\.E\.ADD\b", o)]
     assert any("LDG" in o and "STRONG.GPU" in o for o in ops), "no acquire poll"
     assert (len(reds), len(atoms)) == ((1, 0) if red else (0, 1)), (reds, atoms)
+
+
+@pytest.mark.parametrize("triton_36", [False, True], ids=["installed", "triton_3_6"])
+def test_data_carrying_barrier_micro_builds_for_sm90(triton_36):
+    """bench.micro's barrier carried by the data (_ll_broadcast), as sm_90 builds it with the
+    installed Triton and with 3.6 (the GPU machines'): no counter atomic and no fence (the
+    tags order nothing but themselves), the step's words read as 128-bit L2 loads, and the
+    late ones re-read as strong (volatile) loads."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if triton_36:
+        if not (TRITON_36 / "triton").is_dir():
+            pytest.skip(f"Triton 3.6 is not installed at {TRITON_36} (make test installs it; "
+                        f"it needs PyPI once)")
+        env["PYTHONPATH"] = str(TRITON_36)
+    code = (
+        "import sys, triton; sys.path.insert(0, %r)\n"
+        "import compilecheck as cc\n"
+        "from triton.compiler import ASTSource\n"
+        "from bench.micro import _ll_broadcast as k\n"
+        "sig = dict(ll_ptr='*i32', err_ptr='*i32', out_ptr='*fp32', n_steps='i32')\n"
+        "const = dict(GROUPS=1, K=1024, BB=16, U=8, SPIN_LIMIT=1 << 22)\n"
+        "sig.update({n: 'constexpr' for n in const})\n"
+        "src = ASTSource(k, sig, {(k.arg_names.index(n),): v for n, v in const.items()},\n"
+        "                {(0,): [['tt.divisibility', 16]]})\n"
+        "c = triton.compile(src, target=cc.TARGETS['sm_90'], options={'num_warps': 4})\n"
+        "print(triton.__version__)\n"
+        "print(cc._dump(c.asm['cubin'], '-sass'))\n") % str(ROOT)
+    env["TRITON_INTERPRET"] = "0"  # (bench.micro turns the interpreter on without a GPU)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT.parent), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    version, _, sass = proc.stdout.partition("\n")
+    assert (version == "3.6.0") == triton_36, version
+    ops = [line.split(";")[0] for line in sass.splitlines() if "/*" in line]
+    assert not [o for o in ops if re.search(r"\bATOMG?\.E\.ADD\b|\bREDG?\.E\.ADD|MEMBAR", o)]
+    assert sum(bool(re.search(r"\bLDG\.E\.128\.STRONG\.GPU\b", o)) for o in ops) == 32
+    assert any(re.search(r"\bLDG\.E\.STRONG\.SYS\b", o) for o in ops)
