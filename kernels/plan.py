@@ -253,7 +253,8 @@ def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=
         # on a GPU streams there, and says why
         nk, kc = k_chunks(H)
         elt = torch.empty((), dtype=dtype).element_size()
-        u, bb = (FORCED_UNITS if H > 8 else 4) * scale, min(16, max(8, triton.next_power_of_2(B)))
+        u = (FORCED_UNITS if H > 8 else 4) * scale
+        bb = min(16, max(8, triton.next_power_of_2(B)))
         return (u, bb, nk, kc, triton.cdiv(H, u) * triton.cdiv(B, bb),
                 _rows(cell, u) * nk * kc * elt)
     return None

@@ -158,8 +158,9 @@ def _chunk_mma(w, x, ACC: tl.constexpr, ROWS: tl.constexpr, IEEE: tl.constexpr,
     (gate, run) per warp. Their sums are the callers'. The accumulator starts at ``zero``
     (see _chunks_dot)."""
     if ROWS and w.shape[0] == 1:
-        # one run (a wide tile, plan.k_runs): a plain dot, (4U, KC) . (KC, BB), its warps
-        # over M and N (a wgmma on sm_90), reshaped from and back to the runs' 3D shapes.
+        # one run (a wide tile, plan.k_runs, or a K of 16): a plain dot, (4U, KC) . (KC,
+        # BB), its warps over M and N (a wide tile's: a wgmma on sm_90), reshaped from and
+        # back to the runs' 3D shapes.
         # Both reshapes matter to the sm_90 builds (bf16 B=128 H=1024, 8 warps): from the
         # loads' (1, ., .), W comes to the MMA from registers (ldmatrix), where straight
         # from its load Triton fed the wgmma from shared memory by descriptor, with ~300
@@ -305,7 +306,6 @@ def _fwd_tile(
     p_h0 = h_ptr + init.to(tl.int64) * s_h_slot + o_b.to(tl.int64)[None, :] * s_h_b
     p_hm = hm_ptr + o_b.to(tl.int64)[None, :] * s_hm_b
     # (KS, 4U, BB): each of the KS runs of K on its own warps, summed after
-    # (KS, 4U, BB): each of the KS runs of K on its own warp, summed after
     acc = tl.sum(_chunks_dot(w0, w1, w2, w3, p_h, m_b, H, ACC, KC, NK, True, IEEE, UPCAST,
                              p_hm, HAS_HMASK, p_h0,
                              restart_flags(rs_ptr, s_rs_t, t, o_b, m_b, HAS_RESETS),
