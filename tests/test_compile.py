@@ -22,11 +22,12 @@ ROOT = pathlib.Path(__file__).resolve().parent
 def test_kernels_compile_for_sm80_and_sm90_without_spills(tmp_path, capsys):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = tmp_path / "compile.json"
-    # (the plan's own choice, the weight-stationary kernels where they fit, at H=64 only:
-    # test_weight_stationary_kernels_keep_w_on_chip checks them at the sizes that matter;
-    # at every size here they were 250 of 456 launches, and the suite ran past 15 minutes)
+    # (the plan's own choice, the weight-stationary kernels where they fit, at H=16 only:
+    # a K of 16, one run, the plain dot; test_weight_stationary_kernels_keep_w_on_chip
+    # checks them at the sizes that matter. At every size here they were 250 of 456
+    # launches, and the suite ran past 15 minutes)
     proc = subprocess.run([sys.executable, str(ROOT / "compilecheck.py"), "--hidden", "16", "64",
-                           "256", "1024", "--auto-hidden", "64", "--json", str(out)], env=env,
+                           "256", "1024", "--auto-hidden", "16", "--json", str(out)], env=env,
                           capture_output=True, text=True)
     with capsys.disabled():
         print("\n" + proc.stdout)
@@ -70,7 +71,7 @@ def _stationary_rows(tmp_path, capsys, pythonpath=None, targets=("sm_80", "sm_90
 
 def _check_stationary(rows):
     """The design held in place (issue 11), on sm_80 and sm_90 (tilings past the register
-    budgets: sm_90 only), for the weight-stationary
+    budgets, and B=1's: sm_90 only), for the weight-stationary
     launches a 132-SM GPU plans at B in {1, 16, 64}: bf16 H in {256, 1024}, fp16 and fp32
     (TF32) H=768, forward and backward, LSTM, GRU and RNN:
     - spills, for tilings within the plan's register budgets (kernels/plan.py
