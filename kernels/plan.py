@@ -211,26 +211,30 @@ def stationary_smem(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc:
         return w + max((nk if ahead else 1) * kc * bb * elt, runs * _rows(cell, u) * bb * 4)
     dg_elt = torch.empty((), dtype=gate_grad_dtype(dtype)).element_size()
     gp = _batch_gates(cell)
-    return w + max(gp * bb * kc * dg_elt, gp * runs * bb * u * 4)
+    return w + max((nk if ahead else 1) * gp * bb * kc * dg_elt, gp * runs * bb * u * 4)
 
 
 def x_ahead(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
             backward: bool, cuda_rules: bool = True) -> bool:
-    """Whether the forward loads every chunk of h_{t-1} before its product (X_AHEAD): one L2
-    round trip a step where chunk by chunk the sm_90 builds issued the last chunk's loads
-    among the MMAs of the one before (two). It stages all NK chunks in shared memory at
-    once, so only where that fits (fp32 BB >= 32 at H >= 768 does not); its builds also
+    """Whether a pass loads every chunk of its operand before its product (X_AHEAD). The
+    forward, every chunk of h_{t-1}: one L2 round trip a step where chunk by chunk the
+    sm_90 builds issued the last chunk's loads among the MMAs of the one before (two). It
+    stages all NK chunks in shared memory at once, so only where that fits (fp32 BB >= 32
+    at H >= 768 does not); its builds also
     took fewer registers (bf16 H=1024 BB=64: 170-200, no spill, against 255 and 32-56 B
     of spills; Triton 3.6: 96-112 B against 368-560).
     A wide tile's builds keep the chunks loaded ahead in registers and stage them one at a
     time: ahead where they fit X_REG_BYTES (fp16 H=768 BB=64: 3 chunks, 244-254 registers,
-    no spill; bf16 H=1024 BB=64, 4 chunks, would be 512 B a thread: chunk by chunk)."""
-    if backward:
-        return False
+    no spill; bf16 H=1024 BB=64, 4 chunks, would be 512 B a thread: chunk by chunk).
+    The backward likewise, every chunk of dgates_{t+1} for the batch of gates: chunk by
+    chunk, the sm_90 builds issued each chunk's loads at the start of the MMAs of the one
+    before, 8 dependent HMMAs (~260 cycles) against an L2 round trip (~600): the step
+    waited out most of NK round trips. Ahead (fp16 B=16 H=768, bf16 B=8 H=1024): no load
+    among the MMAs, fewer registers (145-172 against 176-182), no spill."""
     if wide(cell, u, backward):
         elt = torch.empty((), dtype=dtype).element_size()
         return (not cuda_rules or nk * kc * bb * elt // (32 * WIDE_WARPS) <= X_REG_BYTES)
-    return not cuda_rules or stationary_smem(cell, dtype, u, bb, nk, kc, False,
+    return not cuda_rules or stationary_smem(cell, dtype, u, bb, nk, kc, backward,
                                              True) <= SMEM_BLOCK_LIMIT
 
 

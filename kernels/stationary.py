@@ -27,7 +27,9 @@ three padded to four) and the KS runs of each chunk, so each (gate, run) has its
 warp and each of its K chunks its own accumulator chain, KC/(16 KS) deep (_chunks_dot);
 they are summed after. (One warp for all gates ran them as one chain, 4H/16 dependent
 MMAs a step, with the whole slice in its registers: 3.4 KB of stack at H=768.) dgates are
-read in the gate gradients' dtype, 16-bit for a 16-bit layer (common.gate_grad_dtype).
+read in the gate gradients' dtype, 16-bit for a 16-bit layer (common.gate_grad_dtype),
+every chunk before the first MMA where shared memory allows (plan.x_ahead), as the
+forward reads h_{t-1}.
 Then the gate gradients of step t, as in the streaming kernels (lstm_update_bwd,
 gru_update_bwd).
 
@@ -340,7 +342,7 @@ def _bwd_tile(
     HAS_DCS: tl.constexpr,
     U: tl.constexpr, BB: tl.constexpr, KC: tl.constexpr, NK: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr,
-    HAS_RESETS: tl.constexpr,
+    HAS_RESETS: tl.constexpr, X_AHEAD: tl.constexpr,
 ):
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_u, i_b, H, B, U, BB)
     p_dg = dg_ptr + t_next.to(tl.int64) * s_dg_t + o_b64[:, None] * s_dg_b
@@ -348,7 +350,7 @@ def _bwd_tile(
     # warp (a dot batched over the gates), then their sum
     G: tl.constexpr = 4 if LSTM else (1 if RNN else 3)
     acc = tl.sum(_chunks_dot(w0, w1, w2, w3, p_dg[None, :, :], m_b, H, ACC, KC, NK, False,
-                             IEEE, UPCAST, G=G), axis=0)
+                             IEEE, UPCAST, G=G, AHEAD=X_AHEAD), axis=0)
     b_g = tl.load(g_ptr + o_b64[:, None] * s_g_b + o_h[None, :], mask=m, other=0.0)
     # carried + dgates_{t+1} W_hh (times the variational mask the product saw), (BB, U)
     b_gs = b_g + state_mask(acc, hm_ptr, s_hm_b, o_b, m_b, o_h, m_h, HAS_HMASK)
@@ -502,6 +504,7 @@ def stationary_bwd_kernel(
     UPCAST: tl.constexpr, ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr,
     HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr, HAS_RESETS: tl.constexpr,
     KS: tl.constexpr = 1,         # each gate's K chunk split in KS runs, a warp each
+    X_AHEAD: tl.constexpr = False,  # every chunk of dgates_{t+1} loaded before the product
 ):
     DIRS: tl.constexpr = 2 if PAIRED else 1
     REV: tl.constexpr = 1 if REVERSE else 0  # direction d + REV: zoneout's stream
@@ -525,7 +528,7 @@ def stationary_bwd_kernel(
                       s_hm_b, z_seed, z_th_h, z_th_c, d + REV, rs_ptr + d * r_rs, s_rs_t,
                       init_slot(T, d + REV, True), t, t_next, rd, wr, B, H,
                       LSTM, RNN, ACC, HAS_LENGTHS, HAS_DCS, U, BB, KC, NK, IEEE, UPCAST,
-                      HAS_HMASK, ZONEOUT, HAS_RESETS)
+                      HAS_HMASK, ZONEOUT, HAS_RESETS, X_AHEAD)
             group_barrier(sem_ptr + d * n_bg + tile // n_u, n_u, tile % n_u == 0, err_ptr, s,
                           ASM_ACQUIRE, SPIN_LIMIT)
         else:
@@ -543,7 +546,7 @@ def stationary_bwd_kernel(
                           s_hm_b, z_seed, z_th_h, z_th_c, d + REV, rs_ptr + d * r_rs, s_rs_t,
                           init_slot(T, d + REV, True), t, t_next, rd, wr,
                           B, H, LSTM, RNN, ACC, HAS_LENGTHS, HAS_DCS, U, BB, KC, NK, IEEE,
-                          UPCAST, HAS_HMASK, ZONEOUT, HAS_RESETS)
+                          UPCAST, HAS_HMASK, ZONEOUT, HAS_RESETS, X_AHEAD)
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
 
@@ -563,7 +566,8 @@ def _kernel(launch):
                                            KS=launch.plan["KS"],
                                            X_AHEAD=launch.plan["x_ahead"]))
     return (stationary_bwd_kernel, _BWD_DIR_ARGS, launch.plan["warps_bwd"],
-            "stationary backward", dict(KS=launch.plan["KS_bwd"]))
+            "stationary backward", dict(KS=launch.plan["KS_bwd"],
+                                        X_AHEAD=launch.plan["x_ahead"]))
 
 
 def launch(one) -> None:
