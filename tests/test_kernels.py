@@ -199,24 +199,9 @@ def test_sequence_kernel_launches_do_not_grow_with_T(cell, H, B, poison, launche
     assert counts[0] == counts[1] == {f"{kind}_fwd_kernel": 1, f"{kind}_bwd_kernel": 1}
 
 
-@pytest.mark.parametrize("ahead", [True, False], ids=["h_ahead", "h_by_chunk"])
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_stationary_runs_of_k_match_the_reference(cell, ahead, poison, launches,
-                                                  monkeypatch):
-    """H=384 (3 K chunks of 128): the forward's product in 4 runs of K, the backward's in
-    2 a gate (the plain RNN's in 8), each run a warp's batch element, summed after; with
-    lengths and reverse, forward and every gradient, against the reference. The forward
-    loads all of h_{t-1} before its product, or chunk by chunk where the plan finds no
-    shared memory for that (plan.x_ahead)."""
-    from fusedrnn.kernels import plan as planning
-
-    if not ahead:
-        monkeypatch.setattr(planning, "x_ahead", lambda *args, **kw: False)
-    H, B = 384, 3
-    fwd, bwd = (planning.plan(cell, F64, B, H, cuda=False, sm_count=1, backward=b)
-                for b in (0, 1))
-    assert fwd["kernel"] == bwd["kernel"] == "stationary" and fwd["NK"] == 3
-    assert (fwd["KS"], bwd["KS_bwd"], fwd["x_ahead"]) == (4, 8 if cell == "rnn" else 2, ahead)
+def _one_stationary_layer_matches(cell, B, H, launches):
+    """A layer of ``cell`` (4 steps, lengths, reverse) against the reference, forward and
+    every gradient, in one weight-stationary launch a pass."""
     if cell == "lstm":
         _compare(functional.lstm_layer, _lstm_args(4, B, 5, H, 0, True, F64, True), True,
                  TOL[F64])
@@ -225,6 +210,28 @@ def test_stationary_runs_of_k_match_the_reference(cell, ahead, poison, launches,
     else:
         _compare(_rnn_layer("tanh"), _rnn_args(4, B, 5, H, True, F64, True), True, TOL[F64])
     assert dict(launches) == {"stationary_fwd_kernel": 1, "stationary_bwd_kernel": 1}
+
+
+@pytest.mark.parametrize("ahead", [True, False], ids=["h_ahead", "h_by_chunk"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_stationary_runs_of_k_match_the_reference(cell, ahead, poison, launches,
+                                                  monkeypatch):
+    """H=384 (3 K chunks of 128): the forward's product in 4 runs of K, the backward's in
+    2 a gate (the plain RNN's in 8), each run a warp's batch element, summed after; with
+    lengths and reverse, forward and every gradient, against the reference. The forward
+    loads all of h_{t-1} before its product and the backward all of dgates_{t+1}, or
+    chunk by chunk where the plan finds no shared memory for that (plan.x_ahead)."""
+    from fusedrnn.kernels import plan as planning
+
+    if not ahead:
+        monkeypatch.setattr(planning, "x_ahead", lambda *args, **kw: False)
+    H, B = 384, 3
+    fwd, bwd = (planning.plan(cell, F64, B, H, cuda=False, sm_count=1, backward=b)
+                for b in (0, 1))
+    assert fwd["kernel"] == bwd["kernel"] == "stationary" and fwd["NK"] == 3
+    assert (fwd["KS"], bwd["KS_bwd"]) == (4, 8 if cell == "rnn" else 2)
+    assert fwd["x_ahead"] == bwd["x_ahead"] == ahead
+    _one_stationary_layer_matches(cell, B, H, launches)
 
 
 @pytest.mark.parametrize("ahead", [True, False], ids=["h_ahead", "h_by_chunk"])
@@ -243,14 +250,7 @@ def test_stationary_wide_tiles_match_the_reference(cell, ahead, poison, launches
     fwd = planning.plan(cell, F64, B, H, cuda=False, sm_count=1)
     assert fwd["kernel"] == "stationary" and fwd["NK"] == 3 and fwd["x_ahead"] == ahead
     assert (fwd["KS"], fwd["warps"]) == (1, planning.WIDE_WARPS)
-    if cell == "lstm":
-        _compare(functional.lstm_layer, _lstm_args(4, B, 5, H, 0, True, F64, True), True,
-                 TOL[F64])
-    elif cell == "gru":
-        _compare(functional.gru_layer, _gru_args(4, B, 5, H, True, F64, True), True, TOL[F64])
-    else:
-        _compare(_rnn_layer("tanh"), _rnn_args(4, B, 5, H, True, F64, True), True, TOL[F64])
-    assert dict(launches) == {"stationary_fwd_kernel": 1, "stationary_bwd_kernel": 1}
+    _one_stationary_layer_matches(cell, B, H, launches)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
