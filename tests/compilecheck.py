@@ -530,14 +530,15 @@ def k_tiles(config: dict, dtype: str) -> int:
 
 def _stationary_one(k: int) -> dict:
     row, compiled, sass = _compile(k)
+    wgmma = warpgroup_mma(sass)
     return {**row, "triton": triton.__version__, "dyn_shared": compiled.metadata.shared,
             "w_loads_in_loop": w_loads_in_time_loop(compiled.asm["ttgir"]),
             "mma_per_step": mma_per_step(sass), "mma_chain": mma_chain_per_step(sass),
             "prefetches": prefetches_before_mma(sass), "loads_in_product": loads_among_mmas(sass),
             "k_tiles": k_tiles(row["config"], row["dtype"]),
-            "wgmma": warpgroup_mma(sass),
+            "wgmma": wgmma,
             "mma_work": mma_work_per_warp(row["config"], row["kernel"], row["num_warps"],
-                                          row["dtype"], warpgroup_mma(sass))}
+                                          row["dtype"], wgmma)}
 
 
 def stationary_matrix(sms=132, batches=(1, 16, 64)):
@@ -554,8 +555,8 @@ def stationary_matrix(sms=132, batches=(1, 16, 64)):
                    (torch.float32, (768,))):
         for B in batches:
             launches.update(capture(hs, batches=(B,), dtypes=(dt,), **kw))
-    # (without the wide tiles' forward, which --wide checks: the bidirectional B=64 H=1024
-    # pairs them, and each build takes ~30 s)
+    # (without the wide tiles' forward, which the bidirectional B=64 H=1024 pairs: --wide
+    # checks them)
     return {k: v for k, v in launches.items()
             if k[0].startswith("stationary_") and not _wide_launch(k, v)}
 
@@ -563,8 +564,8 @@ def stationary_matrix(sms=132, batches=(1, 16, 64)):
 def wide_launches(sms=132):
     """The wide tiles' forward (plan.WIDE_UNITS, one plain dot a chunk) where a 132-SM GPU
     plans them: bf16 LSTM B=128 H=1024 training (an issue 11 target, 4 chunks of h, one at
-    a time) and fp16 GRU B=128 H=768 inference (3 chunks loaded ahead). (Two launches: each
-    build takes ~30 s on one core.)"""
+    a time) and fp16 GRU B=128 H=768 inference (3 chunks loaded ahead): two launches, for
+    the suite's time."""
     launches = {}
     for dt, H, lstm, save in ((torch.bfloat16, 1024, True, True),
                               (torch.float16, 768, False, False)):

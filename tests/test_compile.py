@@ -91,8 +91,9 @@ def _check_stationary(rows):
       products and runs on their own warps, not one after another on one warp (192 at
       H=768 before), and its K chunks as separate chains (stationary._chunks_dot);
     - the forward issues its L1 prefetches of the update's inputs before its first MMA,
-      and where the plan loads h_{t-1} ahead (plan.x_ahead), no global load among its
-      MMAs (chunk by chunk, the last chunk's loads came among the MMAs of the one before);
+      and where the plan loads the operand ahead (plan.x_ahead: h_{t-1}, or the
+      backward's dgates_{t+1}), no global load among its MMAs (chunk by chunk, the next
+      chunk's loads came among the MMAs of the one before);
     - one program per SM fits (the plan's grids are co-resident), and the plan's model of a
       program's shared memory (plan.stationary_smem, which keeps every tiling it takes
       within 227 KB) is the build's, to the byte: with the warps' fp32 partial sums in
@@ -114,8 +115,8 @@ def _check_stationary_row(r) -> bool:
     assert r["w_loads_in_loop"] == 0, f"W_hh loaded inside the time loop: {what}"
     if "fwd" in r["kernel"]:  # the update's inputs are on their way before the product
         assert r["prefetches"] > 0, f"no L1 prefetch before the first MMA: {what}"
-    if r["config"].get("X_AHEAD") == "True":  # and all of h_{t-1}: one L2 round trip
-        assert r["loads_in_product"] == 0, f"h loaded among the MMAs: {what}"
+    if r["config"].get("X_AHEAD") == "True":  # and all of h_{t-1} (backward: dgates_{t+1})
+        assert r["loads_in_product"] == 0, f"operand loaded among the MMAs: {what}"
     # (a wide tile's wgmmas chain on one accumulator, as asynchronous MMAs do: K/16)
     runs = int(r["config"]["KS"]) * (int(r["config"]["NK"]) if "bwd" in r["kernel"] else 1)
     chain = r["k_tiles"] // runs
