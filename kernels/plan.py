@@ -382,9 +382,10 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
 
 def wgmma(device: torch.device) -> bool:
     """Whether a CUDA device builds the wide tiles' dot as a wgmma: sm_90 (H100, H200). Its
-    sm_80 build spilled 600-5100 B and issued every MMA twice: elsewhere they stream."""
-    return _capability(device.index if device.index is not None else
-                       torch.cuda.current_device())[0] == 9
+    sm_80 build spilled 600-5100 B and issued every MMA twice: elsewhere they stream. (A
+    ROCm build reports its gfx version as the capability: never there.)"""
+    return torch.version.hip is None and _capability(
+        device.index if device.index is not None else torch.cuda.current_device())[0] == 9
 
 
 @functools.lru_cache(maxsize=None)

@@ -154,3 +154,18 @@ def test_wide_tiles_only_where_no_narrower_tiling_is_resident():
                         narrow = planning._best_tiling(cell, dt, B, H, 132, False, True, [
                             u * (4 if cell == "rnn" else 1) for u in planning.UNIT_CHOICES], 1)
                         assert narrow is None and p["BB"] >= planning.WIDE_MIN_BATCH, p
+
+
+def test_wide_tiles_only_on_sm90(monkeypatch):
+    """The wide tiles' plain dot is a wgmma on sm_90 alone (on sm_80 it spilled and repeated
+    MMAs): plan_for asks plan.wgmma, which takes the device's capability, and never a ROCm
+    device's (its capability is a gfx version)."""
+    cuda = torch.device("cuda", 0)
+    for capability, want in (((9, 0), True), ((8, 0), False), ((10, 0), False)):
+        monkeypatch.setattr(planning, "_capability", lambda index, c=capability: c)
+        assert planning.wgmma(cuda) is want
+    monkeypatch.setattr(planning, "_capability", lambda index: (9, 4))
+    monkeypatch.setattr(torch.version, "hip", "6.2")
+    assert planning.wgmma(cuda) is False
+    p = plan("lstm", torch.bfloat16, 128, 1024, sm_count=132, wide_tiles=False)
+    assert p["kernel"] == "sequence"
