@@ -262,9 +262,11 @@ def _split_gates(acc, U: tl.constexpr, BB: tl.constexpr):
 # the step waited out one more L2 round trip (~300-600 cycles; the barrier's acquire
 # invalidates L1 every step) after its last MMA. Prefetched to L1 before the product, their
 # latency hides under it: 13 prefetches a thread, +10 registers, no spill (fp16 H=768
-# B=16). A hint only: nothing changes where it is off. (The backward's update has the same
-# pattern, but its builds took ~90 more registers with the prefetches and spilled 8-128 B:
-# not there.)
+# B=16). A hint only: nothing changes where it is off. The backward's update has the same
+# pattern (its inputs loaded after the product and the sum over its 8 warps): with its
+# 4-warp gate product its builds took ~90 more registers with the prefetches and spilled
+# 8-128 B; with 8 warps and dgates loaded ahead, 8-11 prefetches a thread, +6-46
+# registers (fp16 B=16 H=768: 172-194, 3.9 and 3.6), no spill.
 @triton.jit
 def _prefetch_fwd(i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot,
                   s_c_b, len_ptr, t, rd, B, H, G: tl.constexpr, HAS_LENGTHS: tl.constexpr,
@@ -280,6 +282,37 @@ def _prefetch_fwd(i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot, s_h_b, c_pt
     prefetch(h_ptr + rd.to(tl.int64) * s_h_slot + o_b * s_h_b + u0, m_b, ON)
     if G == 4:  # the LSTM's cell state
         prefetch(c_ptr + rd.to(tl.int64) * s_c_slot + o_b * s_c_b + u0, m_b, ON)
+    if HAS_LENGTHS:
+        prefetch(len_ptr + o_b, m_b, ON)
+
+
+@triton.jit
+def _prefetch_bwd(i_u, i_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b,
+                  c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b, gc_ptr, s_gc_b, dcs_ptr,
+                  s_dcs_t, s_dcs_b, len_ptr, t, rd, wr, B, H, LSTM: tl.constexpr,
+                  RNN: tl.constexpr, HAS_DCS: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+                  U: tl.constexpr, BB: tl.constexpr, ON: tl.constexpr):
+    """The backward update's inputs (lstm_update_bwd, gru_update_bwd, rnn_update_bwd and
+    _bwd_tile's own): the carried state gradient, the output gradient, the saved gates,
+    the LSTM's cell history, carried cell gradient and cell-state gradient, the GRU's
+    state history, the lengths. One prefetch per batch row and buffer, as _prefetch_fwd."""
+    o_b = (i_b * BB + tl.arange(0, BB)).to(tl.int64)
+    m_b = o_b < B
+    u0 = i_u * U
+    t64 = t.to(tl.int64)
+    prefetch(g_ptr + o_b * s_g_b + u0, m_b, ON)
+    prefetch(do_ptr + t64 * s_do_t + o_b * s_do_b + u0, m_b, ON)
+    p_ga = ga_ptr + t64 * s_ga_t + o_b * s_ga_b + u0
+    for g in tl.static_range(1 if RNN else 4):
+        prefetch(p_ga + g * H, m_b, ON)
+    if LSTM:
+        prefetch(c_ptr + rd.to(tl.int64) * s_c_slot + o_b * s_c_b + u0, m_b, ON)
+        prefetch(c_ptr + wr.to(tl.int64) * s_c_slot + o_b * s_c_b + u0, m_b, ON)
+        prefetch(gc_ptr + o_b * s_gc_b + u0, m_b, ON)
+        if HAS_DCS:
+            prefetch(dcs_ptr + t64 * s_dcs_t + o_b * s_dcs_b + u0, m_b, ON)
+    elif not RNN:  # the GRU's h_{t-1}
+        prefetch(h_ptr + rd.to(tl.int64) * s_h_slot + o_b * s_h_b + u0, m_b, ON)
     if HAS_LENGTHS:
         prefetch(len_ptr + o_b, m_b, ON)
 
@@ -342,8 +375,12 @@ def _bwd_tile(
     HAS_DCS: tl.constexpr,
     U: tl.constexpr, BB: tl.constexpr, KC: tl.constexpr, NK: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr,
-    HAS_RESETS: tl.constexpr, X_AHEAD: tl.constexpr,
+    HAS_RESETS: tl.constexpr, X_AHEAD: tl.constexpr, PREFETCH: tl.constexpr,
 ):
+    _prefetch_bwd(i_u, i_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b,
+                  c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b, gc_ptr, s_gc_b, dcs_ptr,
+                  s_dcs_t, s_dcs_b, len_ptr, t, rd, wr, B, H, LSTM, RNN, HAS_DCS,
+                  HAS_LENGTHS, U, BB, PREFETCH)
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_u, i_b, H, B, U, BB)
     p_dg = dg_ptr + t_next.to(tl.int64) * s_dg_t + o_b64[:, None] * s_dg_b
     # dgates_{t+1} (BB, G*H) . W_hh[:, units] (G*H, U): each gate's product on its own
@@ -505,6 +542,7 @@ def stationary_bwd_kernel(
     HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr, HAS_RESETS: tl.constexpr,
     KS: tl.constexpr = 1,         # each gate's K chunk split in KS runs, a warp each
     X_AHEAD: tl.constexpr = False,  # every chunk of dgates_{t+1} loaded before the product
+    PREFETCH: tl.constexpr = False,  # CUDA: the tile's update inputs to L1 under the product
 ):
     DIRS: tl.constexpr = 2 if PAIRED else 1
     REV: tl.constexpr = 1 if REVERSE else 0  # direction d + REV: zoneout's stream
@@ -528,7 +566,7 @@ def stationary_bwd_kernel(
                       s_hm_b, z_seed, z_th_h, z_th_c, d + REV, rs_ptr + d * r_rs, s_rs_t,
                       init_slot(T, d + REV, True), t, t_next, rd, wr, B, H,
                       LSTM, RNN, ACC, HAS_LENGTHS, HAS_DCS, U, BB, KC, NK, IEEE, UPCAST,
-                      HAS_HMASK, ZONEOUT, HAS_RESETS, X_AHEAD)
+                      HAS_HMASK, ZONEOUT, HAS_RESETS, X_AHEAD, PREFETCH)
             group_barrier(sem_ptr + d * n_bg + tile // n_u, n_u, tile % n_u == 0, err_ptr, s,
                           ASM_ACQUIRE, SPIN_LIMIT)
         else:
@@ -546,7 +584,7 @@ def stationary_bwd_kernel(
                           s_hm_b, z_seed, z_th_h, z_th_c, d + REV, rs_ptr + d * r_rs, s_rs_t,
                           init_slot(T, d + REV, True), t, t_next, rd, wr,
                           B, H, LSTM, RNN, ACC, HAS_LENGTHS, HAS_DCS, U, BB, KC, NK, IEEE,
-                          UPCAST, HAS_HMASK, ZONEOUT, HAS_RESETS, X_AHEAD)
+                          UPCAST, HAS_HMASK, ZONEOUT, HAS_RESETS, X_AHEAD, PREFETCH)
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
 
@@ -567,7 +605,8 @@ def _kernel(launch):
                                            X_AHEAD=launch.plan["x_ahead"]))
     return (stationary_bwd_kernel, _BWD_DIR_ARGS, launch.plan["warps_bwd"],
             "stationary backward", dict(KS=launch.plan["KS_bwd"],
-                                        X_AHEAD=launch.plan["x_ahead"]))
+                                        X_AHEAD=launch.plan["x_ahead"],
+                                        PREFETCH=launch.device.type == "cuda"))
 
 
 def launch(one) -> None:

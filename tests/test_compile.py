@@ -90,7 +90,7 @@ def _check_stationary(rows):
       at fp16 H=768 with the whole K on each warp, 12 now); backward KC/(16*KS), its gate
       products and runs on their own warps, not one after another on one warp (192 at
       H=768 before), and its K chunks as separate chains (stationary._chunks_dot);
-    - the forward issues its L1 prefetches of the update's inputs before its first MMA,
+    - each pass issues its L1 prefetches of the update's inputs before its first MMA,
       and where the plan loads the operand ahead (plan.x_ahead: h_{t-1}, or the
       backward's dgates_{t+1}), no global load among its MMAs (chunk by chunk, the next
       chunk's loads came among the MMAs of the one before);
@@ -113,8 +113,8 @@ def _check_stationary_row(r) -> bool:
     assert r["config"]["RESIDENT"] == "True", what
     hot = 32 if r["triton"].startswith("3.6.") else 16
     assert r["w_loads_in_loop"] == 0, f"W_hh loaded inside the time loop: {what}"
-    if "fwd" in r["kernel"]:  # the update's inputs are on their way before the product
-        assert r["prefetches"] > 0, f"no L1 prefetch before the first MMA: {what}"
+    # the update's inputs are on their way before the product (both passes)
+    assert r["prefetches"] > 0, f"no L1 prefetch before the first MMA: {what}"
     if r["config"].get("X_AHEAD") == "True":  # and all of h_{t-1} (backward: dgates_{t+1})
         assert r["loads_in_product"] == 0, f"operand loaded among the MMAs: {what}"
     # (a wide tile's wgmmas chain on one accumulator, as asynchronous MMAs do: K/16)
