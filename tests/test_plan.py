@@ -122,8 +122,7 @@ def test_warps_are_the_batch_of_the_batched_dots():
                         continue
                     ks = p["KS_bwd"] if bwd else p["KS"]
                     gates = 4 if bwd and cell != "rnn" else 1
-                    if not bwd and p["U"] >= planning.WIDE_UNITS * (4 if cell == "rnn" else 1):
-                        # a wide tile's plain dot (see below)
+                    if planning.wide(cell, p["U"], bwd):  # a wide tile's plain dot (below)
                         assert p["warps"] == planning.WIDE_WARPS and ks == 1, p
                         continue
                     assert p["warps_bwd" if bwd else "warps"] == gates * ks <= 8, p
@@ -150,7 +149,7 @@ def test_wide_tiles_only_where_no_narrower_tiling_is_resident():
             for B in (1, 8, 16, 32, 64, 128, 512):
                 for H in (64, 256, 768, 1024):
                     p = plan(cell, dt, B, H, sm_count=132)
-                    if p["kernel"] == "stationary" and p["KS"] == 1:
+                    if p["kernel"] == "stationary" and planning.wide(cell, p["U"], False):
                         narrow = planning._best_tiling(cell, dt, B, H, 132, False, True, [
                             u * (4 if cell == "rnn" else 1) for u in planning.UNIT_CHOICES], 1)
                         assert narrow is None and p["BB"] >= planning.WIDE_MIN_BATCH, p
