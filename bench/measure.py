@@ -33,7 +33,7 @@ def plan_of(m, impl, x) -> dict:
     """The plan (fusedrnn.explain) of layer 0, forward direction, as the row records it."""
     with _kernel_variant(impl):
         p = fusedrnn.explain(m, x)[0]
-    keys = ("kernel", "programs", "weights_on_chip", "reason", "U", "BB", "warps")
+    keys = ("kernel", "programs", "weights_on_chip", "reason", "U", "BB", "split", "warps")
     return {**{k: p[k] for k in keys if k in p},
             "backward": {k: p["backward"][k] for k in keys if k in p["backward"]}}
 

@@ -53,6 +53,9 @@ WIDE_MIN_BATCH = 64
 # Units a program where the weight-stationary kernel is forced past what stays resident
 # (the interpreter, one program looping over the tiles)
 FORCED_UNITS = 8
+# Batch sub-tiles a program's forward runs one after another where the plan forces it (the
+# interpreter; the tests set 2 to run the split path, see split_rows)
+FORCED_SPLIT = 1
 # A plain RNN has one gate: U units are U rows, so it takes four times the units for the
 # same M (16 or 32 rows) and the same compiled shape.
 RNN_UNIT_SCALE = 4
@@ -157,6 +160,28 @@ def wide(cell: str, u: int, backward: bool) -> bool:
     return not backward and _rows(cell, u) >= 64
 
 
+def split_rows(cell: str, dtype: torch.dtype, u: int, bb: int, kc: int,
+               backward: bool) -> int:
+    """Batch sub-tiles a program's forward runs one after another (SPLIT): 2 where one K
+    chunk of h_{t-1}^T for its BB rows (KC x BB, what a thread stages at once even chunk
+    by chunk) is over X_REG_BYTES a thread, else 1. Each sub-tile (BB/2 rows) is then a
+    whole product and update with the same W_hh slice, so the program keeps its rows and
+    the grid its size. Only fp32 (TF32) at BB=64 is over: 512 B a thread, whose sm_90
+    builds on Triton 3.6 (what the GPU machines run) spilled 104 B to 16 KB, the LSTM's at
+    H >= 768 with 32 registers and 12-16 KB of stack (6-8 thousand spill accesses a step;
+    ptxas 12.8 and 12.9 alike, from Triton 3.6's PTX); measured on the H200 before, fp32
+    LSTM B=128 H=512 (BB=64) ran 17.8 us a step where B=32 (BB=32) ran 4.6. As two
+    sub-tiles of 32 rows (fp32 B=64 H=768 and 1024, B=128 H=512, B=256 H=256; LSTM and
+    GRU, sm_90): 0-24 B of spills on Triton 3.6 and 3.9, the rest none. (16-bit BB=64, 256
+    B a chunk, and the backward stay whole: their spills are 100-500 B, L1 hits, against
+    a second round trip a step for a second sub-tile; not measured.)"""
+    if backward or wide(cell, u, backward) or bb < 16:
+        return 1
+    elt = torch.empty((), dtype=dtype).element_size()
+    chunk = kc * bb * elt // (32 * stationary_warps(cell, kc, bb, False, u))
+    return 2 if chunk > X_REG_BYTES else 1
+
+
 def register_bytes(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
                    backward: bool) -> int:
     """Bytes a thread of a weight-stationary program holds in registers of the per-step
@@ -239,8 +264,8 @@ def x_ahead(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
 
 
 def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=True):
-    """(U, BB, NK, KC, programs, smem) of the best weight-stationary tiling, or None:
-    of UNIT_CHOICES, else of WIDE_UNITS."""
+    """(U, BB, NK, KC, programs, smem, split) of the best weight-stationary tiling, or None:
+    of UNIT_CHOICES, else of WIDE_UNITS (split: split_rows)."""
     scale = RNN_UNIT_SCALE if cell == "rnn" else 1
     two_bytes = torch.empty((), dtype=dtype).element_size() == 2
     wider = (((WIDE_UNITS,), WIDE_MIN_BATCH),) if (
@@ -259,14 +284,16 @@ def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=
         elt = torch.empty((), dtype=dtype).element_size()
         u = (FORCED_UNITS if H > 8 else 4) * scale
         bb = min(16, max(8, triton.next_power_of_2(B)))
-        return (u, bb, nk, kc, triton.cdiv(H, u) * triton.cdiv(B, bb),
-                _rows(cell, u) * nk * kc * elt)
+        split = 1 if backward or wide(cell, u, backward) else FORCED_SPLIT
+        return (u, bb * split, nk, kc, triton.cdiv(H, u) * triton.cdiv(B, bb * split),
+                _rows(cell, u) * nk * kc * elt, split)
     return None
 
 
 def _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules, units, least_bb):
-    """(U, BB, NK, KC, programs, smem) of the best resident tiling with U in ``units`` and
-    BB >= least_bb."""
+    """(U, BB, NK, KC, programs, smem, split) of the best resident tiling with U in
+    ``units`` and BB >= least_bb; a split tiling's registers and shared memory are those of
+    its sub-tiles (BB / split rows)."""
     nk, kc = k_chunks(H)
     elt = torch.empty((), dtype=dtype).element_size()
     best = None
@@ -279,15 +306,17 @@ def _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules, units, least_bb):
             n_u, n_b = triton.cdiv(H, u), triton.cdiv(B, bb)
             if smem > SMEM_W_BUDGET or n_u * n_b > sm:
                 continue
-            if cuda_rules and stationary_smem(cell, dtype, u, bb, nk, kc,
+            split = split_rows(cell, dtype, u, bb, kc, backward) if cuda_rules else 1
+            sub = bb // split
+            if cuda_rules and stationary_smem(cell, dtype, u, sub, nk, kc,
                                               backward) > SMEM_BLOCK_LIMIT:
                 continue  # (fp32 LSTM H=1024 BB=32 backward: 256 KB)
             # the register budgets are preferences, not limits: on an H200 (bench/results/
             # 20261127-191927-NVIDIA_H200.json) every resident tiling past them still beat
             # the streaming kernel 2-5x (bf16 LSTM B=8 H=1024 training: 4.5 ms against
             # 12.4), its spills cost less than streaming W_hh from L2 every step
-            held = register_bytes(cell, dtype, u, bb, nk, kc, backward)
-            in_regs = not cuda_rules or within_register_budget(cell, dtype, u, bb, nk, kc,
+            held = register_bytes(cell, dtype, u, sub, nk, kc, backward)
+            in_regs = not cuda_rules or within_register_budget(cell, dtype, u, sub, nk, kc,
                                                                backward)
             # within the budgets: the most programs; past them: the least held a thread;
             # then the most units a program: U x BB is the same at the same programs, and a
@@ -296,7 +325,7 @@ def _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules, units, least_bb):
             # with 2 groups, 1.25 with 4, on an H200: bench/results/, micro)
             key = (in_regs, 0 if in_regs else -held, n_u * n_b, u)
             if best is None or key > best[0]:
-                best = (key, (u, bb, nk, kc, n_u * n_b, smem))
+                best = (key, (u, bb, nk, kc, n_u * n_b, smem, split))
     return None if best is None else best[1]
 
 
@@ -340,20 +369,24 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
         st = _stationary(cell, dtype, B, H, sm_count, choice == "stationary" or not cuda,
                          backward and cuda, cuda, wide_tiles)
         if st is not None:
-            u, bb, nk, kc, tiles, smem = st
+            u, bb, nk, kc, tiles, smem, split = st
+            sub = bb // split  # the rows of one product and update (split_rows)
             programs = min(tiles, sm_count)
             resident = programs == tiles
             reason = (f"weight-stationary: {triton.cdiv(H, u)} unit groups of {u} x "
                       f"{triton.cdiv(B, bb)} batch groups of {bb} = {tiles} programs "
                       f"on {sm_count} SMs, {smem // 1024} KB of W_hh each on chip")
+            if split > 1:
+                reason += f", each step as {split} sub-tiles of {sub} rows"
             if not resident:
                 reason = (f"weight-stationary kernel forced ({KERNEL_ENV}), {tiles} tiles on "
                           f"{programs} programs: W_hh re-read per tile")
             return dict(base, kernel="stationary", programs=programs, tiles=tiles,
                         weights_on_chip=resident, reason=reason, U=u, BB=bb, NK=nk, KC=kc,
-                        x_ahead=x_ahead(cell, dtype, u, bb, nk, kc, backward, cuda),
-                        KS=k_runs(cell, kc, bb, False, u),
-                        warps=stationary_warps(cell, kc, bb, False, u),
+                        split=split,
+                        x_ahead=x_ahead(cell, dtype, u, sub, nk, kc, backward, cuda),
+                        KS=k_runs(cell, kc, sub, False, u),
+                        warps=stationary_warps(cell, kc, sub, False, u),
                         KS_bwd=k_runs(cell, kc, bb, True, u),
                         warps_bwd=stationary_warps(cell, kc, bb, True, u), w_bytes=smem,
                         gates=g)

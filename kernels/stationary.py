@@ -44,6 +44,13 @@ tiles than programs, or under the interpreter, where programs run one after anot
 the grid is one program) a program loops over the tiles, re-loading each slice, with a
 grid barrier.
 
+SPLIT (the forward, plan.split_rows: fp32 at 64 rows a program): a tile's batch rows as
+SPLIT sub-tiles of BB rows, each a whole product and update, one after another a step, with
+the one slice; the barrier counts the tile's rows. The sub-tiles are a loop, not unrolled:
+unrolled (fp32 B=64 H=768 and 1024, Triton 3.6, sm_90) the two bodies' values overlapped
+and spilled 128-430 B; as a loop, none (240-254 registers). The loop is not pipelined
+(num_stages=1): pipelined, Triton staged two sub-tiles' h in shared memory at once (304 KB).
+
 PAIRED: both directions of a bidirectional layer in one launch (kernels/pairing.py drives
 the two launchers): programs [0, P) run the forward direction and [P, 2P) the reverse one,
 each with its own buffers and barrier counters, planned on half the SMs each.
@@ -475,12 +482,15 @@ def stationary_fwd_kernel(
     PREFETCH: tl.constexpr,       # CUDA: the tile's update inputs to L1 under the product
     KS: tl.constexpr = 1,         # K split in KS runs, each on its own warps
     X_AHEAD: tl.constexpr = False,  # every chunk of h_{t-1} loaded before the product
+    SPLIT: tl.constexpr = 1,      # a tile's batch rows as SPLIT sub-tiles of BB, one
+                                  # after another a step, with the one slice
+                                  # (plan.split_rows)
 ):
     G: tl.constexpr = 4 if LSTM else (1 if RNN else 3)
     DIRS: tl.constexpr = 2 if PAIRED else 1
     REV: tl.constexpr = 1 if REVERSE else 0  # direction d + REV: zoneout's stream
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
-    n_u, n_bg = tl.cdiv(H, U), tl.cdiv(B, BB)
+    n_u, n_bg = tl.cdiv(H, U), tl.cdiv(B, BB * SPLIT)
     n_tiles = n_u * n_bg
     if RESIDENT:  # one tile a program; the slice, loaded once: no W from global in the loop
         d, tile = pid // n_tiles, pid % n_tiles
@@ -489,14 +499,16 @@ def stationary_fwd_kernel(
     for s in range(0, T):
         if RESIDENT:
             t, rd, wr = _fwd_step_dir(s, T, d, PAIRED, REVERSE, SAVE)
-            _fwd_tile(tile % n_u, tile // n_u, w0, w1, w2, w3, xg_ptr + d * r_xg, s_xg_t,
-                      s_xg_b, bhn_ptr + d * r_bhn, h_ptr + d * r_h, s_h_slot, s_h_b,
-                      c_ptr + d * r_c, s_c_slot, s_c_b, out_ptr + d * r_out, s_o_t, s_o_b,
-                      ga_ptr + d * r_ga, s_ga_t, s_ga_b, len_ptr, hm_ptr + d * r_hm, s_hm_b,
-                      z_seed, z_th_h, z_th_c, d + REV, rs_ptr + d * r_rs, s_rs_t,
-                      init_slot(T, d + REV, SAVE), t, rd, wr, B, H, LSTM, RNN,
-                      ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE, UPCAST,
-                      HAS_HMASK, ZONEOUT, HAS_RESETS, PREFETCH, X_AHEAD)
+            for j in tl.range(0, SPLIT, num_stages=1):
+                _fwd_tile(tile % n_u, (tile // n_u) * SPLIT + j, w0, w1, w2, w3,
+                          xg_ptr + d * r_xg, s_xg_t, s_xg_b, bhn_ptr + d * r_bhn,
+                          h_ptr + d * r_h, s_h_slot, s_h_b, c_ptr + d * r_c, s_c_slot, s_c_b,
+                          out_ptr + d * r_out, s_o_t, s_o_b, ga_ptr + d * r_ga, s_ga_t,
+                          s_ga_b, len_ptr, hm_ptr + d * r_hm, s_hm_b, z_seed, z_th_h, z_th_c,
+                          d + REV, rs_ptr + d * r_rs, s_rs_t, init_slot(T, d + REV, SAVE), t,
+                          rd, wr, B, H, LSTM, RNN, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB,
+                          KC, NK, IEEE, UPCAST, HAS_HMASK, ZONEOUT, HAS_RESETS, PREFETCH,
+                          X_AHEAD)
             group_barrier(sem_ptr + d * n_bg + tile // n_u, n_u, tile % n_u == 0, err_ptr, s,
                           ASM_ACQUIRE, SPIN_LIMIT)
         else:
@@ -505,14 +517,16 @@ def stationary_fwd_kernel(
                 t, rd, wr = _fwd_step_dir(s, T, d, PAIRED, REVERSE, SAVE)
                 v0, v1, v2, v3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, G, U, KC, NK,
                                            True, KS)
-                _fwd_tile(tile % n_u, tile // n_u, v0, v1, v2, v3, xg_ptr + d * r_xg, s_xg_t,
-                          s_xg_b, bhn_ptr + d * r_bhn, h_ptr + d * r_h, s_h_slot, s_h_b,
-                          c_ptr + d * r_c, s_c_slot, s_c_b, out_ptr + d * r_out, s_o_t, s_o_b,
-                          ga_ptr + d * r_ga, s_ga_t, s_ga_b, len_ptr, hm_ptr + d * r_hm,
-                          s_hm_b, z_seed, z_th_h, z_th_c, d + REV, rs_ptr + d * r_rs, s_rs_t,
-                          init_slot(T, d + REV, SAVE), t, rd, wr, B, H, LSTM,
-                          RNN, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE, UPCAST,
-                          HAS_HMASK, ZONEOUT, HAS_RESETS, PREFETCH, X_AHEAD)
+                for j in tl.range(0, SPLIT, num_stages=1):
+                    _fwd_tile(tile % n_u, (tile // n_u) * SPLIT + j, v0, v1, v2, v3,
+                              xg_ptr + d * r_xg, s_xg_t, s_xg_b, bhn_ptr + d * r_bhn,
+                              h_ptr + d * r_h, s_h_slot, s_h_b, c_ptr + d * r_c, s_c_slot,
+                              s_c_b, out_ptr + d * r_out, s_o_t, s_o_b, ga_ptr + d * r_ga,
+                              s_ga_t, s_ga_b, len_ptr, hm_ptr + d * r_hm, s_hm_b, z_seed,
+                              z_th_h, z_th_c, d + REV, rs_ptr + d * r_rs, s_rs_t,
+                              init_slot(T, d + REV, SAVE), t, rd, wr, B, H, LSTM, RNN, ACC,
+                              HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE, UPCAST,
+                              HAS_HMASK, ZONEOUT, HAS_RESETS, PREFETCH, X_AHEAD)
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
 
@@ -602,7 +616,8 @@ def _kernel(launch):
         return (stationary_fwd_kernel, _FWD_DIR_ARGS, launch.plan["warps"],
                 "stationary forward", dict(PREFETCH=launch.device.type == "cuda",
                                            KS=launch.plan["KS"],
-                                           X_AHEAD=launch.plan["x_ahead"]))
+                                           X_AHEAD=launch.plan["x_ahead"],
+                                           SPLIT=launch.plan["split"]))
     return (stationary_bwd_kernel, _BWD_DIR_ARGS, launch.plan["warps_bwd"],
             "stationary backward", dict(KS=launch.plan["KS_bwd"],
                                         X_AHEAD=launch.plan["x_ahead"],
@@ -619,9 +634,15 @@ def launch(one) -> None:
     unused = {f"r_{n}": 0 for n in names}
     launch_sequence(kernel, programs, dict(
         **one.args, **unused, sem_ptr=sem, err_ptr=err, PAIRED=False,
-        RESIDENT=programs == plan["tiles"], U=plan["U"], BB=plan["BB"], KC=plan["KC"],
+        RESIDENT=programs == plan["tiles"], U=plan["U"], BB=_rows(one), KC=plan["KC"],
         NK=plan["NK"], **barrier_flags(one.device), **flags, num_warps=warps), err, one.device,
         what)
+
+
+def _rows(one) -> int:
+    """BB, the rows of one product and update: a tile's (the plan's BB), or its sub-tiles'
+    where the forward splits it (plan.split_rows)."""
+    return one.plan["BB"] // one.plan["split"] if one.kind == "fwd" else one.plan["BB"]
 
 
 def pairable(fwd, rev) -> bool:
@@ -655,6 +676,6 @@ def launch_pair(fwd, rev) -> None:
     offsets = {f"r_{n}": _offset(fwd, rev, n) for n in names}
     launch_sequence(kernel, programs, dict(
         **fwd.args, **offsets, sem_ptr=sem, err_ptr=err, PAIRED=True,
-        RESIDENT=programs == 2 * plan["tiles"], U=plan["U"], BB=plan["BB"], KC=plan["KC"],
+        RESIDENT=programs == 2 * plan["tiles"], U=plan["U"], BB=_rows(fwd), KC=plan["KC"],
         NK=plan["NK"], **barrier_flags(device), **flags, num_warps=warps), err, device,
         what + ", both directions")

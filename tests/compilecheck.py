@@ -509,7 +509,9 @@ def loads_among_mmas(sass: str) -> int:
 def mma_work_per_warp(config: dict, kernel: str, num_warps: int, dtype: str,
                       wgmma: bool = False) -> int:
     """The MMAs a step needs, divided over the warps: m16n8k16 (m16n8k8 for TF32) tiles of
-    the forward's (4U x BB) gates over K = NK*KC, or the backward's G gates of (BB x U).
+    the forward's (4U x BB) gates over K = NK*KC, or the backward's G gates of (BB x U). (A
+    split forward runs its SPLIT sub-tiles of BB rows in a loop: the SASS of the time step
+    holds one sub-tile's MMAs, its loop's body.)
     ``wgmma`` (a wide forward's plain dot on sm_90): every warp of a warpgroup issues each
     of its warpgroup's MMAs, 64 rows by the warpgroup's share of the batch, so a warp
     issues the k steps times the 64-row tiles over the warpgroups along the rows."""

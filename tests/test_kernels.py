@@ -254,6 +254,33 @@ def test_stationary_wide_tiles_match_the_reference(cell, ahead, poison, launches
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_stationary_split_tiles_match_the_reference(cell, poison, launches, monkeypatch):
+    """Split tiles (plan.split_rows: what fp32 at 64 batch rows a program runs on a GPU): a
+    program's rows as two sub-tiles, each a whole product and update a step with the one
+    W_hh slice. B=40 in two batch groups of 32 rows (sub-tiles of 16: the second group's
+    last one wholly past B), H=40 in 5 unit groups, lengths and reverse, forward and every
+    gradient, against the reference."""
+    from fusedrnn.kernels import plan as planning
+
+    monkeypatch.setattr(planning, "FORCED_SPLIT", 2)
+    H, B = 40, 40
+    fwd = planning.plan(cell, F64, B, H, cuda=False, sm_count=1)
+    assert fwd["kernel"] == "stationary" and (fwd["BB"], fwd["split"]) == (32, 2)
+    assert fwd["tiles"] == 2 * -(-H // fwd["U"])
+    _one_stationary_layer_matches(cell, B, H, launches)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_bidirectional_split_tiles(cell, poison, launches, monkeypatch):
+    """The same with both directions in one launch."""
+    from fusedrnn.kernels import plan as planning
+
+    monkeypatch.setattr(planning, "FORCED_SPLIT", 2)
+    _bidirectional_one_launch_per_pass(cell, 40, 20, monkeypatch)
+    assert dict(launches) == {"stationary_fwd_kernel": 2, "stationary_bwd_kernel": 2}
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 @pytest.mark.parametrize("H,B", [(20, 3), (40, 20)])  # one tile a direction; several
 def test_bidirectional_layer_is_one_launch_per_pass(cell, H, B, poison, launches,
                                                     monkeypatch):

@@ -155,6 +155,33 @@ def test_wide_tiles_only_where_no_narrower_tiling_is_resident():
                         assert narrow is None and p["BB"] >= planning.WIDE_MIN_BATCH, p
 
 
+def test_split_tiles_where_one_chunk_of_h_is_over_the_register_budget():
+    """fp32 (TF32) at 64 batch rows a program stages 512 B a thread of each K chunk of h;
+    Triton 3.6's sm_90 builds of it spilled 104 B to 16 KB (the LSTM at H >= 768 with 32
+    registers). Those programs keep their rows and the grid its size, and run each step as
+    two sub-tiles of 32 rows (the kernel's BB), their warps and operand as at BB=32. The
+    backward, 16-bit tiles and the wide tiles stay whole."""
+    for cell in ("lstm", "gru"):
+        for B, H, programs in ((64, 768, 96), (64, 1024, 128), (128, 512, 128)):
+            p = plan(cell, torch.float32, B, H, sm_count=132, training=True)
+            assert (p["kernel"], p["U"], p["BB"], p["split"]) == ("stationary", 8, 64, 2), p
+            assert p["programs"] == programs and p["weights_on_chip"], p
+            assert "2 sub-tiles of 32 rows" in p["reason"], p
+            nk, kc = planning.k_chunks(H)
+            assert (p["KS"], p["warps"], p["x_ahead"]) == (
+                planning.k_runs(cell, kc, 32, False, 8),
+                planning.stationary_warps(cell, kc, 32, False, 8),
+                planning.x_ahead(cell, torch.float32, 8, 32, nk, kc, False)), p
+            assert plan(cell, torch.float32, B, H, sm_count=132,
+                        backward=True).get("split", 1) == 1
+    for dt in (torch.bfloat16, torch.float16):
+        for B, H in ((64, 1024), (128, 512), (128, 1024), (16, 768)):
+            p = plan("lstm", dt, B, H, sm_count=132, training=True)
+            assert p["kernel"] == "stationary" and p["split"] == 1, p
+    for B in (1, 8, 16, 32):  # at most 32 rows a program: whole
+        assert plan("lstm", torch.float32, B, 768, sm_count=132)["split"] == 1
+
+
 def test_wide_tiles_only_on_sm90(monkeypatch):
     """The wide tiles' plain dot is a wgmma on sm_90 alone (on sm_80 it spilled and repeated
     MMAs): plan_for asks plan.wgmma, which takes the device's capability, and never a ROCm
