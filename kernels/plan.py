@@ -54,12 +54,18 @@ WIDE_MIN_BATCH = 64
 # (the interpreter, one program looping over the tiles)
 FORCED_UNITS = 8
 # Batch sub-tiles a program's forward runs one after another where the plan forces it (the
-# interpreter; the tests set 2 to run the split path, see split_rows)
+# interpreter; the tests set 2 to run the split path, see sub_rows)
 FORCED_SPLIT = 1
 # A plain RNN has one gate: U units are U rows, so it takes four times the units for the
 # same M (16 or 32 rows) and the same compiled shape.
 RNN_UNIT_SCALE = 4
 BATCH_CHOICES = (64, 32, 16, 8)   # BB: batch rows per program, the MMA's N
+# Past 64 rows a program (where no tiling of at most 64 is resident: bf16 B=512 H=1024,
+# fp32 B=128 H=1024, which streamed W_hh at 0.44x and 0.68x cuDNN on the H200), the
+# forward's rows as up to MAX_SPLIT sub-tiles of at most 64 (sub_rows), one after another
+# a step with the one slice: the grid stays within the SMs and W_hh on chip.
+SPLIT_CHOICES = (256, 128)
+MAX_SPLIT = 4
 MAX_K_CHUNKS = 4                  # K as at most 4 power-of-two chunks (768 = 3 x 256)
 # The per-step operand (h_{t-1}^T forward, a K chunk of dgates_{t+1} backward) is staged
 # through registers, divided over the program's warps (stationary_warps; the budgets were
@@ -160,13 +166,14 @@ def wide(cell: str, u: int, backward: bool) -> bool:
     return not backward and _rows(cell, u) >= 64
 
 
-def split_rows(cell: str, dtype: torch.dtype, u: int, bb: int, kc: int,
-               backward: bool) -> int:
-    """Batch sub-tiles a program's forward runs one after another (SPLIT): 2 where one K
-    chunk of h_{t-1}^T for its BB rows (KC x BB, what a thread stages at once even chunk
-    by chunk) is over X_REG_BYTES a thread, else 1. Each sub-tile (BB/2 rows) is then a
+def sub_rows(cell: str, dtype: torch.dtype, u: int, bb: int, kc: int,
+             backward: bool) -> int:
+    """The rows of one product and update of a program that owns BB batch rows: its
+    forward runs them as BB / sub_rows sub-tiles one after another a step (SPLIT), each a
     whole product and update with the same W_hh slice, so the program keeps its rows and
-    the grid its size. Only fp32 (TF32) at BB=64 is over: 512 B a thread, whose sm_90
+    the grid its size. At most 64 (SPLIT_CHOICES), and half that where one K chunk of
+    h_{t-1}^T for 64 rows (KC x 64, what a thread stages at once even chunk by chunk) is
+    over X_REG_BYTES a thread. Only fp32 (TF32) at 64 rows is over: 512 B a thread, whose sm_90
     builds on Triton 3.6 (what the GPU machines run) spilled 104 B to 16 KB, the LSTM's at
     H >= 768 with 32 registers and 12-16 KB of stack (6-8 thousand spill accesses a step;
     ptxas 12.8 and 12.9 alike, from Triton 3.6's PTX); measured on the H200 before, fp32
@@ -175,11 +182,12 @@ def split_rows(cell: str, dtype: torch.dtype, u: int, bb: int, kc: int,
     GRU, sm_90): 0-24 B of spills on Triton 3.6 and 3.9, the rest none. (16-bit BB=64, 256
     B a chunk, and the backward stay whole: their spills are 100-500 B, L1 hits, against
     a second round trip a step for a second sub-tile; not measured.)"""
-    if backward or wide(cell, u, backward) or bb < 16:
-        return 1
+    sub = min(bb, BATCH_CHOICES[0])
+    if backward or wide(cell, u, backward) or sub < 16:
+        return sub
     elt = torch.empty((), dtype=dtype).element_size()
-    chunk = kc * bb * elt // (32 * stationary_warps(cell, kc, bb, False, u))
-    return 2 if chunk > X_REG_BYTES else 1
+    chunk = kc * sub * elt // (32 * stationary_warps(cell, kc, sub, False, u))
+    return sub // 2 if chunk > X_REG_BYTES else sub
 
 
 def register_bytes(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
@@ -265,14 +273,21 @@ def x_ahead(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
 
 def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=True):
     """(U, BB, NK, KC, programs, smem, split) of the best weight-stationary tiling, or None:
-    of UNIT_CHOICES, else of WIDE_UNITS (split: split_rows)."""
+    of UNIT_CHOICES at most 64 rows a program, else of WIDE_UNITS, else of UNIT_CHOICES
+    past 64 rows (split: sub_rows). Each later set only where the one before has no
+    resident tiling."""
     scale = RNN_UNIT_SCALE if cell == "rnn" else 1
     two_bytes = torch.empty((), dtype=dtype).element_size() == 2
-    wider = (((WIDE_UNITS,), WIDE_MIN_BATCH),) if (
+    wider = (((WIDE_UNITS,), WIDE_MIN_BATCH, True),) if (
         wide_tiles and two_bytes and not backward) else ()
-    for units, least_bb in ((UNIT_CHOICES, 1), *wider):
+    # (16-bit has the wide tiles past 64 rows; 4 or 8 units for B=128 rows would read
+    # h_{t-1} more than the streaming kernel reads W_hh and h together: bf16 H=1024 32 MB
+    # a step against 24. fp32's 64 MB against 48 at B=128 H=1024 too, where the streaming
+    # kernel measured 1.4 TB/s, latency-bound: kept, not measured)
+    more = ((UNIT_CHOICES, 1, True),) if not (backward or two_bytes) else ()
+    for units, least_bb, split in ((UNIT_CHOICES, 1, False), *wider, *more):
         best = _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules,
-                            [c * scale for c in units], least_bb)
+                            [c * scale for c in units], least_bb, split)
         if best is not None:
             return best
     if forced and not cuda_rules:
@@ -284,20 +299,21 @@ def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=
         elt = torch.empty((), dtype=dtype).element_size()
         u = (FORCED_UNITS if H > 8 else 4) * scale
         bb = min(16, max(8, triton.next_power_of_2(B)))
-        split = 1 if backward or wide(cell, u, backward) else FORCED_SPLIT
+        split = 1 if backward else FORCED_SPLIT
         return (u, bb * split, nk, kc, triton.cdiv(H, u) * triton.cdiv(B, bb * split),
                 _rows(cell, u) * nk * kc * elt, split)
     return None
 
 
-def _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules, units, least_bb):
+def _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules, units, least_bb,
+                 more_rows=False):
     """(U, BB, NK, KC, programs, smem, split) of the best resident tiling with U in
-    ``units`` and BB >= least_bb; a split tiling's registers and shared memory are those of
-    its sub-tiles (BB / split rows)."""
+    ``units`` and BB >= least_bb rows a program (more_rows: also SPLIT_CHOICES); a split
+    tiling's registers and shared memory are those of its sub-tiles (BB / split rows)."""
     nk, kc = k_chunks(H)
     elt = torch.empty((), dtype=dtype).element_size()
     best = None
-    for bb in BATCH_CHOICES:
+    for bb in (SPLIT_CHOICES if more_rows else ()) + BATCH_CHOICES:
         if bb > max(8, triton.next_power_of_2(B)) or bb < least_bb:
             continue
         for u in units:
@@ -306,8 +322,10 @@ def _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules, units, least_bb):
             n_u, n_b = triton.cdiv(H, u), triton.cdiv(B, bb)
             if smem > SMEM_W_BUDGET or n_u * n_b > sm:
                 continue
-            split = split_rows(cell, dtype, u, bb, kc, backward) if cuda_rules else 1
-            sub = bb // split
+            sub = sub_rows(cell, dtype, u, bb, kc, backward) if cuda_rules else bb
+            split = bb // sub
+            if split > MAX_SPLIT or sub < least_bb:
+                continue
             if cuda_rules and stationary_smem(cell, dtype, u, sub, nk, kc,
                                               backward) > SMEM_BLOCK_LIMIT:
                 continue  # (fp32 LSTM H=1024 BB=32 backward: 256 KB)
@@ -323,7 +341,7 @@ def _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules, units, least_bb):
             # program reads BB rows of the state a step (half the broadcast at U=8 BB=32
             # as at U=4 BB=64), where a wider BB only saves batch groups' barriers (1.14 us
             # with 2 groups, 1.25 with 4, on an H200: bench/results/, micro)
-            key = (in_regs, 0 if in_regs else -held, n_u * n_b, u)
+            key = (in_regs, 0 if in_regs else -held, n_u * n_b, -split, u)
             if best is None or key > best[0]:
                 best = (key, (u, bb, nk, kc, n_u * n_b, smem, split))
     return None if best is None else best[1]
@@ -347,13 +365,19 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
     if directions == 2:
         half = plan(cell, dtype, B, H, K, proj, training, max(1, sm_count // 2) if cuda else
                     sm_count, cuda, ieee, backward, wide_tiles=wide_tiles)
-        if half["kernel"] == "stationary":
+        whole = plan(cell, dtype, B, H, K, proj, training, sm_count, cuda, ieee, backward,
+                     wide_tiles=wide_tiles)
+        # paired where half the SMs hold a tiling; one past 64 rows a program
+        # (SPLIT_CHOICES) only where the whole GPU would stream: elsewhere the two
+        # directions take the whole GPU one after the other, as before those tilings
+        # (not measured against a pair of them)
+        if half["kernel"] == "stationary" and (half["BB"] <= BATCH_CHOICES[0]
+                                               or whole["kernel"] != "stationary"):
             return dict(half, sm_count=sm_count, directions=2, paired=True,
                         reason=half["reason"].replace(f"on {half['sm_count']} SMs",
                                                       f"on half of {sm_count} SMs")
                         + "; both directions in one launch")
-        return dict(plan(cell, dtype, B, H, K, proj, training, sm_count, cuda, ieee,
-                         backward, wide_tiles=wide_tiles), directions=2)
+        return dict(whole, directions=2)
     g = _GATES[cell]
     base = dict(cell=cell, dtype=str(dtype).replace("torch.", ""), B=B, H=H, K=K,
                 training=training, sm_count=sm_count, cuda=cuda)
@@ -370,7 +394,7 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
                          backward and cuda, cuda, wide_tiles)
         if st is not None:
             u, bb, nk, kc, tiles, smem, split = st
-            sub = bb // split  # the rows of one product and update (split_rows)
+            sub = bb // split  # the rows of one product and update (sub_rows)
             programs = min(tiles, sm_count)
             resident = programs == tiles
             reason = (f"weight-stationary: {triton.cdiv(H, u)} unit groups of {u} x "

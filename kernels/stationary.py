@@ -44,7 +44,7 @@ tiles than programs, or under the interpreter, where programs run one after anot
 the grid is one program) a program loops over the tiles, re-loading each slice, with a
 grid barrier.
 
-SPLIT (the forward, plan.split_rows: fp32 at 64 rows a program): a tile's batch rows as
+SPLIT (the forward, plan.sub_rows: fp32 at 64 rows a program): a tile's batch rows as
 SPLIT sub-tiles of BB rows, each a whole product and update, one after another a step, with
 the one slice; the barrier counts the tile's rows. The sub-tiles are a loop, not unrolled:
 unrolled (fp32 B=64 H=768 and 1024, Triton 3.6, sm_90) the two bodies' values overlapped
@@ -484,7 +484,7 @@ def stationary_fwd_kernel(
     X_AHEAD: tl.constexpr = False,  # every chunk of h_{t-1} loaded before the product
     SPLIT: tl.constexpr = 1,      # a tile's batch rows as SPLIT sub-tiles of BB, one
                                   # after another a step, with the one slice
-                                  # (plan.split_rows)
+                                  # (plan.sub_rows)
 ):
     G: tl.constexpr = 4 if LSTM else (1 if RNN else 3)
     DIRS: tl.constexpr = 2 if PAIRED else 1
@@ -641,7 +641,7 @@ def launch(one) -> None:
 
 def _rows(one) -> int:
     """BB, the rows of one product and update: a tile's (the plan's BB), or its sub-tiles'
-    where the forward splits it (plan.split_rows)."""
+    where the forward splits it (plan.sub_rows)."""
     return one.plan["BB"] // one.plan["split"] if one.kind == "fwd" else one.plan["BB"]
 
 

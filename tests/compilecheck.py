@@ -570,12 +570,12 @@ def stationary_matrix(sms=132, batches=(1, 16, 64)):
 def wide_launches(sms=132):
     """The wide tiles' forward (plan.WIDE_UNITS, one plain dot a chunk) where a 132-SM GPU
     plans them: bf16 LSTM B=128 H=1024 training (an issue 11 target, 4 chunks of h, one at
-    a time) and fp16 GRU B=128 H=768 inference (3 chunks loaded ahead): two launches, for
-    the suite's time."""
+    a time) and fp16 GRU B=512 H=768 inference (256 rows a program as 4 sub-tiles of 64,
+    plan.sub_rows; 3 chunks loaded ahead): two launches, for the suite's time."""
     launches = {}
-    for dt, H, lstm, save in ((torch.bfloat16, 1024, True, True),
-                              (torch.float16, 768, False, False)):
-        for key, launch in capture([H], batches=(128,), dtypes=(dt,), modes=("auto",),
+    for dt, B, H, lstm, save in ((torch.bfloat16, 128, 1024, True, True),
+                                 (torch.float16, 512, 768, False, False)):
+        for key, launch in capture([H], batches=(B,), dtypes=(dt,), modes=("auto",),
                                    sms=sms).items():
             c = launch[2]
             if (key[0] == "stationary_fwd_kernel" and c["LSTM"] == lstm and c["SAVE"] == save

@@ -105,7 +105,7 @@ def _check_stationary(rows):
         ("bf16", "True"), ("fp16", "True"), ("fp32", "True")}
     past = sum(_check_stationary_row(r) for r in rows)
     assert 0 < past < len(rows), "the matrix covers tilings within and past the budgets"
-    # fp32 B=64 H=768: a split forward (plan.split_rows), as two sub-tiles of 32 rows
+    # fp32 B=64 H=768: a split forward (plan.sub_rows), as two sub-tiles of 32 rows
     assert any(r["config"].get("SPLIT") == "2" for r in fwd), "no split tile in the matrix"
 
 
@@ -172,18 +172,19 @@ def test_weight_stationary_kernels_on_the_gpu_machines_triton_3_6(tmp_path, caps
 
 @pytest.mark.parametrize("triton_36", [False, True], ids=["installed", "triton_3_6"])
 def test_wide_tiles_keep_w_on_chip_without_spills(tmp_path, capsys, triton_36):
-    """The wide tiles' forward (plan.WIDE_UNITS: 16-bit B=128 at H=768 and 1024, which
-    streamed W_hh before) on sm_90, with the installed Triton and with 3.6: one plain dot a
-    chunk on 8 warps, wgmma (HGMMA) 64 rows by the warpgroup's half of the batch, each MMA
-    once (the work: K/16 a warp a step), within the register budgets (no spill), W_hh out
-    of the time loop, and the checks every weight-stationary build passes
-    (_check_stationary_row)."""
+    """The wide tiles' forward (plan.WIDE_UNITS: 16-bit B=128 at H=768 and 1024, and B=512
+    as 4 sub-tiles of 64 rows, which streamed W_hh before) on sm_90, with the installed
+    Triton and with 3.6: one plain dot a chunk on 8 warps, wgmma (HGMMA) 64 rows by the
+    warpgroup's half of the batch, each MMA once (the work: K/16 a warp a step, the SASS
+    of one sub-tile), within the register budgets (no spill), W_hh out of the time loop,
+    and the checks every weight-stationary build passes (_check_stationary_row)."""
     if triton_36 and not (TRITON_36 / "triton").is_dir():
         pytest.skip(f"Triton 3.6 is not installed at {TRITON_36} (make test installs it; "
                     f"it needs PyPI once)")
     rows = _stationary_rows(tmp_path, capsys, pythonpath=TRITON_36 if triton_36 else None,
                             targets=("sm_90",), wide=True)
     assert len(rows) == 2 and {r["config"]["X_AHEAD"] for r in rows} == {"True", "False"}
+    assert {r["config"]["SPLIT"] for r in rows} == {"1", "4"}
     if triton_36:
         assert rows[0]["triton"] == "3.6.0", "did not compile with Triton 3.6"
     for r in rows:

@@ -253,20 +253,27 @@ def test_stationary_wide_tiles_match_the_reference(cell, ahead, poison, launches
     _one_stationary_layer_matches(cell, B, H, launches)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_stationary_split_tiles_match_the_reference(cell, poison, launches, monkeypatch):
-    """Split tiles (plan.split_rows: what fp32 at 64 batch rows a program runs on a GPU): a
-    program's rows as two sub-tiles, each a whole product and update a step with the one
-    W_hh slice. B=40 in two batch groups of 32 rows (sub-tiles of 16: the second group's
-    last one wholly past B), H=40 in 5 unit groups, lengths and reverse, forward and every
-    gradient, against the reference."""
+@pytest.mark.parametrize("cell,split,units", [("lstm", 2, None), ("gru", 2, None),
+                                              ("rnn", 2, None), ("gru", 4, None),
+                                              ("lstm", 2, "wide")])
+def test_stationary_split_tiles_match_the_reference(cell, split, units, poison, launches,
+                                                    monkeypatch):
+    """Split tiles (plan.sub_rows: fp32 at 64 batch rows a program, and past 64 rows bf16
+    B=512 H=1024 and fp32 B=128 H=1024 on a GPU): a program's rows as 2 or 4 sub-tiles of
+    16, each a whole product and update a step with the one W_hh slice (wide: 16 units, one
+    plain dot a chunk). B=40: two batch groups of 32 rows (the second's last sub-tile wholly
+    past B), or one of 64 (the last two partly and wholly past B); H=40, lengths and
+    reverse, forward and every gradient, against the reference."""
     from fusedrnn.kernels import plan as planning
 
-    monkeypatch.setattr(planning, "FORCED_SPLIT", 2)
+    monkeypatch.setattr(planning, "FORCED_SPLIT", split)
+    if units == "wide":
+        monkeypatch.setattr(planning, "FORCED_UNITS", planning.WIDE_UNITS)
     H, B = 40, 40
     fwd = planning.plan(cell, F64, B, H, cuda=False, sm_count=1)
-    assert fwd["kernel"] == "stationary" and (fwd["BB"], fwd["split"]) == (32, 2)
-    assert fwd["tiles"] == 2 * -(-H // fwd["U"])
+    assert fwd["kernel"] == "stationary" and (fwd["BB"], fwd["split"]) == (16 * split, split)
+    assert fwd["tiles"] == -(-B // (16 * split)) * -(-H // fwd["U"])
+    assert planning.wide(cell, fwd["U"], False) == (units == "wide")
     _one_stationary_layer_matches(cell, B, H, launches)
 
 

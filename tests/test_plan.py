@@ -49,9 +49,9 @@ def test_kernel_override(monkeypatch):
     # why (those tilings failed to compile or ran slower on an H200); the interpreter, one
     # program looping over the tiles, keeps it
     monkeypatch.setenv("FUSEDRNN_KERNEL", "stationary")
-    p = plan("lstm", torch.float32, 128, 1024)
+    p = plan("lstm", torch.float32, 512, 1024)
     assert p["kernel"] == "sequence" and "FUSEDRNN_KERNEL=stationary, but" in p["reason"]
-    p = plan("lstm", torch.float32, 128, 1024, sm_count=1, cuda=False)
+    p = plan("lstm", torch.float32, 512, 1024, sm_count=1, cuda=False)
     assert p["kernel"] == "stationary" and not p["weights_on_chip"]
     assert plan("lstm", torch.bfloat16, 8, 1024)["weights_on_chip"]
     monkeypatch.setenv("FUSEDRNN_KERNEL", "bogus")
@@ -180,6 +180,29 @@ def test_split_tiles_where_one_chunk_of_h_is_over_the_register_budget():
             assert p["kernel"] == "stationary" and p["split"] == 1, p
     for B in (1, 8, 16, 32):  # at most 32 rows a program: whole
         assert plan("lstm", torch.float32, B, 768, sm_count=132)["split"] == 1
+
+
+def test_rows_past_64_split_where_no_tiling_of_at_most_64_is_resident():
+    """bf16 B=512 H=1024 (a target: 0.44x cuDNN streaming on the H200) and fp32 B=128
+    H=1024 (0.68x) streamed: no tiling of at most 64 rows a program is resident on 132 SMs.
+    Their forwards now keep W_hh on chip with 256 and 128 rows a program, as 4 sub-tiles
+    (the wide tile's 64 rows; fp32's 32): 128 programs. Their backwards still stream, and
+    a bidirectional layer pairs such tilings only where the whole GPU would stream."""
+    for cell in ("lstm", "gru"):
+        for dt, B, want in ((torch.bfloat16, 512, (16, 256, 4)), (torch.float32, 128, (8, 128, 4))):
+            p = plan(cell, dt, B, 1024, sm_count=132, training=True)
+            assert p["kernel"] == "stationary" and p["weights_on_chip"], p
+            assert (p["U"], p["BB"], p["split"], p["programs"]) == (*want, 128), p
+            assert f"{want[2]} sub-tiles of {want[1] // want[2]} rows" in p["reason"], p
+            assert plan(cell, dt, B, 1024, sm_count=132, backward=True)["kernel"] == "sequence"
+    # never past MAX_SPLIT sub-tiles: bf16 B=1024 H=1024 has none of 4 (512 programs)
+    assert plan("lstm", torch.bfloat16, 1024, 1024, sm_count=132)["kernel"] == "sequence"
+    # pairs: half of 132 SMs holds bf16 B=128 H=1024 only as 2 sub-tiles of 64, and the
+    # whole GPU unsplit: the two directions take the whole GPU one after the other
+    p = plan("lstm", torch.bfloat16, 128, 1024, sm_count=132, directions=2)
+    assert not p.get("paired") and (p["BB"], p["split"]) == (64, 1), p
+    p = plan("lstm", torch.bfloat16, 512, 1024, sm_count=132, directions=2)
+    assert (p["kernel"], p["BB"], p["split"]) == ("stationary", 256, 4), p
 
 
 def test_wide_tiles_only_on_sm90(monkeypatch):
