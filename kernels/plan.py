@@ -171,9 +171,9 @@ def sub_rows(cell: str, dtype: torch.dtype, u: int, bb: int, kc: int,
     """The rows of one product and update of a program that owns BB batch rows: its
     forward runs them as BB / sub_rows sub-tiles one after another a step (SPLIT), each a
     whole product and update with the same W_hh slice, so the program keeps its rows and
-    the grid its size. At most 64 (SPLIT_CHOICES), and half that where one K chunk of
-    h_{t-1}^T for 64 rows (KC x 64, what a thread stages at once even chunk by chunk) is
-    over X_REG_BYTES a thread. Only fp32 (TF32) at 64 rows is over: 512 B a thread, whose sm_90
+    the grid its size. At most 64 (SPLIT_CHOICES), and 32 where one K chunk of h_{t-1}^T
+    for 64 rows (KC x 64, what a thread stages at once even chunk by chunk) is over
+    X_REG_BYTES a thread. Only fp32 (TF32) at 64 rows is over: 512 B a thread, whose sm_90
     builds on Triton 3.6 (what the GPU machines run) spilled 104 B to 16 KB, the LSTM's at
     H >= 768 with 32 registers and 12-16 KB of stack (6-8 thousand spill accesses a step;
     ptxas 12.8 and 12.9 alike, from Triton 3.6's PTX); measured on the H200 before, fp32
@@ -183,7 +183,7 @@ def sub_rows(cell: str, dtype: torch.dtype, u: int, bb: int, kc: int,
     B a chunk, and the backward stay whole: their spills are 100-500 B, L1 hits, against
     a second round trip a step for a second sub-tile; not measured.)"""
     sub = min(bb, BATCH_CHOICES[0])
-    if backward or wide(cell, u, backward) or sub < 16:
+    if backward or wide(cell, u, backward) or sub < BATCH_CHOICES[0]:
         return sub
     elt = torch.empty((), dtype=dtype).element_size()
     chunk = kc * sub * elt // (32 * stationary_warps(cell, kc, sub, False, u))
@@ -333,15 +333,18 @@ def _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules, units, least_bb,
             # 20261127-191927-NVIDIA_H200.json) every resident tiling past them still beat
             # the streaming kernel 2-5x (bf16 LSTM B=8 H=1024 training: 4.5 ms against
             # 12.4), its spills cost less than streaming W_hh from L2 every step
-            held = register_bytes(cell, dtype, u, sub, nk, kc, backward)
-            in_regs = not cuda_rules or within_register_budget(cell, dtype, u, sub, nk, kc,
-                                                               backward)
+            # (at most 64 rows, a tiling ranks as a whole one, as before the sub-tiles: its
+            # split changes its build, not which tiling the plan takes)
+            ranked = sub if bb > BATCH_CHOICES[0] else bb
+            held = register_bytes(cell, dtype, u, ranked, nk, kc, backward)
+            in_regs = not cuda_rules or within_register_budget(cell, dtype, u, ranked, nk,
+                                                               kc, backward)
             # within the budgets: the most programs; past them: the least held a thread;
             # then the most units a program: U x BB is the same at the same programs, and a
             # program reads BB rows of the state a step (half the broadcast at U=8 BB=32
             # as at U=4 BB=64), where a wider BB only saves batch groups' barriers (1.14 us
             # with 2 groups, 1.25 with 4, on an H200: bench/results/, micro)
-            key = (in_regs, 0 if in_regs else -held, n_u * n_b, -split, u)
+            key = (in_regs, 0 if in_regs else -held, n_u * n_b, u)
             if best is None or key > best[0]:
                 best = (key, (u, bb, nk, kc, n_u * n_b, smem, split))
     return None if best is None else best[1]

@@ -44,12 +44,14 @@ tiles than programs, or under the interpreter, where programs run one after anot
 the grid is one program) a program loops over the tiles, re-loading each slice, with a
 grid barrier.
 
-SPLIT (the forward, plan.sub_rows: fp32 at 64 rows a program): a tile's batch rows as
-SPLIT sub-tiles of BB rows, each a whole product and update, one after another a step, with
-the one slice; the barrier counts the tile's rows. The sub-tiles are a loop, not unrolled:
+SPLIT (the forward, plan.sub_rows: fp32 at 64 rows a program, and 128 or 256 rows where no
+tiling of at most 64 is resident): a tile's batch rows as SPLIT sub-tiles of BB rows, each a
+whole product and update, one after another a step, with the one slice; a batch group (its
+barrier counter) is the tile's BB * SPLIT rows. The sub-tiles are a loop, not unrolled:
 unrolled (fp32 B=64 H=768 and 1024, Triton 3.6, sm_90) the two bodies' values overlapped
-and spilled 128-430 B; as a loop, none (240-254 registers). The loop is not pipelined
-(num_stages=1): pipelined, Triton staged two sub-tiles' h in shared memory at once (304 KB).
+and spilled 128-430 B; as a loop, 0-24 B and no spill access in the step. The loop is not
+pipelined (num_stages=1): pipelined, Triton staged two sub-tiles' h in shared memory at
+once (304 KB).
 
 PAIRED: both directions of a bidirectional layer in one launch (kernels/pairing.py drives
 the two launchers): programs [0, P) run the forward direction and [P, 2P) the reverse one,
