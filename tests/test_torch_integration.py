@@ -133,8 +133,10 @@ def test_gradcheck_and_gradgradcheck(cell):
     def layer(*a):
         return fn(*a, reverse=True, backend="triton")
 
-    assert torch.autograd.gradcheck(layer, args)
-    assert torch.autograd.gradgradcheck(layer, args)
+    # fast mode: the Jacobians projected on random vectors, a few evaluations where the
+    # full ones took one per input element (43 s of the suite's interpreter time)
+    assert torch.autograd.gradcheck(layer, args, fast_mode=True)
+    assert torch.autograd.gradgradcheck(layer, args, fast_mode=True)
 
 
 def test_gradient_penalty_through_module():
