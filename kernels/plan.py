@@ -168,21 +168,20 @@ def wide(cell: str, u: int, backward: bool) -> bool:
 
 def sub_rows(cell: str, dtype: torch.dtype, u: int, bb: int, kc: int,
              backward: bool) -> int:
-    """The rows of one product and update of a program that owns BB batch rows: its
-    forward runs them as BB / sub_rows sub-tiles one after another a step (SPLIT), each a
-    whole product and update with the same W_hh slice, so the program keeps its rows and
-    the grid its size. At most 64 (the largest of BATCH_CHOICES), and 32 where one K chunk
-    of h_{t-1}^T for 64 rows (KC x 64, what a thread stages at once even chunk by chunk)
-    is over X_REG_BYTES a thread. Only fp32 (TF32) at 64 rows is over: 512 B a thread, whose sm_90
-    builds on Triton 3.6 (what the GPU machines run) spilled 104 B to 16 KB, the LSTM's at
-    H >= 768 with 32 registers and 12-16 KB of stack (6-8 thousand spill accesses a step;
-    ptxas 12.8 and 12.9 alike, from Triton 3.6's PTX); measured on the H200 before, fp32
-    LSTM B=128 H=512 (BB=64) ran 17.8 us a step where B=32 (BB=32) ran 4.6. As two
-    sub-tiles of 32 rows (fp32 B=64 H=768 and 1024, B=128 H=512, B=256 H=256; LSTM and
-    GRU, sm_90, Triton 3.6 and 3.9): 0-24 B of spills at H=1024, none at the others.
-    (16-bit at 64 rows, 256 B a chunk, and the backward stay whole: their spills are
-    100-500 B, L1 hits, against a second round trip a step for a second sub-tile; not
-    measured.)"""
+    """The rows of one product and update of a program that owns BB batch rows: its forward
+    runs them as BB / sub_rows sub-tiles one after another a step (SPLIT), each a whole
+    product and update with the same W_hh slice, so the program keeps its rows and the grid
+    its size. At most 64 (the largest of BATCH_CHOICES), and 32 where one K chunk of
+    h_{t-1}^T for 64 rows (KC x 64, what a thread stages at once even chunk by chunk) is
+    over X_REG_BYTES a thread. Only fp32 (TF32) at 64 rows is over: 512 B a thread, whose
+    sm_90 builds on Triton 3.6 (what the GPU machines run) spilled 104 B to 16 KB, the
+    LSTM's at H >= 768 with 32 registers and 12-16 KB of stack (6-8 thousand spill accesses
+    a step; ptxas 12.8 and 12.9 alike, from Triton 3.6's PTX); measured on the H200 before,
+    fp32 LSTM B=128 H=512 (BB=64) ran 17.8 us a step where B=32 (BB=32) ran 4.6. As two
+    sub-tiles of 32 rows (fp32 B=64 H=768 and 1024, B=128 H=512, B=256 H=256; LSTM and GRU,
+    sm_90, Triton 3.6 and 3.9): 0-24 B of spills at H=1024, none at the others. (16-bit at
+    64 rows, 256 B a chunk, and the backward stay whole: their spills are 100-500 B, L1
+    hits, against a second round trip a step for a second sub-tile; not measured.)"""
     sub = min(bb, BATCH_CHOICES[0])
     if backward or wide(cell, u, backward) or sub < BATCH_CHOICES[0]:
         return sub
