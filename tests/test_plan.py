@@ -160,7 +160,7 @@ def test_split_tiles_where_one_chunk_of_h_is_over_the_register_budget():
     Triton 3.6's sm_90 builds of it spilled 104 B to 16 KB (the LSTM at H >= 768 with 32
     registers). Those programs keep their rows and the grid its size, and run each step as
     two sub-tiles of 32 rows (the kernel's BB), their warps and operand as at BB=32. The
-    backward, 16-bit tiles and the wide tiles stay whole."""
+    backward and 16-bit tilings of 64 rows stay whole."""
     for cell in ("lstm", "gru"):
         for B, H, programs in ((64, 768, 96), (64, 1024, 128), (128, 512, 128)):
             p = plan(cell, torch.float32, B, H, sm_count=132, training=True)
@@ -189,7 +189,8 @@ def test_rows_past_64_split_where_no_tiling_of_at_most_64_is_resident():
     (the wide tile's 64 rows; fp32's 32): 128 programs. Their backwards still stream, and
     a bidirectional layer pairs such tilings only where the whole GPU would stream."""
     for cell in ("lstm", "gru"):
-        for dt, B, want in ((torch.bfloat16, 512, (16, 256, 4)), (torch.float32, 128, (8, 128, 4))):
+        for dt, B, want in ((torch.bfloat16, 512, (16, 256, 4)),
+                            (torch.float32, 128, (8, 128, 4))):
             p = plan(cell, dt, B, 1024, sm_count=132, training=True)
             assert p["kernel"] == "stationary" and p["weights_on_chip"], p
             assert (p["U"], p["BB"], p["split"], p["programs"]) == (*want, 128), p
@@ -201,8 +202,10 @@ def test_rows_past_64_split_where_no_tiling_of_at_most_64_is_resident():
     # whole GPU unsplit: the two directions take the whole GPU one after the other
     p = plan("lstm", torch.bfloat16, 128, 1024, sm_count=132, directions=2)
     assert not p.get("paired") and (p["BB"], p["split"]) == (64, 1), p
+    # bf16 B=512 H=1024 on half: 128 programs of 256 rows, too many: the whole GPU's plan
     p = plan("lstm", torch.bfloat16, 512, 1024, sm_count=132, directions=2)
     assert (p["kernel"], p["BB"], p["split"]) == ("stationary", 256, 4), p
+    assert not p.get("paired"), p
 
 
 def test_wide_tiles_only_on_sm90(monkeypatch):
