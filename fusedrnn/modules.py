@@ -112,7 +112,7 @@ class _BackendMixin:
         """``auto`` on CUDA: the fused kernels only where the table (kernels/auto_table.py,
         measured rows or the plan's estimates) says they are not slower than cuDNN, and
         wherever cuDNN cannot serve: under torch.compile, and a backward in eval mode."""
-        from fusedrnn.kernels import auto_table
+        from fusedrnn.kernels import auto_table, plan
         from fusedrnn.kernels.common import sm_count
 
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
@@ -127,7 +127,8 @@ class _BackendMixin:
         return auto_table.prefers_triton(
             self.mode.lower().split("_")[0], x.dtype, B, self.hidden_size, self.input_size,
             getattr(self, "proj_size", 0), self.num_layers, self.bidirectional, grad,
-            sm_count(x.device))[0]
+            sm_count(x.device), wide_tiles=plan.wgmma(x.device),
+            smem_limit=plan.smem_per_block(x.device))[0]
 
 
 def _autocast_dtype(module, device_type: str):

@@ -19,7 +19,7 @@ import pathlib
 
 import torch
 
-from fusedrnn.kernels.plan import kernel_choice, plan
+from fusedrnn.kernels.plan import SMEM_BLOCK_LIMIT, kernel_choice, plan
 
 TABLE = pathlib.Path(__file__).resolve().parent / "auto_table.json"
 DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
@@ -44,17 +44,21 @@ def cudnn_persistent_likely(cell: str, dtype: torch.dtype, B: int, H: int, I: in
 
 def prefers_triton(cell: str, dtype: torch.dtype, B: int, H: int, I: int, proj: int,
                    layers: int, bidirectional: bool, training: bool, sm_count: int,
-                   table: pathlib.Path = TABLE) -> tuple[bool, str]:
+                   table: pathlib.Path = TABLE, wide_tiles: bool = True,
+                   smem_limit: int = SMEM_BLOCK_LIMIT) -> tuple[bool, str]:
     """(use the fused kernels, why) for one module call on CUDA under ``auto``. Asked on
     every forward call: cached per shape (the answer took ~100 us of table scan and plans),
-    and per FUSEDRNN_KERNEL, which the plans read."""
+    and per FUSEDRNN_KERNEL, which the plans read. wide_tiles, smem_limit: the device's,
+    as plan.plan_for takes them (a call that would stream on this GPU is not the measured
+    neighbour's)."""
     return _prefers_triton(cell, dtype, B, H, I, proj, layers, bidirectional, training,
-                           sm_count, str(table), kernel_choice())
+                           sm_count, str(table), kernel_choice(), wide_tiles, smem_limit)
 
 
 @functools.lru_cache(maxsize=4096)
 def _prefers_triton(cell, dtype, B, H, I, proj, layers, bidirectional, training, sm_count,
-                    table: str, _kernel_choice: str) -> tuple[bool, str]:
+                    table: str, _kernel_choice: str, wide_tiles: bool = True,
+                    smem_limit: int = SMEM_BLOCK_LIMIT) -> tuple[bool, str]:
     table = pathlib.Path(table)
     mode = "training" if training else "inference"
     rows = _load(str(table))
@@ -66,7 +70,8 @@ def _prefers_triton(cell, dtype, B, H, I, proj, layers, bidirectional, training,
                        + abs(math.log2(r["H"] / H)))
             why = f"measured: {cell} {near['dtype']} {mode} B={near['B']} H={near['H']} in " \
                   f"{table.name}"
-            streams = _streams(cell, dtype, B, H, proj, training, sm_count)
+            streams = _streams(cell, dtype, B, H, proj, training, sm_count, wide_tiles,
+                               smem_limit)
             if near["triton_faster"] and streams:
                 # a row is a neighbour, not this call: the streaming kernels were slower
                 # than cuDNN in every committed configuration (0.2-0.95x on the H200)
@@ -74,20 +79,23 @@ def _prefers_triton(cell, dtype, B, H, I, proj, layers, bidirectional, training,
             return near["triton_faster"], why
     if cudnn_persistent_likely(cell, dtype, B, H, I, layers, bidirectional):
         return False, "estimate: cuDNN runs its persistent kernel here"
-    streams = _streams(cell, dtype, B, H, proj, training, sm_count)
+    streams = _streams(cell, dtype, B, H, proj, training, sm_count, wide_tiles, smem_limit)
     if streams:
         return False, f"estimate: {streams}"
     return True, "estimate: weight-stationary where cuDNN runs a GEMM and a pointwise per step"
 
 
-def _streams(cell, dtype, B, H, proj, training, sm_count) -> str | None:
+def _streams(cell, dtype, B, H, proj, training, sm_count, wide_tiles=True,
+             smem_limit=SMEM_BLOCK_LIMIT) -> str | None:
     """Why this call would run a streaming kernel (forward, or backward in training), or
     None where every pass is weight-stationary."""
-    fwd = plan(cell, dtype, B, H, proj or H, bool(proj), training, sm_count)
+    device = dict(wide_tiles=wide_tiles, smem_limit=smem_limit)
+    fwd = plan(cell, dtype, B, H, proj or H, bool(proj), training, sm_count, **device)
     if fwd["kernel"] != "stationary":
         return f"the forward would stream ({fwd['reason']})"
     if training:
-        bwd = plan(cell, dtype, B, H, proj or H, bool(proj), training, sm_count, backward=True)
+        bwd = plan(cell, dtype, B, H, proj or H, bool(proj), training, sm_count, backward=True,
+                   **device)
         if bwd["kernel"] != "stationary":
             return f"the backward would stream ({bwd['reason']})"
     return None

@@ -32,8 +32,9 @@ KERNELS = ("auto", "step", "sequence", "stationary")
 # Bytes of W_hh one program may keep in shared memory: an H100/H200 block gets up to 227 KB;
 # the rest is left for the h chunks and the layout conversions of the gate split.
 SMEM_W_BUDGET = 160 * 1024
-# All of a program's shared memory (stationary_smem), at most what an H100/H200 block may
-# have: past it the launch fails (OutOfResources).
+# All of a program's shared memory (stationary_smem), at most what a block may have: past it
+# the launch fails (OutOfResources). An H100/H200's, the default; plan_for takes the
+# device's (an A100 163 KB, sm_86/89 99 KB: plans made for an H100 failed to launch there).
 SMEM_BLOCK_LIMIT = 227 * 1024
 # U: hidden units per program; 4U gate rows are the MMA's M.
 UNIT_CHOICES = (4, 8)
@@ -248,7 +249,8 @@ def stationary_smem(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc:
 
 
 def x_ahead(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
-            backward: bool, cuda_rules: bool = True) -> bool:
+            backward: bool, cuda_rules: bool = True,
+            smem_limit: int = SMEM_BLOCK_LIMIT) -> bool:
     """Whether a pass loads every chunk of its operand before its product (X_AHEAD). The
     forward, every chunk of h_{t-1}: one L2 round trip a step where chunk by chunk the
     sm_90 builds issued the last chunk's loads among the MMAs of the one before (two). It
@@ -268,10 +270,11 @@ def x_ahead(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
         elt = torch.empty((), dtype=dtype).element_size()
         return (not cuda_rules or nk * kc * bb * elt // (32 * WIDE_WARPS) <= X_REG_BYTES)
     return not cuda_rules or stationary_smem(cell, dtype, u, bb, nk, kc, backward,
-                                             True) <= SMEM_BLOCK_LIMIT
+                                             True) <= smem_limit
 
 
-def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=True):
+def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=True,
+                smem_limit=SMEM_BLOCK_LIMIT):
     """(U, BB, NK, KC, programs, smem, split) of the best weight-stationary tiling, or None:
     of UNIT_CHOICES at most 64 rows a program, else of WIDE_UNITS, else of UNIT_CHOICES
     past 64 rows (split: sub_rows). Each later set only where the one before has no
@@ -287,7 +290,7 @@ def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=
     more = ((UNIT_CHOICES, 1, True),) if not (backward or two_bytes) else ()
     for units, least_bb, split in ((UNIT_CHOICES, 1, False), *wider, *more):
         best = _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules,
-                            [c * scale for c in units], least_bb, split)
+                            [c * scale for c in units], least_bb, split, smem_limit)
         if best is not None:
             return best
     if forced and not cuda_rules:
@@ -306,7 +309,7 @@ def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=
 
 
 def _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules, units, least_bb,
-                 more_rows=False):
+                 more_rows=False, smem_limit=SMEM_BLOCK_LIMIT):
     """(U, BB, NK, KC, programs, smem, split) of the best resident tiling with U in
     ``units`` and BB >= least_bb rows a program (more_rows: also SPLIT_CHOICES); a split
     tiling's registers and shared memory are those of its sub-tiles (BB / split rows)."""
@@ -327,7 +330,7 @@ def _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules, units, least_bb,
             if split > MAX_SPLIT or sub < least_bb:
                 continue
             if cuda_rules and stationary_smem(cell, dtype, u, sub, nk, kc,
-                                              backward) > SMEM_BLOCK_LIMIT:
+                                              backward) > smem_limit:
                 continue  # (fp32 LSTM H=1024 BB=32 backward: 256 KB)
             # the register budgets are preferences, not limits: on an H200 (bench/results/
             # 20261127-191927-NVIDIA_H200.json) every resident tiling past them still beat
@@ -353,7 +356,8 @@ def _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules, units, least_bb,
 def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
          proj: bool = False, training: bool = False, sm_count: int = 132,
          cuda: bool = True, ieee: bool = False, backward: bool = False,
-         directions: int = 1, wide_tiles: bool = True) -> dict:
+         directions: int = 1, wide_tiles: bool = True,
+         smem_limit: int = SMEM_BLOCK_LIMIT) -> dict:
     """The kernel, grid and tiles for one layer pass in one direction (see module doc).
 
     cell: "lstm", "gru" or "rnn"; K: the state width (proj_size, else H); training: the forward
@@ -362,14 +366,16 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
     backward: plan the backward pass instead of the forward; directions: 2 for a direction
     of a bidirectional layer, planned (``paired``) to share one launch with the other
     direction on half the SMs where the weight-stationary kernel fits there; wide_tiles:
-    the GPU builds the wide tiles' dot as a wgmma (sm_90: H100, H200; see WIDE_UNITS)."""
+    the GPU builds the wide tiles' dot as a wgmma (sm_90: H100, H200; see WIDE_UNITS);
+    smem_limit: the most shared memory a program may have (SMEM_BLOCK_LIMIT)."""
     K = K or H
     choice = kernel_choice()
     if directions == 2:
         half = plan(cell, dtype, B, H, K, proj, training, max(1, sm_count // 2) if cuda else
-                    sm_count, cuda, ieee, backward, wide_tiles=wide_tiles)
+                    sm_count, cuda, ieee, backward, wide_tiles=wide_tiles,
+                    smem_limit=smem_limit)
         whole = plan(cell, dtype, B, H, K, proj, training, sm_count, cuda, ieee, backward,
-                     wide_tiles=wide_tiles)
+                     wide_tiles=wide_tiles, smem_limit=smem_limit)
         # paired where half the SMs hold a tiling; one past 64 rows a program
         # (SPLIT_CHOICES) only where the whole GPU would stream: elsewhere the two
         # directions take the whole GPU one after the other, as before those tilings
@@ -394,7 +400,7 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
                    "which does not fit on chip")
     if why_not is None and choice in ("auto", "stationary"):
         st = _stationary(cell, dtype, B, H, sm_count, choice == "stationary" or not cuda,
-                         backward and cuda, cuda, wide_tiles)
+                         backward and cuda, cuda, wide_tiles, smem_limit)
         if st is not None:
             u, bb, nk, kc, tiles, smem, split = st
             sub = bb // split  # the rows of one product and update (sub_rows)
@@ -411,7 +417,8 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
             return dict(base, kernel="stationary", programs=programs, tiles=tiles,
                         weights_on_chip=resident, reason=reason, U=u, BB=bb, NK=nk, KC=kc,
                         split=split,
-                        x_ahead=x_ahead(cell, dtype, u, sub, nk, kc, backward, cuda),
+                        x_ahead=x_ahead(cell, dtype, u, sub, nk, kc, backward, cuda,
+                                        smem_limit),
                         KS=k_runs(cell, kc, sub, False, u),
                         warps=stationary_warps(cell, kc, sub, False, u),
                         KS_bwd=k_runs(cell, kc, bb, True, u),
@@ -421,7 +428,7 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
             why_not = (f"no tiling of at most {sm_count} programs keeps a W_hh slice under "
                        f"{SMEM_W_BUDGET // 1024} KB")
             if cuda:
-                why_not += f" within {SMEM_BLOCK_LIMIT // 1024} KB of shared memory a program"
+                why_not += f" within {smem_limit // 1024} KB of shared memory a program"
     if choice == "stationary":
         why_not = f"{KERNEL_ENV}=stationary, but {why_not}"
     bb, bh, bk, warps = block_sizes(B, H, tensor_cores=not ieee)
@@ -453,6 +460,23 @@ def _capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 
+def smem_per_block(device: torch.device) -> int:
+    """The most shared memory one program may have on a CUDA device (the opt-in limit, what
+    Triton checks at launch)."""
+    return _smem_per_block(device.index if device.index is not None
+                           else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _smem_per_block(index: int) -> int:
+    props = torch.cuda.get_device_properties(index)
+    optin = getattr(props, "shared_memory_per_block_optin", None)
+    if optin is None:  # (torch builds without it, ROCm: ask Triton's driver, as it does)
+        optin = triton.runtime.driver.active.utils.get_device_properties(index)[
+            "max_shared_mem"]
+    return int(optin)
+
+
 def plan_for(cell: str, dtype: torch.dtype, B: int, H: int, K: int, proj: bool, device,
              training: bool, ieee: bool, backward: bool = False, directions: int = 1) -> dict:
     """:func:`plan` for tensors on ``device``: its SM count on CUDA; one program under the
@@ -460,5 +484,5 @@ def plan_for(cell: str, dtype: torch.dtype, B: int, H: int, K: int, proj: bool, 
     the weight-stationary kernel loops over the tiles there when there are several)."""
     if device.type == "cuda":
         return plan(cell, dtype, B, H, K, proj, training, sm_count(device), True, ieee,
-                    backward, directions, wgmma(device))
+                    backward, directions, wgmma(device), smem_per_block(device))
     return plan(cell, dtype, B, H, K, proj, training, 1, False, ieee, backward, directions)

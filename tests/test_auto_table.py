@@ -8,6 +8,7 @@ import torch
 import fusedrnn
 from bench import report
 from fusedrnn.kernels import auto_table, common
+from fusedrnn.kernels import plan as planning
 
 BF16, FP16 = torch.bfloat16, torch.float16
 
@@ -66,16 +67,22 @@ def test_module_asks_the_table_with_its_call(monkeypatch):
     checked), and the cases cuDNN cannot serve, which go to triton whatever the table."""
     asked = []
 
-    def fake(*args):
+    def fake(*args, **kw):
         asked.append(args)
+        asked_kw.append(kw)
         return False, "test"
 
+    asked_kw = []
     monkeypatch.setattr(auto_table, "prefers_triton", fake)
     monkeypatch.setattr(common, "sm_count", lambda device: 132)
+    # the device's own limits (an A100's here), as the plan takes them for its launches
+    monkeypatch.setattr(planning, "wgmma", lambda device: False)
+    monkeypatch.setattr(planning, "smem_per_block", lambda device: 163 * 1024)
     m = fusedrnn.GRU(12, 16, num_layers=2, batch_first=True)
     x = torch.randn(5, 7, 12)
     assert m._triton_by_table(x) is False
     assert asked[-1] == ("gru", torch.float32, 5, 16, 12, 0, 2, False, True, 132)
+    assert asked_kw[-1] == dict(wide_tiles=False, smem_limit=163 * 1024)
     with torch.no_grad():
         m._triton_by_table(x)
     assert asked[-1][-2] is False  # inference

@@ -208,6 +208,40 @@ def test_rows_past_64_split_where_no_tiling_of_at_most_64_is_resident():
     assert not p.get("paired"), p
 
 
+@pytest.mark.parametrize("kb", [227, 163, 99])  # H100/H200, A100, sm_86/89 (RTX 30xx/40xx)
+def test_plans_fit_the_devices_shared_memory(kb, monkeypatch):
+    """Every weight-stationary plan's program (the slice, the staged operand, the warps'
+    partial sums: plan.stationary_smem, the builds' to the byte) fits the device's shared
+    memory a block: the plans made for an H100 needed up to 224 KB, which fails to launch
+    (OutOfResources) on an A100 (163 KB) or an sm_86/89 GPU (99 KB). plan_for asks the
+    device."""
+    limit = kb * 1024
+    for cell in ("lstm", "gru", "rnn"):
+        for dt in (torch.float16, torch.bfloat16, torch.float32):
+            for B in (1, 8, 32, 64, 128, 512):
+                for H in (128, 256, 512, 768, 1024, 2048):
+                    for bwd in (False, True):
+                        p = plan(cell, dt, B, H, sm_count=108, training=True, backward=bwd,
+                                 wide_tiles=kb == 227, smem_limit=limit)
+                        if p["kernel"] != "stationary":
+                            assert f"within {kb} KB" in p["reason"] or "proj" in p["reason"]
+                            continue
+                        sub = p["BB"] // p["split"]
+                        smem = planning.stationary_smem(cell, dt, p["U"], sub, p["NK"],
+                                                        p["KC"], bwd, p["x_ahead"])
+                        assert smem <= limit, (smem, p)
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(planning, "sm_count", lambda device: 108)
+    monkeypatch.setattr(planning, "_capability", lambda index: (8, 0))
+    monkeypatch.setattr(planning, "_smem_per_block", lambda index: 163 * 1024)
+    p = planning.plan_for("lstm", torch.float32, 32, 512, 512, False, cuda, True, False,
+                          backward=True)
+    assert p == plan("lstm", torch.float32, 32, 512, sm_count=108, training=True,
+                     backward=True, wide_tiles=False, smem_limit=163 * 1024)
+    assert p != plan("lstm", torch.float32, 32, 512, sm_count=108, training=True,
+                     backward=True, wide_tiles=False)  # (224 KB: not on an A100)
+
+
 def test_wide_tiles_only_on_sm90(monkeypatch):
     """The wide tiles' plain dot is a wgmma on sm_90 alone (on sm_80 it spilled and repeated
     MMAs): plan_for asks plan.wgmma, which takes the device's capability, and never a ROCm
