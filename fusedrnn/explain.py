@@ -44,19 +44,17 @@ def explain(module: nn.Module, input, sm_count: int | None = None) -> list[dict]
         sms = sm_count
     cuda = sm_count is not None or x.device.type == "cuda"
     # (a given SM count describes an H100/H200: the wide tiles as on sm_90, its shared memory)
-    on_device = sm_count is None and x.device.type == "cuda"
-    wide = _plan.wgmma(x.device) if on_device else True
-    smem = _plan.smem_per_block(x.device) if on_device else _plan.SMEM_BLOCK_LIMIT
+    rules = _plan.device_rules(x.device) if sm_count is None and x.device.type == "cuda" \
+        else {}
     ieee = x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
     chosen = _backend.resolve(getattr(module, "backend", "native"), x.device, x.dtype)
     rows = []
     for layer in range(layers):
         for d in range(dirs):
             p = _plan.plan(cell, x.dtype, B, H, proj or H, bool(proj), training, sms, cuda, ieee,
-                           directions=dirs, wide_tiles=wide, smem_limit=smem)
+                           directions=dirs, **rules)
             bwd = _plan.plan(cell, x.dtype, B, H, proj or H, bool(proj), training, sms, cuda,
-                             ieee, backward=True, directions=dirs, wide_tiles=wide,
-                             smem_limit=smem)
+                             ieee, backward=True, directions=dirs, **rules)
             rows.append(dict(p, layer=layer, direction="reverse" if d else "forward",
                              backend=chosen, backward=bwd))
     return rows

@@ -127,8 +127,7 @@ class _BackendMixin:
         return auto_table.prefers_triton(
             self.mode.lower().split("_")[0], x.dtype, B, self.hidden_size, self.input_size,
             getattr(self, "proj_size", 0), self.num_layers, self.bidirectional, grad,
-            sm_count(x.device), wide_tiles=plan.wgmma(x.device),
-            smem_limit=plan.smem_per_block(x.device))[0]
+            sm_count(x.device), **plan.device_rules(x.device))[0]
 
 
 def _autocast_dtype(module, device_type: str):

@@ -186,9 +186,8 @@ def sub_rows(cell: str, dtype: torch.dtype, u: int, bb: int, kc: int,
     sub = min(bb, BATCH_CHOICES[0])
     if backward or wide(cell, u, backward) or sub < BATCH_CHOICES[0]:
         return sub
-    elt = torch.empty((), dtype=dtype).element_size()
-    chunk = kc * sub * elt // (32 * stationary_warps(cell, kc, sub, False, u))
-    return sub // 2 if chunk > X_REG_BYTES else sub
+    one_chunk = register_bytes(cell, dtype, u, sub, 1, kc, False)
+    return sub // 2 if one_chunk > X_REG_BYTES else sub
 
 
 def register_bytes(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
@@ -371,22 +370,24 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
     K = K or H
     choice = kernel_choice()
     if directions == 2:
+        rules = dict(wide_tiles=wide_tiles, smem_limit=smem_limit)
         half = plan(cell, dtype, B, H, K, proj, training, max(1, sm_count // 2) if cuda else
-                    sm_count, cuda, ieee, backward, wide_tiles=wide_tiles,
-                    smem_limit=smem_limit)
-        whole = plan(cell, dtype, B, H, K, proj, training, sm_count, cuda, ieee, backward,
-                     wide_tiles=wide_tiles, smem_limit=smem_limit)
-        # paired where half the SMs hold a tiling; one past 64 rows a program
-        # (SPLIT_CHOICES) only where the whole GPU would stream: elsewhere the two
-        # directions take the whole GPU one after the other, as before those tilings
-        # (not measured against a pair of them)
-        if half["kernel"] == "stationary" and (half["BB"] <= BATCH_CHOICES[0]
+                    sm_count, cuda, ieee, backward, **rules)
+        whole = None
+        if half["kernel"] == "stationary" and half["BB"] > BATCH_CHOICES[0]:
+            # a pair past 64 rows a program (SPLIT_CHOICES) only where the whole GPU would
+            # stream: elsewhere the two directions take the whole GPU one after the other,
+            # as before those tilings (not measured against a pair of them)
+            whole = plan(cell, dtype, B, H, K, proj, training, sm_count, cuda, ieee,
+                         backward, **rules)
+        if half["kernel"] == "stationary" and (whole is None
                                                or whole["kernel"] != "stationary"):
             return dict(half, sm_count=sm_count, directions=2, paired=True,
                         reason=half["reason"].replace(f"on {half['sm_count']} SMs",
                                                       f"on half of {sm_count} SMs")
                         + "; both directions in one launch")
-        return dict(whole, directions=2)
+        return dict(whole or plan(cell, dtype, B, H, K, proj, training, sm_count, cuda, ieee,
+                                  backward, **rules), directions=2)
     g = _GATES[cell]
     base = dict(cell=cell, dtype=str(dtype).replace("torch.", ""), B=B, H=H, K=K,
                 training=training, sm_count=sm_count, cuda=cuda)
@@ -451,8 +452,11 @@ def wgmma(device: torch.device) -> bool:
     """Whether a CUDA device builds the wide tiles' dot as a wgmma: sm_90 (H100, H200). Its
     sm_80 build spilled 600-5100 B and issued every MMA twice: elsewhere they stream. (A
     ROCm build reports its gfx version as the capability: never there.)"""
-    return torch.version.hip is None and _capability(
-        device.index if device.index is not None else torch.cuda.current_device())[0] == 9
+    return torch.version.hip is None and _capability(_index(device))[0] == 9
+
+
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 @functools.lru_cache(maxsize=None)
@@ -463,8 +467,7 @@ def _capability(index: int) -> tuple[int, int]:
 def smem_per_block(device: torch.device) -> int:
     """The most shared memory one program may have on a CUDA device (the opt-in limit, what
     Triton checks at launch)."""
-    return _smem_per_block(device.index if device.index is not None
-                           else torch.cuda.current_device())
+    return _smem_per_block(_index(device))
 
 
 @functools.lru_cache(maxsize=None)
@@ -477,6 +480,12 @@ def _smem_per_block(index: int) -> int:
     return int(optin)
 
 
+def device_rules(device: torch.device) -> dict:
+    """What :func:`plan` takes from a CUDA device beside its SM count: whether it builds the
+    wide tiles (wgmma) and its shared memory a program (smem_per_block)."""
+    return dict(wide_tiles=wgmma(device), smem_limit=smem_per_block(device))
+
+
 def plan_for(cell: str, dtype: torch.dtype, B: int, H: int, K: int, proj: bool, device,
              training: bool, ieee: bool, backward: bool = False, directions: int = 1) -> dict:
     """:func:`plan` for tensors on ``device``: its SM count on CUDA; one program under the
@@ -484,5 +493,5 @@ def plan_for(cell: str, dtype: torch.dtype, B: int, H: int, K: int, proj: bool, 
     the weight-stationary kernel loops over the tiles there when there are several)."""
     if device.type == "cuda":
         return plan(cell, dtype, B, H, K, proj, training, sm_count(device), True, ieee,
-                    backward, directions, wgmma(device), smem_per_block(device))
+                    backward, directions, **device_rules(device))
     return plan(cell, dtype, B, H, K, proj, training, 1, False, ieee, backward, directions)
