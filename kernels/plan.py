@@ -68,6 +68,26 @@ BATCH_CHOICES = (64, 32, 16, 8)   # BB: batch rows per program, the MMA's N
 SPLIT_CHOICES = (256, 128)
 MAX_SPLIT = 4
 MAX_K_CHUNKS = 4                  # K as at most 4 power-of-two chunks (768 = 3 x 256)
+# The backward split over K (kernels/splitk.py): where no tiling of the backward above is
+# resident (16-bit and fp32 B >= 128 at H = 1024, which streamed W_hh at 0.45-0.66x
+# cuDNN's training step on the H200), S programs share a tile of U units, each with the
+# rows of W_hh of one K part (KC = H / S rows of each gate), their partial products summed
+# through global memory. U: wide, since the broadcast of dgates a step is n_u * B * G * H.
+KSPLIT_UNITS = (64, 32)
+KSPLIT_CHOICES = (2, 4, 8, 16)
+KSPLIT_ROWS = (128, 64, 32, 16)
+KSPLIT_WARPS = 8
+# the (BB, U) fp32 partial products a thread holds (one, or G: splitk_chained), at most
+# 64 registers, beside the staged dgates part and the W part's fragments
+KSPLIT_ACC_BYTES = 256
+# A gate's dgates part (BB, KC) staged through registers a thread: within 128 B, no spill
+# (bf16 B=128 H=1024, BB=64 KC=256: 208-234 registers); at 256 B, fp32 B=128 H=1024
+# (BB=128 KC=128) and bf16 B=256 H=1024 spilled 160-672 B (Triton 3.9 / 3.6, sm_90), 40-137
+# spill accesses a step. A preference, as the register budgets above: past it the plan
+# takes a tiling over streaming W_hh (not measured)
+KSPLIT_X_BYTES = 128
+# S where the plan forces the weight-stationary kernels (the interpreter; tests set 2 or 4)
+FORCED_KSPLIT = 1
 # The per-step operand (h_{t-1}^T forward, a K chunk of dgates_{t+1} backward) is staged
 # through registers, divided over the program's warps (stationary_warps; the budgets were
 # measured when the forward had one warp per 16 gate rows and the backward one per gate,
@@ -272,6 +292,94 @@ def x_ahead(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
                                              True) <= smem_limit
 
 
+def splitk_smem(cell: str, dtype: torch.dtype, u: int, bb: int, kc: int,
+                ahead: bool = False) -> int:
+    """Shared memory of a split-K backward program (kernels/splitk.py): its W_hh part,
+    G x (KC, U), and the step's dgates part staged for the MMA, (BB, KC) one gate at a
+    time, or with ``ahead`` every gate's."""
+    g = _GATES[cell]
+    elt = torch.empty((), dtype=dtype).element_size()
+    dg_elt = torch.empty((), dtype=gate_grad_dtype(dtype)).element_size()
+    return g * kc * u * elt + (g if ahead else 1) * bb * kc * dg_elt
+
+
+def splitk_chained(bb: int) -> bool:
+    """Whether a split-K program's gate products are one accumulator chain (kernels/
+    splitk.py, _partial): where its BB rows cover its warps along the rows (16 rows a warp),
+    as Triton lays a chain of dots; else one accumulator a gate."""
+    return bb >= 16 * KSPLIT_WARPS
+
+
+def splitk_traffic(cell: str, dtype: torch.dtype, B: int, H: int, u: int, s: int) -> int:
+    """Bytes a split-K backward step moves through L2: the broadcast of dgates_{t+1} (every
+    unit group reads all gate columns of every batch row) and the fp32 partial products,
+    written once and read once."""
+    dg_elt = torch.empty((), dtype=gate_grad_dtype(dtype)).element_size()
+    return triton.cdiv(H, u) * B * _GATES[cell] * H * dg_elt + 2 * s * B * H * 4
+
+
+def _splitk(cell, dtype, B, H, sm, smem_limit):
+    """(U, BB, KC, S, programs, w bytes, ahead) of the split-K tiling that moves the fewest
+    bytes a step (splitk_traffic) within the SMs and shared memory, or None."""
+    elt = torch.empty((), dtype=dtype).element_size()
+    dg_elt = torch.empty((), dtype=gate_grad_dtype(dtype)).element_size()
+    g = _GATES[cell]
+    best = None
+    for bb in KSPLIT_ROWS:
+        if bb > max(16, triton.next_power_of_2(B)):
+            continue
+        for u in KSPLIT_UNITS:
+            accs = 1 if splitk_chained(bb) else g
+            if accs * bb * u * 4 // (32 * KSPLIT_WARPS) > KSPLIT_ACC_BYTES:
+                continue
+            for s in KSPLIT_CHOICES:
+                kc = max(16, triton.next_power_of_2(triton.cdiv(H, s)))
+                programs = triton.cdiv(H, u) * s * triton.cdiv(B, bb)
+                if ((s - 1) * kc >= H or bb < s or programs > sm
+                        or g * kc * u * elt > SMEM_W_BUDGET
+                        or splitk_smem(cell, dtype, u, bb, kc) > smem_limit):
+                    continue
+                ahead = (splitk_smem(cell, dtype, u, bb, kc, True) <= smem_limit
+                         and g * bb * kc * dg_elt // (32 * KSPLIT_WARPS) <= X_REG_BYTES)
+                staged = bb * kc * dg_elt // (32 * KSPLIT_WARPS)
+                key = (staged > KSPLIT_X_BYTES, splitk_traffic(cell, dtype, B, H, u, s),
+                       -programs)
+                if best is None or key < best[0]:
+                    best = (key, (u, bb, kc, s, programs, g * kc * u * elt, ahead))
+    return None if best is None else best[1]
+
+
+def _splitk_plan(base: dict, cell, dtype, B, H, sm, cuda, smem_limit) -> dict | None:
+    """The plan dict of the split-K backward, or None where no tiling fits (or, under the
+    interpreter, where FORCED_KSPLIT does not ask for it)."""
+    if cuda:
+        st = _splitk(cell, dtype, B, H, sm, smem_limit)
+        if st is None:
+            return None
+        u, bb, kc, s, programs, w, ahead = st
+    elif FORCED_KSPLIT > 1:
+        u, s, bb = FORCED_UNITS, FORCED_KSPLIT, 16
+        kc = triton.next_power_of_2(triton.cdiv(H, s))
+        programs = triton.cdiv(H, u) * s * triton.cdiv(B, bb)
+        w, ahead = _GATES[cell] * kc * u * torch.empty((), dtype=dtype).element_size(), True
+    else:
+        return None
+    tiles = programs
+    programs = min(tiles, sm)
+    reason = (f"weight-stationary, split over K: {triton.cdiv(H, u)} unit groups of {u} x "
+              f"{triton.cdiv(B, bb)} batch groups of {bb} x {s} K parts = {tiles} programs "
+              f"on {sm} SMs, {w // 1024} KB of W_hh each on chip, partial products summed "
+              f"through L2 ({splitk_traffic(cell, dtype, B, H, u, s) / 2**20:.0f} MB a step)")
+    if programs < tiles:
+        reason = (f"split-K backward forced ({KERNEL_ENV} or the interpreter), {tiles} tiles "
+                  f"on {programs} programs: W_hh re-read per tile")
+    return dict(base, kernel="stationary", programs=programs, tiles=tiles,
+                weights_on_chip=programs == tiles, reason=reason, U=u, BB=bb, NK=1, KC=kc,
+                split=1, ksplit=s, chained=splitk_chained(bb), x_ahead=ahead, KS=1,
+                warps=KSPLIT_WARPS, KS_bwd=1,
+                warps_bwd=KSPLIT_WARPS, w_bytes=w, gates=_GATES[cell])
+
+
 def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=True,
                 smem_limit=SMEM_BLOCK_LIMIT):
     """(U, BB, NK, KC, programs, smem, split) of the best weight-stationary tiling, or None:
@@ -380,8 +488,8 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
             # as before those tilings (not measured against a pair of them)
             whole = plan(cell, dtype, B, H, K, proj, training, sm_count, cuda, ieee,
                          backward, **rules)
-        if half["kernel"] == "stationary" and (whole is None
-                                               or whole["kernel"] != "stationary"):
+        if (half["kernel"] == "stationary" and half.get("ksplit", 1) == 1
+                and (whole is None or whole["kernel"] != "stationary")):
             return dict(half, sm_count=sm_count, directions=2, paired=True,
                         reason=half["reason"].replace(f"on {half['sm_count']} SMs",
                                                       f"on half of {sm_count} SMs")
@@ -402,6 +510,10 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
     if why_not is None and choice in ("auto", "stationary"):
         st = _stationary(cell, dtype, B, H, sm_count, choice == "stationary" or not cuda,
                          backward and cuda, cuda, wide_tiles, smem_limit)
+        if backward and cell != "rnn" and (st is None or not cuda):
+            sk = _splitk_plan(base, cell, dtype, B, H, sm_count, cuda, smem_limit)
+            if sk is not None:
+                return sk
         if st is not None:
             u, bb, nk, kc, tiles, smem, split = st
             sub = bb // split  # the rows of one product and update (sub_rows)

@@ -390,13 +390,36 @@ def _bwd_tile(
                   c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b, gc_ptr, s_gc_b, dcs_ptr,
                   s_dcs_t, s_dcs_b, len_ptr, t, rd, wr, B, H, LSTM, RNN, HAS_DCS,
                   HAS_LENGTHS, U, BB, PREFETCH)
-    o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_u, i_b, H, B, U, BB)
+    _, _, _, m_b, _, o_b64 = tile_offsets(i_u, i_b, H, B, U, BB)
     p_dg = dg_ptr + t_next.to(tl.int64) * s_dg_t + o_b64[:, None] * s_dg_b
     # dgates_{t+1} (BB, G*H) . W_hh[:, units] (G*H, U): each gate's product on its own
     # warp (a dot batched over the gates), then their sum
     G: tl.constexpr = 4 if LSTM else (1 if RNN else 3)
     acc = tl.sum(_chunks_dot(w0, w1, w2, w3, p_dg[None, :, :], m_b, H, ACC, KC, NK, False,
                              IEEE, UPCAST, G=G, AHEAD=X_AHEAD), axis=0)
+    bwd_update(acc, i_u, i_b, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, g_ptr, s_g_b,
+               do_ptr, s_do_t, s_do_b, gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot,
+               s_c_b, h_ptr, s_h_slot, s_h_b, dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, hm_ptr, s_hm_b,
+               z_seed, z_th_h, z_th_c, z_dir, rs_ptr, s_rs_t, init, t, t_next, rd, wr, B, H,
+               LSTM, RNN, ACC, HAS_LENGTHS, HAS_DCS, U, BB, HAS_HMASK, ZONEOUT, HAS_RESETS)
+
+
+@triton.jit
+def bwd_update(
+    acc, i_u, i_b,
+    dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b,
+    gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b,
+    dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, hm_ptr, s_hm_b, z_seed, z_th_h, z_th_c, z_dir,
+    rs_ptr, s_rs_t, init, t, t_next, rd, wr, B, H,
+    LSTM: tl.constexpr, RNN: tl.constexpr, ACC: tl.constexpr, HAS_LENGTHS: tl.constexpr,
+    HAS_DCS: tl.constexpr, U: tl.constexpr, BB: tl.constexpr, HAS_HMASK: tl.constexpr,
+    ZONEOUT: tl.constexpr, HAS_RESETS: tl.constexpr,
+):
+    """The rest of a backward step for tile (i_u, i_b), given acc (BB, U) = dgates_{t+1} .
+    W_hh[:, units]: the state gradient, then the gate gradients of step t (lstm_update_bwd,
+    gru_update_bwd, rnn_update_bwd), as the streaming kernels. Shared with the split-K
+    backward (kernels/splitk.py), whose acc is a sum of partial products."""
+    o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_u, i_b, H, B, U, BB)
     b_g = tl.load(g_ptr + o_b64[:, None] * s_g_b + o_h[None, :], mask=m, other=0.0)
     # carried + dgates_{t+1} W_hh (times the variational mask the product saw), (BB, U)
     b_gs = b_g + state_mask(acc, hm_ptr, s_hm_b, o_b, m_b, o_h, m_h, HAS_HMASK)
@@ -629,6 +652,10 @@ def _kernel(launch):
 def launch(one) -> None:
     """One direction: plan["programs"] programs (one under the interpreter: the plan was
     made for one SM), each owning one tile when there are as many tiles (RESIDENT)."""
+    if one.kind == "bwd" and one.plan.get("ksplit", 1) > 1:
+        from fusedrnn.kernels import splitk
+        splitk.launch(one)
+        return
     kernel, names, warps, what, flags = _kernel(one)
     plan = one.plan
     programs = plan["programs"]

@@ -26,7 +26,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import create_function_from_signature
 
-from fusedrnn.kernels import common, gru, lstm, pairing, plan, rnn, stationary
+from fusedrnn.kernels import common, gru, lstm, pairing, plan, rnn, splitk, stationary
 from fusedrnn.kernels.plan import KERNEL_ENV
 
 TARGETS = {"sm_80": GPUTarget("cuda", 80, 32), "sm_90": GPUTarget("cuda", 90, 32)}
@@ -100,7 +100,7 @@ def capture(hidden_sizes, batches=(1, 64), dtypes=(torch.float32, torch.bfloat16
     as they would on a GPU with ``sms`` SMs (``auto``: the plan's own choice, which is the
     weight-stationary kernel where it fits)."""
     launches = {}
-    for mod in (lstm, gru, rnn, stationary):
+    for mod in (lstm, gru, rnn, stationary, splitk):
         for name in dir(mod):
             if isinstance(getattr(mod, name), Recorder):  # captured before: record here now
                 getattr(mod, name).launches = launches
@@ -176,7 +176,7 @@ def capture_regularized(H=64, batch=16, dtype=torch.bfloat16, sms=132):
     variational state mask, zoneout and resets, the RNN with the mask and resets, forward
     (saving) and backward, in step, streaming-sequence and weight-stationary mode."""
     launches = {}
-    for mod in (lstm, gru, rnn, stationary):
+    for mod in (lstm, gru, rnn, stationary, splitk):
         for name in dir(mod):
             if isinstance(getattr(mod, name), Recorder):
                 getattr(mod, name).launches = launches
@@ -515,9 +515,14 @@ def mma_work_per_warp(config: dict, kernel: str, num_warps: int, dtype: str,
     ``wgmma`` (a wide forward's plain dot on sm_90): every warp of a warpgroup issues each
     of its warpgroup's MMAs, 64 rows by the warpgroup's share of the batch, so a warp
     issues the k steps times the 64-row tiles over the warpgroups along the rows."""
-    U, BB, KC, NK = (int(config[k]) for k in ("U", "BB", "KC", "NK"))
+    U, BB, KC, NK = (int(config.get(k, 1)) for k in ("U", "BB", "KC", "NK"))
     k_step = 8 if dtype == "fp32" else 16
     k_tiles = NK * KC // k_step
+    if kernel == "splitk_bwd_kernel":  # G dots (BB, KC) . (KC, U), a gate's K part each
+        gates = 4 if str(config["LSTM"]) == "True" else 3
+        if wgmma:  # 64 rows a warpgroup's wgmma, the warpgroups over the rows, else U
+            return gates * k_tiles * max(1, (BB // 64) // (num_warps // 4))
+        return gates * max(1, BB // 16) * max(1, U // 8) * k_tiles // num_warps
     plain = config.get("RNN", "0") != "0"  # one gate: U rows forward, one gate backward
     if kernel == "stationary_fwd_kernel":
         rows = U if plain else 4 * U
@@ -531,7 +536,7 @@ def mma_work_per_warp(config: dict, kernel: str, num_warps: int, dtype: str,
 
 def k_tiles(config: dict, dtype: str) -> int:
     """MMA steps along K of one gate's product: NK*KC / 16 (8 for TF32)."""
-    return int(config["NK"]) * int(config["KC"]) // (8 if dtype == "fp32" else 16)
+    return int(config.get("NK", 1)) * int(config["KC"]) // (8 if dtype == "fp32" else 16)
 
 
 def _stationary_one(k: int) -> dict:

@@ -48,14 +48,14 @@ def exact_fp32_on_gpu():
 @pytest.fixture
 def poison(monkeypatch):
     """Every buffer the launchers allocate starts as NaN, so an unwritten element fails."""
-    from fusedrnn.kernels import common, gru, lstm, rnn
+    from fusedrnn.kernels import common, gru, lstm, rnn, splitk
 
     real = common.empty
 
     def nan_empty(*shape, dtype, device):
         return real(*shape, dtype=dtype, device=device).fill_(float("nan"))
 
-    for mod in (common, gru, lstm, rnn):
+    for mod in (common, gru, lstm, rnn, splitk):
         monkeypatch.setattr(mod, "empty", nan_empty)
 
 
@@ -73,10 +73,10 @@ class _CountingKernel:
 @pytest.fixture
 def launches(monkeypatch):
     """Counter of Triton kernel launches by kernel name during the test."""
-    from fusedrnn.kernels import gru, lstm, rnn, stationary
+    from fusedrnn.kernels import gru, lstm, rnn, splitk, stationary
 
     counts = collections.Counter()
-    for mod in (gru, lstm, rnn, stationary):
+    for mod in (gru, lstm, rnn, splitk, stationary):
         for name in dir(mod):
             if name.endswith("_kernel") and hasattr(getattr(mod, name), "arg_names"):
                 monkeypatch.setattr(mod, name, _CountingKernel(getattr(mod, name), name, counts))

@@ -118,7 +118,7 @@ def test_warps_are_the_batch_of_the_batched_dots():
             for H in (1, 20, 64, 256, 768, 1024):
                 for bwd in (False, True):
                     p = plan(cell, torch.bfloat16, B, H, sm_count=132, backward=bwd)
-                    if p["kernel"] != "stationary":
+                    if p["kernel"] != "stationary" or p.get("ksplit"):  # (split-K: below)
                         continue
                     ks = p["KS_bwd"] if bwd else p["KS"]
                     gates = 4 if bwd and cell != "rnn" else 1
@@ -136,14 +136,14 @@ def test_warps_are_the_batch_of_the_batched_dots():
 def test_wide_tiles_only_where_no_narrower_tiling_is_resident():
     """16-bit B=128 at H=1024 streamed W_hh (0.5x cuDNN on an H200): its forward now keeps
     16 units of W_hh a program on chip (64 rows, 128 KB at bf16), 2 batch groups of 64, one
-    plain dot a chunk on WIDE_WARPS warps; its backward still streams (the batched-gate
-    backward spilled there). Where 4 or 8 units fit, nothing changes."""
+    plain dot a chunk on WIDE_WARPS warps; its backward is not a wide tile (the
+    batched-gate backward spilled there) but split over K (below). Where 4 or 8 units fit,
+    nothing changes."""
     p = plan("lstm", torch.bfloat16, 128, 1024, sm_count=132, training=True)
     assert p["kernel"] == "stationary" and p["weights_on_chip"] and p["programs"] == 128
     assert (p["U"], p["BB"], p["KS"], p["warps"]) == (16, 64, 1, planning.WIDE_WARPS)
     assert p["w_bytes"] == 64 * 1024 * 2
-    assert plan("lstm", torch.bfloat16, 128, 1024, sm_count=132, backward=True)["kernel"] \
-        == "sequence"
+    assert plan("lstm", torch.bfloat16, 128, 1024, sm_count=132, backward=True)["ksplit"] > 1
     for cell in ("lstm", "gru", "rnn"):
         for dt in (torch.bfloat16, torch.float16, torch.float32):
             for B in (1, 8, 16, 32, 64, 128, 512):
@@ -186,8 +186,9 @@ def test_rows_past_64_split_where_no_tiling_of_at_most_64_is_resident():
     """bf16 B=512 H=1024 (a target: 0.44x cuDNN streaming on the H200) and fp32 B=128
     H=1024 (0.68x) streamed: no tiling of at most 64 rows a program is resident on 132 SMs.
     Their forwards now keep W_hh on chip with 256 and 128 rows a program, as 4 sub-tiles
-    (the wide tile's 64 rows; fp32's 32): 128 programs. Their backwards still stream, and
-    a bidirectional layer pairs such tilings only where the whole GPU would stream."""
+    (the wide tile's 64 rows; fp32's 32): 128 programs. Their backwards are split over K
+    (kernels/splitk.py; bf16 B=512 H=1024's still streams), and a bidirectional layer pairs
+    such tilings only where the whole GPU would stream."""
     for cell in ("lstm", "gru"):
         for dt, B, want in ((torch.bfloat16, 512, (16, 256, 4)),
                             (torch.float32, 128, (8, 128, 4))):
@@ -195,7 +196,8 @@ def test_rows_past_64_split_where_no_tiling_of_at_most_64_is_resident():
             assert p["kernel"] == "stationary" and p["weights_on_chip"], p
             assert (p["U"], p["BB"], p["split"], p["programs"]) == (*want, 128), p
             assert f"{want[2]} sub-tiles of {want[1] // want[2]} rows" in p["reason"], p
-            assert plan(cell, dt, B, 1024, sm_count=132, backward=True)["kernel"] == "sequence"
+            bwd = plan(cell, dt, B, 1024, sm_count=132, backward=True)
+            assert bwd["kernel"] == "sequence" if B == 512 else bwd["ksplit"] > 1, bwd
     # never past MAX_SPLIT sub-tiles: bf16 B=1024 H=1024 has none of 4 (512 programs)
     assert plan("lstm", torch.bfloat16, 1024, 1024, sm_count=132)["kernel"] == "sequence"
     # pairs: half of 132 SMs holds bf16 B=128 H=1024 only as 2 sub-tiles of 64, and the
@@ -229,6 +231,9 @@ def test_plans_fit_the_devices_shared_memory(kb, monkeypatch):
                         sub = p["BB"] // p["split"]
                         smem = planning.stationary_smem(cell, dt, p["U"], sub, p["NK"],
                                                         p["KC"], bwd, p["x_ahead"])
+                        if p.get("ksplit"):  # (the backward split over K)
+                            smem = planning.splitk_smem(cell, dt, p["U"], p["BB"], p["KC"],
+                                                        p["x_ahead"])
                         assert smem <= limit, (smem, p)
     cuda = torch.device("cuda", 0)
     monkeypatch.setattr(planning, "sm_count", lambda device: 108)
@@ -255,3 +260,42 @@ def test_wide_tiles_only_on_sm90(monkeypatch):
     assert planning.wgmma(cuda) is False
     p = plan("lstm", torch.bfloat16, 128, 1024, sm_count=132, wide_tiles=False)
     assert p["kernel"] == "sequence"
+
+
+def test_splitk_backward_where_no_backward_tiling_is_resident():
+    """The backward split over K (kernels/splitk.py) only where the backward would
+    otherwise stream: 16-bit and fp32 LSTM/GRU at B=128 H=1024 (issue 11's targets that ran
+    at 0.45-0.66x cuDNN's training step), never the plain RNN, never where a backward
+    tiling is resident, never forward; within the SMs, the shared memory and the
+    accumulator budget, W_hh on chip, and the fewest bytes a step of its tilings."""
+    for cell in ("lstm", "gru"):
+        for dt in (torch.bfloat16, torch.float16, torch.float32):
+            p = plan(cell, dt, 128, 1024, training=True, sm_count=132, backward=True)
+            assert p["kernel"] == "stationary" and p["ksplit"] > 1 and p["weights_on_chip"]
+            assert p["programs"] == p["tiles"] <= 132 and "split over K" in p["reason"]
+            g = 4 if cell == "lstm" else 3
+            assert p["w_bytes"] == g * p["KC"] * p["U"] * dt.itemsize <= planning.SMEM_W_BUDGET
+            assert planning.splitk_smem(cell, dt, p["U"], p["BB"], p["KC"], p["x_ahead"]) \
+                <= planning.SMEM_BLOCK_LIMIT
+            assert (p["ksplit"] - 1) * p["KC"] < 1024 <= p["ksplit"] * p["KC"]
+            accs = 1 if p["chained"] else g
+            assert accs * p["BB"] * p["U"] * 4 // (32 * p["warps_bwd"]) \
+                <= planning.KSPLIT_ACC_BYTES
+            assert "ksplit" not in plan(cell, dt, 128, 1024, training=True, sm_count=132)
+        # bf16 at B=128: 64 units, 64 rows, 4 parts of 256 rows a gate (128 KB of W_hh
+        # a program), not chained (64 rows on 8 warps)
+        p = plan(cell, torch.bfloat16, 128, 1024, training=True, sm_count=132, backward=True)
+        assert (p["U"], p["BB"], p["KC"], p["ksplit"], p["chained"]) == (64, 64, 256, 4, False)
+        traffic = planning.splitk_traffic(cell, torch.bfloat16, 128, 1024, 64, 4)
+        assert traffic == 16 * 128 * g * 1024 * 2 + 2 * 4 * 128 * 1024 * 4
+    for cell, dt, B, H in (("rnn", torch.bfloat16, 128, 1024), ("lstm", torch.float16, 16, 768),
+                           ("lstm", torch.bfloat16, 64, 1024)):
+        p = plan(cell, dt, B, H, training=True, sm_count=132, backward=True)
+        assert p["kernel"] == "stationary" and "ksplit" not in p, p
+    # a bidirectional layer's split-K backward is never paired (one direction a launch)
+    p = plan("lstm", torch.bfloat16, 128, 1024, training=True, sm_count=132, backward=True,
+             directions=2)
+    assert not p.get("paired") and p["ksplit"] > 1 and p["programs"] <= 132
+    # under the interpreter only where FORCED_KSPLIT asks
+    assert "ksplit" not in plan("lstm", torch.float64, 20, 40, cuda=False, sm_count=1,
+                                backward=True)
