@@ -73,6 +73,9 @@ MAX_K_CHUNKS = 4                  # K as at most 4 power-of-two chunks (768 = 3 
 # cuDNN's training step on the H200), S programs share a tile of U units, each with the
 # rows of W_hh of one K part (KC = H / S rows of each gate), their partial products summed
 # through global memory. U: wide, since the broadcast of dgates a step is n_u * B * G * H.
+# sm_90 only (plan.wgmma, as the wide tiles): its sm_80 builds (mma.sync) laid the 8 warps
+# along the rows, every MMA twice (bf16 B=128 H=1024: 512 a warp a step where the work is
+# 256), and spilled 104-112 B.
 KSPLIT_UNITS = (64, 32)
 KSPLIT_CHOICES = (2, 4, 8, 16)
 KSPLIT_ROWS = (128, 64, 32, 16)
@@ -473,7 +476,8 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
     backward: plan the backward pass instead of the forward; directions: 2 for a direction
     of a bidirectional layer, planned (``paired``) to share one launch with the other
     direction on half the SMs where the weight-stationary kernel fits there; wide_tiles:
-    the GPU builds the wide tiles' dot as a wgmma (sm_90: H100, H200; see WIDE_UNITS);
+    the GPU builds the wide tiles' dot and the split-K backward's as wgmma (sm_90: H100,
+    H200; see WIDE_UNITS, KSPLIT_UNITS);
     smem_limit: the most shared memory a program may have (SMEM_BLOCK_LIMIT)."""
     K = K or H
     choice = kernel_choice()
@@ -510,7 +514,7 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
     if why_not is None and choice in ("auto", "stationary"):
         st = _stationary(cell, dtype, B, H, sm_count, choice == "stationary" or not cuda,
                          backward and cuda, cuda, wide_tiles, smem_limit)
-        if backward and cell != "rnn" and (st is None or not cuda):
+        if backward and cell != "rnn" and (st is None and wide_tiles or not cuda):
             sk = _splitk_plan(base, cell, dtype, B, H, sm_count, cuda, smem_limit)
             if sk is not None:
                 return sk

@@ -343,11 +343,14 @@ def main(argv=None):
                     help="batch sizes of the weight-stationary matrix")
     ap.add_argument("--wide", action="store_true",
                     help="with --stationary: the wide tiles' launches instead of the matrix")
+    ap.add_argument("--splitk", action="store_true",
+                    help="with --stationary: the split-K backward's launches instead")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("run without TRITON_INTERPRET: the kernels must be JIT functions")
     if args.stationary:
-        return check_stationary(args.json, args.targets, tuple(args.batches), args.wide)
+        return check_stationary(args.json, args.targets, tuple(args.batches), args.wide,
+                                args.splitk)
     # the streaming kernels at every size; the plan's own choice ("auto": the
     # weight-stationary kernels where they fit, which --stationary checks in depth) at
     # --auto-hidden
@@ -540,7 +543,10 @@ def k_tiles(config: dict, dtype: str) -> int:
 
 
 def _stationary_one(k: int) -> dict:
-    row, compiled, sass = _compile(k)
+    return _stationary_row(*_compile(k))
+
+
+def _stationary_row(row: dict, compiled, sass: str) -> dict:
     wgmma = warpgroup_mma(sass)
     return {**row, "triton": triton.__version__, "dyn_shared": compiled.metadata.shared,
             "w_loads_in_loop": w_loads_in_time_loop(compiled.asm["ttgir"]),
@@ -590,18 +596,49 @@ def wide_launches(sms=132):
     return launches
 
 
+def splitk_launches(sms=132):
+    """The split-K backward (kernels/splitk.py) where a 132-SM GPU plans it for issue 11's
+    targets: bf16 LSTM and GRU B=128 H=1024 (64 rows a program, each gate's product its own
+    chain) and fp32 LSTM B=128 H=1024 (128 rows, one chain; past the plan's staging
+    budget). One launch each, for the suite's time."""
+    launches = {}
+    for dt, lstm_cell in ((torch.bfloat16, True), (torch.bfloat16, False),
+                          (torch.float32, True)):
+        for key, launch in capture([1024], batches=(128,), dtypes=(dt,), modes=("auto",),
+                                   sms=sms).items():
+            if key[0] == "splitk_bwd_kernel" and launch[2]["LSTM"] == lstm_cell:
+                launches[key] = launch
+                break
+    return launches
+
+
+def spills_in_step(sass: str) -> int:
+    """Local-memory accesses (LDL/STL) anywhere in the time loop: where its innermost loops
+    are only the barriers' polls (the split-K backward), hot_spills sees none of them."""
+    code, loop = _time_loop(sass)
+    if loop is None:
+        return 0
+    return sum(1 for a, ins in code if loop[0] <= a <= loop[1]
+               and re.search(r"\b(LDL|STL)\b", ins))
+
+
+def _splitk_one(k: int) -> dict:
+    row, compiled, sass = _compile(k)
+    return {**_stationary_row(row, compiled, sass), "spills_in_step": spills_in_step(sass)}
+
+
 def check_stationary(json_path=None, targets=tuple(TARGETS), batches=(1, 16, 64),
-                     wide=False) -> list[dict]:
+                     wide=False, splitk=False) -> list[dict]:
     # past the register budgets, sm_90 alone (the H100/H200 the plan measured them on):
     # those compiles take minutes, and sm_80 doubled them
     # (the wide tiles are sm_90's alone: plan.wgmma. sm_80 builds at B >= 16 only: B=1's
     # tilings, BB=8, are also B=16's where they have the most programs, and the suite keeps
     # within 15 minutes)
-    per_batch = {} if wide else {b: stationary_matrix(batches=(b,)) for b in batches}
-    launches = wide_launches() if wide else {k: v for m in per_batch.values()
-                                             for k, v in m.items()}
+    per_batch = {} if wide or splitk else {b: stationary_matrix(batches=(b,)) for b in batches}
+    launches = wide_launches() if wide else splitk_launches() if splitk else {
+        k: v for m in per_batch.values() for k, v in m.items()}
     sm80 = {k for b, m in per_batch.items() if b >= 16 for k in m}
-    rows = compile_all(launches, _stationary_one, targets,
+    rows = compile_all(launches, _splitk_one if splitk else _stationary_one, targets,
                        keep=lambda key, launch, tname: tname == "sm_90"
                        or key in sm80
                        and within_register_budget(key[0], launch[1]["w_ptr"][1:], launch[2])
@@ -611,7 +648,7 @@ def check_stationary(json_path=None, targets=tuple(TARGETS), batches=(1, 16, 64)
           f"{'chain':>5}")
     for r in rows:
         c = r["config"]
-        tiles = f"{c['U']},{c['BB']},{c['NK']}x{c['KC']}"
+        tiles = f"{c['U']},{c['BB']},{c.get('NK', c.get('S'))}x{c['KC']}"
         print(f"{r['kernel']:22} {r['target']:6} {r['dtype']:5} {tiles:13} {r['num_warps']:5d} "
               f"{r['registers']:5d} {r['spill_bytes']:5d} {r['dyn_shared']:7d} "
               f"{r['w_loads_in_loop']:9d} {r['mma_per_step']:13d} {r['mma_work']:5d} "
