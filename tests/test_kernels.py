@@ -307,6 +307,16 @@ def test_splitk_backward_matches_the_reference(cell, ksplit, H, poison, launches
     assert dict(launches) == {"stationary_fwd_kernel": 1, "splitk_bwd_kernel": 1}
 
 
+def test_bidirectional_splitk_backward(poison, launches, monkeypatch):
+    """A bidirectional GRU (2 layers) whose backward is split over K: each direction its own
+    backward launch (never paired), the forward's directions still one launch a layer."""
+    from fusedrnn.kernels import plan as planning
+
+    monkeypatch.setattr(planning, "FORCED_KSPLIT", 2)
+    _bidirectional_one_launch_per_pass("gru", 40, 20, monkeypatch)
+    assert dict(launches) == {"stationary_fwd_kernel": 2, "splitk_bwd_kernel": 4}
+
+
 def test_bidirectional_split_tiles(poison, launches, monkeypatch):
     """The same with both directions of an LSTM in one launch."""
     from fusedrnn.kernels import plan as planning

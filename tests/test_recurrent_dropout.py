@@ -171,6 +171,19 @@ def test_layer_kernels_match_reference(cell, reverse, training, kernel_mode, poi
         assert_close(a, b, 1e-10, f"{cell} result/gradient {k}")
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_splitk_backward_with_every_option(cell, reverse, poison, launches, monkeypatch):
+    """The same on the backward split over K (kernels/splitk.py, 2 K parts): its update is
+    the weight-stationary kernel's, on a part of each tile's rows."""
+    from fusedrnn.kernels import plan as planning
+
+    monkeypatch.setenv(planning.KERNEL_ENV, "stationary")
+    monkeypatch.setattr(planning, "FORCED_KSPLIT", 2)
+    test_layer_kernels_match_reference(cell, reverse, True, "stationary", poison)
+    assert launches["splitk_bwd_kernel"] == 1
+
+
 def test_lstm_kernels_fp32_with_cell_states(kernel_mode, poison):
     args = _inputs("lstm", dtype=torch.float32)
     kw = dict(hmask=regularizers.sequence_mask(9, 1, 3, 20, 0.5, args[0]), cell_states=True,
