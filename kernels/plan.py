@@ -78,7 +78,10 @@ MAX_K_CHUNKS = 4                  # K as at most 4 power-of-two chunks (768 = 3 
 # 256), and spilled 104-112 B.
 KSPLIT_UNITS = (64, 32)
 KSPLIT_CHOICES = (2, 4, 8, 16)
-KSPLIT_ROWS = (128, 64, 32, 16)
+# BB: a program's batch rows (its tile's, and its barrier group's); each step's product
+# runs them as BB / PR partial products of PR rows (splitk_product_rows), one after another
+KSPLIT_ROWS = (512, 256, 128, 64)
+KSPLIT_PRODUCT_ROWS = (128, 64)
 KSPLIT_WARPS = 8
 # the (BB, U) fp32 partial products a thread holds (one, or G: splitk_chained), at most
 # 64 registers, beside the staged dgates part and the W part's fragments
@@ -89,8 +92,17 @@ KSPLIT_ACC_BYTES = 256
 # spill accesses a step. A preference, as the register budgets above: past it the plan
 # takes a tiling over streaming W_hh (not measured)
 KSPLIT_X_BYTES = 128
-# S where the plan forces the weight-stationary kernels (the interpreter; tests set 2 or 4)
+# Every gate's part loaded before the product (ahead) within 256 B a thread: the GRU's
+# three at 384 B spilled 8 B (B=128, 16 update rows) and 304 B (B=512, 64 rows) on Triton
+# 3.6, sm_90; 0 on 3.9
+KSPLIT_AHEAD_BYTES = 256
+# The rows of the update a program runs a step (BB / S), at most 64: at 128 (bf16 B=1024
+# H=1024) the builds spilled 736-776 B, 219-271 accesses a step
+KSPLIT_UPDATE_ROWS = 64
+# S where the plan forces the weight-stationary kernels (the interpreter; tests set 2 or 4),
+# and its partial products' rows (of 16; tests set 8: two a step)
 FORCED_KSPLIT = 1
+FORCED_PRODUCT_ROWS = 16
 # The per-step operand (h_{t-1}^T forward, a K chunk of dgates_{t+1} backward) is staged
 # through registers, divided over the program's warps (stationary_warps; the budgets were
 # measured when the forward had one warp per 16 gate rows and the backward one per gate,
@@ -295,22 +307,42 @@ def x_ahead(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
                                              True) <= smem_limit
 
 
-def splitk_smem(cell: str, dtype: torch.dtype, u: int, bb: int, kc: int,
+def splitk_smem(cell: str, dtype: torch.dtype, u: int, pr: int, kc: int,
                 ahead: bool = False) -> int:
     """Shared memory of a split-K backward program (kernels/splitk.py): its W_hh part,
-    G x (KC, U), and the step's dgates part staged for the MMA, (BB, KC) one gate at a
-    time, or with ``ahead`` every gate's."""
+    G x (KC, U), and one partial product's dgates part staged for the MMA, (PR, KC) one
+    gate at a time, or with ``ahead`` every gate's."""
     g = _GATES[cell]
     elt = torch.empty((), dtype=dtype).element_size()
     dg_elt = torch.empty((), dtype=gate_grad_dtype(dtype)).element_size()
-    return g * kc * u * elt + (g if ahead else 1) * bb * kc * dg_elt
+    return g * kc * u * elt + (g if ahead else 1) * pr * kc * dg_elt
 
 
-def splitk_chained(bb: int) -> bool:
+def splitk_chained(pr: int) -> bool:
     """Whether a split-K program's gate products are one accumulator chain (kernels/
-    splitk.py, _partial): where its BB rows cover its warps along the rows (16 rows a warp),
-    as Triton lays a chain of dots; else one accumulator a gate."""
-    return bb >= 16 * KSPLIT_WARPS
+    splitk.py, _partial): where the PR rows of one product cover its warps along the rows
+    (16 rows a warp), as Triton lays a chain of dots; else one accumulator a gate."""
+    return pr >= 16 * KSPLIT_WARPS
+
+
+def splitk_staged(dtype: torch.dtype, pr: int, kc: int) -> int:
+    """Bytes a thread stages of one gate's dgates part, (PR, KC), through registers."""
+    dg_elt = torch.empty((), dtype=gate_grad_dtype(dtype)).element_size()
+    return pr * kc * dg_elt // (32 * KSPLIT_WARPS)
+
+
+def splitk_product_rows(cell: str, dtype: torch.dtype, bb: int, u: int, kc: int) -> int:
+    """PR: the rows of one partial product, the most of KSPLIT_PRODUCT_ROWS (at most BB)
+    whose accumulators and staged part keep within KSPLIT_ACC_BYTES and KSPLIT_X_BYTES;
+    the fewest rows where none does. (Below 64 rows, 8 warps would repeat each other's
+    MMAs: a wgmma takes 64 rows a warpgroup.)"""
+    fits = [pr for pr in KSPLIT_PRODUCT_ROWS if pr <= bb]
+    for pr in fits:
+        accs = 1 if splitk_chained(pr) else _GATES[cell]
+        if (accs * pr * u * 4 // (32 * KSPLIT_WARPS) <= KSPLIT_ACC_BYTES
+                and splitk_staged(dtype, pr, kc) <= KSPLIT_X_BYTES):
+            return pr
+    return fits[-1]
 
 
 def splitk_traffic(cell: str, dtype: torch.dtype, B: int, H: int, u: int, s: int) -> int:
@@ -322,33 +354,32 @@ def splitk_traffic(cell: str, dtype: torch.dtype, B: int, H: int, u: int, s: int
 
 
 def _splitk(cell, dtype, B, H, sm, smem_limit):
-    """(U, BB, KC, S, programs, w bytes, ahead) of the split-K tiling that moves the fewest
-    bytes a step (splitk_traffic) within the SMs and shared memory, or None."""
+    """(U, BB, PR, KC, S, programs, w bytes, ahead) of the split-K tiling that moves the
+    fewest bytes a step (splitk_traffic) within the SMs and shared memory, or None;
+    preferring tilings within the budgets, then the fewest partial products a step."""
     elt = torch.empty((), dtype=dtype).element_size()
-    dg_elt = torch.empty((), dtype=gate_grad_dtype(dtype)).element_size()
     g = _GATES[cell]
     best = None
     for bb in KSPLIT_ROWS:
-        if bb > max(16, triton.next_power_of_2(B)):
+        if bb > max(KSPLIT_ROWS[-1], triton.next_power_of_2(B)):
             continue
         for u in KSPLIT_UNITS:
-            accs = 1 if splitk_chained(bb) else g
-            if accs * bb * u * 4 // (32 * KSPLIT_WARPS) > KSPLIT_ACC_BYTES:
-                continue
             for s in KSPLIT_CHOICES:
                 kc = max(16, triton.next_power_of_2(triton.cdiv(H, s)))
+                pr = splitk_product_rows(cell, dtype, bb, u, kc)
                 programs = triton.cdiv(H, u) * s * triton.cdiv(B, bb)
-                if ((s - 1) * kc >= H or bb < s or programs > sm
-                        or g * kc * u * elt > SMEM_W_BUDGET
-                        or splitk_smem(cell, dtype, u, bb, kc) > smem_limit):
+                accs = 1 if splitk_chained(pr) else g
+                if ((s - 1) * kc >= H or programs > sm or g * kc * u * elt > SMEM_W_BUDGET
+                        or bb // s > KSPLIT_UPDATE_ROWS
+                        or accs * pr * u * 4 // (32 * KSPLIT_WARPS) > KSPLIT_ACC_BYTES
+                        or splitk_smem(cell, dtype, u, pr, kc) > smem_limit):
                     continue
-                ahead = (splitk_smem(cell, dtype, u, bb, kc, True) <= smem_limit
-                         and g * bb * kc * dg_elt // (32 * KSPLIT_WARPS) <= X_REG_BYTES)
-                staged = bb * kc * dg_elt // (32 * KSPLIT_WARPS)
-                key = (staged > KSPLIT_X_BYTES, splitk_traffic(cell, dtype, B, H, u, s),
-                       -programs)
+                ahead = (splitk_smem(cell, dtype, u, pr, kc, True) <= smem_limit
+                         and g * splitk_staged(dtype, pr, kc) <= KSPLIT_AHEAD_BYTES)
+                key = (splitk_staged(dtype, pr, kc) > KSPLIT_X_BYTES,
+                       splitk_traffic(cell, dtype, B, H, u, s), bb // pr, -programs)
                 if best is None or key < best[0]:
-                    best = (key, (u, bb, kc, s, programs, g * kc * u * elt, ahead))
+                    best = (key, (u, bb, pr, kc, s, programs, g * kc * u * elt, ahead))
     return None if best is None else best[1]
 
 
@@ -359,9 +390,9 @@ def _splitk_plan(base: dict, cell, dtype, B, H, sm, cuda, smem_limit) -> dict | 
         st = _splitk(cell, dtype, B, H, sm, smem_limit)
         if st is None:
             return None
-        u, bb, kc, s, programs, w, ahead = st
+        u, bb, pr, kc, s, programs, w, ahead = st
     elif FORCED_KSPLIT > 1:
-        u, s, bb = FORCED_UNITS, FORCED_KSPLIT, 16
+        u, s, bb, pr = FORCED_UNITS, FORCED_KSPLIT, 16, FORCED_PRODUCT_ROWS
         kc = triton.next_power_of_2(triton.cdiv(H, s))
         programs = triton.cdiv(H, u) * s * triton.cdiv(B, bb)
         w, ahead = _GATES[cell] * kc * u * torch.empty((), dtype=dtype).element_size(), True
@@ -378,7 +409,8 @@ def _splitk_plan(base: dict, cell, dtype, B, H, sm, cuda, smem_limit) -> dict | 
                   f"on {programs} programs: W_hh re-read per tile")
     return dict(base, kernel="stationary", programs=programs, tiles=tiles,
                 weights_on_chip=programs == tiles, reason=reason, U=u, BB=bb, NK=1, KC=kc,
-                split=1, ksplit=s, chained=splitk_chained(bb), x_ahead=ahead, KS=1,
+                split=1, ksplit=s, product_rows=pr, chained=splitk_chained(pr),
+                x_ahead=ahead, KS=1,
                 warps=KSPLIT_WARPS, KS_bwd=1,
                 warps_bwd=KSPLIT_WARPS, w_bytes=w, gates=_GATES[cell])
 

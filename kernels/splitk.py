@@ -160,7 +160,10 @@ def splitk_bwd_kernel(
     T, B, H,
     LSTM: tl.constexpr, ACC: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_DCS: tl.constexpr,
     REVERSE: tl.constexpr, RESIDENT: tl.constexpr, U: tl.constexpr, BB: tl.constexpr,
-    KC: tl.constexpr, S: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    KC: tl.constexpr, S: tl.constexpr,
+    PR: tl.constexpr,             # rows of one partial product: the tile's BB rows as BB / PR
+                                  # of them, one after another a step
+    IEEE: tl.constexpr, UPCAST: tl.constexpr,
     ASM_ACQUIRE: tl.constexpr, SPIN_LIMIT: tl.constexpr, HAS_HMASK: tl.constexpr,
     ZONEOUT: tl.constexpr, HAS_RESETS: tl.constexpr,
     AHEAD: tl.constexpr = False,  # every gate's dgates part loaded before the product
@@ -169,6 +172,7 @@ def splitk_bwd_kernel(
 ):
     G: tl.constexpr = 4 if LSTM else 3
     RB: tl.constexpr = BB // S    # rows of the update a program runs
+    NR: tl.constexpr = BB // PR
     REV: tl.constexpr = 1 if REVERSE else 0
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_u, n_bg = tl.cdiv(H, U), tl.cdiv(B, BB)
@@ -184,8 +188,10 @@ def splitk_bwd_kernel(
                           s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b,
                           gc_ptr, s_gc_b, dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, t, rd, wr, B, H,
                           LSTM, 0, HAS_DCS, HAS_LENGTHS, U, RB, PREFETCH)
-            _partial(w0, w1, w2, w3, dg_ptr, s_dg_t, s_dg_b, part_ptr, s_p_k, s_p_b, i_u,
-                     i_b, i_k, t_next, B, H, G, U, BB, KC, ACC, IEEE, UPCAST, AHEAD, CHAINED)
+            for j in tl.range(0, NR, num_stages=1):
+                _partial(w0, w1, w2, w3, dg_ptr, s_dg_t, s_dg_b, part_ptr, s_p_k, s_p_b,
+                         i_u, i_b * NR + j, i_k, t_next, B, H, G, U, PR, KC, ACC, IEEE,
+                         UPCAST, AHEAD, CHAINED)
             group_barrier(sem_ptr + n_bg + i_b * n_u + i_u, S, i_k == 0, err_ptr, s,
                           ASM_ACQUIRE, SPIN_LIMIT)
             acc = _sum_partials(part_ptr, s_p_k, s_p_b, i_u, i_b * S + i_k, B, H, U, RB, S)
@@ -201,9 +207,10 @@ def splitk_bwd_kernel(
             for tile in range(pid, n_tiles, n_progs):
                 i_k, i_u, i_b = tile % S, (tile // S) % n_u, tile // (S * n_u)
                 v0, v1, v2, v3 = _w_parts(w_ptr, s_w, i_u, i_k, H, G, U, KC)
-                _partial(v0, v1, v2, v3, dg_ptr, s_dg_t, s_dg_b, part_ptr, s_p_k, s_p_b,
-                         i_u, i_b, i_k, t_next, B, H, G, U, BB, KC, ACC, IEEE, UPCAST, AHEAD,
-                         CHAINED)
+                for j in tl.range(0, NR, num_stages=1):
+                    _partial(v0, v1, v2, v3, dg_ptr, s_dg_t, s_dg_b, part_ptr, s_p_k, s_p_b,
+                             i_u, i_b * NR + j, i_k, t_next, B, H, G, U, PR, KC, ACC, IEEE,
+                             UPCAST, AHEAD, CHAINED)
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
             for tile in range(pid, n_tiles, n_progs):
                 i_k, i_u, i_b = tile % S, (tile // S) % n_u, tile // (S * n_u)
@@ -234,4 +241,5 @@ def launch(one) -> None:
         **args, part_ptr=part, s_p_k=part.stride(0), s_p_b=part.stride(1), sem_ptr=sem,
         err_ptr=err, RESIDENT=programs == plan["tiles"], U=U, BB=BB, KC=plan["KC"], S=S,
         **barrier_flags(dev), AHEAD=plan["x_ahead"], PREFETCH=dev.type == "cuda",
-        CHAINED=plan["chained"], num_warps=plan["warps_bwd"]), err, dev, "split-K backward")
+        CHAINED=plan["chained"], PR=plan["product_rows"], num_warps=plan["warps_bwd"]), err,
+        dev, "split-K backward")

@@ -521,8 +521,9 @@ def mma_work_per_warp(config: dict, kernel: str, num_warps: int, dtype: str,
     U, BB, KC, NK = (int(config.get(k, 1)) for k in ("U", "BB", "KC", "NK"))
     k_step = 8 if dtype == "fp32" else 16
     k_tiles = NK * KC // k_step
-    if kernel == "splitk_bwd_kernel":  # G dots (BB, KC) . (KC, U), a gate's K part each
+    if kernel == "splitk_bwd_kernel":  # G dots (PR, KC) . (KC, U), a gate's K part each
         gates = 4 if str(config["LSTM"]) == "True" else 3
+        BB = int(config["PR"])  # (the SASS of the time step holds one partial product)
         if wgmma:  # 64 rows a warpgroup's wgmma, the warpgroups over the rows, else U
             return gates * k_tiles * max(1, (BB // 64) // (num_warps // 4))
         return gates * max(1, BB // 16) * max(1, U // 8) * k_tiles // num_warps
@@ -599,12 +600,12 @@ def wide_launches(sms=132):
 def splitk_launches(sms=132):
     """The split-K backward (kernels/splitk.py) where a 132-SM GPU plans it for issue 11's
     targets: bf16 LSTM and GRU B=128 H=1024 (64 rows a program, each gate's product its own
-    chain) and fp32 LSTM B=128 H=1024 (128 rows, one chain; past the plan's staging
-    budget). One launch each, for the suite's time."""
+    chain), fp32 LSTM B=128 H=1024 (128 rows as 2 products of 64) and bf16 GRU B=512
+    H=1024 (256 as 4). One launch each, for the suite's time."""
     launches = {}
-    for dt, lstm_cell in ((torch.bfloat16, True), (torch.bfloat16, False),
-                          (torch.float32, True)):
-        for key, launch in capture([1024], batches=(128,), dtypes=(dt,), modes=("auto",),
+    for dt, lstm_cell, B in ((torch.bfloat16, True, 128), (torch.bfloat16, False, 128),
+                             (torch.float32, True, 128), (torch.bfloat16, False, 512)):
+        for key, launch in capture([1024], batches=(B,), dtypes=(dt,), modes=("auto",),
                                    sms=sms).items():
             if key[0] == "splitk_bwd_kernel" and launch[2]["LSTM"] == lstm_cell:
                 launches[key] = launch

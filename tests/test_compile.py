@@ -199,22 +199,25 @@ def test_wide_tiles_keep_w_on_chip_without_spills(tmp_path, capsys, triton_36):
 def test_splitk_backward_keeps_w_on_chip(tmp_path, capsys, triton_36):
     """The backward split over K (kernels/splitk.py) where a 132-SM GPU plans it for issue
     11's targets, on sm_90 with the installed Triton and with 3.6: bf16 LSTM and GRU B=128
-    H=1024 (within the plan's staging budget) and fp32 LSTM B=128 H=1024 (past it). W_hh's
-    K part out of the time loop; wgmma, each warp's MMAs the work (none repeated: chained,
-    64 rows on 8 warps repeated them, 112 a warp a step where the work is 64); each gate's
-    product its own chain of KC/16 where not chained (G x KC/16 where chained); the
-    update's prefetches before the product, and where the plan loads every gate's part
-    ahead, no load among the MMAs; the plan's shared memory to the byte; one program an SM
-    co-resident; within the budget at most 8 B of spills (2 accesses a step, Triton 3.6's
-    GRU), past it at most 1 KB (fp32: 160-608 B, 40-136 accesses a step)."""
+    H=1024, fp32 LSTM B=128 H=1024 (128 rows as 2 products of 64) and bf16 GRU B=512
+    H=1024 (256 rows as 4). W_hh's K part out of the time loop; wgmma, each warp's MMAs the
+    work (none repeated: chained, 64 rows on 8 warps repeated them, 112 a warp a step where
+    the work is 64); each gate's product its own chain of KC/16 where not chained (G x
+    KC/16 where chained); the update's prefetches before the product, and where the plan
+    loads every gate's part ahead, no load among the MMAs; the plan's shared memory to the
+    byte; one program an SM co-resident; the staged part within the plan's budget and at
+    most 32 B of spills, 8 accesses a step (Triton 3.6's GRU B=512, 64 update rows; the
+    others none. fp32 B=128 as one product of 128 rows, past the budget: 160-608 B, 40-136
+    accesses a step)."""
     if triton_36 and not (TRITON_36 / "triton").is_dir():
         pytest.skip(f"Triton 3.6 is not installed at {TRITON_36} (make test installs it; "
                     f"it needs PyPI once)")
     rows = _stationary_rows(tmp_path, capsys, pythonpath=TRITON_36 if triton_36 else None,
                             targets=("sm_90",), splitk=True)
-    assert len(rows) == 3 and {r["kernel"] for r in rows} == {"splitk_bwd_kernel"}
-    assert {(r["dtype"], r["config"]["LSTM"]) for r in rows} == {
-        ("bf16", "True"), ("bf16", "False"), ("fp32", "True")}
+    assert len(rows) == 4 and {r["kernel"] for r in rows} == {"splitk_bwd_kernel"}
+    assert {(r["dtype"], r["config"]["LSTM"], r["config"]["BB"]) for r in rows} == {
+        ("bf16", "True", "64"), ("bf16", "False", "64"), ("fp32", "True", "128"),
+        ("bf16", "False", "256")}
     if triton_36:
         assert rows[0]["triton"] == "3.6.0", "did not compile with Triton 3.6"
     for r in rows:
@@ -222,24 +225,21 @@ def test_splitk_backward_keeps_w_on_chip(tmp_path, capsys, triton_36):
         what = f"{r['triton']} {r['dtype']} {c}"
         cell = "lstm" if c["LSTM"] == "True" else "gru"
         dt = {"bf16": torch.bfloat16, "fp32": torch.float32}[r["dtype"]]
-        U, BB, KC = (int(c[k]) for k in ("U", "BB", "KC"))
+        U, BB, KC, PR = (int(c[k]) for k in ("U", "BB", "KC", "PR"))
         assert c["RESIDENT"] == "True" and r["w_loads_in_loop"] == 0, what
         assert r["wgmma"] and r["mma_per_step"] == r["mma_work"] > 0, what
         chained = c["CHAINED"] == "True"
-        assert chained == plan.splitk_chained(BB), what
+        assert chained == plan.splitk_chained(PR) and BB % PR == 0, what
         gates = 4 if cell == "lstm" else 3
         assert 0 < r["mma_chain"] <= r["k_tiles"] * (gates if chained else 1), what
         assert r["prefetches"] > 0, what
         if c["AHEAD"] == "True":
             assert r["loads_in_product"] == 0, what
-        assert r["dyn_shared"] == plan.splitk_smem(cell, dt, U, BB, KC, c["AHEAD"] == "True")
+        assert r["dyn_shared"] == plan.splitk_smem(cell, dt, U, PR, KC, c["AHEAD"] == "True")
         assert residency.max_coresident(r["registers"], r["num_warps"], r["dyn_shared"],
                                         residency.H100) >= residency.H100["sm_count"], what
-        staged = BB * KC * dt.itemsize // (32 * r["num_warps"])
-        if staged <= plan.KSPLIT_X_BYTES:
-            assert 0 <= r["spill_bytes"] <= 8 and r["spills_in_step"] <= 2, what
-        else:
-            assert 0 <= r["spill_bytes"] <= 1024 and r["spills_in_step"] <= 160, what
+        assert plan.splitk_staged(dt, PR, KC) <= plan.KSPLIT_X_BYTES, what
+        assert 0 <= r["spill_bytes"] <= 32 and r["spills_in_step"] <= 8, what
 
 
 def test_mma_chain_follows_the_accumulator():

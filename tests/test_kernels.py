@@ -280,23 +280,26 @@ def test_stationary_split_tiles_match_the_reference(cell, split, units, poison, 
     _one_stationary_layer_matches(cell, B, H, launches)
 
 
-@pytest.mark.parametrize("cell,ksplit,H", [("lstm", 2, 40), ("gru", 2, 40), ("lstm", 4, 40),
-                                           ("gru", 4, 24)])
-def test_splitk_backward_matches_the_reference(cell, ksplit, H, poison, launches,
+@pytest.mark.parametrize("cell,ksplit,H,rows", [("lstm", 2, 40, 16), ("gru", 2, 40, 16),
+                                                ("lstm", 4, 40, 16), ("gru", 4, 24, 16),
+                                                ("lstm", 2, 40, 8)])
+def test_splitk_backward_matches_the_reference(cell, ksplit, H, rows, poison, launches,
                                                monkeypatch):
     """The backward split over K (kernels/splitk.py: 16-bit and fp32 B >= 128 at H=1024 on
     a GPU): each tile's product in 2 or 4 K parts, the partial products summed through
     memory, each part's program running the update of a quarter or half of the tile's rows.
     B=20 (two batch groups of 16, the second partly past B), H=40 (5 unit groups; at 4
     parts of 16 rows, the last part wholly past H) or 24 (a GRU's 3 gates, 4 parts of 8),
-    lengths and reverse, forward and every gradient, against the reference."""
+    lengths and reverse, forward and every gradient, against the reference. rows=8: each
+    tile's product as two partial products of 8 rows a step (plan.splitk_product_rows)."""
     from fusedrnn.kernels import plan as planning
 
     monkeypatch.setattr(planning, "FORCED_KSPLIT", ksplit)
+    monkeypatch.setattr(planning, "FORCED_PRODUCT_ROWS", rows)
     B = 20
     bwd = planning.plan(cell, F64, B, H, cuda=False, sm_count=1, backward=True)
     assert bwd["kernel"] == "stationary" and bwd["ksplit"] == ksplit and bwd["BB"] == 16
-    assert bwd["tiles"] == 2 * ksplit * -(-H // bwd["U"])
+    assert bwd["tiles"] == 2 * ksplit * -(-H // bwd["U"]) and bwd["product_rows"] == rows
     fwd = planning.plan(cell, F64, B, H, cuda=False, sm_count=1)
     assert "ksplit" not in fwd
     if cell == "lstm":

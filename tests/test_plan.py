@@ -187,8 +187,8 @@ def test_rows_past_64_split_where_no_tiling_of_at_most_64_is_resident():
     H=1024 (0.68x) streamed: no tiling of at most 64 rows a program is resident on 132 SMs.
     Their forwards now keep W_hh on chip with 256 and 128 rows a program, as 4 sub-tiles
     (the wide tile's 64 rows; fp32's 32): 128 programs. Their backwards are split over K
-    (kernels/splitk.py; bf16 B=512 H=1024's still streams), and a bidirectional layer pairs
-    such tilings only where the whole GPU would stream."""
+    (kernels/splitk.py), and a bidirectional layer pairs such tilings only where the
+    whole GPU would stream."""
     for cell in ("lstm", "gru"):
         for dt, B, want in ((torch.bfloat16, 512, (16, 256, 4)),
                             (torch.float32, 128, (8, 128, 4))):
@@ -196,8 +196,7 @@ def test_rows_past_64_split_where_no_tiling_of_at_most_64_is_resident():
             assert p["kernel"] == "stationary" and p["weights_on_chip"], p
             assert (p["U"], p["BB"], p["split"], p["programs"]) == (*want, 128), p
             assert f"{want[2]} sub-tiles of {want[1] // want[2]} rows" in p["reason"], p
-            bwd = plan(cell, dt, B, 1024, sm_count=132, backward=True)
-            assert bwd["kernel"] == "sequence" if B == 512 else bwd["ksplit"] > 1, bwd
+            assert plan(cell, dt, B, 1024, sm_count=132, backward=True)["ksplit"] > 1
     # never past MAX_SPLIT sub-tiles: bf16 B=1024 H=1024 has none of 4 (512 programs)
     assert plan("lstm", torch.bfloat16, 1024, 1024, sm_count=132)["kernel"] == "sequence"
     # pairs: half of 132 SMs holds bf16 B=128 H=1024 only as 2 sub-tiles of 64, and the
@@ -232,8 +231,8 @@ def test_plans_fit_the_devices_shared_memory(kb, monkeypatch):
                         smem = planning.stationary_smem(cell, dt, p["U"], sub, p["NK"],
                                                         p["KC"], bwd, p["x_ahead"])
                         if p.get("ksplit"):  # (the backward split over K)
-                            smem = planning.splitk_smem(cell, dt, p["U"], p["BB"], p["KC"],
-                                                        p["x_ahead"])
+                            smem = planning.splitk_smem(cell, dt, p["U"], p["product_rows"],
+                                                        p["KC"], p["x_ahead"])
                         assert smem <= limit, (smem, p)
     cuda = torch.device("cuda", 0)
     monkeypatch.setattr(planning, "sm_count", lambda device: 108)
@@ -275,17 +274,26 @@ def test_splitk_backward_where_no_backward_tiling_is_resident():
             assert p["programs"] == p["tiles"] <= 132 and "split over K" in p["reason"]
             g = 4 if cell == "lstm" else 3
             assert p["w_bytes"] == g * p["KC"] * p["U"] * dt.itemsize <= planning.SMEM_W_BUDGET
-            assert planning.splitk_smem(cell, dt, p["U"], p["BB"], p["KC"], p["x_ahead"]) \
+            pr = p["product_rows"]
+            assert planning.splitk_smem(cell, dt, p["U"], pr, p["KC"], p["x_ahead"]) \
                 <= planning.SMEM_BLOCK_LIMIT
             assert (p["ksplit"] - 1) * p["KC"] < 1024 <= p["ksplit"] * p["KC"]
             accs = 1 if p["chained"] else g
-            assert accs * p["BB"] * p["U"] * 4 // (32 * p["warps_bwd"]) \
-                <= planning.KSPLIT_ACC_BYTES
+            assert accs * pr * p["U"] * 4 // (32 * p["warps_bwd"]) <= planning.KSPLIT_ACC_BYTES
+            assert planning.splitk_staged(dt, pr, p["KC"]) <= planning.KSPLIT_X_BYTES
+            assert p["BB"] % pr == 0 and p["BB"] // p["ksplit"] <= planning.KSPLIT_UPDATE_ROWS
             assert "ksplit" not in plan(cell, dt, 128, 1024, training=True, sm_count=132)
         # bf16 at B=128: 64 units, 64 rows, 4 parts of 256 rows a gate (128 KB of W_hh
         # a program), not chained (64 rows on 8 warps)
         p = plan(cell, torch.bfloat16, 128, 1024, training=True, sm_count=132, backward=True)
         assert (p["U"], p["BB"], p["KC"], p["ksplit"], p["chained"]) == (64, 64, 256, 4, False)
+        # bf16 B=512 (a target: 0.24-0.31x training, streaming): 256 rows a program as 4
+        # products of 64; B=1024 would update 128 rows a program: it streams
+        p = plan(cell, torch.bfloat16, 512, 1024, training=True, sm_count=132, backward=True)
+        assert (p["U"], p["BB"], p["product_rows"], p["ksplit"], p["programs"]) == (
+            64, 256, 64, 4, 128)
+        assert plan(cell, torch.bfloat16, 1024, 1024, training=True, sm_count=132,
+                    backward=True)["kernel"] == "sequence"
         traffic = planning.splitk_traffic(cell, torch.bfloat16, 128, 1024, 64, 4)
         assert traffic == 16 * 128 * g * 1024 * 2 + 2 * 4 * 128 * 1024 * 4
     for cell, dt, B, H in (("rnn", torch.bfloat16, 128, 1024), ("lstm", torch.float16, 16, 768),
