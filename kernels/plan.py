@@ -100,7 +100,9 @@ KSPLIT_AHEAD_BYTES = 256
 # H=1024) the builds spilled 736-776 B, 219-271 accesses a step
 KSPLIT_UPDATE_ROWS = 64
 # S where the plan forces the weight-stationary kernels (the interpreter; tests set 2 or 4),
-# and its partial products' rows (of 16; tests set 8: two a step)
+# and its partial products' rows (of 16; tests set 8: two a step). On a GPU (the tests'
+# native run) a FORCED_KSPLIT past 1 takes the split-K tiling its search finds wherever
+# there is one, so that the tests run it there too.
 FORCED_KSPLIT = 1
 FORCED_PRODUCT_ROWS = 16
 # The per-step operand (h_{t-1}^T forward, a K chunk of dgates_{t+1} backward) is staged
@@ -385,7 +387,7 @@ def _splitk(cell, dtype, B, H, sm, smem_limit):
 
 def _splitk_plan(base: dict, cell, dtype, B, H, sm, cuda, smem_limit) -> dict | None:
     """The plan dict of the split-K backward, or None where no tiling fits (or, under the
-    interpreter, where FORCED_KSPLIT does not ask for it)."""
+    interpreter, where FORCED_KSPLIT does not ask for it: there its tiling is forced)."""
     if cuda:
         st = _splitk(cell, dtype, B, H, sm, smem_limit)
         if st is None:
@@ -546,7 +548,8 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
     if why_not is None and choice in ("auto", "stationary"):
         st = _stationary(cell, dtype, B, H, sm_count, choice == "stationary" or not cuda,
                          backward and cuda, cuda, wide_tiles, smem_limit)
-        if backward and cell != "rnn" and (st is None and wide_tiles or not cuda):
+        if backward and cell != "rnn" and (st is None and wide_tiles or not cuda
+                                            or FORCED_KSPLIT > 1):
             sk = _splitk_plan(base, cell, dtype, B, H, sm_count, cuda, smem_limit)
             if sk is not None:
                 return sk
