@@ -4,7 +4,8 @@ On a GPU: the grid of GUIDE section 5 (or --quick; with --targets, the section's
 configurations first), implementations cudnn (torch.nn, the baseline), fused (the Triton
 kernels as the package picks them), and fused-seq and fused-stationary (forced to the
 streaming or the weight-stationary sequence kernels, so the rule between them can be
-checked); --impls names others (fused-step; fused-resets, resets passed but none set,
+checked), and fused-splitk (the backward split over K wherever it has a tiling; timed only
+in training where the plan's own backward is another); --impls names others (fused-step; fused-resets, resets passed but none set,
 which times the in-kernel restarts; reference, native-nocudnn). Without a GPU: the Triton
 kernels under the interpreter at a tiny size as a correctness smoke test, and CPU timings
 of auto/native/reference against torch.nn.
@@ -67,7 +68,7 @@ def parse(argv):
     return ap.parse_args(argv)
 
 
-GPU_IMPLS = ["cudnn", "fused", "fused-seq", "fused-stationary"]
+GPU_IMPLS = ["cudnn", "fused", "fused-seq", "fused-stationary", "fused-splitk"]
 
 
 def gpu_configs(args):

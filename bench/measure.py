@@ -26,16 +26,33 @@ L2_BYTES = 64 * 2 ** 20  # inputs rotate through copies until they exceed this (
 # what the in-kernel restart machinery costs
 KERNEL_VARIANTS = {"fused": "auto", "fused-step": "step", "fused-seq": "sequence",
                    "fused-stationary": "stationary", "fused-resets": "auto",
+                   "fused-splitk": "splitk",
                    "triton-interp": "auto", "triton-interp-step": "step"}
+# variants timed only where their plan is not one an earlier row of the configuration ran
+# (fused-splitk: the backward split over K where the plan's own backward is another; where
+# it is the plan's, or in inference, it would time fused again): status "same", same_as
+ONLY_IF_DIFFERENT = ("fused-splitk",)
 
 
 def plan_of(m, impl, x) -> dict:
     """The plan (fusedrnn.explain) of layer 0, forward direction, as the row records it."""
     with _kernel_variant(impl):
         p = fusedrnn.explain(m, x)[0]
-    keys = ("kernel", "programs", "weights_on_chip", "reason", "U", "BB", "split", "warps")
+    keys = ("kernel", "programs", "weights_on_chip", "reason", "U", "BB", "split", "ksplit",
+            "warps")
     return {**{k: p[k] for k in keys if k in p},
             "backward": {k: p["backward"][k] for k in keys if k in p["backward"]}}
+
+
+def _launches(plan: dict | None, mode: str):
+    """What a recorded plan launches (all but its reasons): the forward, and in training
+    the backward too."""
+    if plan is None:
+        return None
+    fwd = {k: v for k, v in plan.items() if k not in ("reason", "backward")}
+    if mode != "training":
+        return fwd
+    return fwd, {k: v for k, v in plan["backward"].items() if k != "reason"}
 
 
 def make_module(cfg: Config, impl: str, device, state=None):
@@ -153,6 +170,12 @@ def measure(cfg: Config, impls, baseline: str, device, time_it=True):
             m = base if impl == baseline else make_module(cfg, impl, device, state)
             if impl in KERNEL_VARIANTS:
                 row["plan"] = plan_of(m, impl, x)
+                twin = next((r["impl"] for r in rows if _launches(r.get("plan"), cfg.mode)
+                             == _launches(row["plan"], cfg.mode)), None)
+                if impl in ONLY_IF_DIFFERENT and twin is not None:
+                    row.update(status="same", same_as=twin)
+                    rows.append(row)
+                    continue
             got = run_once(m, impl, x, cfg.mode, g_out)
             row["error"] = max(rel_err(a, b) for a, b in zip(got, want))
             row["status"] = "ok" if row["error"] <= CHECK_TOL[cfg.dtype] else "FAILED"

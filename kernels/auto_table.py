@@ -102,7 +102,7 @@ def _streams(cell, dtype, B, H, proj, training, sm_count, wide_tiles=True,
 
 
 _NAMES = {v: k for k, v in DTYPE_NAMES.items()}
-_LAUNCH = ("kernel", "U", "BB", "programs")
+_LAUNCH = ("kernel", "U", "BB", "programs", "ksplit")
 
 
 def _launches(plan_row: dict, training: bool) -> tuple:
@@ -125,9 +125,9 @@ def current_launches(cell: str, dtype: str, B: int, H: int, training: bool,
 def table_rows(result_rows, sm_count: int = 132) -> list[dict]:
     """The table's rows from a benchmark result's rows: for each single-layer configuration,
     whether fusedrnn took at most cuDNN's time. fusedrnn's time is that of the row (fused,
-    or forced to fused-stationary or fused-seq) whose recorded launch is the one today's
-    plan makes; a configuration where none is (the plan changed since) gets no row. A row
-    that recorded no plan counts as today's launch only for ``fused``."""
+    or forced to fused-stationary, fused-seq or fused-splitk) whose recorded launch is the
+    one today's plan makes; a configuration where none is (the plan changed since) gets no
+    row. A row that recorded no plan counts as today's launch only for ``fused``."""
     by = {}
     for r in result_rows:
         by.setdefault(r["config"], {})[r["impl"]] = r
@@ -140,7 +140,7 @@ def table_rows(result_rows, sm_count: int = 132) -> list[dict]:
         training = cfg["mode"] == "training"
         want = None
         ms = None
-        for name in ("fused", "fused-stationary", "fused-seq"):
+        for name in ("fused", "fused-stationary", "fused-seq", "fused-splitk"):
             r = impls.get(name)
             if not r or not r.get("ms"):
                 continue

@@ -14,7 +14,7 @@ The kernels (GUIDE section 3):
 - ``sequence``: the streaming sequence kernel (one launch, programs loop over tiles, W_hh
   re-read from L2 every step): where the slice does not fit on chip.
 - ``step``: one launch per step: where a step has far more tiles than the GPU has SMs.
-``FUSEDRNN_KERNEL=step|sequence|stationary`` overrides the choice.
+``FUSEDRNN_KERNEL=step|sequence|stationary|splitk`` overrides the choice.
 """
 from __future__ import annotations
 
@@ -26,8 +26,11 @@ import triton
 
 from fusedrnn.kernels.common import block_sizes, gate_grad_dtype, sm_count
 
-KERNEL_ENV = "FUSEDRNN_KERNEL"  # "auto" | "step" | "sequence" | "stationary"
-KERNELS = ("auto", "step", "sequence", "stationary")
+KERNEL_ENV = "FUSEDRNN_KERNEL"  # "auto" | "step" | "sequence" | "stationary" | "splitk"
+# ("splitk": the plan's own choice, except that an LSTM/GRU backward is split over K
+# wherever a split-K tiling exists: what the benchmark's fused-splitk rows time against
+# the weight-stationary backward where both exist)
+KERNELS = ("auto", "step", "sequence", "stationary", "splitk")
 
 # Bytes of W_hh one program may keep in shared memory: an H100/H200 block gets up to 227 KB;
 # the rest is left for the h chunks and the layout conversions of the gate split.
@@ -545,11 +548,12 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
         # (forced, as the tests force it in exact fp32 on a GPU, it runs: correct, not fast)
         why_not = ("exact fp32 (allow_tf32 off) runs its dots on FMAs with W in registers, "
                    "which does not fit on chip")
-    if why_not is None and choice in ("auto", "stationary"):
+    if why_not is None and choice in ("auto", "stationary", "splitk"):
         st = _stationary(cell, dtype, B, H, sm_count, choice == "stationary" or not cuda,
                          backward and cuda, cuda, wide_tiles, smem_limit)
+        prefer_splitk = FORCED_KSPLIT > 1 or choice == "splitk" and wide_tiles
         if backward and cell != "rnn" and (st is None and wide_tiles or not cuda
-                                            or FORCED_KSPLIT > 1):
+                                            or prefer_splitk):
             sk = _splitk_plan(base, cell, dtype, B, H, sm_count, cuda, smem_limit)
             if sk is not None:
                 return sk

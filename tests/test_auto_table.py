@@ -31,8 +31,10 @@ def test_estimates_until_a_gpu_result_exists(tmp_path):
     assert ok and why.startswith("estimate: weight-stationary")
     ok, why = _ask("lstm", BF16, 1024, 1024, False, missing)
     assert not ok and "forward would stream" in why
-    ok, why = _ask("lstm", BF16, 512, 1024, True, missing)  # 4 sub-tiles of 64 rows forward
-    assert not ok and "backward would stream" in why
+    ok, why = _ask("lstm", BF16, 512, 1024, True, missing)  # 4 sub-tiles of 64 rows forward,
+    assert ok and why.startswith("estimate: weight-stationary")  # the backward split over K
+    ok, why = _ask("lstm", torch.float32, 128, 768, True, missing)  # fp32 at H=768: no
+    assert not ok and "backward would stream" in why               # split-K tiling
 
 
 def test_measured_rows_win_and_the_nearest_is_used(tmp_path):
