@@ -76,6 +76,7 @@ MAX_K_CHUNKS = 4                  # K as at most 4 power-of-two chunks (768 = 3 
 # cuDNN's training step on the H200), S programs share a tile of U units, each with the
 # rows of W_hh of one K part (KC = H / S rows of each gate), their partial products summed
 # through global memory. U: wide, since the broadcast of dgates a step is n_u * B * G * H.
+# (FUSEDRNN_KERNEL=splitk takes it wherever it has a tiling, for the benchmark.)
 # sm_90 only (plan.wgmma, as the wide tiles): its sm_80 builds (mma.sync) laid the 8 warps
 # along the rows, every MMA twice (bf16 B=128 H=1024: 512 a warp a step where the work is
 # 256), and spilled 104-112 B.
@@ -415,9 +416,8 @@ def _splitk_plan(base: dict, cell, dtype, B, H, sm, cuda, smem_limit) -> dict | 
     return dict(base, kernel="stationary", programs=programs, tiles=tiles,
                 weights_on_chip=programs == tiles, reason=reason, U=u, BB=bb, NK=1, KC=kc,
                 split=1, ksplit=s, product_rows=pr, chained=splitk_chained(pr),
-                x_ahead=ahead, KS=1,
-                warps=KSPLIT_WARPS, KS_bwd=1,
-                warps_bwd=KSPLIT_WARPS, w_bytes=w, gates=_GATES[cell])
+                x_ahead=ahead, KS=1, warps=KSPLIT_WARPS, KS_bwd=1, warps_bwd=KSPLIT_WARPS,
+                w_bytes=w, gates=_GATES[cell])
 
 
 def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=True,

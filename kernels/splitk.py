@@ -1,9 +1,10 @@
 """The weight-stationary backward split over K (the gate rows of W_hh), LSTM and GRU.
 
 Where no tiling of the backward (kernels/stationary.py) keeps its W_hh slice on chip within
-the SMs (16-bit B >= 128 at H = 1024, and fp32 from B = 128 at H = 1024), it streamed W_hh
-from L2 every step, at 0.45-0.66x cuDNN's training step on the H200 (bf16 LSTM B=128
-H=1024: ~70 us a step of backward against cuDNN's ~29). Its weight-stationary form cannot
+the SMs (16-bit and fp32 at B >= 128 and H = 1024, fp32 from B = 32; larger batches at
+H = 256-768), it streamed W_hh from L2 every step, at 0.24-0.66x cuDNN's training step on
+the H200 (bf16 LSTM B=128 H=1024: ~70 us a step of backward against cuDNN's ~29; B=512:
+~215 against ~40). Its weight-stationary form cannot
 help by itself: the backward's product is dh_t (B, H) = dgates_{t+1} (B, G*H) . W_hh
 (G*H, H), and a program owning U units of dh reads every gate column of its batch rows a
 step, so the broadcast of dgates is n_u * B * G * H elements a step whatever the batch
@@ -11,14 +12,15 @@ groups: at U = 8 (what 128 programs allow at H = 1024) 128 MB a step (bf16 B=128
 times what the forward reads of h.
 
 Split over K, a program keeps the rows of W_hh of a K part for U units, (G * KC, U) with
-KC = H / S of each gate, and S programs share a tile of units: with U = 64 and S = 8 the
+KC = H / S of each gate, and S programs share a tile of units: with U = 64 and S = 4 the
 broadcast is 16 unit groups' worth, 16 MB (bf16 B=128 H=1024), and the partial products
-add 2 * S * B * H fp32 (8 MB) of traffic: 24 MB a step against 64-128 MB.
+add 2 * S * B * H fp32 (4 MB) of traffic: 21 MB a step against 64-128 MB (plan._splitk
+takes the tiling with the least).
 
 Per step, program (i_b, i_u, i_k):
 1. partial (BB, U) = dgates_{t+1}[rows, gate g's part i_k] . W_hh[g*H + part i_k, units],
-   summed over the gates (one dot a gate: (BB, KC) . (KC, U)), stored in the partials
-   buffer (S, B, H) at slot i_k;
+   summed over the gates (one dot a gate: (PR, KC) . (KC, U), the BB rows as BB / PR
+   such products one after another), stored in the partials buffer (S, B, H) at slot i_k;
 2. the S programs of the tile meet at the tile's own barrier;
 3. each sums the S partials of its BB / S rows (rows i_k * BB / S on, in a fixed order:
    deterministic, no atomics) and runs the rest of the step on them
