@@ -5,10 +5,10 @@ configurations first), implementations cudnn (torch.nn, the baseline), fused (th
 kernels as the package picks them), and fused-seq and fused-stationary (forced to the
 streaming or the weight-stationary sequence kernels, so the rule between them can be
 checked), and fused-splitk (the backward split over K wherever it has a tiling; timed only
-in training where the plan's own backward is another); --impls names others (fused-step; fused-resets, resets passed but none set,
-which times the in-kernel restarts; reference, native-nocudnn). Without a GPU: the Triton
-kernels under the interpreter at a tiny size as a correctness smoke test, and CPU timings
-of auto/native/reference against torch.nn.
+in training where the plan's own backward is another); --impls names others (fused-step;
+fused-resets, resets passed but none set, which times the in-kernel restarts; reference,
+native-nocudnn). Without a GPU: the Triton kernels under the interpreter at a tiny size as
+a correctness smoke test, and CPU timings of auto/native/reference against torch.nn.
 Writes a table, JSON and a PNG plot under --out.
 """
 from __future__ import annotations
