@@ -4,7 +4,7 @@ time limit keeps what it had):
 
 1. the grid barrier: microseconds per barrier with one program per SM, the programs in one
    group (one counter) or split into 2 and 4 groups (a counter each, as the batch groups of
-   the weight-stationary kernels);
+   the weight-stationary kernels), or into groups of 4 (the split-K backward's tiles);
 2. the h broadcast: per step, every program reads all of h_{t-1} for its batch rows (K x BB
    in the layer's dtype) and meets the others at the barrier; minus (1), the broadcast;
    and the same exchange with the barrier carried by the data (_ll_broadcast: each word of
@@ -180,7 +180,10 @@ def barrier_rows(device, programs, steps, K=GPU_K, BB=GPU_BB, dtype=torch.bfloat
     # (the red.release arrival, barrier alone: what it saves is the atomic's round trip;
     # last, and a failure, BarrierTimeout included, is a row, not the end of the script)
     for load, red in ((False, False), (True, False), (False, True)):
-        for groups in (1, 2, 4):
+        # (and groups of 4 programs, the split-K backward's tile barrier: S = 4 at bf16
+        # B=128 H=1024, whose estimate assumed ~0.6 us for it)
+        tiles = (programs // 4,) if programs >= 8 and not load else ()
+        for groups in (1, 2, 4) + tiles:
             if programs % groups:
                 continue
             sem, err = barrier_words(groups, device)
@@ -203,7 +206,8 @@ def barrier_rows(device, programs, steps, K=GPU_K, BB=GPU_BB, dtype=torch.bfloat
                 us, error = float("nan"), f"{type(e).__name__}: {e}"
             rows.append(dict(kind="h broadcast + barrier" if load else "barrier",
                              arrive="red.release" if red else "atomic", error=error,
-                             programs=programs, groups=groups, steps=steps,
+                             programs=programs, groups=groups,
+                             members=programs // groups, steps=steps,
                              bytes_per_program_step=K * BB * h.element_size() if load else 0,
                              us_per_step=us / steps))
     return rows
