@@ -75,6 +75,8 @@ def _dg_part(p_dg, m_b, i_k, g, H, KC: tl.constexpr, w):
 @triton.jit
 def _gate_dot(x, w, acc, zero, IEEE: tl.constexpr, UPCAST: tl.constexpr,
               CHAINED: tl.constexpr):
+    """acc plus gate's product x . w: continuing acc's chain, or (not CHAINED) a chain of
+    its own from ``zero``, added after (see _partial)."""
     if CHAINED:
         acc = dot(x, w, acc, IEEE, UPCAST)
     else:
