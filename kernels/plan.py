@@ -389,16 +389,18 @@ def _splitk(cell, dtype, B, H, sm, smem_limit):
     return None if best is None else best[1]
 
 
-def _splitk_plan(base: dict, cell, dtype, B, H, sm, cuda, smem_limit) -> dict | None:
-    """The plan dict of the split-K backward, or None where no tiling fits (or, under the
-    interpreter, where FORCED_KSPLIT does not ask for it: there its tiling is forced)."""
+def _splitk_plan(base: dict, cell, dtype, B, H, sm, cuda, smem_limit,
+                 forced: bool) -> dict | None:
+    """The plan dict of the split-K backward, or None where no tiling fits. Under the
+    interpreter only where ``forced`` (FORCED_KSPLIT or FUSEDRNN_KERNEL=splitk), with a
+    forced tiling: FORCED_KSPLIT parts (2 if unset) of FORCED_UNITS units."""
     if cuda:
         st = _splitk(cell, dtype, B, H, sm, smem_limit)
         if st is None:
             return None
         u, bb, pr, kc, s, programs, w, ahead = st
-    elif FORCED_KSPLIT > 1:
-        u, s, bb, pr = FORCED_UNITS, FORCED_KSPLIT, 16, FORCED_PRODUCT_ROWS
+    elif forced:
+        u, s, bb, pr = FORCED_UNITS, max(2, FORCED_KSPLIT), 16, FORCED_PRODUCT_ROWS
         kc = triton.next_power_of_2(triton.cdiv(H, s))
         programs = triton.cdiv(H, u) * s * triton.cdiv(B, bb)
         w, ahead = _GATES[cell] * kc * u * torch.empty((), dtype=dtype).element_size(), True
@@ -551,10 +553,10 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
     if why_not is None and choice in ("auto", "stationary", "splitk"):
         st = _stationary(cell, dtype, B, H, sm_count, choice == "stationary" or not cuda,
                          backward and cuda, cuda, wide_tiles, smem_limit)
-        prefer_splitk = FORCED_KSPLIT > 1 or choice == "splitk" and wide_tiles
-        if backward and cell != "rnn" and (st is None and wide_tiles or not cuda
-                                            or prefer_splitk):
-            sk = _splitk_plan(base, cell, dtype, B, H, sm_count, cuda, smem_limit)
+        forced_splitk = FORCED_KSPLIT > 1 or choice == "splitk"
+        if backward and cell != "rnn" and (st is None and wide_tiles or forced_splitk):
+            sk = _splitk_plan(base, cell, dtype, B, H, sm_count, cuda, smem_limit,
+                              forced_splitk)
             if sk is not None:
                 return sk
         if st is not None:

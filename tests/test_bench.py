@@ -103,34 +103,20 @@ def test_gpu_micro_script_runs_each_kernel(tmp_path):
 
 def test_splitk_variant_is_timed_only_where_its_plan_differs(monkeypatch):
     """fused-splitk (FUSEDRNN_KERNEL=splitk) times the backward split over K beside the
-    plan's own; where its plan is fused's (inference, or here under the interpreter, where
-    the split-K tiling is forced only by plan.FORCED_KSPLIT) it is not run again."""
-    from fusedrnn.kernels import plan as planning
-
-    cfg = configs.Config("gru", "fp64", "training", 3, 20, 3, 4)
+    plan's own backward (under the interpreter: 2 K parts); in inference, where its plan is
+    fused's, it is not run again."""
     monkeypatch.setitem(configs.DTYPES, "fp64", torch.float64)
     monkeypatch.setitem(measure.CHECK_TOL, "fp64", 1e-9)
-    rows = measure.measure(cfg, ["torch.nn", "fused", "fused-splitk"], "torch.nn",
-                           torch.device("cpu"), time_it=False)
-    by = {r["impl"]: r for r in rows}
-    assert by["fused-splitk"]["status"] == "same" and by["fused-splitk"]["same_as"] == "fused"
-    assert "same" in report.table(rows)
-    # forced, its plan differs from fused's (the backward split in 2 K parts): checked
-    monkeypatch.setattr(planning, "FORCED_KSPLIT", 2)
-    real = planning.plan
-
-    def splitk_only_when_asked(*args, **kw):  # fused keeps the interpreter's own plan
-        old, planning.FORCED_KSPLIT = planning.FORCED_KSPLIT, (
-            2 if planning.kernel_choice() == "splitk" else 1)
-        try:
-            return real(*args, **kw)
-        finally:
-            planning.FORCED_KSPLIT = old
-
-    monkeypatch.setattr(planning, "plan", splitk_only_when_asked)
-    rows = measure.measure(cfg, ["torch.nn", "fused", "fused-splitk"], "torch.nn",
-                           torch.device("cpu"), time_it=False)
-    by = {r["impl"]: r for r in rows}
-    assert by["fused-splitk"]["status"] == "ok", by["fused-splitk"]
-    assert by["fused-splitk"]["plan"]["backward"]["ksplit"] == 2
-    assert "ksplit" not in by["fused"]["plan"]["backward"]
+    by = {}
+    for mode in ("training", "inference"):
+        cfg = configs.Config("gru", "fp64", mode, 3, 20, 3, 4)
+        rows = measure.measure(cfg, ["torch.nn", "fused", "fused-splitk"], "torch.nn",
+                               torch.device("cpu"), time_it=False)
+        by[mode] = {r["impl"]: r for r in rows}
+    train = by["training"]
+    assert train["fused-splitk"]["status"] == "ok", train["fused-splitk"]
+    assert train["fused-splitk"]["plan"]["backward"]["ksplit"] == 2
+    assert "ksplit" not in train["fused"]["plan"]["backward"]
+    infer = by["inference"]["fused-splitk"]
+    assert infer["status"] == "same" and infer["same_as"] == "fused" and "error" not in infer
+    assert "same" in report.table(list(by["inference"].values()))
