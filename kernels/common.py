@@ -163,11 +163,14 @@ def recurrent_gates(p_h, m_b, w_ptr, s_w, o_h, m_h, H, K, ACC: tl.constexpr,
 def store_step(h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, t, wr, o_b64, o_n, m, valid,
                b_new, b_prev):
     """Write step t of one tile: the state h_t into history slot wr (the previous state
-    where a sequence has ended) and the output (zero where it has ended)."""
+    where a sequence has ended) and the output (zero where it has ended). Returns the state
+    as stored (the weight-stationary forward sends the same to the other programs)."""
     p_hs = h_ptr + wr.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b + o_n[None, :]
-    tl.store(p_hs, tl.where(valid, b_new, b_prev).to(h_ptr.dtype.element_ty), mask=m)
+    b_h = tl.where(valid, b_new, b_prev).to(h_ptr.dtype.element_ty)
+    tl.store(p_hs, b_h, mask=m)
     p_o = out_ptr + t.to(tl.int64) * s_o_t + o_b64[:, None] * s_o_b + o_n[None, :]
     tl.store(p_o, tl.where(valid, b_new, 0.0).to(out_ptr.dtype.element_ty), mask=m)
+    return b_h
 
 
 @triton.jit

@@ -72,7 +72,8 @@ def gru_update_fwd(
     ZONEOUT: tl.constexpr,
 ):
     """The rest of a forward step for one tile, shared with the weight-stationary kernel.
-    ZONEOUT: h_t blends the new value with h_{t-1} (common.zoneout_rate)."""
+    ZONEOUT: h_t blends the new value with h_{t-1} (common.zoneout_rate). Returns h_t as
+    stored."""
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     if HAS_BIAS:
         b_n += tl.load(bhn_ptr + o_h, mask=m_h, other=0.0).to(ACC)[None, :]
@@ -91,10 +92,11 @@ def gru_update_fwd(
         z_h = zoneout_rate(z_seed, z_th_h, 2 * z_dir, t, o_b64, o_h, B, H, ZONEOUT).to(ACC)
         b_hn = z_h * b_h_prev + (1.0 - z_h) * b_hn
     valid = valid_rows(len_ptr, o_b, m_b, t, HAS_LENGTHS)[:, None]
-    store_step(h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, t, wr, o_b64, o_h, m, valid,
-               b_hn, b_h_prev)
+    b_h = store_step(h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, t, wr, o_b64, o_h, m,
+                     valid, b_hn, b_h_prev)
     if SAVE:
         store_four(ga_ptr, s_ga_t, s_ga_b, t, o_b64, o_h, m, H, b_r, b_z, b_nn, b_n)
+    return b_h
 
 
 @triton.jit

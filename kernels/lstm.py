@@ -82,7 +82,8 @@ def lstm_update_fwd(
 ):
     """The rest of a forward step for one tile, shared with the weight-stationary kernel:
     input projection, nonlinearities, cell update, and the stores. ZONEOUT (no proj):
-    c_t and h_t blend the new values with the previous ones (common.zoneout_rate)."""
+    c_t and h_t blend the new values with the previous ones (common.zoneout_rate).
+    Returns h_t as stored (without proj; with it, o * tanh(c_t))."""
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     p_x = xg_ptr + t.to(tl.int64) * s_xg_t + o_b64[:, None] * s_xg_b + o_h[None, :]
     b_i = sigmoid(b_i + tl.load(p_x, mask=m, other=0.0).to(ACC))
@@ -112,10 +113,11 @@ def lstm_update_fwd(
         if ZONEOUT:
             z_h = zoneout_rate(z_seed, z_th_h, 2 * z_dir, t, o_b64, o_h, B, H, ZONEOUT)
             b_hn = z_h.to(ACC) * b_h_prev + (1.0 - z_h.to(ACC)) * b_hn
-        store_step(h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, t, wr, o_b64, o_h, m, valid,
-                   b_hn, b_h_prev)
+        b_hn = store_step(h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, t, wr, o_b64, o_h,
+                          m, valid, b_hn, b_h_prev)
     if SAVE:
         store_four(ga_ptr, s_ga_t, s_ga_b, t, o_b64, o_h, m, H, b_i, b_f, b_g, b_o)
+    return b_hn
 
 
 @triton.jit

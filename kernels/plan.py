@@ -14,7 +14,7 @@ The kernels (GUIDE section 3):
 - ``sequence``: the streaming sequence kernel (one launch, programs loop over tiles, W_hh
   re-read from L2 every step): where the slice does not fit on chip.
 - ``step``: one launch per step: where a step has far more tiles than the GPU has SMs.
-``FUSEDRNN_KERNEL=step|sequence|stationary|splitk`` overrides the choice.
+``FUSEDRNN_KERNEL=step|sequence|stationary|splitk|ll`` overrides the choice.
 """
 from __future__ import annotations
 
@@ -25,12 +25,15 @@ import torch
 import triton
 
 from fusedrnn.kernels.common import block_sizes, gate_grad_dtype, sm_count
+from fusedrnn.kernels.ll import bits as ll_bits
 
-KERNEL_ENV = "FUSEDRNN_KERNEL"  # "auto" | "step" | "sequence" | "stationary" | "splitk"
+KERNEL_ENV = "FUSEDRNN_KERNEL"  # "auto" | "step" | "sequence" | "stationary" | "splitk" | "ll"
 # ("splitk": the plan's own choice, except that an LSTM/GRU backward is split over K
 # wherever a split-K tiling exists: what the benchmark's fused-splitk rows time against
-# the weight-stationary backward where both exist)
-KERNELS = ("auto", "step", "sequence", "stationary", "splitk")
+# the weight-stationary backward where both exist. "ll": the plan's own choice, with the
+# weight-stationary forward exchanging h as words that carry their step instead of meeting
+# at a barrier (kernels/ll.py): what the fused-ll rows time against the barrier)
+KERNELS = ("auto", "step", "sequence", "stationary", "splitk", "ll")
 
 # Bytes of W_hh one program may keep in shared memory: an H100/H200 block gets up to 227 KB;
 # the rest is left for the h chunks and the layout conversions of the gate split.
@@ -109,6 +112,12 @@ KSPLIT_UPDATE_ROWS = 64
 # there is one, so that the tests run it there too.
 FORCED_KSPLIT = 1
 FORCED_PRODUCT_ROWS = 16
+# The weight-stationary forward's h exchange as LL words (kernels/ll.py) where the plan is
+# forced to it (FUSEDRNN_KERNEL=ll; the tests set this). Not the default until a GPU run
+# shows it correct and faster than the barrier (bench's fused-ll rows): the model saves two
+# or three L2 round trips a step (~0.6-1 us of the ~1.06 us barrier) and pays twice the
+# broadcast's bytes.
+FORCED_LL = False
 # The per-step operand (h_{t-1}^T forward, a K chunk of dgates_{t+1} backward) is staged
 # through registers, divided over the program's warps (stationary_warps; the budgets were
 # measured when the forward had one warp per 16 gate rows and the backward one per gate,
@@ -550,7 +559,7 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
         # (forced, as the tests force it in exact fp32 on a GPU, it runs: correct, not fast)
         why_not = ("exact fp32 (allow_tf32 off) runs its dots on FMAs with W in registers, "
                    "which does not fit on chip")
-    if why_not is None and choice in ("auto", "stationary", "splitk"):
+    if why_not is None and choice in ("auto", "stationary", "splitk", "ll"):
         st = _stationary(cell, dtype, B, H, sm_count, choice == "stationary" or not cuda,
                          backward and cuda, cuda, wide_tiles, smem_limit)
         forced_splitk = FORCED_KSPLIT > 1 or choice == "splitk"
@@ -569,6 +578,10 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
                       f"on {sm_count} SMs, {smem // 1024} KB of W_hh each on chip")
             if split > 1:
                 reason += f", each step as {split} sub-tiles of {sub} rows"
+            use_ll = (not backward and (choice == "ll" or FORCED_LL)
+                      and ll_bits(dtype) > 0)
+            if use_ll:
+                reason += ", h exchanged as words that carry their step (no barrier)"
             if not resident:
                 reason = (f"weight-stationary kernel forced ({KERNEL_ENV}), {tiles} tiles on "
                           f"{programs} programs: W_hh re-read per tile")
@@ -581,7 +594,7 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
                         warps=stationary_warps(cell, kc, sub, False, u),
                         KS_bwd=k_runs(cell, kc, bb, True, u),
                         warps_bwd=stationary_warps(cell, kc, bb, True, u), w_bytes=smem,
-                        gates=g)
+                        gates=g, ll=use_ll)
         if why_not is None:
             why_not = (f"no tiling of at most {sm_count} programs keeps a W_hh slice under "
                        f"{SMEM_W_BUDGET // 1024} KB")

@@ -40,7 +40,8 @@ def rnn_update_fwd(
     ACC: tl.constexpr, RNN: tl.constexpr, SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
-    """The rest of a forward step for one tile, shared with the weight-stationary kernel."""
+    """The rest of a forward step for one tile, shared with the weight-stationary kernel.
+    Returns h_t as stored."""
     o_h, o_b, m_h, m_b, m, o_b64 = tile_offsets(i_h, i_b, H, B, BLOCK_H, BLOCK_B)
     p_x = xg_ptr + t.to(tl.int64) * s_xg_t + o_b64[:, None] * s_xg_b + o_h[None, :]
     b_pre += tl.load(p_x, mask=m, other=0.0).to(ACC)
@@ -58,8 +59,8 @@ def rnn_update_fwd(
     p_hs = h_ptr + rd.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b + o_h[None, :]
     b_h_prev = tl.load(p_hs, mask=m, other=0.0).to(ACC)
     valid = valid_rows(len_ptr, o_b, m_b, t, HAS_LENGTHS)[:, None]
-    store_step(h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, t, wr, o_b64, o_h, m, valid,
-               b_hn, b_h_prev)
+    return store_step(h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, t, wr, o_b64, o_h, m,
+                      valid, b_hn, b_h_prev)
 
 
 @triton.jit

@@ -62,10 +62,11 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from fusedrnn.kernels import ll
 from fusedrnn.kernels.common import (any_restart, barrier_flags, barrier_words, bwd_step,
-                                     divert, dot, fwd_step, grid_barrier, group_barrier,
-                                     init_slot, launch_sequence, prefetch, restart_flags,
-                                     state_mask, tile_offsets)
+                                     divert, dot, first_slot, fwd_step, grid_barrier,
+                                     group_barrier, init_slot, launch_sequence, prefetch,
+                                     restart_flags, state_mask, tile_offsets)
 from fusedrnn.kernels.gru import gru_update_bwd, gru_update_fwd
 from fusedrnn.kernels.lstm import lstm_update_bwd, lstm_update_fwd
 from fusedrnn.kernels.rnn import rnn_update_bwd, rnn_update_fwd
@@ -127,13 +128,13 @@ def _w_chunks(w_ptr, s_w, i_u, H, G: tl.constexpr, U: tl.constexpr, KC: tl.const
 @triton.jit
 def _chunk_x(w, p_x, m_b, c, H, KC: tl.constexpr, ROWS: tl.constexpr, p_m=0,
              HAS_MASK: tl.constexpr = False, p_x0=0, b_rs=0, HAS_RESETS: tl.constexpr = False,
-             G: tl.constexpr = 4):
+             G: tl.constexpr = 4, pre=0, HAS_PRE: tl.constexpr = False):
     """The step's operand for chunk c, in w's dtype, laid out for _chunk_mma with w.
 
     ROWS (forward): x^T chunk c as KS runs (KS, KC/KS, BB), KS = w.shape[0]; p_x (1, BB)
     at the batch rows of x (times the same block of a mask at p_m where HAS_MASK: the
     variational mask of h_{t-1}; the initial state at p_x0 in the columns b_rs marks where
-    HAS_RESETS: restarts).
+    HAS_RESETS: restarts); HAS_PRE: x^T chunk c as ``pre`` holds it (_ll_chunk), not loaded.
     Otherwise (backward): x chunk c of every gate in KS runs (GP*KS, BB, KC/KS), p_x
     (1, BB, 1) at gate 0 of the batch rows of x, gate g H columns on."""
     if ROWS:
@@ -142,7 +143,10 @@ def _chunk_x(w, p_x, m_b, c, H, KC: tl.constexpr, ROWS: tl.constexpr, p_m=0,
         o_k = (c * KC + tl.arange(0, KS)[:, None, None] * KQ
                + tl.arange(0, KQ)[None, :, None])                      # (KS, KQ, 1)
         m_x = (o_k < H) & m_b[None, None, :]
-        b_x = tl.load(p_x + o_k, mask=m_x, other=0.0)
+        if HAS_PRE:
+            b_x = pre
+        else:
+            b_x = tl.load(p_x + o_k, mask=m_x, other=0.0)
         if HAS_RESETS:
             if any_restart(b_rs):  # (the initial state, for the restarting columns only)
                 b_x0 = tl.load(p_x0 + o_k, mask=m_x & b_rs[None, None, :], other=0.0)
@@ -159,6 +163,48 @@ def _chunk_x(w, p_x, m_b, c, H, KC: tl.constexpr, ROWS: tl.constexpr, p_m=0,
         m_x = (o_g < G) & m_b[None, :, None] & (o_k < H)
         b_x = tl.load(p_x + o_g * H + o_k, mask=m_x, other=0.0)
     return b_x.to(w.dtype)
+
+
+@triton.jit
+def _ll_words(p_l, m_b, c, H, KC: tl.constexpr, KS: tl.constexpr):
+    """The LL words of x^T chunk c (KS, KC/KS, BB) from p_l (1, BB), as first loaded (from
+    L2: another program wrote them)."""
+    KQ: tl.constexpr = KC // KS
+    o_k = (c * KC + tl.arange(0, KS)[:, None, None] * KQ
+           + tl.arange(0, KQ)[None, :, None])                          # (KS, KQ, 1)
+    return tl.load(p_l + o_k, mask=(o_k < H) & m_b[None, None, :], other=0,
+                   cache_modifier=".cg")
+
+
+@triton.jit
+def _ll_chunk(y, p_l, m_b, c, H, KC: tl.constexpr, KS: tl.constexpr, tag, err_ptr, step,
+              members, DT: tl.constexpr, LL: tl.constexpr, SPIN_LIMIT: tl.constexpr):
+    """x^T chunk c as DT, from its words y once they all carry the step's tag (ll.settle)."""
+    KQ: tl.constexpr = KC // KS
+    o_k = (c * KC + tl.arange(0, KS)[:, None, None] * KQ
+           + tl.arange(0, KQ)[None, :, None])
+    y = ll.settle(y, p_l + o_k, (o_k < H) & m_b[None, None, :], tag, err_ptr, step, members,
+                  LL, SPIN_LIMIT)
+    return ll.decode(y, DT, LL)
+
+
+@triton.jit
+def _operand(w, y, c, p_x, m_b, H, KC: tl.constexpr, ROWS: tl.constexpr, p_m,
+             HAS_MASK: tl.constexpr, p_x0, b_rs, HAS_RESETS: tl.constexpr, G: tl.constexpr,
+             p_l, tag, err_ptr, step, members, LL: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+             LOADED: tl.constexpr):
+    """_chunk_x, or with LL (the forward) from the words of h_{t-1} at p_l: y where LOADED
+    (the first loads of every chunk issued before any waits), else loaded here."""
+    if LL:
+        if not LOADED:
+            y = _ll_words(p_l, m_b, c, H, KC, w.shape[0])
+        v = _ll_chunk(y, p_l, m_b, c, H, KC, w.shape[0], tag, err_ptr, step, members,
+                      p_x.dtype.element_ty, LL, SPIN_LIMIT)
+        x = _chunk_x(w, p_x, m_b, c, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs, HAS_RESETS, G,
+                     v, True)
+    else:
+        x = _chunk_x(w, p_x, m_b, c, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs, HAS_RESETS, G)
+    return x
 
 
 @triton.jit
@@ -197,7 +243,8 @@ def _chunks_dot(w0, w1, w2, w3, p_x, m_b, H, ACC: tl.constexpr, KC: tl.constexpr
                 NK: tl.constexpr, ROWS: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
                 p_m=0, HAS_MASK: tl.constexpr = False, p_x0=0, b_rs=0,
                 HAS_RESETS: tl.constexpr = False, G: tl.constexpr = 4,
-                AHEAD: tl.constexpr = False):
+                AHEAD: tl.constexpr = False, p_l=0, tag=0, err_ptr=0, step=0, members=0,
+                LL: tl.constexpr = 0, SPIN_LIMIT: tl.constexpr = 0):
     """The sum over the NK chunks.
 
     Triton folds tl.dot(a, b, 0) + acc into tl.dot(a, b, acc): the NK products become one
@@ -214,38 +261,59 @@ def _chunks_dot(w0, w1, w2, w3, p_x, m_b, H, ACC: tl.constexpr, KC: tl.constexpr
     AHEAD (the forward, where plan.x_ahead finds the shared memory): every chunk's
     operand is loaded before the first MMA, one L2 round trip a step (chunk by chunk, the
     sm_90 builds issued the last chunk's loads among the MMAs of the one before).
-    Otherwise each chunk is loaded as it goes."""
+    Otherwise each chunk is loaded as it goes.
+
+    LL (the forward, plan ``ll``: 16 or 32, the state's bits): h_{t-1} comes as the words
+    at p_l (kernels/ll.py) with ``tag``; AHEAD issues every chunk's first loads before
+    waiting on any."""
     if ROWS:
         zero = 0.0
     else:
         zero = H.to(ACC) * 0.0
-    x0 = _chunk_x(w0, p_x, m_b, 0, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs, HAS_RESETS, G)
+    KS: tl.constexpr = w0.shape[0]
+    y0 = 0
+    y1, y2, y3 = y0, y0, y0
+    if LL:
+        y0 = _ll_words(p_l, m_b, 0, H, KC, KS)
+        y1, y2, y3 = y0, y0, y0
+        if AHEAD:
+            if NK > 1:
+                y1 = _ll_words(p_l, m_b, 1, H, KC, KS)
+            if NK > 2:
+                y2 = _ll_words(p_l, m_b, 2, H, KC, KS)
+            if NK > 3:
+                y3 = _ll_words(p_l, m_b, 3, H, KC, KS)
+    x0 = _operand(w0, y0, 0, p_x, m_b, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs, HAS_RESETS, G,
+                  p_l, tag, err_ptr, step, members, LL, SPIN_LIMIT, True)
     x1, x2, x3 = x0, x0, x0
     if AHEAD:
         if NK > 1:
-            x1 = _chunk_x(w1, p_x, m_b, 1, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs, HAS_RESETS,
-                          G)
+            x1 = _operand(w1, y1, 1, p_x, m_b, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs,
+                          HAS_RESETS, G, p_l, tag, err_ptr, step, members, LL, SPIN_LIMIT, True)
         if NK > 2:
-            x2 = _chunk_x(w2, p_x, m_b, 2, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs, HAS_RESETS,
-                          G)
+            x2 = _operand(w2, y2, 2, p_x, m_b, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs,
+                          HAS_RESETS, G, p_l, tag, err_ptr, step, members, LL, SPIN_LIMIT, True)
         if NK > 3:
-            x3 = _chunk_x(w3, p_x, m_b, 3, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs, HAS_RESETS,
-                          G)
+            x3 = _operand(w3, y3, 3, p_x, m_b, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs,
+                          HAS_RESETS, G, p_l, tag, err_ptr, step, members, LL, SPIN_LIMIT, True)
     acc = _chunk_mma(w0, x0, ACC, ROWS, IEEE, UPCAST)
     if NK > 1:
         if not AHEAD:
-            x1 = _chunk_x(w1, p_x, m_b, 1, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs, HAS_RESETS,
-                          G)
+            x1 = _operand(w1, y1, 1, p_x, m_b, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs,
+                          HAS_RESETS, G, p_l, tag, err_ptr, step, members, LL, SPIN_LIMIT,
+                          False)
         acc += _chunk_mma(w1, x1, ACC, ROWS, IEEE, UPCAST, zero)
     if NK > 2:
         if not AHEAD:
-            x2 = _chunk_x(w2, p_x, m_b, 2, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs, HAS_RESETS,
-                          G)
+            x2 = _operand(w2, y2, 2, p_x, m_b, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs,
+                          HAS_RESETS, G, p_l, tag, err_ptr, step, members, LL, SPIN_LIMIT,
+                          False)
         acc += _chunk_mma(w2, x2, ACC, ROWS, IEEE, UPCAST, zero)
     if NK > 3:
         if not AHEAD:
-            x3 = _chunk_x(w3, p_x, m_b, 3, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs, HAS_RESETS,
-                          G)
+            x3 = _operand(w3, y3, 3, p_x, m_b, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs,
+                          HAS_RESETS, G, p_l, tag, err_ptr, step, members, LL, SPIN_LIMIT,
+                          False)
         acc += _chunk_mma(w3, x3, ACC, ROWS, IEEE, UPCAST, zero)
     return acc
 
@@ -335,12 +403,15 @@ def _fwd_tile(
     xg_ptr, s_xg_t, s_xg_b, bhn_ptr, h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot, s_c_b,
     out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, hm_ptr, s_hm_b,
     z_seed, z_th_h, z_th_c, z_dir, rs_ptr, s_rs_t, init, t, rd, wr, B, H,
+    ll_ptr, s_ll_slot, s_ll_b, s, err_ptr, members,
     LSTM: tl.constexpr, RNN: tl.constexpr, ACC: tl.constexpr, HAS_BIAS: tl.constexpr,
     SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr, U: tl.constexpr, BB: tl.constexpr,
     KC: tl.constexpr, NK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
     HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr, HAS_RESETS: tl.constexpr,
-    PREFETCH: tl.constexpr, X_AHEAD: tl.constexpr,
+    PREFETCH: tl.constexpr, X_AHEAD: tl.constexpr, LL: tl.constexpr, SPIN_LIMIT: tl.constexpr,
 ):
+    """Step s (time t) of tile (i_u, i_b). LL: h_{t-1} from the words of state index s at
+    ll_ptr, h_t sent as index s + 1 (kernels/ll.py); else from the history slot rd."""
     G: tl.constexpr = 4 if LSTM else (1 if RNN else 3)
     _prefetch_fwd(i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot,
                   s_c_b, len_ptr, t, rd, B, H, G, HAS_LENGTHS, U, BB, PREFETCH)
@@ -349,28 +420,38 @@ def _fwd_tile(
     p_h = h_ptr + rd.to(tl.int64) * s_h_slot + o_b.to(tl.int64)[None, :] * s_h_b
     p_h0 = h_ptr + init.to(tl.int64) * s_h_slot + o_b.to(tl.int64)[None, :] * s_h_b
     p_hm = hm_ptr + o_b.to(tl.int64)[None, :] * s_hm_b
+    p_l = ll_ptr + (s % 2) * s_ll_slot + o_b.to(tl.int64)[None, :] * s_ll_b
     # (KS, 4U, BB): each of the KS runs of K on its own warps, summed after
     acc = tl.sum(_chunks_dot(w0, w1, w2, w3, p_h, m_b, H, ACC, KC, NK, True, IEEE, UPCAST,
                              p_hm, HAS_HMASK, p_h0,
                              restart_flags(rs_ptr, s_rs_t, t, o_b, m_b, HAS_RESETS),
-                             HAS_RESETS, AHEAD=X_AHEAD), axis=0)
+                             HAS_RESETS, G, X_AHEAD, p_l, ll.tag_of(s), err_ptr, s, members,
+                             LL, SPIN_LIMIT), axis=0)
     if RNN:  # one gate: the (U, BB) tile is the pre-activation
-        rnn_update_fwd(tl.trans(acc), i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot,
-                       s_h_b, out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd,
-                       wr, B, H, ACC, RNN, SAVE, HAS_LENGTHS, BB, U)
+        b_h = rnn_update_fwd(
+            tl.trans(acc), i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot, s_h_b, out_ptr,
+            s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, B, H, ACC, RNN, SAVE,
+            HAS_LENGTHS, BB, U)
     elif LSTM:
         g0, g1, g2, g3 = _split_gates(acc, U, BB)
-        lstm_update_fwd(g0, g1, g2, g3, i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot,
-                        s_h_b, c_ptr, s_c_slot, s_c_b, out_ptr, s_o_t, s_o_b, h_ptr, 0, 0,
-                        ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, t, B, H,
-                        z_seed, z_th_h, z_th_c, z_dir, rs_ptr, s_rs_t, init, ACC, False, SAVE,
-                        HAS_LENGTHS, BB, U, ZONEOUT, HAS_RESETS)
+        b_h = lstm_update_fwd(
+            g0, g1, g2, g3, i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot, s_h_b, c_ptr,
+            s_c_slot, s_c_b, out_ptr, s_o_t, s_o_b, h_ptr, 0, 0, ga_ptr, s_ga_t, s_ga_b,
+            len_ptr, t, rd, wr, t, B, H, z_seed, z_th_h, z_th_c, z_dir, rs_ptr, s_rs_t, init,
+            ACC, False, SAVE, HAS_LENGTHS, BB, U, ZONEOUT, HAS_RESETS)
     else:
         g0, g1, g2, g3 = _split_gates(acc, U, BB)
-        gru_update_fwd(g0, g1, g2, i_u, i_b, xg_ptr, s_xg_t, s_xg_b, bhn_ptr, h_ptr, s_h_slot,
-                       s_h_b, out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd,
-                       wr, B, H, rs_ptr, s_rs_t, init, z_seed, z_th_h, z_dir, ACC, HAS_BIAS,
-                       SAVE, HAS_LENGTHS, BB, U, HAS_RESETS, ZONEOUT)
+        b_h = gru_update_fwd(
+            g0, g1, g2, i_u, i_b, xg_ptr, s_xg_t, s_xg_b, bhn_ptr, h_ptr, s_h_slot, s_h_b,
+            out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, t, rd, wr, B, H, rs_ptr,
+            s_rs_t, init, z_seed, z_th_h, z_dir, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, BB, U,
+            HAS_RESETS, ZONEOUT)
+    if LL:  # h_t, as stored in the history, to the batch group as state index s + 1
+        o_u = i_u * U + tl.arange(0, U)
+        p_w = (ll_ptr + ((s + 1) % 2) * s_ll_slot
+               + o_b.to(tl.int64)[:, None] * s_ll_b + o_u[None, :])
+        tl.store(p_w, ll.encode(b_h, ll.tag_of(s + 1), LL),
+                 mask=m_b[:, None] & (o_u < H)[None, :])
 
 
 @triton.jit
@@ -489,8 +570,10 @@ def stationary_fwd_kernel(
     ga_ptr, s_ga_t, s_ga_b,       # SAVE: gates (T, B, 4H), ACC (see lstm.py, gru.py, rnn.py)
     hm_ptr, s_hm_b,               # HAS_HMASK: variational mask of h_{t-1} (B, H)
     rs_ptr, s_rs_t,               # HAS_RESETS: restart flags (T + 1, B), int8
-    r_xg, r_w, r_bhn, r_h, r_c, r_out, r_ga, r_hm, r_rs,  # PAIRED: elements from each
-                                  # buffer above to the reverse direction's (same strides)
+    ll_ptr, s_ll_slot, s_ll_b,    # LL: the words of h (2 slots, B, H), kernels/ll.py
+    r_xg, r_w, r_bhn, r_h, r_c, r_out, r_ga, r_hm, r_rs, r_ll,  # PAIRED: elements from
+                                  # each buffer above to the reverse direction's (same
+                                  # strides)
     len_ptr,                      # HAS_LENGTHS: (B,) sequence lengths
     z_seed, z_th_h, z_th_c,       # LSTM / GRU ZONEOUT: see lstm.lstm_update_fwd
     sem_ptr, err_ptr,             # barrier counters (one per batch group and direction),
@@ -510,6 +593,8 @@ def stationary_fwd_kernel(
     SPLIT: tl.constexpr = 1,      # a tile's batch rows as SPLIT sub-tiles of BB, one
                                   # after another a step, with the one slice
                                   # (plan.sub_rows)
+    LL: tl.constexpr = 0,         # 16 or 32 (the state's bits): h exchanged as words that
+                                  # carry their step (kernels/ll.py); RESIDENT, no barrier
 ):
     G: tl.constexpr = 4 if LSTM else (1 if RNN else 3)
     DIRS: tl.constexpr = 2 if PAIRED else 1
@@ -531,11 +616,15 @@ def stationary_fwd_kernel(
                           out_ptr + d * r_out, s_o_t, s_o_b, ga_ptr + d * r_ga, s_ga_t,
                           s_ga_b, len_ptr, hm_ptr + d * r_hm, s_hm_b, z_seed, z_th_h, z_th_c,
                           d + REV, rs_ptr + d * r_rs, s_rs_t, init_slot(T, d + REV, SAVE), t,
-                          rd, wr, B, H, LSTM, RNN, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB,
-                          KC, NK, IEEE, UPCAST, HAS_HMASK, ZONEOUT, HAS_RESETS, PREFETCH,
-                          X_AHEAD)
-            group_barrier(sem_ptr + d * n_bg + tile // n_u, n_u, tile % n_u == 0, err_ptr, s,
-                          ASM_ACQUIRE, SPIN_LIMIT)
+                          rd, wr, B, H, ll_ptr + d * r_ll, s_ll_slot, s_ll_b, s, err_ptr, n_u,
+                          LSTM, RNN, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE,
+                          UPCAST, HAS_HMASK, ZONEOUT, HAS_RESETS, PREFETCH, X_AHEAD, LL,
+                          SPIN_LIMIT)
+            if LL:  # the words are the barrier; the block's own history is read next step
+                tl.debug_barrier()
+            else:
+                group_barrier(sem_ptr + d * n_bg + tile // n_u, n_u, tile % n_u == 0, err_ptr,
+                              s, ASM_ACQUIRE, SPIN_LIMIT)
         else:
             for k in range(pid, DIRS * n_tiles, n_progs):
                 d, tile = k // n_tiles, k % n_tiles
@@ -549,9 +638,11 @@ def stationary_fwd_kernel(
                               s_c_b, out_ptr + d * r_out, s_o_t, s_o_b, ga_ptr + d * r_ga,
                               s_ga_t, s_ga_b, len_ptr, hm_ptr + d * r_hm, s_hm_b, z_seed,
                               z_th_h, z_th_c, d + REV, rs_ptr + d * r_rs, s_rs_t,
-                              init_slot(T, d + REV, SAVE), t, rd, wr, B, H, LSTM, RNN, ACC,
-                              HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE, UPCAST,
-                              HAS_HMASK, ZONEOUT, HAS_RESETS, PREFETCH, X_AHEAD)
+                              init_slot(T, d + REV, SAVE), t, rd, wr, B, H,
+                              ll_ptr + d * r_ll, s_ll_slot, s_ll_b, s, err_ptr, n_u, LSTM,
+                              RNN, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE,
+                              UPCAST, HAS_HMASK, ZONEOUT, HAS_RESETS, PREFETCH, X_AHEAD, LL,
+                              SPIN_LIMIT)
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
 
@@ -662,10 +753,26 @@ def launch(one) -> None:
     sem, err = barrier_words(triton.cdiv(one.B, plan["BB"]), one.device)
     unused = {f"r_{n}": 0 for n in names}
     launch_sequence(kernel, programs, dict(
-        **one.args, **unused, sem_ptr=sem, err_ptr=err, PAIRED=False,
+        **one.args, **unused, **_ll_args([one], err), sem_ptr=sem, err_ptr=err,
+        PAIRED=False,
         RESIDENT=programs == plan["tiles"], U=plan["U"], BB=_rows(one), KC=plan["KC"],
         NK=plan["NK"], **barrier_flags(one.device), **flags, num_warps=warps), err, one.device,
         what)
+
+
+def _ll_args(launches, err) -> dict:
+    """The forward's LL arguments (kernels/ll.py): where the plan says ``ll``, the words of
+    each direction's h0, else none (the error word stands in for the unused pointer)."""
+    one = launches[0]
+    if one.kind != "fwd":
+        return {}
+    if not one.plan.get("ll"):
+        return dict(ll_ptr=err, s_ll_slot=0, s_ll_b=0, r_ll=0, LL=0)
+    h0s = [a.args["h_ptr"][first_slot(a.args["T"], a.args["REVERSE"], a.args["SAVE"])]
+           for a in launches]
+    words = ll.words(h0s)
+    return dict(ll_ptr=words, s_ll_slot=words.stride(1), s_ll_b=words.stride(2),
+                r_ll=words.stride(0), LL=ll.bits(h0s[0].dtype))
 
 
 def _rows(one) -> int:
@@ -704,7 +811,7 @@ def launch_pair(fwd, rev) -> None:
     sem, err = barrier_words(2 * triton.cdiv(fwd.B, plan["BB"]), device)
     offsets = {f"r_{n}": _offset(fwd, rev, n) for n in names}
     launch_sequence(kernel, programs, dict(
-        **fwd.args, **offsets, sem_ptr=sem, err_ptr=err, PAIRED=True,
+        **fwd.args, **offsets, **_ll_args([fwd, rev], err), sem_ptr=sem, err_ptr=err, PAIRED=True,
         RESIDENT=programs == 2 * plan["tiles"], U=plan["U"], BB=_rows(fwd), KC=plan["KC"],
         NK=plan["NK"], **barrier_flags(device), **flags, num_warps=warps), err, device,
         what + ", both directions")

@@ -10,7 +10,7 @@ import triton.language as tl
 
 import fusedrnn
 from fusedrnn import functional
-from fusedrnn.kernels import barrier_errors, stationary
+from fusedrnn.kernels import barrier_errors, ll, stationary
 from fusedrnn.kernels.common import group_barrier
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -54,6 +54,28 @@ def test_barrier_that_completes_leaves_no_error():
     assert err.tolist() == [0, 0, 0, 0]
     barrier_errors.watch(err, "test")
     barrier_errors.check()  # no exception
+
+
+@triton.jit
+def _words_that_never_come(w_ptr, err_ptr, out_ptr, SPIN_LIMIT: tl.constexpr):
+    # words of tag 0 (a zeroed buffer) where the step wants tag 5
+    p = w_ptr + tl.arange(0, 16)
+    w = ll.settle(tl.load(p), p, tl.arange(0, 16) < 12, 5, err_ptr, 4, 3, 16, SPIN_LIMIT)
+    tl.store(out_ptr + tl.arange(0, 16), w)
+
+
+def test_ll_wait_is_bounded_like_the_barrier():
+    """The LL exchange's wait (kernels/ll.py) gives up like the barrier: the error word
+    records [1, step, program, members] and the program leaves with what it has."""
+    w = torch.zeros(16, dtype=torch.int32, device=DEVICE)
+    err = torch.zeros(4, dtype=torch.int32, device=DEVICE)
+    out = torch.full((16,), -1, dtype=torch.int32, device=DEVICE)
+    _words_that_never_come[(1,)](w, err, out, SPIN_LIMIT=300)
+    assert out.tolist() == [0] * 16, "the program did not leave the kernel"
+    assert err.tolist() == [1, 4, 0, 3]
+    with pytest.raises(barrier_errors.BarrierTimeout, match="timed out at step 4"):
+        barrier_errors.watch(err, "test")
+        barrier_errors.check()
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

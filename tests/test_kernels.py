@@ -313,6 +313,47 @@ def test_splitk_backward_matches_the_reference(cell, ksplit, H, rows, poison, la
     assert dict(launches) == {"stationary_fwd_kernel": 1, "splitk_bwd_kernel": 1}
 
 
+@pytest.mark.parametrize("cell,dtype,B,H", [("lstm", torch.bfloat16, 20, 40),
+                                             ("gru", torch.float16, 3, 8),
+                                             ("rnn", torch.float32, 20, 40),
+                                             ("lstm", torch.float32, 3, 8)])
+def test_ll_forward_is_the_barrier_forward_bit_for_bit(cell, dtype, B, H, poison, launches,
+                                                       monkeypatch):
+    """The weight-stationary forward exchanging h as words that carry their step
+    (kernels/ll.py, plan.FORCED_LL): the same outputs, bit for bit, as with the barrier
+    (it changes only how h_{t-1} travels), and within the dtype's tolerance of the
+    reference. 16-bit and fp32 words; B=20 H=40: several tiles (one program looping over
+    them here, the grid barrier kept), B=3 H=8: one tile (resident, no barrier at all);
+    on a GPU, the real grid. Lengths, reverse, h0."""
+    from fusedrnn.kernels import plan as planning
+    from fusedrnn.kernels import stationary
+
+    monkeypatch.setenv(planning.KERNEL_ENV, "stationary")
+    made = []
+    real_words = stationary.ll.words
+    monkeypatch.setattr(stationary.ll, "words", lambda h0s: made.append(1) or real_words(h0s))
+    if cell == "lstm":
+        fn, args = functional.lstm_layer, _lstm_args(5, B, 5, H, 0, True, dtype, True)
+    elif cell == "gru":
+        fn, args = functional.gru_layer, _gru_args(5, B, 5, H, True, dtype, True)
+    else:
+        fn, args = _rnn_layer("tanh"), _rnn_args(5, B, 5, H, True, dtype, True)
+    with torch.no_grad():
+        barrier = fn(**args, reverse=True, backend="triton")
+        assert not made
+        monkeypatch.setattr(planning, "FORCED_LL", True)
+        assert planning.plan(cell, dtype, B, H, cuda=DEVICE == "cuda",
+                             sm_count=132 if DEVICE == "cuda" else 1)["ll"]
+        words = fn(**args, reverse=True, backend="triton")
+    assert made and launches["stationary_fwd_kernel"] == 2
+    for k, (a, b) in enumerate(zip(words, barrier)):
+        assert torch.equal(a, b), f"output {k}: the LL forward differs from the barrier's"
+    ref = {k: (v.double() if v is not None and v.is_floating_point() else v)
+           for k, v in args.items()}
+    for k, (a, b) in enumerate(zip(words, fn(**ref, reverse=True, backend="reference"))):
+        assert_close(a, b, TOL[dtype], f"output {k}")
+
+
 def test_bidirectional_splitk_backward(poison, launches, monkeypatch):
     """A bidirectional GRU (2 layers) whose backward is split over K: each direction its own
     backward launch (never paired), the forward's directions still one launch a layer."""

@@ -184,6 +184,34 @@ def test_splitk_backward_with_every_option(cell, reverse, poison, launches, monk
     assert launches["splitk_bwd_kernel"] == 1
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("H", [20, 8])  # several tiles (the interpreter loops); one
+def test_ll_forward_with_every_option(cell, H, poison, monkeypatch):
+    """The weight-stationary forward exchanging h as tagged words (kernels/ll.py), fp32
+    (the 64-bit words), with everything at once against the float64 reference, forward and
+    backward: lengths, resets (the restart rows read h0, not the words), the variational
+    mask (applied to the decoded words), zoneout, cell states."""
+    from fusedrnn.kernels import plan as planning
+
+    monkeypatch.setenv(planning.KERNEL_ENV, "stationary")
+    monkeypatch.setattr(planning, "FORCED_LL", True)
+    args = _inputs(cell, T=6, H=H, device=DEVICE)
+    B = args[1].shape[0]
+    resets = torch.zeros(6, B, dtype=torch.bool, device=DEVICE)
+    resets[2, 0] = resets[4, 0] = resets[1, 2] = True
+    kw = dict(reverse=True, lengths=torch.tensor([6, 2, 5], device=DEVICE), resets=resets,
+              hmask=regularizers.sequence_mask(9, 1, B, H, 0.5, args[0]))
+    if cell != "rnn":
+        kw["zoneout"] = regularizers.zoneout_spec(0.3, 0.4, 2 ** 40 + 17, True)
+    if cell == "lstm":
+        kw["cell_states"] = True
+    got = _outputs_and_grads(cell, "triton", [a.float() for a in args],
+                             **dict(kw, hmask=kw["hmask"].float()))
+    want = _outputs_and_grads(cell, "reference", args, **kw)
+    for k, (a, b) in enumerate(zip(got, want)):
+        assert_close(a, b, 1e-5, f"{cell} result/gradient {k}")
+
+
 def test_lstm_kernels_fp32_with_cell_states(kernel_mode, poison):
     args = _inputs("lstm", dtype=torch.float32)
     kw = dict(hmask=regularizers.sequence_mask(9, 1, 3, 20, 0.5, args[0]), cell_states=True,
