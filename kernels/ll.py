@@ -59,25 +59,39 @@ def decode(w, DT: tl.constexpr, BITS: tl.constexpr):
 
 
 @triton.jit
-def _tags(w, BITS: tl.constexpr):
+def on_time(tag, BITS: tl.constexpr):
+    """A word that carries ``tag`` (value 0): what masked loads fill in, so that every word
+    of a tile can be checked alike."""
     if BITS == 16:
-        t = (w >> 16) & 0x7FFF
+        w = (tl.zeros((1,), tl.int32) + tag) << 16
     else:
-        t = (w >> 32).to(tl.int32)
-    return t
+        w = (tl.zeros((1,), tl.int64) + tag) << 32
+    return w
 
 
 @triton.jit
-def settle(w, p, m, tag, err_ptr, step, members, BITS: tl.constexpr,
+def _gap(w, tag, BITS: tl.constexpr):
+    """0 where word w carries ``tag``, positive where it does not (two instructions a
+    word: a compare of each word's tag and a select of the flag cost ~14, most of the
+    step's instructions, in the sm_90 builds of a first version)."""
+    if BITS == 16:
+        g = (w ^ (tag << 16)) >> 16
+    else:
+        g = (w >> 32).to(tl.int32) ^ tag
+    return g
+
+
+@triton.jit
+def settle(w, p, tag, err_ptr, step, members, BITS: tl.constexpr,
            SPIN_LIMIT: tl.constexpr):
-    """Words w (loaded from p where m) once every one in m carries ``tag``: the late ones
-    re-loaded (volatile: from L2, past L1) until they do, at most SPIN_LIMIT times."""
-    late = m & (_tags(w, BITS) != tag)
+    """Words w (loaded from p, ``on_time`` where masked) once every one carries ``tag``:
+    the late ones re-loaded (volatile: from L2, past L1) until they do, at most SPIN_LIMIT
+    times. One reduction over the tile a check: its largest gap."""
     n = 0
     stop = 0
-    while (tl.sum(late.to(tl.int32)) > 0) & (n < SPIN_LIMIT) & (stop == 0):
+    while (tl.max(_gap(w, tag, BITS)) > 0) & (n < SPIN_LIMIT) & (stop == 0):
+        late = _gap(w, tag, BITS) > 0
         w = tl.where(late, tl.load(p, mask=late, other=0, volatile=True), w)
-        late = late & (_tags(w, BITS) != tag)
         n += 1
         if n % 256 == 0:  # a failure elsewhere ends this wait too
             stop = tl.load(err_ptr, volatile=True)

@@ -166,25 +166,24 @@ def _chunk_x(w, p_x, m_b, c, H, KC: tl.constexpr, ROWS: tl.constexpr, p_m=0,
 
 
 @triton.jit
-def _ll_words(p_l, m_b, c, H, KC: tl.constexpr, KS: tl.constexpr):
+def _ll_words(p_l, m_b, c, H, KC: tl.constexpr, KS: tl.constexpr, tag, LL: tl.constexpr):
     """The LL words of x^T chunk c (KS, KC/KS, BB) from p_l (1, BB), as first loaded (from
-    L2: another program wrote them)."""
+    L2: another program wrote them), on time where masked."""
     KQ: tl.constexpr = KC // KS
     o_k = (c * KC + tl.arange(0, KS)[:, None, None] * KQ
            + tl.arange(0, KQ)[None, :, None])                          # (KS, KQ, 1)
-    return tl.load(p_l + o_k, mask=(o_k < H) & m_b[None, None, :], other=0,
-                   cache_modifier=".cg")
+    return tl.load(p_l + o_k, mask=(o_k < H) & m_b[None, None, :],
+                   other=ll.on_time(tag, LL)[:, None, None], cache_modifier=".cg")
 
 
 @triton.jit
-def _ll_chunk(y, p_l, m_b, c, H, KC: tl.constexpr, KS: tl.constexpr, tag, err_ptr, step,
-              members, DT: tl.constexpr, LL: tl.constexpr, SPIN_LIMIT: tl.constexpr):
+def _ll_chunk(y, p_l, c, KC: tl.constexpr, KS: tl.constexpr, tag, err_ptr, step, members,
+              DT: tl.constexpr, LL: tl.constexpr, SPIN_LIMIT: tl.constexpr):
     """x^T chunk c as DT, from its words y once they all carry the step's tag (ll.settle)."""
     KQ: tl.constexpr = KC // KS
     o_k = (c * KC + tl.arange(0, KS)[:, None, None] * KQ
            + tl.arange(0, KQ)[None, :, None])
-    y = ll.settle(y, p_l + o_k, (o_k < H) & m_b[None, None, :], tag, err_ptr, step, members,
-                  LL, SPIN_LIMIT)
+    y = ll.settle(y, p_l + o_k, tag, err_ptr, step, members, LL, SPIN_LIMIT)
     return ll.decode(y, DT, LL)
 
 
@@ -197,8 +196,8 @@ def _operand(w, y, c, p_x, m_b, H, KC: tl.constexpr, ROWS: tl.constexpr, p_m,
     (the first loads of every chunk issued before any waits), else loaded here."""
     if LL:
         if not LOADED:
-            y = _ll_words(p_l, m_b, c, H, KC, w.shape[0])
-        v = _ll_chunk(y, p_l, m_b, c, H, KC, w.shape[0], tag, err_ptr, step, members,
+            y = _ll_words(p_l, m_b, c, H, KC, w.shape[0], tag, LL)
+        v = _ll_chunk(y, p_l, c, KC, w.shape[0], tag, err_ptr, step, members,
                       p_x.dtype.element_ty, LL, SPIN_LIMIT)
         x = _chunk_x(w, p_x, m_b, c, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs, HAS_RESETS, G,
                      v, True)
@@ -274,15 +273,15 @@ def _chunks_dot(w0, w1, w2, w3, p_x, m_b, H, ACC: tl.constexpr, KC: tl.constexpr
     y0 = 0
     y1, y2, y3 = y0, y0, y0
     if LL:
-        y0 = _ll_words(p_l, m_b, 0, H, KC, KS)
+        y0 = _ll_words(p_l, m_b, 0, H, KC, KS, tag, LL)
         y1, y2, y3 = y0, y0, y0
         if AHEAD:
             if NK > 1:
-                y1 = _ll_words(p_l, m_b, 1, H, KC, KS)
+                y1 = _ll_words(p_l, m_b, 1, H, KC, KS, tag, LL)
             if NK > 2:
-                y2 = _ll_words(p_l, m_b, 2, H, KC, KS)
+                y2 = _ll_words(p_l, m_b, 2, H, KC, KS, tag, LL)
             if NK > 3:
-                y3 = _ll_words(p_l, m_b, 3, H, KC, KS)
+                y3 = _ll_words(p_l, m_b, 3, H, KC, KS, tag, LL)
     x0 = _operand(w0, y0, 0, p_x, m_b, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs, HAS_RESETS, G,
                   p_l, tag, err_ptr, step, members, LL, SPIN_LIMIT, True)
     x1, x2, x3 = x0, x0, x0

@@ -345,12 +345,14 @@ def main(argv=None):
                     help="with --stationary: the wide tiles' launches instead of the matrix")
     ap.add_argument("--splitk", action="store_true",
                     help="with --stationary: the split-K backward's launches instead")
+    ap.add_argument("--ll", action="store_true",
+                    help="with --stationary: the forward's LL-word launches instead")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("run without TRITON_INTERPRET: the kernels must be JIT functions")
     if args.stationary:
         return check_stationary(args.json, args.targets, tuple(args.batches), args.wide,
-                                args.splitk)
+                                args.splitk, args.ll)
     # the streaming kernels at every size; the plan's own choice ("auto": the
     # weight-stationary kernels where they fit, which --stationary checks in depth) at
     # --auto-hidden
@@ -613,6 +615,40 @@ def splitk_launches(sms=132):
     return launches
 
 
+def ll_launches(sms=132):
+    """The weight-stationary forward with h exchanged as LL words (kernels/ll.py,
+    plan.FORCED_LL) where a 132-SM GPU plans it at issue 11's latency-bound targets: fp16
+    LSTM B=16 H=768 (cuDNN's persistent case, 32-bit words, 3 chunks), bf16 GRU B=8 H=1024
+    and fp32 (TF32) LSTM B=8 H=1024 (64-bit words). Training launches (SAVE), one each."""
+    launches = {}
+    plan.FORCED_LL = True
+    try:
+        for dt, lstm_cell, B, H in ((torch.float16, True, 16, 768),
+                                    (torch.bfloat16, False, 8, 1024),
+                                    (torch.float32, True, 8, 1024)):
+            for key, launch in capture([H], batches=(B,), dtypes=(dt,), modes=("auto",),
+                                       sms=sms).items():
+                c = launch[2]
+                if (key[0] == "stationary_fwd_kernel" and c["LSTM"] == lstm_cell
+                        and c["SAVE"] and not c["PAIRED"]):
+                    assert c["LL"] in (16, 32), c
+                    launches[key] = launch
+                    break
+    finally:
+        plan.FORCED_LL = False
+    return launches
+
+
+def atomics_in_step(sass: str) -> int:
+    """Atomic and reduction instructions in the time loop (a counter barrier's arrival;
+    the error word's compare-and-swap sits outside it)."""
+    code, loop = _time_loop(sass)
+    if loop is None:
+        return 0
+    return sum(1 for a, ins in code if loop[0] <= a <= loop[1]
+               and re.search(r"\b(ATOMG?|RED|ATOMS)\.", ins) and "CAS" not in ins)
+
+
 def spills_in_step(sass: str) -> int:
     """Local-memory accesses (LDL/STL) anywhere in the time loop: where its innermost loops
     are only the barriers' polls (the split-K backward), hot_spills sees none of them."""
@@ -625,21 +661,24 @@ def spills_in_step(sass: str) -> int:
 
 def _splitk_one(k: int) -> dict:
     row, compiled, sass = _compile(k)
-    return {**_stationary_row(row, compiled, sass), "spills_in_step": spills_in_step(sass)}
+    return {**_stationary_row(row, compiled, sass), "spills_in_step": spills_in_step(sass),
+            "atomics_in_step": atomics_in_step(sass)}
 
 
 def check_stationary(json_path=None, targets=tuple(TARGETS), batches=(1, 16, 64),
-                     wide=False, splitk=False) -> list[dict]:
+                     wide=False, splitk=False, ll_words=False) -> list[dict]:
     # past the register budgets, sm_90 alone (the H100/H200 the plan measured them on):
     # those compiles take minutes, and sm_80 doubled them
     # (the wide tiles are sm_90's alone: plan.wgmma. sm_80 builds at B >= 16 only: B=1's
     # tilings, BB=8, are also B=16's where they have the most programs, and the suite keeps
     # within 15 minutes)
-    per_batch = {} if wide or splitk else {b: stationary_matrix(batches=(b,)) for b in batches}
-    launches = wide_launches() if wide else splitk_launches() if splitk else {
-        k: v for m in per_batch.values() for k, v in m.items()}
+    special = wide or splitk or ll_words
+    per_batch = {} if special else {b: stationary_matrix(batches=(b,)) for b in batches}
+    launches = wide_launches() if wide else splitk_launches() if splitk else ll_launches() \
+        if ll_words else {k: v for m in per_batch.values() for k, v in m.items()}
     sm80 = {k for b, m in per_batch.items() if b >= 16 for k in m}
-    rows = compile_all(launches, _splitk_one if splitk else _stationary_one, targets,
+    rows = compile_all(launches, _splitk_one if splitk or ll_words else _stationary_one,
+                       targets,
                        keep=lambda key, launch, tname: tname == "sm_90"
                        or key in sm80
                        and within_register_budget(key[0], launch[1]["w_ptr"][1:], launch[2])

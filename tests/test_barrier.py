@@ -58,9 +58,10 @@ def test_barrier_that_completes_leaves_no_error():
 
 @triton.jit
 def _words_that_never_come(w_ptr, err_ptr, out_ptr, SPIN_LIMIT: tl.constexpr):
-    # words of tag 0 (a zeroed buffer) where the step wants tag 5
+    # words of tag 0 (a zeroed buffer) where the step wants tag 5, 4 of them masked
     p = w_ptr + tl.arange(0, 16)
-    w = ll.settle(tl.load(p), p, tl.arange(0, 16) < 12, 5, err_ptr, 4, 3, 16, SPIN_LIMIT)
+    w = tl.load(p, mask=tl.arange(0, 16) < 12, other=ll.on_time(5, 16))
+    w = ll.settle(w, p, 5, err_ptr, 4, 3, 16, SPIN_LIMIT)
     tl.store(out_ptr + tl.arange(0, 16), w)
 
 
@@ -71,7 +72,7 @@ def test_ll_wait_is_bounded_like_the_barrier():
     err = torch.zeros(4, dtype=torch.int32, device=DEVICE)
     out = torch.full((16,), -1, dtype=torch.int32, device=DEVICE)
     _words_that_never_come[(1,)](w, err, out, SPIN_LIMIT=300)
-    assert out.tolist() == [0] * 16, "the program did not leave the kernel"
+    assert out.tolist() == [0] * 12 + [5 << 16] * 4, "the program did not leave the kernel"
     assert err.tolist() == [1, 4, 0, 3]
     with pytest.raises(barrier_errors.BarrierTimeout, match="timed out at step 4"):
         barrier_errors.watch(err, "test")

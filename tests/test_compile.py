@@ -54,7 +54,7 @@ TRITON_36 = ROOT.parent / ".venv" / "triton36"  # installed there by `make test`
 
 
 def _stationary_rows(tmp_path, capsys, pythonpath=None, targets=("sm_80", "sm_90"),
-                     batches=(1, 16, 64), wide=False, splitk=False):
+                     batches=(1, 16, 64), wide=False, splitk=False, ll=False):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
@@ -62,7 +62,7 @@ def _stationary_rows(tmp_path, capsys, pythonpath=None, targets=("sm_80", "sm_90
     proc = subprocess.run([sys.executable, str(ROOT / "compilecheck.py"), "--stationary",
                            "--json", str(out), "--targets", *targets,
                            "--batches", *map(str, batches), *(["--wide"] if wide else []),
-                           *(["--splitk"] if splitk else [])],
+                           *(["--splitk"] if splitk else []), *(["--ll"] if ll else [])],
                           env=env, capture_output=True, text=True)
     with capsys.disabled():
         print("\n" + proc.stdout)
@@ -240,6 +240,35 @@ def test_splitk_backward_keeps_w_on_chip(tmp_path, capsys, triton_36):
                                         residency.H100) >= residency.H100["sm_count"], what
         assert plan.splitk_staged(dt, PR, KC) <= plan.KSPLIT_X_BYTES, what
         assert 0 <= r["spill_bytes"] <= 32 and r["spills_in_step"] <= 8, what
+
+
+@pytest.mark.parametrize("triton_36", [False, True], ids=["installed", "triton_3_6"])
+def test_ll_forward_has_no_barrier_in_its_step(tmp_path, capsys, triton_36):
+    """The weight-stationary forward with h exchanged as LL words (kernels/ll.py, forced:
+    not the default until a GPU times it), sm_90, the installed Triton and 3.6: fp16 LSTM
+    B=16 H=768 (cuDNN's persistent case), bf16 GRU B=8 H=1024 (32-bit words), fp32 LSTM
+    B=8 H=1024 (64-bit words). Resident, W_hh out of the time loop, no atomic in the step
+    (the barrier's arrival: its builds have one, and a fence), each warp's MMAs the work;
+    one program an SM; at most 40 B of spills, 9 accesses a step (Triton 3.6's fp16 and
+    3.9's bf16; the words take twice h's registers, and the builds 128-255 registers where
+    the barrier's take 98-108)."""
+    if triton_36 and not (TRITON_36 / "triton").is_dir():
+        pytest.skip(f"Triton 3.6 is not installed at {TRITON_36} (make test installs it; "
+                    f"it needs PyPI once)")
+    rows = _stationary_rows(tmp_path, capsys, pythonpath=TRITON_36 if triton_36 else None,
+                            targets=("sm_90",), ll=True)
+    assert {(r["dtype"], r["config"]["LL"]) for r in rows} == {
+        ("fp16", "16"), ("bf16", "16"), ("fp32", "32")}
+    if triton_36:
+        assert rows[0]["triton"] == "3.6.0", "did not compile with Triton 3.6"
+    for r in rows:
+        what = f"{r['triton']} {r['dtype']} {r['config']}"
+        assert r["config"]["RESIDENT"] == "True" and r["w_loads_in_loop"] == 0, what
+        assert r["atomics_in_step"] == 0, what
+        assert r["mma_per_step"] == r["mma_work"] > 0, what
+        assert residency.max_coresident(r["registers"], r["num_warps"], r["dyn_shared"],
+                                        residency.H100) >= residency.H100["sm_count"], what
+        assert r["spill_bytes"] <= 40 and r["spills_in_step"] <= 9, what
 
 
 def test_mma_chain_follows_the_accumulator():
