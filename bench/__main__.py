@@ -4,8 +4,10 @@ On a GPU: the grid of GUIDE section 5 (or --quick; with --targets, the section's
 configurations first), implementations cudnn (torch.nn, the baseline), fused (the Triton
 kernels as the package picks them), and fused-seq and fused-stationary (forced to the
 streaming or the weight-stationary sequence kernels, so the rule between them can be
-checked), and fused-splitk (the backward split over K wherever it has a tiling; timed only
-in training where the plan's own backward is another); --impls names others (fused-step;
+checked), fused-splitk (the backward split over K wherever it has a tiling; timed only
+in training where the plan's own backward is another) and fused-ll (the weight-stationary
+forward exchanging h as LL words instead of meeting at a barrier, kernels/ll.py; timed only
+where the forward is weight-stationary); --impls names others (fused-step;
 fused-resets, resets passed but none set, which times the in-kernel restarts; reference,
 native-nocudnn). Without a GPU: the Triton kernels under the interpreter at a tiny size as
 a correctness smoke test, and CPU timings of auto/native/reference against torch.nn.
@@ -68,7 +70,7 @@ def parse(argv):
     return ap.parse_args(argv)
 
 
-GPU_IMPLS = ["cudnn", "fused", "fused-seq", "fused-stationary", "fused-splitk"]
+GPU_IMPLS = ["cudnn", "fused", "fused-seq", "fused-stationary", "fused-splitk", "fused-ll"]
 
 
 def gpu_configs(args):

@@ -44,6 +44,7 @@ timeout "${TEST_TIMEOUT:-150}" $py -m pytest -v -n "$workers" --timeout 100 -p n
   tests/test_torch_integration.py tests/test_precision.py tests/test_barrier.py \
   tests/test_recurrent_dropout.py::test_layer_kernels_match_reference \
   tests/test_recurrent_dropout.py::test_splitk_backward_with_every_option \
+  tests/test_recurrent_dropout.py::test_ll_forward_with_every_option \
   >"$out/tests.log" 2>&1
 test_rc=$?
 tail -3 "$out/tests.log" | tee -a "$log"

@@ -105,11 +105,17 @@ _NAMES = {v: k for k, v in DTYPE_NAMES.items()}
 _LAUNCH = ("kernel", "U", "BB", "programs", "ksplit")
 
 
+def _launch(p: dict) -> tuple:
+    # (rows recorded before the LL exchange have no "ll": they ran the barrier)
+    return (*(p.get(k) for k in _LAUNCH), bool(p.get("ll")))
+
+
 def _launches(plan_row: dict, training: bool) -> tuple:
-    """What a plan launches (kernel and tiling), forward and in training backward: a bench
-    row's recorded plan and the current plan compare by this."""
-    fwd = tuple(plan_row.get(k) for k in _LAUNCH)
-    bwd = tuple(plan_row.get("backward", {}).get(k) for k in _LAUNCH) if training else ()
+    """What a plan launches (kernel and tiling, and whether the forward exchanges h as LL
+    words), forward and in training backward: a bench row's recorded plan and the current
+    plan compare by this."""
+    fwd = _launch(plan_row)
+    bwd = _launch(plan_row.get("backward", {})) if training else ()
     return fwd + bwd
 
 
@@ -125,9 +131,9 @@ def current_launches(cell: str, dtype: str, B: int, H: int, training: bool,
 def table_rows(result_rows, sm_count: int = 132) -> list[dict]:
     """The table's rows from a benchmark result's rows: for each single-layer configuration,
     whether fusedrnn took at most cuDNN's time. fusedrnn's time is that of the row (fused,
-    or forced to fused-stationary, fused-seq or fused-splitk) whose recorded launch is the
-    one today's plan makes; a configuration where none is (the plan changed since) gets no
-    row. A row that recorded no plan counts as today's launch only for ``fused``."""
+    or forced to fused-stationary, fused-seq, fused-splitk or fused-ll) whose recorded
+    launch is the one today's plan makes; a configuration where none is (the plan changed
+    since) gets no row. A row that recorded no plan counts as today's launch only for ``fused``."""
     by = {}
     for r in result_rows:
         by.setdefault(r["config"], {})[r["impl"]] = r
@@ -140,7 +146,7 @@ def table_rows(result_rows, sm_count: int = 132) -> list[dict]:
         training = cfg["mode"] == "training"
         want = None
         ms = None
-        for name in ("fused", "fused-stationary", "fused-seq", "fused-splitk"):
+        for name in ("fused", "fused-stationary", "fused-seq", "fused-splitk", "fused-ll"):
             r = impls.get(name)
             if not r or not r.get("ms"):
                 continue

@@ -3,6 +3,7 @@ table, JSON, plot and README section come out of the rows."""
 import json
 import sys
 
+import pytest
 import torch
 
 import fusedrnn
@@ -99,6 +100,24 @@ def test_gpu_micro_script_runs_each_kernel(tmp_path):
     assert all(r["status"] == "ok" for r in targets)
     assert {r["plan"]["kernel"] for r in targets if r["impl"] == "fused-stationary"} \
         == {"stationary"}
+
+
+def test_ll_variant_is_timed_only_where_the_forward_is_weight_stationary():
+    """fused-ll (FUSEDRNN_KERNEL=ll) times the forward's LL exchange beside fused, checked
+    like every row, where the forward is weight-stationary (an fp32 layer; the interpreter
+    forces it); where it has no LL words (fp64), its plan is fused's and it is not run."""
+    rows = {}
+    for dtype in ("fp32", "fp64"):
+        cfg = configs.Config("lstm", dtype, "training", 3, 20, 3, 4)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setitem(configs.DTYPES, "fp64", torch.float64)
+            mp.setitem(measure.CHECK_TOL, "fp64", 1e-9)
+            got = measure.measure(cfg, ["torch.nn", "fused", "fused-ll"], "torch.nn",
+                                  torch.device("cpu"), time_it=False)
+        rows[dtype] = {r["impl"]: r for r in got}
+    ll = rows["fp32"]["fused-ll"]
+    assert ll["status"] == "ok" and ll["plan"]["ll"] and not rows["fp32"]["fused"]["plan"]["ll"]
+    assert rows["fp64"]["fused-ll"]["status"] == "same"
 
 
 def test_splitk_variant_is_timed_only_where_its_plan_differs(monkeypatch):
