@@ -166,41 +166,54 @@ def _chunk_x(w, p_x, m_b, c, H, KC: tl.constexpr, ROWS: tl.constexpr, p_m=0,
 
 
 @triton.jit
-def _ll_words(p_l, m_b, c, H, KC: tl.constexpr, KS: tl.constexpr, tag, LL: tl.constexpr):
-    """The LL words of x^T chunk c (KS, KC/KS, BB) from p_l (1, BB), as first loaded (from
-    L2: another program wrote them), on time where masked."""
+def _ll_at(p_l, m_b, c, H, KC: tl.constexpr, KS: tl.constexpr):
+    """Where the LL words of x^T chunk c (KS, KC/KS, BB) are, from p_l (1, BB), and which."""
     KQ: tl.constexpr = KC // KS
     o_k = (c * KC + tl.arange(0, KS)[:, None, None] * KQ
            + tl.arange(0, KQ)[None, :, None])                          # (KS, KQ, 1)
-    return tl.load(p_l + o_k, mask=(o_k < H) & m_b[None, None, :],
-                   other=ll.on_time(tag, LL)[:, None, None], cache_modifier=".cg")
+    return p_l + o_k, (o_k < H) & m_b[None, None, :]
 
 
 @triton.jit
-def _ll_chunk(y, p_l, c, KC: tl.constexpr, KS: tl.constexpr, tag, err_ptr, step, members,
-              DT: tl.constexpr, LL: tl.constexpr, SPIN_LIMIT: tl.constexpr):
-    """x^T chunk c as DT, from its words y once they all carry the step's tag (ll.settle)."""
-    KQ: tl.constexpr = KC // KS
-    o_k = (c * KC + tl.arange(0, KS)[:, None, None] * KQ
-           + tl.arange(0, KQ)[None, :, None])
-    y = ll.settle(y, p_l + o_k, tag, err_ptr, step, members, LL, SPIN_LIMIT)
-    return ll.decode(y, DT, LL)
+def _ll_words(p_l, m_b, c, H, KC: tl.constexpr, KS: tl.constexpr, tag, LL: tl.constexpr):
+    """The LL words of x^T chunk c as first loaded (from L2: another program wrote them),
+    on time where masked."""
+    p, m = _ll_at(p_l, m_b, c, H, KC, KS)
+    return tl.load(p, mask=m, other=ll.on_time(tag, LL)[:, None, None], cache_modifier=".cg")
+
+
+@triton.jit
+def _ll_settle(y0, y1, y2, y3, p_l, m_b, H, KC: tl.constexpr, KS: tl.constexpr,
+               N: tl.constexpr, tag, err_ptr, step, members, LL: tl.constexpr,
+               SPIN_LIMIT: tl.constexpr):
+    """Chunks 0..N-1's words y0.. (N > 1: every chunk loaded ahead) once all carry the
+    step's tag, waited for together (ll.settle_n)."""
+    p0, m0 = _ll_at(p_l, m_b, 0, H, KC, KS)
+    p1, m1, p2, m2, p3, m3 = p0, m0, p0, m0, p0, m0
+    if N > 1:
+        p1, m1 = _ll_at(p_l, m_b, 1, H, KC, KS)
+    if N > 2:
+        p2, m2 = _ll_at(p_l, m_b, 2, H, KC, KS)
+    if N > 3:
+        p3, m3 = _ll_at(p_l, m_b, 3, H, KC, KS)
+    return ll.settle_n(y0, y1, y2, y3, p0, p1, p2, p3, m0, m1, m2, m3, N, tag, err_ptr, step,
+                       members, LL, SPIN_LIMIT)
 
 
 @triton.jit
 def _operand(w, y, c, p_x, m_b, H, KC: tl.constexpr, ROWS: tl.constexpr, p_m,
              HAS_MASK: tl.constexpr, p_x0, b_rs, HAS_RESETS: tl.constexpr, G: tl.constexpr,
              p_l, tag, err_ptr, step, members, LL: tl.constexpr, SPIN_LIMIT: tl.constexpr,
-             LOADED: tl.constexpr):
-    """_chunk_x, or with LL (the forward) from the words of h_{t-1} at p_l: y where LOADED
-    (the first loads of every chunk issued before any waits), else loaded here."""
+             READY: tl.constexpr):
+    """_chunk_x, or with LL (the forward) from the words of h_{t-1} at p_l: y where READY
+    (every chunk loaded ahead and waited for together), else loaded and waited for here."""
     if LL:
-        if not LOADED:
-            y = _ll_words(p_l, m_b, c, H, KC, w.shape[0], tag, LL)
-        v = _ll_chunk(y, p_l, c, KC, w.shape[0], tag, err_ptr, step, members,
-                      p_x.dtype.element_ty, LL, SPIN_LIMIT)
+        if not READY:
+            y = _ll_settle(_ll_words(p_l, m_b, c, H, KC, w.shape[0], tag, LL), y, y, y,
+                           p_l + c * KC, m_b, H - c * KC, KC, w.shape[0], 1, tag, err_ptr,
+                           step, members, LL, SPIN_LIMIT)[0]
         x = _chunk_x(w, p_x, m_b, c, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs, HAS_RESETS, G,
-                     v, True)
+                     ll.decode(y, p_x.dtype.element_ty, LL), True)
     else:
         x = _chunk_x(w, p_x, m_b, c, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs, HAS_RESETS, G)
     return x
@@ -272,29 +285,33 @@ def _chunks_dot(w0, w1, w2, w3, p_x, m_b, H, ACC: tl.constexpr, KC: tl.constexpr
     KS: tl.constexpr = w0.shape[0]
     y0 = 0
     y1, y2, y3 = y0, y0, y0
-    if LL:
+    if LL and AHEAD:  # every chunk's first loads, then one wait for all of them
         y0 = _ll_words(p_l, m_b, 0, H, KC, KS, tag, LL)
         y1, y2, y3 = y0, y0, y0
-        if AHEAD:
-            if NK > 1:
-                y1 = _ll_words(p_l, m_b, 1, H, KC, KS, tag, LL)
-            if NK > 2:
-                y2 = _ll_words(p_l, m_b, 2, H, KC, KS, tag, LL)
-            if NK > 3:
-                y3 = _ll_words(p_l, m_b, 3, H, KC, KS, tag, LL)
+        if NK > 1:
+            y1 = _ll_words(p_l, m_b, 1, H, KC, KS, tag, LL)
+        if NK > 2:
+            y2 = _ll_words(p_l, m_b, 2, H, KC, KS, tag, LL)
+        if NK > 3:
+            y3 = _ll_words(p_l, m_b, 3, H, KC, KS, tag, LL)
+        y0, y1, y2, y3 = _ll_settle(y0, y1, y2, y3, p_l, m_b, H, KC, KS, NK, tag, err_ptr,
+                                    step, members, LL, SPIN_LIMIT)
     x0 = _operand(w0, y0, 0, p_x, m_b, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs, HAS_RESETS, G,
-                  p_l, tag, err_ptr, step, members, LL, SPIN_LIMIT, True)
+                  p_l, tag, err_ptr, step, members, LL, SPIN_LIMIT, AHEAD)
     x1, x2, x3 = x0, x0, x0
     if AHEAD:
         if NK > 1:
             x1 = _operand(w1, y1, 1, p_x, m_b, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs,
-                          HAS_RESETS, G, p_l, tag, err_ptr, step, members, LL, SPIN_LIMIT, True)
+                          HAS_RESETS, G, p_l, tag, err_ptr, step, members, LL, SPIN_LIMIT,
+                          AHEAD)
         if NK > 2:
             x2 = _operand(w2, y2, 2, p_x, m_b, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs,
-                          HAS_RESETS, G, p_l, tag, err_ptr, step, members, LL, SPIN_LIMIT, True)
+                          HAS_RESETS, G, p_l, tag, err_ptr, step, members, LL, SPIN_LIMIT,
+                          AHEAD)
         if NK > 3:
             x3 = _operand(w3, y3, 3, p_x, m_b, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs,
-                          HAS_RESETS, G, p_l, tag, err_ptr, step, members, LL, SPIN_LIMIT, True)
+                          HAS_RESETS, G, p_l, tag, err_ptr, step, members, LL, SPIN_LIMIT,
+                          AHEAD)
     acc = _chunk_mma(w0, x0, ACC, ROWS, IEEE, UPCAST)
     if NK > 1:
         if not AHEAD:

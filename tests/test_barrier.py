@@ -60,8 +60,9 @@ def test_barrier_that_completes_leaves_no_error():
 def _words_that_never_come(w_ptr, err_ptr, out_ptr, SPIN_LIMIT: tl.constexpr):
     # words of tag 0 (a zeroed buffer) where the step wants tag 5, 4 of them masked
     p = w_ptr + tl.arange(0, 16)
-    w = tl.load(p, mask=tl.arange(0, 16) < 12, other=ll.on_time(5, 16))
-    w = ll.settle(w, p, 5, err_ptr, 4, 3, 16, SPIN_LIMIT)
+    m = tl.arange(0, 16) < 12
+    w = tl.load(p, mask=m, other=ll.on_time(5, 16))
+    w = ll.settle(w, p, m, 5, err_ptr, 4, 3, 16, SPIN_LIMIT)
     tl.store(out_ptr + tl.arange(0, 16), w)
 
 
