@@ -71,14 +71,24 @@ def on_time(tag, BITS: tl.constexpr):
 
 @triton.jit
 def _gap(w, tag, BITS: tl.constexpr):
-    """0 where word w carries ``tag``, positive where it does not (two instructions a
-    word: a compare of each word's tag and a select of the flag cost ~14, most of the
-    step's instructions, in the sm_90 builds of a first version)."""
+    """At most _ON_TIME(BITS) - 1 where word w carries ``tag``, at least _ON_TIME(BITS)
+    where it does not: one xor a word (16-bit: the value's bits stay below the tag's; a
+    first version's compare of each word's tag and a select of its flag cost ~14
+    instructions a word, most of the step's, in the sm_90 builds)."""
     if BITS == 16:
-        g = (w ^ (tag << 16)) >> 16
+        g = w ^ (tag << 16)
     else:
         g = (w >> 32).to(tl.int32) ^ tag
     return g
+
+
+@triton.jit
+def _on_time_below(BITS: tl.constexpr):
+    if BITS == 16:
+        v = 0x10000
+    else:
+        v = 1
+    return v
 
 
 @triton.jit
@@ -90,7 +100,7 @@ def _most_late(w0, w1, w2, w3, tag, N: tl.constexpr, BITS: tl.constexpr):
         g = tl.maximum(g, _gap(w2, tag, BITS))
     if N > 3:
         g = tl.maximum(g, _gap(w3, tag, BITS))
-    return tl.max(g)
+    return tl.max(g) >= _on_time_below(BITS)
 
 
 @triton.jit
@@ -105,7 +115,7 @@ def settle_n(w0, w1, w2, w3, p0, p1, p2, p3, m0, m1, m2, m3, N: tl.constexpr, ta
     bit, ~4 instructions a word in every step.)"""
     n = 0
     stop = 0
-    while (_most_late(w0, w1, w2, w3, tag, N, BITS) > 0) & (n < SPIN_LIMIT) & (stop == 0):
+    while _most_late(w0, w1, w2, w3, tag, N, BITS) & (n < SPIN_LIMIT) & (stop == 0):
         w0 = tl.load(p0, mask=m0, other=on_time(tag, BITS), volatile=True)
         if N > 1:
             w1 = tl.load(p1, mask=m1, other=on_time(tag, BITS), volatile=True)
