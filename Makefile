@@ -8,6 +8,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.fusedrnn-installed
 
+# the tests on every core (pytest-xdist; the interpreter runs one core each)
+PYTEST_ARGS ?= -n auto
+
 .PHONY: test bench env
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
