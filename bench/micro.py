@@ -35,6 +35,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from bench import configs, measure  # noqa: E402
+from fusedrnn.kernels import ll  # noqa: E402
 from fusedrnn.kernels.common import (barrier_flags, barrier_words, group_barrier,  # noqa: E402
                                      launch_sequence)
 
@@ -73,51 +74,37 @@ def _barriers(sem_ptr, err_ptr, out_ptr, h_ptr, s_h, n_steps, GROUPS: tl.constex
 def _ll_broadcast(ll_ptr, err_ptr, out_ptr, n_steps, GROUPS: tl.constexpr, K: tl.constexpr,
                   BB: tl.constexpr, U: tl.constexpr, SPIN_LIMIT: tl.constexpr):
     """n_steps steps of a barrier that carries the data (NCCL's LL protocol), for a GPU to
-    time against "h broadcast + barrier": each program writes its U columns of h (its
+    time against "h broadcast + barrier", with the weight-stationary forward's own code
+    for it (kernels/ll.py, its LL option): each program writes its U columns of h (its
     group's BB rows) as 32-bit words, a bf16 value in the low half and the step's tag in
     the high half (one store writes both: a reader that sees the tag sees the value), then
-    reads its group's whole (K, BB) and re-reads the words whose tag is not yet the step's.
-    No counter, no fence: one L2 round trip a step where the barrier and the load after it
-    take three or four; but twice the bytes.
+    reads its group's whole (K, BB) and re-reads it while any word's tag is not yet the
+    step's. No counter, no fence: one L2 round trip a step where the barrier and the load
+    after it take three or four; but twice the bytes.
 
     Two slots by the step's parity: a program writes slot s % 2 again at step s + 2 only
     after reading every member's step s + 1, which each member wrote after reading its
-    step s. Tags are 1..32768 (never the zeroed buffer's 0). The value a member writes is
-    member % 8 + 1, so every program's sum is known (bench.micro checks it). Bounded like
-    common.group_barrier: SPIN_LIMIT re-reads, then [1, step, program, members] in
-    err_ptr, and no program waits again."""
+    step s. The value a member writes is member % 8 + 1, so every program's sum is known
+    (bench.micro checks it). Bounded like common.group_barrier (ll.settle)."""
     pid = tl.program_id(0)
     per = tl.num_programs(0) // GROUPS
     group, member = pid // per, pid % per
     o_b = group * BB + tl.arange(0, BB)
     o_u = member * U + tl.arange(0, U)
     o_k = tl.arange(0, K)
-    value = (member % 8 + 1).to(tl.float32).to(tl.bfloat16).to(tl.int16, bitcast=True)
-    mine = (tl.zeros((U, BB), dtype=tl.int32) + value.to(tl.int32)) & 0xFFFF
+    mine = tl.zeros((U, BB), dtype=tl.float32) + (member % 8 + 1).to(tl.float32)
     acc = tl.zeros((BB,), dtype=tl.float32)
+    m = (o_k < K)[:, None] & (o_b >= 0)[None, :]
     for s in range(0, n_steps):
-        tag = (s & 0x7FFF) + 1
+        # state index s + 1 (index 0, h0, is never sent here), in slot s % 2
+        tag = ll.tag_of(s + 1)
         slot = ll_ptr + (s % 2) * (GROUPS * BB * K)
-        tl.store(slot + o_b[None, :] * K + o_u[:, None], mine | (tag << 16),
-                 mask=(o_u < K)[:, None])
+        tl.store(slot + o_b[None, :] * K + o_u[:, None],
+                 ll.encode(mine.to(tl.bfloat16), tag, 16), mask=(o_u < K)[:, None])
         p = slot + o_b[None, :] * K + o_k[:, None]
-        w = tl.load(p, cache_modifier=".cg")
-        late = ((w >> 16) & 0xFFFF) != tag
-        stop = tl.load(err_ptr, volatile=True) != 0  # a failure elsewhere: never wait again
-        n = 0
-        while (tl.max(late.to(tl.int32)) > 0) & (n < SPIN_LIMIT) & (stop == 0):
-            w = tl.where(late, tl.load(p, mask=late, other=0, volatile=True), w)
-            late = ((w >> 16) & 0xFFFF) != tag
-            n += 1
-            if n % 256 == 0:
-                stop = tl.load(err_ptr, volatile=True) != 0
-        if (n >= SPIN_LIMIT) & (stop == 0):
-            if tl.atomic_cas(err_ptr, 0, 1, sem="relaxed", scope="gpu") == 0:
-                tl.store(err_ptr + 1, s)
-                tl.store(err_ptr + 2, pid)
-                tl.store(err_ptr + 3, per)
-        h = (w & 0xFFFF).to(tl.int16).to(tl.bfloat16, bitcast=True)
-        acc += tl.sum(h.to(tl.float32), axis=0)
+        w = ll.settle(tl.load(p, cache_modifier=".cg"), p, m, tag, err_ptr, s, per, 16,
+                      SPIN_LIMIT)
+        acc += tl.sum(ll.decode(w, tl.bfloat16, 16).to(tl.float32), axis=0)
     tl.store(out_ptr + pid, tl.sum(acc, 0))
 
 
