@@ -146,13 +146,9 @@ def test_reference_gru_masks_only_the_recurrent_product_and_zones_out_h():
 # ----------------------------------------------------------------------------------------
 # the kernels against the reference: every kernel kind, forward and backward
 # ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-@pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("training", [True, False])
-def test_layer_kernels_match_reference(cell, reverse, training, kernel_mode, poison):
-    """Everything at once, with lengths and episode resets inside the sequences: forward
-    and backward (training), or the forward alone without saving (inference buffers)."""
-    args = _inputs(cell, T=6, device=DEVICE)
+def _every_option(cell, args, reverse, training) -> dict:
+    """The layer options all at once for _inputs' 6 steps of 3 rows: lengths, episode
+    resets inside the sequences, the variational mask, zoneout, the LSTM's cell states."""
     B, H = args[1].shape
     resets = torch.zeros(6, B, dtype=torch.bool, device=DEVICE)
     resets[2, 0] = resets[4, 0] = resets[1, 2] = resets[3, 1] = True  # ([3, 1]: past length)
@@ -162,6 +158,17 @@ def test_layer_kernels_match_reference(cell, reverse, training, kernel_mode, poi
         kw["zoneout"] = regularizers.zoneout_spec(0.3, 0.4, 2 ** 40 + 17, training)
     if cell == "lstm":
         kw["cell_states"] = True
+    return kw
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+def test_layer_kernels_match_reference(cell, reverse, training, kernel_mode, poison):
+    """Everything at once, with lengths and episode resets inside the sequences: forward
+    and backward (training), or the forward alone without saving (inference buffers)."""
+    args = _inputs(cell, T=6, device=DEVICE)
+    kw = _every_option(cell, args, reverse, training)
     if training:
         got = _outputs_and_grads(cell, "triton", args, **kw)
         want = _outputs_and_grads(cell, "reference", args, **kw)
@@ -196,15 +203,7 @@ def test_ll_forward_with_every_option(cell, H, poison, monkeypatch):
     monkeypatch.setenv(planning.KERNEL_ENV, "stationary")
     monkeypatch.setattr(planning, "FORCED_LL", True)
     args = _inputs(cell, T=6, H=H, device=DEVICE)
-    B = args[1].shape[0]
-    resets = torch.zeros(6, B, dtype=torch.bool, device=DEVICE)
-    resets[2, 0] = resets[4, 0] = resets[1, 2] = True
-    kw = dict(reverse=True, lengths=torch.tensor([6, 2, 5], device=DEVICE), resets=resets,
-              hmask=regularizers.sequence_mask(9, 1, B, H, 0.5, args[0]))
-    if cell != "rnn":
-        kw["zoneout"] = regularizers.zoneout_spec(0.3, 0.4, 2 ** 40 + 17, True)
-    if cell == "lstm":
-        kw["cell_states"] = True
+    kw = _every_option(cell, args, True, True)
     got = _outputs_and_grads(cell, "triton", [a.float() for a in args],
                              **dict(kw, hmask=kw["hmask"].float()))
     want = _outputs_and_grads(cell, "reference", args, **kw)
