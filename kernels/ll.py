@@ -7,8 +7,8 @@ least one poll's, then the load of h_{t-1}: three or four L2 round trips a step,
 measured on the H200 for the barrier alone (132 programs). Here each program stores its
 units of h_t as *words* that hold the value and the step's tag together (a 16-bit state
 in the low half of a 32-bit word, the tag in the high half; fp32 in the low half of a
-64-bit word), and the readers load the words of h_{t-1} and re-load those whose tag is
-not yet the step's. One store writes value and tag at once (an aligned word is written
+64-bit word), and the readers load the words of h_{t-1} and re-load them while any tag
+is not yet the step's. One store writes value and tag at once (an aligned word is written
 whole), so a reader that sees the tag sees the value: no fence, no counter, one round trip
 a step when the data is there; the price is twice the bytes of h in the broadcast.
 
@@ -71,8 +71,8 @@ def on_time(tag, BITS: tl.constexpr):
 
 @triton.jit
 def _gap(w, tag, BITS: tl.constexpr):
-    """At most _ON_TIME(BITS) - 1 where word w carries ``tag``, at least _ON_TIME(BITS)
-    where it does not: one xor a word (16-bit: the value's bits stay below the tag's; a
+    """Below _on_time_below(BITS) where word w carries ``tag``, at least that where it
+    does not: one xor a word (16-bit: the value's bits stay below the tag's; a
     first version's compare of each word's tag and a select of its flag cost ~14
     instructions a word, most of the step's, in the sm_90 builds)."""
     if BITS == 16:

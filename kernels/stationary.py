@@ -134,7 +134,8 @@ def _chunk_x(w, p_x, m_b, c, H, KC: tl.constexpr, ROWS: tl.constexpr, p_m=0,
     ROWS (forward): x^T chunk c as KS runs (KS, KC/KS, BB), KS = w.shape[0]; p_x (1, BB)
     at the batch rows of x (times the same block of a mask at p_m where HAS_MASK: the
     variational mask of h_{t-1}; the initial state at p_x0 in the columns b_rs marks where
-    HAS_RESETS: restarts); HAS_PRE: x^T chunk c as ``pre`` holds it (_ll_chunk), not loaded.
+    HAS_RESETS: restarts); HAS_PRE: x^T chunk c as ``pre`` holds it (the decoded LL words,
+    _operand), not loaded.
     Otherwise (backward): x chunk c of every gate in KS runs (GP*KS, BB, KC/KS), p_x
     (1, BB, 1) at gate 0 of the batch rows of x, gate g H columns on."""
     if ROWS:

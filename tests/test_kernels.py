@@ -397,20 +397,20 @@ def test_bidirectional_wide_tiles(cell, poison, launches, monkeypatch):
     assert dict(launches) == {"stationary_fwd_kernel": 2, "stationary_bwd_kernel": 2}
 
 
-def _bidirectional_one_launch_per_pass(cell, H, B, monkeypatch):
+def _bidirectional_one_launch_per_pass(cell, H, B, monkeypatch, dtype=F64):
     from fusedrnn.kernels.plan import KERNEL_ENV
 
     monkeypatch.setenv(KERNEL_ENV, "stationary")
     mode = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
-    ref = mode(4, H, num_layers=2, bidirectional=True, dtype=F64, device=DEVICE)
+    ref = mode(4, H, num_layers=2, bidirectional=True, dtype=dtype, device=DEVICE)
     cls = {"lstm": functional.lstm, "gru": functional.gru, "rnn": functional.rnn}[cell]
-    x = torch.randn(5, B, 4, dtype=F64, device=DEVICE)
+    x = torch.randn(5, B, 4, dtype=dtype, device=DEVICE)
     lengths = torch.randint(1, 6, (B,))
     lengths[0] = 5
     lengths = lengths.sort(descending=True).values
     batch_sizes = (torch.arange(5).unsqueeze(1) < lengths).sum(1)
     packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths).data
-    h0 = torch.randn(4, B, H, dtype=F64, device=DEVICE)
+    h0 = torch.randn(4, B, H, dtype=dtype, device=DEVICE)
     hx = (h0, torch.randn_like(h0)) if cell == "lstm" else h0
     results = {}
     for backend in ("reference", "triton"):
@@ -419,11 +419,28 @@ def _bidirectional_one_launch_per_pass(cell, H, B, monkeypatch):
         w = [p.detach().requires_grad_() for p in ref._flat_weights]
         h = tuple(leaves[1:]) if cell == "lstm" else leaves[1]
         outs = cls(leaves[0], batch_sizes, h, w, True, 2, 0.0, True, True, backend=backend)
-        loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=F64, device=DEVICE)
+        loss = sum((o * torch.linspace(-1, 1, o.numel(), dtype=dtype, device=DEVICE)
                     .view(o.shape)).sum() for o in outs)
         results[backend] = [*outs, *torch.autograd.grad(loss, leaves + w)]
     for k, (got, want) in enumerate(zip(results["triton"], results["reference"])):
-        assert_close(got, want, 1e-10, f"result {k}")
+        assert_close(got, want, TOL[dtype], f"result {k}")
+
+
+def test_bidirectional_ll_forward(poison, launches, monkeypatch):
+    """Both directions of a layer in one launch with the LL exchange (kernels/ll.py): each
+    direction its own words (the launch's r_ll), fp32 (64-bit words), two layers, packed
+    sequences and initial states, forward and every gradient, against the reference."""
+    from fusedrnn.kernels import plan as planning
+    from fusedrnn.kernels import stationary
+
+    monkeypatch.setattr(planning, "FORCED_LL", True)
+    made = []
+    real_words = stationary.ll.words
+    monkeypatch.setattr(stationary.ll, "words",
+                        lambda h0s: made.append(len(h0s)) or real_words(h0s))
+    _bidirectional_one_launch_per_pass("lstm", 20, 8, monkeypatch, torch.float32)
+    assert dict(launches) == {"stationary_fwd_kernel": 2, "stationary_bwd_kernel": 2}
+    assert made == [2, 2]
 
 
 def test_batch_first_strides_need_no_copy(poison):
