@@ -438,6 +438,18 @@ def _time_loop(sass: str):
     return code, min(holding, key=lambda ab: ab[0] - ab[1])  # the outermost (largest)
 
 
+def block_barriers_in_step(sass: str) -> int:
+    """Block barriers (BAR.SYNC) a step issues outside the loops inside the time loop (the
+    grid barrier's polls): each a round through shared memory for all the warps."""
+    code, loop = _time_loop(sass)
+    if loop is None:
+        return 0
+    _, loops = sass_loops(sass)
+    inner = [(a, b) for a, b in loops if loop[0] <= a and b <= loop[1] and (a, b) != loop]
+    return sum(1 for a, ins in code if loop[0] <= a <= loop[1] and re.search(r"\bBAR\b", ins)
+               and not any(x <= a <= y for x, y in inner))
+
+
 def mma_per_step(sass: str) -> int:
     """Tensor-core MMA instructions (HMMA, or Hopper's HGMMA) one warp issues per time
     step: those inside the time loop."""
@@ -556,7 +568,7 @@ def _stationary_row(row: dict, compiled, sass: str) -> dict:
             "mma_per_step": mma_per_step(sass), "mma_chain": mma_chain_per_step(sass),
             "prefetches": prefetches_before_mma(sass), "loads_in_product": loads_among_mmas(sass),
             "k_tiles": k_tiles(row["config"], row["dtype"]),
-            "wgmma": wgmma,
+            "wgmma": wgmma, "block_barriers": block_barriers_in_step(sass),
             "mma_work": mma_work_per_warp(row["config"], row["kernel"], row["num_warps"],
                                           row["dtype"], wgmma)}
 

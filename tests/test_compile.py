@@ -95,6 +95,7 @@ def _check_stationary(rows):
       and where the plan loads the operand ahead (plan.x_ahead: h_{t-1}, or the
       backward's dgates_{t+1}), no global load among its MMAs (chunk by chunk, the next
       chunk's loads came among the MMAs of the one before);
+    - at most 16 block barriers a step (each a round of every warp through shared memory);
     - one program per SM fits (the plan's grids are co-resident), and the plan's model of a
       program's shared memory (plan.stationary_smem, which keeps every tiling it takes
       within 227 KB) is the build's, to the byte: with the warps' fp32 partial sums in
@@ -140,6 +141,10 @@ def _check_stationary_row(r) -> bool:
         assert 0 < r["mma_per_step"] <= r["mma_work"], f"MMAs per warp per step: {what}"
     assert residency.max_coresident(r["registers"], r["num_warps"], r["dyn_shared"],
                                     residency.H100) >= residency.H100["sm_count"], what
+    # the sum over the batched dot's partial products in registers after one layout
+    # conversion (stationary._sum_runs): 6-15 block barriers a step; reduced across the
+    # warps by tl.sum, 25-31 (fp16 B=16 H=768, both passes), in rounds through shared memory
+    assert r["block_barriers"] <= 16, f"{r['block_barriers']} block barriers a step: {what}"
     c = r["config"]
     cell = "lstm" if c["LSTM"] == "True" else "rnn" if c["RNN"] != "0" else "gru"
     dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[r["dtype"]]
