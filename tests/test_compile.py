@@ -255,8 +255,8 @@ def test_ll_forward_has_no_barrier_in_its_step(tmp_path, capsys, triton_36):
     B=8 H=1024 (64-bit words). Resident, W_hh out of the time loop, no atomic in the step
     (the barrier's arrival: its builds have one, and a fence), each warp's MMAs the work;
     one program an SM; the plan's shared memory to the byte (the words are decoded before
-    they are staged); no spill (the words take twice h's registers: 162-254 where the
-    barrier's builds take 98-108)."""
+    they are staged); no spill (the words take twice h's registers: 172-254 where the
+    barrier's builds take 76-106)."""
     if triton_36 and not (TRITON_36 / "triton").is_dir():
         pytest.skip(f"Triton 3.6 is not installed at {TRITON_36} (make test installs it; "
                     f"it needs PyPI once)")
