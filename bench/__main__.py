@@ -7,7 +7,8 @@ streaming or the weight-stationary sequence kernels, so the rule between them ca
 checked), fused-splitk (the backward split over K wherever it has a tiling; timed only
 in training where the plan's own backward is another) and fused-ll (the weight-stationary
 forward exchanging h as LL words instead of meeting at a barrier, kernels/ll.py; timed only
-where the forward is weight-stationary); --impls names others (fused-step;
+where the forward is weight-stationary) and fused-red (the weight-stationary kernels'
+barriers arriving with a red.release; likewise); --impls names others (fused-step;
 fused-resets, resets passed but none set, which times the in-kernel restarts; reference,
 native-nocudnn). Without a GPU: the Triton kernels under the interpreter at a tiny size as
 a correctness smoke test, and CPU timings of auto/native/reference against torch.nn.
@@ -70,7 +71,8 @@ def parse(argv):
     return ap.parse_args(argv)
 
 
-GPU_IMPLS = ["cudnn", "fused", "fused-seq", "fused-stationary", "fused-splitk", "fused-ll"]
+GPU_IMPLS = ["cudnn", "fused", "fused-seq", "fused-stationary", "fused-splitk", "fused-ll",
+             "fused-red"]
 
 
 def gpu_configs(args):

@@ -26,14 +26,15 @@ L2_BYTES = 64 * 2 ** 20  # inputs rotate through copies until they exceed this (
 # what the in-kernel restart machinery costs
 KERNEL_VARIANTS = {"fused": "auto", "fused-step": "step", "fused-seq": "sequence",
                    "fused-stationary": "stationary", "fused-resets": "auto",
-                   "fused-splitk": "splitk", "fused-ll": "ll",
+                   "fused-splitk": "splitk", "fused-ll": "ll", "fused-red": "red",
                    "triton-interp": "auto", "triton-interp-step": "step"}
 # variants timed only where their plan is not one an earlier row of the configuration ran
 # (fused-splitk: the backward split over K where the plan's own backward is another; where
 # it is the plan's, or in inference, it would time fused again; fused-ll: the forward's h
-# exchanged as LL words, kernels/ll.py, where the forward is weight-stationary): status
-# "same", same_as
-ONLY_IF_DIFFERENT = ("fused-splitk", "fused-ll")
+# exchanged as LL words, kernels/ll.py, where the forward is weight-stationary; fused-red:
+# the barriers arriving with a red.release, where a pass is weight-stationary;
+# fused-stationary: where fused is weight-stationary already): status "same", same_as
+ONLY_IF_DIFFERENT = ("fused-splitk", "fused-ll", "fused-red", "fused-stationary")
 
 
 def plan_of(m, impl, x) -> dict:
@@ -41,7 +42,7 @@ def plan_of(m, impl, x) -> dict:
     with _kernel_variant(impl):
         p = fusedrnn.explain(m, x)[0]
     keys = ("kernel", "programs", "weights_on_chip", "reason", "U", "BB", "split", "ksplit",
-            "warps", "ll")
+            "warps", "ll", "red")
     return {**{k: p[k] for k in keys if k in p},
             "backward": {k: p["backward"][k] for k in keys if k in p["backward"]}}
 

@@ -106,8 +106,9 @@ _LAUNCH = ("kernel", "U", "BB", "programs", "ksplit")
 
 
 def _launch(p: dict) -> tuple:
-    # (rows recorded before the LL exchange have no "ll": they ran the barrier)
-    return (*(p.get(k) for k in _LAUNCH), bool(p.get("ll")))
+    # (rows recorded before the LL exchange and the red.release arrival have no "ll" or
+    # "red": they ran the barrier, arriving with an atomic)
+    return (*(p.get(k) for k in _LAUNCH), bool(p.get("ll")), bool(p.get("red")))
 
 
 def _launches(plan_row: dict, training: bool) -> tuple:
@@ -131,9 +132,10 @@ def current_launches(cell: str, dtype: str, B: int, H: int, training: bool,
 def table_rows(result_rows, sm_count: int = 132) -> list[dict]:
     """The table's rows from a benchmark result's rows: for each single-layer configuration,
     whether fusedrnn took at most cuDNN's time. fusedrnn's time is that of the row (fused,
-    or forced to fused-stationary, fused-seq, fused-splitk or fused-ll) whose recorded
-    launch is the one today's plan makes; a configuration where none is (the plan changed
-    since) gets no row. A row that recorded no plan counts as today's launch only for ``fused``."""
+    or forced to fused-stationary, fused-seq, fused-splitk, fused-ll or fused-red) whose
+    recorded launch is the one today's plan makes; a configuration where none is (the plan
+    changed since) gets no row. A row that recorded no plan counts as today's launch only
+    for ``fused``."""
     by = {}
     for r in result_rows:
         by.setdefault(r["config"], {})[r["impl"]] = r
@@ -146,7 +148,8 @@ def table_rows(result_rows, sm_count: int = 132) -> list[dict]:
         training = cfg["mode"] == "training"
         want = None
         ms = None
-        for name in ("fused", "fused-stationary", "fused-seq", "fused-splitk", "fused-ll"):
+        for name in ("fused", "fused-stationary", "fused-seq", "fused-splitk", "fused-ll",
+                     "fused-red"):
             r = impls.get(name)
             if not r or not r.get("ms"):
                 continue

@@ -14,7 +14,7 @@ The kernels (GUIDE section 3):
 - ``sequence``: the streaming sequence kernel (one launch, programs loop over tiles, W_hh
   re-read from L2 every step): where the slice does not fit on chip.
 - ``step``: one launch per step: where a step has far more tiles than the GPU has SMs.
-``FUSEDRNN_KERNEL=step|sequence|stationary|splitk|ll`` overrides the choice.
+``FUSEDRNN_KERNEL=step|sequence|stationary|splitk|ll|red`` overrides the choice.
 """
 from __future__ import annotations
 
@@ -27,13 +27,16 @@ import triton
 from fusedrnn.kernels.common import block_sizes, gate_grad_dtype, sm_count
 from fusedrnn.kernels.ll import bits as ll_bits
 
-KERNEL_ENV = "FUSEDRNN_KERNEL"  # "auto" | "step" | "sequence" | "stationary" | "splitk" | "ll"
+KERNEL_ENV = "FUSEDRNN_KERNEL"  # "auto" | "step" | "sequence" | "stationary" | ... (KERNELS)
 # ("splitk": the plan's own choice, except that an LSTM/GRU backward is split over K
 # wherever a split-K tiling exists: what the benchmark's fused-splitk rows time against
 # the weight-stationary backward where both exist. "ll": the plan's own choice, with the
 # weight-stationary forward exchanging h as words that carry their step instead of meeting
-# at a barrier (kernels/ll.py): what the fused-ll rows time against the barrier)
-KERNELS = ("auto", "step", "sequence", "stationary", "splitk", "ll")
+# at a barrier (kernels/ll.py): what the fused-ll rows time against the barrier. "red": the
+# plan's own choice, with the weight-stationary kernels' barriers arriving with a
+# red.release instead of an atomic whose value they wait for (common.group_barrier): the
+# fused-red rows)
+KERNELS = ("auto", "step", "sequence", "stationary", "splitk", "ll", "red")
 
 # Bytes of W_hh one program may keep in shared memory: an H100/H200 block gets up to 227 KB;
 # the rest is left for the h chunks and the layout conversions of the gate split.
@@ -118,6 +121,11 @@ FORCED_PRODUCT_ROWS = 16
 # or three L2 round trips a step (~0.6-1 us of the ~1.06 us barrier) and pays twice the
 # broadcast's bytes.
 FORCED_LL = False
+# The weight-stationary kernels' barriers arriving with a red.release (common.group_barrier,
+# RED) where the plan is forced to it (FUSEDRNN_KERNEL=red; the tests set this). Not the
+# default until a GPU run shows it faster (bench.micro's barrier rows, the fused-red rows):
+# the model saves the atomic's round trip and a block barrier a step (~0.3 us).
+FORCED_RED = False
 # The per-step operand (h_{t-1}^T forward, a K chunk of dgates_{t+1} backward) is staged
 # through registers, divided over the program's warps (stationary_warps; the budgets were
 # measured when the forward had one warp per 16 gate rows and the backward one per gate,
@@ -559,7 +567,7 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
         # (forced, as the tests force it in exact fp32 on a GPU, it runs: correct, not fast)
         why_not = ("exact fp32 (allow_tf32 off) runs its dots on FMAs with W in registers, "
                    "which does not fit on chip")
-    if why_not is None and choice in ("auto", "stationary", "splitk", "ll"):
+    if why_not is None and choice in ("auto", "stationary", "splitk", "ll", "red"):
         st = _stationary(cell, dtype, B, H, sm_count, choice == "stationary" or not cuda,
                          backward and cuda, cuda, wide_tiles, smem_limit)
         forced_splitk = FORCED_KSPLIT > 1 or choice == "splitk"
@@ -567,7 +575,7 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
             sk = _splitk_plan(base, cell, dtype, B, H, sm_count, cuda, smem_limit,
                               forced_splitk)
             if sk is not None:
-                return sk
+                return dict(sk, red=choice == "red" or FORCED_RED)
         if st is not None:
             u, bb, nk, kc, tiles, smem, split = st
             sub = bb // split  # the rows of one product and update (sub_rows)
@@ -594,7 +602,7 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
                         warps=stationary_warps(cell, kc, sub, False, u),
                         KS_bwd=k_runs(cell, kc, bb, True, u),
                         warps_bwd=stationary_warps(cell, kc, bb, True, u), w_bytes=smem,
-                        gates=g, ll=use_ll)
+                        gates=g, ll=use_ll, red=choice == "red" or FORCED_RED)
         if why_not is None:
             why_not = (f"no tiling of at most {sm_count} programs keeps a W_hh slice under "
                        f"{SMEM_W_BUDGET // 1024} KB")

@@ -42,7 +42,7 @@ import triton.language as tl
 
 from fusedrnn.kernels.common import (barrier_flags, barrier_words, bwd_step, dot, empty,
                                      grid_barrier, group_barrier, init_slot, launch_sequence)
-from fusedrnn.kernels.stationary import _prefetch_bwd, bwd_update
+from fusedrnn.kernels.stationary import _prefetch_bwd, bwd_update, red_arrival
 
 
 @triton.jit
@@ -173,6 +173,7 @@ def splitk_bwd_kernel(
     AHEAD: tl.constexpr = False,  # every gate's dgates part loaded before the product
     PREFETCH: tl.constexpr = False,  # CUDA: the update's inputs to L1 under the product
     CHAINED: tl.constexpr = False,  # the gates' products as one accumulator chain (_partial)
+    RED: tl.constexpr = False,    # CUDA: both barriers arrive with a red.release
 ):
     G: tl.constexpr = 4 if LSTM else 3
     RB: tl.constexpr = BB // S    # rows of the update a program runs
@@ -197,7 +198,7 @@ def splitk_bwd_kernel(
                          i_u, i_b * NR + j, i_k, t_next, B, H, G, U, PR, KC, ACC, IEEE,
                          UPCAST, AHEAD, CHAINED)
             group_barrier(sem_ptr + n_bg + i_b * n_u + i_u, S, i_k == 0, err_ptr, s,
-                          ASM_ACQUIRE, SPIN_LIMIT)
+                          ASM_ACQUIRE, SPIN_LIMIT, RED)
             acc = _sum_partials(part_ptr, s_p_k, s_p_b, i_u, i_b * S + i_k, B, H, U, RB, S)
             bwd_update(acc, i_u, i_b * S + i_k, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t,
                        s_dxn_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, gc_ptr, s_gc_b, ga_ptr,
@@ -206,7 +207,7 @@ def splitk_bwd_kernel(
                        z_th_c, REV, rs_ptr, s_rs_t, init, t, t_next, rd, wr, B, H, LSTM, 0,
                        ACC, HAS_LENGTHS, HAS_DCS, U, RB, HAS_HMASK, ZONEOUT, HAS_RESETS)
             group_barrier(sem_ptr + i_b, n_u * S, pid % (n_u * S) == 0, err_ptr, s,
-                          ASM_ACQUIRE, SPIN_LIMIT)
+                          ASM_ACQUIRE, SPIN_LIMIT, RED)
         else:
             for tile in range(pid, n_tiles, n_progs):
                 i_k, i_u, i_b = tile % S, (tile // S) % n_u, tile // (S * n_u)
@@ -245,5 +246,5 @@ def launch(one) -> None:
         **args, part_ptr=part, s_p_k=part.stride(0), s_p_b=part.stride(1), sem_ptr=sem,
         err_ptr=err, RESIDENT=programs == plan["tiles"], U=U, BB=BB, KC=plan["KC"], S=S,
         **barrier_flags(dev), AHEAD=plan["x_ahead"], PREFETCH=dev.type == "cuda",
-        CHAINED=plan["chained"], PR=plan["product_rows"], num_warps=plan["warps_bwd"]), err,
-        dev, "split-K backward")
+        CHAINED=plan["chained"], PR=plan["product_rows"], RED=red_arrival(one),
+        num_warps=plan["warps_bwd"]), err, dev, "split-K backward")

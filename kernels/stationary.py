@@ -642,6 +642,8 @@ def stationary_fwd_kernel(
                                   # (plan.sub_rows)
     LL: tl.constexpr = 0,         # 16 or 32 (the state's bits): h exchanged as words that
                                   # carry their step (kernels/ll.py); RESIDENT, no barrier
+    RED: tl.constexpr = False,    # CUDA: the batch groups' barriers arrive with a
+                                  # red.release (common.group_barrier)
 ):
     G: tl.constexpr = 4 if LSTM else (1 if RNN else 3)
     DIRS: tl.constexpr = 2 if PAIRED else 1
@@ -671,7 +673,7 @@ def stationary_fwd_kernel(
                 tl.debug_barrier()
             else:
                 group_barrier(sem_ptr + d * n_bg + tile // n_u, n_u, tile % n_u == 0, err_ptr,
-                              s, ASM_ACQUIRE, SPIN_LIMIT)
+                              s, ASM_ACQUIRE, SPIN_LIMIT, RED)
         else:
             for k in range(pid, DIRS * n_tiles, n_progs):
                 d, tile = k // n_tiles, k % n_tiles
@@ -720,6 +722,7 @@ def stationary_bwd_kernel(
     KS: tl.constexpr = 1,         # each gate's K chunk split in KS runs, a warp each
     X_AHEAD: tl.constexpr = False,  # every chunk of dgates_{t+1} loaded before the product
     PREFETCH: tl.constexpr = False,  # CUDA: the tile's update inputs to L1 under the product
+    RED: tl.constexpr = False,    # CUDA: the barriers arrive with a red.release
 ):
     DIRS: tl.constexpr = 2 if PAIRED else 1
     REV: tl.constexpr = 1 if REVERSE else 0  # direction d + REV: zoneout's stream
@@ -745,7 +748,7 @@ def stationary_bwd_kernel(
                       LSTM, RNN, ACC, HAS_LENGTHS, HAS_DCS, U, BB, KC, NK, IEEE, UPCAST,
                       HAS_HMASK, ZONEOUT, HAS_RESETS, X_AHEAD, PREFETCH)
             group_barrier(sem_ptr + d * n_bg + tile // n_u, n_u, tile % n_u == 0, err_ptr, s,
-                          ASM_ACQUIRE, SPIN_LIMIT)
+                          ASM_ACQUIRE, SPIN_LIMIT, RED)
         else:
             for k in range(pid, DIRS * n_tiles, n_progs):
                 d, tile = k // n_tiles, k % n_tiles
@@ -780,11 +783,18 @@ def _kernel(launch):
                 "stationary forward", dict(PREFETCH=launch.device.type == "cuda",
                                            KS=launch.plan["KS"],
                                            X_AHEAD=launch.plan["x_ahead"],
-                                           SPLIT=launch.plan["split"]))
+                                           SPLIT=launch.plan["split"], RED=red_arrival(launch)))
     return (stationary_bwd_kernel, _BWD_DIR_ARGS, launch.plan["warps_bwd"],
             "stationary backward", dict(KS=launch.plan["KS_bwd"],
                                         X_AHEAD=launch.plan["x_ahead"],
-                                        PREFETCH=launch.device.type == "cuda"))
+                                        PREFETCH=launch.device.type == "cuda",
+                                        RED=red_arrival(launch)))
+
+
+def red_arrival(launch) -> bool:
+    """Whether the launch's barriers arrive with a red.release (plan ``red``, made for a
+    CUDA device: the interpreter has no inline PTX)."""
+    return bool(launch.plan.get("red")) and bool(launch.plan.get("cuda"))
 
 
 def launch(one) -> None:

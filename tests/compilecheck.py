@@ -347,12 +347,14 @@ def main(argv=None):
                     help="with --stationary: the split-K backward's launches instead")
     ap.add_argument("--ll", action="store_true",
                     help="with --stationary: the forward's LL-word launches instead")
+    ap.add_argument("--red", action="store_true",
+                    help="with --stationary: launches whose barriers arrive by red.release")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("run without TRITON_INTERPRET: the kernels must be JIT functions")
     if args.stationary:
         return check_stationary(args.json, args.targets, tuple(args.batches), args.wide,
-                                args.splitk, args.ll)
+                                args.splitk, args.ll, args.red)
     # the streaming kernels at every size; the plan's own choice ("auto": the
     # weight-stationary kernels where they fit, which --stationary checks in depth) at
     # --auto-hidden
@@ -651,6 +653,40 @@ def ll_launches(sms=132):
     return launches
 
 
+def red_launches(sms=132):
+    """The weight-stationary kernels with their barriers arriving as a red.release
+    (plan.FORCED_RED) at fp16 LSTM B=16 H=768 (forward and backward, training) and the
+    split-K backward of bf16 LSTM B=128 H=1024 (two barriers a step)."""
+    launches = {}
+    plan.FORCED_RED = True
+    try:
+        for dt, B, H, kernels in ((torch.float16, 16, 768, ("stationary_fwd_kernel",
+                                                             "stationary_bwd_kernel")),
+                                  (torch.bfloat16, 128, 1024, ("splitk_bwd_kernel",))):
+            for key, launch in capture([H], batches=(B,), dtypes=(dt,), modes=("auto",),
+                                       sms=sms).items():
+                c = launch[2]
+                if (key[0] in kernels and c["LSTM"] and c.get("SAVE", True)
+                        and not c.get("PAIRED", False)
+                        and key[0] not in {k[0] for k in launches}):
+                    assert c["RED"], c
+                    launches[key] = launch
+    finally:
+        plan.FORCED_RED = False
+    return launches
+
+
+def arrivals_in_step(sass: str) -> dict:
+    """The barriers' arrivals in the time loop: atomic adds (whose value the program waits
+    for) and red.release reductions (which return nothing)."""
+    code, loop = _time_loop(sass)
+    if loop is None:
+        return dict(atomic=0, red=0)
+    ops = [ins for a, ins in code if loop[0] <= a <= loop[1]]
+    return dict(atomic=sum(bool(re.search(r"\bATOMG?\.E\.ADD\b", o)) for o in ops),
+                red=sum(bool(re.search(r"\bREDG?\.E\.ADD", o)) for o in ops))
+
+
 def atomics_in_step(sass: str) -> int:
     """Atomic and reduction instructions in the time loop (a counter barrier's arrival;
     the error word's compare-and-swap sits outside it)."""
@@ -674,22 +710,23 @@ def spills_in_step(sass: str) -> int:
 def _splitk_one(k: int) -> dict:
     row, compiled, sass = _compile(k)
     return {**_stationary_row(row, compiled, sass), "spills_in_step": spills_in_step(sass),
-            "atomics_in_step": atomics_in_step(sass)}
+            "atomics_in_step": atomics_in_step(sass), "arrivals": arrivals_in_step(sass)}
 
 
 def check_stationary(json_path=None, targets=tuple(TARGETS), batches=(1, 16, 64),
-                     wide=False, splitk=False, ll_words=False) -> list[dict]:
+                     wide=False, splitk=False, ll_words=False, red=False) -> list[dict]:
     # past the register budgets, sm_90 alone (the H100/H200 the plan measured them on):
     # those compiles take minutes, and sm_80 doubled them
     # (the wide tiles are sm_90's alone: plan.wgmma. sm_80 builds at B >= 16 only: B=1's
     # tilings, BB=8, are also B=16's where they have the most programs, and the suite keeps
     # within 15 minutes)
-    special = wide or splitk or ll_words
+    special = wide or splitk or ll_words or red
     per_batch = {} if special else {b: stationary_matrix(batches=(b,)) for b in batches}
     launches = wide_launches() if wide else splitk_launches() if splitk else ll_launches() \
-        if ll_words else {k: v for m in per_batch.values() for k, v in m.items()}
+        if ll_words else red_launches() if red else {
+            k: v for m in per_batch.values() for k, v in m.items()}
     sm80 = {k for b, m in per_batch.items() if b >= 16 for k in m}
-    rows = compile_all(launches, _splitk_one if splitk or ll_words else _stationary_one,
+    rows = compile_all(launches, _splitk_one if splitk or ll_words or red else _stationary_one,
                        targets,
                        keep=lambda key, launch, tname: tname == "sm_90"
                        or key in sm80

@@ -97,7 +97,10 @@ def test_gpu_micro_script_runs_each_kernel(tmp_path):
     assert {r["arrive"] for r in rows if r["kind"] == "barrier"} == {"atomic", "red.release"}
     targets = [r for r in rows if r["kind"] == "target"]
     assert {r["impl"] for r in targets} >= {"fused-stationary", "fused-seq"}
-    assert all(r["status"] == "ok" for r in targets)
+    # (fused-stationary is timed only where no earlier row ran its plan: under the
+    # interpreter the baseline, triton-interp, is weight-stationary already)
+    assert all(r["status"] in ("ok", "same") for r in targets)
+    assert any(r["status"] == "ok" for r in targets if r["impl"] == "fused-seq")
     assert {r["plan"]["kernel"] for r in targets if r["impl"] == "fused-stationary"} \
         == {"stationary"}
 

@@ -54,7 +54,7 @@ TRITON_36 = ROOT.parent / ".venv" / "triton36"  # installed there by `make test`
 
 
 def _stationary_rows(tmp_path, capsys, pythonpath=None, targets=("sm_80", "sm_90"),
-                     batches=(1, 16, 64), wide=False, splitk=False, ll=False):
+                     batches=(1, 16, 64), wide=False, splitk=False, ll=False, red=False):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
@@ -62,7 +62,8 @@ def _stationary_rows(tmp_path, capsys, pythonpath=None, targets=("sm_80", "sm_90
     proc = subprocess.run([sys.executable, str(ROOT / "compilecheck.py"), "--stationary",
                            "--json", str(out), "--targets", *targets,
                            "--batches", *map(str, batches), *(["--wide"] if wide else []),
-                           *(["--splitk"] if splitk else []), *(["--ll"] if ll else [])],
+                           *(["--splitk"] if splitk else []), *(["--ll"] if ll else []),
+                           *(["--red"] if red else [])],
                           env=env, capture_output=True, text=True)
     with capsys.disabled():
         print("\n" + proc.stdout)
@@ -279,6 +280,33 @@ def test_ll_forward_has_no_barrier_in_its_step(tmp_path, capsys, triton_36):
             "lstm" if c["LSTM"] == "True" else "gru", dt, int(c["U"]), int(c["BB"]),
             int(c["NK"]), int(c["KC"]), False, c["X_AHEAD"] == "True"), what
         assert r["spill_bytes"] == 0, what
+
+
+@pytest.mark.parametrize("triton_36", [False, True], ids=["installed", "triton_3_6"])
+def test_red_arrival_in_the_stationary_kernels(tmp_path, capsys, triton_36):
+    """The barriers arriving with a red.release (plan.FORCED_RED, not the default until a GPU
+    times it), sm_90, the installed Triton and 3.6: fp16 LSTM B=16 H=768 forward and
+    backward, bf16 LSTM B=128 H=1024 split-K backward. No atomic add in the step (whose
+    value the program waits for, and broadcasts through shared memory), one red a barrier
+    (the split-K backward has two), W_hh out of the loop, MMAs the work, no spill, at most
+    the atomic builds' block barriers (6 / 6 / 15 where those have 9 / 9 / 21, 3.9)."""
+    if triton_36 and not (TRITON_36 / "triton").is_dir():
+        pytest.skip(f"Triton 3.6 is not installed at {TRITON_36} (make test installs it; "
+                    f"it needs PyPI once)")
+    rows = _stationary_rows(tmp_path, capsys, pythonpath=TRITON_36 if triton_36 else None,
+                            targets=("sm_90",), red=True)
+    assert {r["kernel"] for r in rows} == {"stationary_fwd_kernel", "stationary_bwd_kernel",
+                                           "splitk_bwd_kernel"}
+    if triton_36:
+        assert rows[0]["triton"] == "3.6.0", "did not compile with Triton 3.6"
+    for r in rows:
+        what = f"{r['triton']} {r['kernel']} {r['config']}"
+        barriers = 2 if r["kernel"] == "splitk_bwd_kernel" else 1
+        assert r["config"]["RED"] == "True", what
+        assert r["arrivals"] == dict(atomic=0, red=barriers), f"{r['arrivals']}: {what}"
+        assert r["w_loads_in_loop"] == 0 and r["mma_per_step"] == r["mma_work"] > 0, what
+        assert r["spill_bytes"] == 0, what
+        assert r["block_barriers"] <= (15 if barriers == 2 else 9), what
 
 
 def test_mma_chain_follows_the_accumulator():

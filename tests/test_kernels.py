@@ -354,6 +354,36 @@ def test_ll_forward_is_the_barrier_forward_bit_for_bit(cell, dtype, B, H, poison
         assert_close(a, b, TOL[dtype], f"output {k}")
 
 
+@pytest.mark.parametrize("cell,ksplit", [("lstm", 1), ("gru", 2)])
+def test_red_arrival_is_the_atomic_arrival_bit_for_bit(cell, ksplit, poison, launches,
+                                                       monkeypatch):
+    """The weight-stationary kernels' barriers arriving with a red.release
+    (plan.FORCED_RED; common.group_barrier RED): every output and gradient equal bit for
+    bit to the atomic arrival's, forward and backward (and the split-K backward's two
+    barriers). On a GPU with the real grid; under the interpreter the plan and launch path
+    (there is no inline PTX: the atomic runs)."""
+    from fusedrnn.kernels import plan as planning
+
+    monkeypatch.setenv(planning.KERNEL_ENV, "stationary")
+    monkeypatch.setattr(planning, "FORCED_KSPLIT", ksplit)
+    if cell == "lstm":
+        fn, args = functional.lstm_layer, _lstm_args(5, 20, 5, 40, 0, True, torch.bfloat16,
+                                                      True)
+    else:
+        fn, args = functional.gru_layer, _gru_args(5, 20, 5, 40, True, torch.float32, True)
+    atomic = _run(fn, args, "triton", reverse=True)
+    monkeypatch.setattr(planning, "FORCED_RED", True)
+    for backward in (False, True):
+        assert planning.plan(cell, args["x"].dtype, 20, 40, cuda=DEVICE == "cuda",
+                             sm_count=132 if DEVICE == "cuda" else 1, backward=backward)["red"]
+    red = _run(fn, args, "triton", reverse=True)
+    for k in atomic:
+        assert torch.equal(red[k], atomic[k]), f"{k}: differs with the red.release arrival"
+    kernels = {"stationary_fwd_kernel", "splitk_bwd_kernel" if ksplit > 1 else
+               "stationary_bwd_kernel"}
+    assert set(launches) == kernels
+
+
 def test_bidirectional_splitk_backward(poison, launches, monkeypatch):
     """A bidirectional GRU (2 layers) whose backward is split over K: each direction its own
     backward launch (never paired), the forward's directions still one launch a layer."""
