@@ -12,7 +12,7 @@
 #   rows.jsonl   the timed rows, one per implementation and configuration
 #   <stamp>-<gpu>.json and .png   the timed run's result, for bench/results/
 # Each part has a bound in seconds (TEST_TIMEOUT, MICRO_TIMEOUT, WARM_TIMEOUT, BENCH_BUDGET)
-# and the defaults add up to about 485 s: give the device call 520. On an H200 the tests
+# and the defaults add up to about 495 s: give the device call 520. On an H200 the tests
 # took 100-130 s on 16 workers, the warm-up and bench their bounds.
 set -uo pipefail
 out=${1:?usage: bash bench/gpu_check.sh OUT_DIR [bench args...]}
@@ -41,7 +41,7 @@ tail -1 "$log"
 # on 2026-11-27, started last, six of them failed at 96% of a run cut at its limit)
 stamp "tests ($workers workers)"
 FUSEDRNN_TEST_FAILURES="$out/failures.log" \
-timeout "${TEST_TIMEOUT:-150}" $py -m pytest -v -n "$workers" --timeout 100 -p no:cacheprovider \
+timeout "${TEST_TIMEOUT:-170}" $py -m pytest -v -n "$workers" --timeout 100 -p no:cacheprovider \
   -rfE --tb=short tests/test_torch_integration.py tests/test_kernels.py \
   tests/test_modules_triton.py tests/test_precision.py tests/test_barrier.py \
   tests/test_recurrent_dropout.py::test_layer_kernels_match_reference \
@@ -67,7 +67,7 @@ wait
 
 # 4. the timed run, one process: targets, then the grid until the budget is spent
 stamp bench
-timeout $(( ${BENCH_BUDGET:-170} + 60 )) $py -m bench --targets --budget-s "${BENCH_BUDGET:-170}" \
+timeout $(( ${BENCH_BUDGET:-160} + 60 )) $py -m bench --targets --budget-s "${BENCH_BUDGET:-160}" \
   --rows "$out/rows.jsonl" --out "$out" "$@" >>"$log" 2>&1
 bench_rc=$?
 stamp "tests exit $test_rc, micro exit $micro_rc, bench exit $bench_rc"

@@ -13,7 +13,10 @@ def explain(module: nn.Module, input, sm_count: int | None = None) -> list[dict]
     fusedrnn's or torch's) for ``input``: a list of dicts with at least ``kernel`` ("stationary",
     "sequence", "step"), ``programs``, ``weights_on_chip`` and ``reason``, plus the grid,
     tiles and warps, the layer, the direction, the backend the call resolves to, and under
-    ``backward`` the plan of the backward pass.
+    ``backward`` the plan of the backward pass. Weight-stationary plans also say whether
+    the forward exchanges h as words that carry their step (``ll``, kernels/ll.py) and
+    whether the barriers arrive with a red.release (``red``): both off unless
+    FUSEDRNN_KERNEL asks for them.
 
     ``sm_count`` plans for a GPU with that many SMs (132 for an H100) from any machine;
     by default the input's GPU, or, for CPU input, Triton's interpreter (one program).
