@@ -571,11 +571,12 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
         st = _stationary(cell, dtype, B, H, sm_count, choice == "stationary" or not cuda,
                          backward and cuda, cuda, wide_tiles, smem_limit)
         forced_splitk = FORCED_KSPLIT > 1 or choice == "splitk"
+        use_red = choice == "red" or FORCED_RED
         if backward and cell != "rnn" and (st is None and wide_tiles or forced_splitk):
             sk = _splitk_plan(base, cell, dtype, B, H, sm_count, cuda, smem_limit,
                               forced_splitk)
             if sk is not None:
-                return dict(sk, red=choice == "red" or FORCED_RED)
+                return dict(sk, red=use_red)
         if st is not None:
             u, bb, nk, kc, tiles, smem, split = st
             sub = bb // split  # the rows of one product and update (sub_rows)
@@ -602,7 +603,7 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
                         warps=stationary_warps(cell, kc, sub, False, u),
                         KS_bwd=k_runs(cell, kc, bb, True, u),
                         warps_bwd=stationary_warps(cell, kc, bb, True, u), w_bytes=smem,
-                        gates=g, ll=use_ll, red=choice == "red" or FORCED_RED)
+                        gates=g, ll=use_ll, red=use_red)
         if why_not is None:
             why_not = (f"no tiling of at most {sm_count} programs keeps a W_hh slice under "
                        f"{SMEM_W_BUDGET // 1024} KB")

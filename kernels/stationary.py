@@ -184,19 +184,19 @@ def _ll_words(p_l, m_b, c, H, KC: tl.constexpr, KS: tl.constexpr, tag, LL: tl.co
 
 
 @triton.jit
-def _ll_settle(y0, y1, y2, y3, p_l, m_b, H, KC: tl.constexpr, KS: tl.constexpr,
+def _ll_settle(y0, y1, y2, y3, p_l, m_b, c, H, KC: tl.constexpr, KS: tl.constexpr,
                N: tl.constexpr, tag, err_ptr, step, members, LL: tl.constexpr,
                SPIN_LIMIT: tl.constexpr):
-    """Chunks 0..N-1's words y0.. (N > 1: every chunk loaded ahead) once all carry the
+    """Chunks c..c+N-1's words y0.. (N > 1: every chunk loaded ahead) once all carry the
     step's tag, waited for together (ll.settle_n)."""
-    p0, m0 = _ll_at(p_l, m_b, 0, H, KC, KS)
+    p0, m0 = _ll_at(p_l, m_b, c, H, KC, KS)
     p1, m1, p2, m2, p3, m3 = p0, m0, p0, m0, p0, m0
     if N > 1:
-        p1, m1 = _ll_at(p_l, m_b, 1, H, KC, KS)
+        p1, m1 = _ll_at(p_l, m_b, c + 1, H, KC, KS)
     if N > 2:
-        p2, m2 = _ll_at(p_l, m_b, 2, H, KC, KS)
+        p2, m2 = _ll_at(p_l, m_b, c + 2, H, KC, KS)
     if N > 3:
-        p3, m3 = _ll_at(p_l, m_b, 3, H, KC, KS)
+        p3, m3 = _ll_at(p_l, m_b, c + 3, H, KC, KS)
     return ll.settle_n(y0, y1, y2, y3, p0, p1, p2, p3, m0, m1, m2, m3, N, tag, err_ptr, step,
                        members, LL, SPIN_LIMIT)
 
@@ -211,8 +211,8 @@ def _operand(w, y, c, p_x, m_b, H, KC: tl.constexpr, ROWS: tl.constexpr, p_m,
     if LL:
         if not READY:
             y = _ll_settle(_ll_words(p_l, m_b, c, H, KC, w.shape[0], tag, LL), y, y, y,
-                           p_l + c * KC, m_b, H - c * KC, KC, w.shape[0], 1, tag, err_ptr,
-                           step, members, LL, SPIN_LIMIT)[0]
+                           p_l, m_b, c, H, KC, w.shape[0], 1, tag, err_ptr, step, members,
+                           LL, SPIN_LIMIT)[0]
         x = _chunk_x(w, p_x, m_b, c, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs, HAS_RESETS, G,
                      ll.decode(y, p_x.dtype.element_ty, LL), True)
     else:
@@ -295,8 +295,8 @@ def _chunks_dot(w0, w1, w2, w3, p_x, m_b, H, ACC: tl.constexpr, KC: tl.constexpr
             y2 = _ll_words(p_l, m_b, 2, H, KC, KS, tag, LL)
         if NK > 3:
             y3 = _ll_words(p_l, m_b, 3, H, KC, KS, tag, LL)
-        y0, y1, y2, y3 = _ll_settle(y0, y1, y2, y3, p_l, m_b, H, KC, KS, NK, tag, err_ptr,
-                                    step, members, LL, SPIN_LIMIT)
+        y0, y1, y2, y3 = _ll_settle(y0, y1, y2, y3, p_l, m_b, 0, H, KC, KS, NK, tag,
+                                    err_ptr, step, members, LL, SPIN_LIMIT)
     x0 = _operand(w0, y0, 0, p_x, m_b, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs, HAS_RESETS, G,
                   p_l, tag, err_ptr, step, members, LL, SPIN_LIMIT, AHEAD)
     x1, x2, x3 = x0, x0, x0

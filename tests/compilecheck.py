@@ -10,6 +10,7 @@ sm_90 and ``cuobjdump --dump-resource-usage`` reads registers, spills and shared
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import multiprocessing
@@ -629,14 +630,23 @@ def splitk_launches(sms=132):
     return launches
 
 
+@contextlib.contextmanager
+def _forced(flag: str):
+    """plan.<flag> (FORCED_LL, FORCED_RED) set while the launches are captured."""
+    setattr(plan, flag, True)
+    try:
+        yield
+    finally:
+        setattr(plan, flag, False)
+
+
 def ll_launches(sms=132):
     """The weight-stationary forward with h exchanged as LL words (kernels/ll.py,
     plan.FORCED_LL) where a 132-SM GPU plans it at issue 11's latency-bound targets: fp16
     LSTM B=16 H=768 (cuDNN's persistent case, 32-bit words, 3 chunks), bf16 GRU B=8 H=1024
     and fp32 (TF32) LSTM B=8 H=1024 (64-bit words). Training launches (SAVE), one each."""
     launches = {}
-    plan.FORCED_LL = True
-    try:
+    with _forced("FORCED_LL"):
         for dt, lstm_cell, B, H in ((torch.float16, True, 16, 768),
                                     (torch.bfloat16, False, 8, 1024),
                                     (torch.float32, True, 8, 1024)):
@@ -648,8 +658,6 @@ def ll_launches(sms=132):
                     assert c["LL"] in (16, 32), c
                     launches[key] = launch
                     break
-    finally:
-        plan.FORCED_LL = False
     return launches
 
 
@@ -658,8 +666,7 @@ def red_launches(sms=132):
     (plan.FORCED_RED) at fp16 LSTM B=16 H=768 (forward and backward, training) and the
     split-K backward of bf16 LSTM B=128 H=1024 (two barriers a step)."""
     launches = {}
-    plan.FORCED_RED = True
-    try:
+    with _forced("FORCED_RED"):
         for dt, B, H, kernels in ((torch.float16, 16, 768, ("stationary_fwd_kernel",
                                                              "stationary_bwd_kernel")),
                                   (torch.bfloat16, 128, 1024, ("splitk_bwd_kernel",))):
@@ -671,8 +678,6 @@ def red_launches(sms=132):
                         and key[0] not in {k[0] for k in launches}):
                     assert c["RED"], c
                     launches[key] = launch
-    finally:
-        plan.FORCED_RED = False
     return launches
 
 
@@ -685,16 +690,6 @@ def arrivals_in_step(sass: str) -> dict:
     ops = [ins for a, ins in code if loop[0] <= a <= loop[1]]
     return dict(atomic=sum(bool(re.search(r"\bATOMG?\.E\.ADD\b", o)) for o in ops),
                 red=sum(bool(re.search(r"\bREDG?\.E\.ADD", o)) for o in ops))
-
-
-def atomics_in_step(sass: str) -> int:
-    """Atomic and reduction instructions in the time loop (a counter barrier's arrival;
-    the error word's compare-and-swap sits outside it)."""
-    code, loop = _time_loop(sass)
-    if loop is None:
-        return 0
-    return sum(1 for a, ins in code if loop[0] <= a <= loop[1]
-               and re.search(r"\b(ATOMG?|RED|ATOMS)\.", ins) and "CAS" not in ins)
 
 
 def spills_in_step(sass: str) -> int:
@@ -710,7 +705,7 @@ def spills_in_step(sass: str) -> int:
 def _splitk_one(k: int) -> dict:
     row, compiled, sass = _compile(k)
     return {**_stationary_row(row, compiled, sass), "spills_in_step": spills_in_step(sass),
-            "atomics_in_step": atomics_in_step(sass), "arrivals": arrivals_in_step(sass)}
+            "arrivals": arrivals_in_step(sass)}
 
 
 def check_stationary(json_path=None, targets=tuple(TARGETS), batches=(1, 16, 64),

@@ -313,25 +313,37 @@ def test_splitk_backward_matches_the_reference(cell, ksplit, H, rows, poison, la
     assert dict(launches) == {"stationary_fwd_kernel": 1, "splitk_bwd_kernel": 1}
 
 
-@pytest.mark.parametrize("cell,dtype,B,H", [("lstm", torch.bfloat16, 20, 40),
-                                             ("gru", torch.float16, 3, 8),
-                                             ("rnn", torch.float32, 20, 40),
-                                             ("lstm", torch.float32, 3, 8)])
-def test_ll_forward_is_the_barrier_forward_bit_for_bit(cell, dtype, B, H, poison, launches,
-                                                       monkeypatch):
+def _ll_words_calls(monkeypatch) -> list:
+    """The directions of each LL launch (stationary.ll.words: called only where a launch
+    exchanges h as LL words), appended as the launches are made."""
+    from fusedrnn.kernels import stationary
+
+    made = []
+    real = stationary.ll.words
+    monkeypatch.setattr(stationary.ll, "words", lambda h0s: made.append(len(h0s)) or real(h0s))
+    return made
+
+
+@pytest.mark.parametrize("cell,dtype,B,H,ahead", [("lstm", torch.bfloat16, 20, 40, True),
+                                                   ("gru", torch.float16, 3, 8, True),
+                                                   ("rnn", torch.float32, 20, 40, True),
+                                                   ("lstm", torch.float32, 3, 8, True),
+                                                   ("gru", torch.float32, 3, 300, False)])
+def test_ll_forward_is_the_barrier_forward_bit_for_bit(cell, dtype, B, H, ahead, poison,
+                                                       launches, monkeypatch):
     """The weight-stationary forward exchanging h as words that carry their step
     (kernels/ll.py, plan.FORCED_LL): the same outputs, bit for bit, as with the barrier
     (it changes only how h_{t-1} travels), and within the dtype's tolerance of the
     reference. 16-bit and fp32 words; B=20 H=40: several tiles (one program looping over
     them here, the grid barrier kept), B=3 H=8: one tile (resident, no barrier at all);
-    on a GPU, the real grid. Lengths, reverse, h0."""
+    on a GPU, the real grid. Lengths, reverse, h0. H=300 (3 chunks of 128) without
+    plan.x_ahead: each chunk's words loaded and waited for as the product reaches it."""
     from fusedrnn.kernels import plan as planning
-    from fusedrnn.kernels import stationary
 
     monkeypatch.setenv(planning.KERNEL_ENV, "stationary")
-    made = []
-    real_words = stationary.ll.words
-    monkeypatch.setattr(stationary.ll, "words", lambda h0s: made.append(1) or real_words(h0s))
+    if not ahead:
+        monkeypatch.setattr(planning, "x_ahead", lambda *args, **kw: False)
+    made = _ll_words_calls(monkeypatch)
     if cell == "lstm":
         fn, args = functional.lstm_layer, _lstm_args(5, B, 5, H, 0, True, dtype, True)
     elif cell == "gru":
@@ -461,13 +473,9 @@ def test_bidirectional_ll_forward(poison, launches, monkeypatch):
     direction its own words (the launch's r_ll), fp32 (64-bit words), two layers, packed
     sequences and initial states, forward and every gradient, against the reference."""
     from fusedrnn.kernels import plan as planning
-    from fusedrnn.kernels import stationary
 
     monkeypatch.setattr(planning, "FORCED_LL", True)
-    made = []
-    real_words = stationary.ll.words
-    monkeypatch.setattr(stationary.ll, "words",
-                        lambda h0s: made.append(len(h0s)) or real_words(h0s))
+    made = _ll_words_calls(monkeypatch)
     _bidirectional_one_launch_per_pass("lstm", 20, 8, monkeypatch, torch.float32)
     assert dict(launches) == {"stationary_fwd_kernel": 2, "stationary_bwd_kernel": 2}
     assert made == [2, 2]
