@@ -42,7 +42,12 @@ so more batch groups split the broadcast instead of multiplying it. RESIDENT (on
 program, the plan's normal case) is what keeps W on chip; otherwise (forced with more
 tiles than programs, or under the interpreter, where programs run one after another and
 the grid is one program) a program loops over the tiles, re-loading each slice, with a
-grid barrier.
+grid barrier. Where the plan says so (not yet by default): RED, the batch groups' barriers
+arrive with a red.release (common.group_barrier); LL, the resident forward sends h as
+words that carry their step and meets at no barrier at all (kernels/ll.py).
+
+The partial products of a batched dot (the forward's runs of K, the backward's gates and
+runs, a warp each) are summed by _sum_runs, in registers after one layout conversion.
 
 SPLIT (the forward, plan.sub_rows: fp32 at 64 rows a program, and 128 or 256 rows where no
 tiling of at most 64 is resident): a tile's batch rows as SPLIT sub-tiles of BB rows, each a
