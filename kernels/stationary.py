@@ -67,7 +67,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from fusedrnn.kernels import ll
+from fusedrnn.kernels import ll, stepclock
 from fusedrnn.kernels.common import (any_restart, barrier_flags, barrier_words, bwd_step,
                                      divert, dot, first_slot, fwd_step, grid_barrier,
                                      group_barrier, init_slot, launch_sequence, prefetch,
@@ -262,7 +262,8 @@ def _chunks_dot(w0, w1, w2, w3, p_x, m_b, H, ACC: tl.constexpr, KC: tl.constexpr
                 p_m=0, HAS_MASK: tl.constexpr = False, p_x0=0, b_rs=0,
                 HAS_RESETS: tl.constexpr = False, G: tl.constexpr = 4,
                 AHEAD: tl.constexpr = False, p_l=0, tag=0, err_ptr=0, step=0, members=0,
-                LL: tl.constexpr = 0, SPIN_LIMIT: tl.constexpr = 0):
+                LL: tl.constexpr = 0, SPIN_LIMIT: tl.constexpr = 0, ck=0,
+                CLOCK: tl.constexpr = False, ASM: tl.constexpr = False):
     """The sum over the NK chunks.
 
     Triton folds tl.dot(a, b, 0) + acc into tl.dot(a, b, acc): the NK products become one
@@ -283,7 +284,10 @@ def _chunks_dot(w0, w1, w2, w3, p_x, m_b, H, ACC: tl.constexpr, KC: tl.constexpr
 
     LL (the forward, plan ``ll``: 16 or 32, the state's bits): h_{t-1} comes as the words
     at p_l (kernels/ll.py) with ``tag``; AHEAD issues every chunk's first loads before
-    waiting on any."""
+    waiting on any.
+
+    CLOCK: stepclock slot 0 at ck once the operands loaded ahead (AHEAD: every chunk's;
+    else the first) are in registers; ASM: on CUDA."""
     if ROWS:
         zero = 0.0
     else:
@@ -318,6 +322,15 @@ def _chunks_dot(w0, w1, w2, w3, p_x, m_b, H, ACC: tl.constexpr, KC: tl.constexpr
             x3 = _operand(w3, y3, 3, p_x, m_b, H, KC, ROWS, p_m, HAS_MASK, p_x0, b_rs,
                           HAS_RESETS, G, p_l, tag, err_ptr, step, members, LL, SPIN_LIMIT,
                           AHEAD)
+    if CLOCK:  # (the last chunk's operand: its loads were issued last)
+        x_last = x0
+        if AHEAD and NK == 2:
+            x_last = x1
+        if AHEAD and NK == 3:
+            x_last = x2
+        if AHEAD and NK == 4:
+            x_last = x3
+        stepclock.stamp(ck, 0, step, x_last, CLOCK, ASM)
     acc = _chunk_mma(w0, x0, ACC, ROWS, IEEE, UPCAST)
     if NK > 1:
         if not AHEAD:
@@ -461,9 +474,11 @@ def _fwd_tile(
     KC: tl.constexpr, NK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
     HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr, HAS_RESETS: tl.constexpr,
     PREFETCH: tl.constexpr, X_AHEAD: tl.constexpr, LL: tl.constexpr, SPIN_LIMIT: tl.constexpr,
+    ck, CLOCK: tl.constexpr, ASM: tl.constexpr,
 ):
     """Step s (time t) of tile (i_u, i_b). LL: h_{t-1} from the words of state index s at
-    ll_ptr, h_t sent as index s + 1 (kernels/ll.py); else from the history slot rd."""
+    ll_ptr, h_t sent as index s + 1 (kernels/ll.py); else from the history slot rd.
+    CLOCK: stepclock slots 0 and 1 of the step's line ck."""
     G: tl.constexpr = 4 if LSTM else (1 if RNN else 3)
     _prefetch_fwd(i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot,
                   s_c_b, len_ptr, t, rd, B, H, G, HAS_LENGTHS, U, BB, PREFETCH)
@@ -478,7 +493,8 @@ def _fwd_tile(
                              p_hm, HAS_HMASK, p_h0,
                              restart_flags(rs_ptr, s_rs_t, t, o_b, m_b, HAS_RESETS),
                              HAS_RESETS, G, X_AHEAD, p_l, ll.tag_of(s), err_ptr, s, members,
-                             LL, SPIN_LIMIT))
+                             LL, SPIN_LIMIT, ck, CLOCK, ASM))
+    stepclock.stamp(ck, 1, s, acc, CLOCK, ASM)
     if RNN:  # one gate: the (U, BB) tile is the pre-activation
         b_h = rnn_update_fwd(
             tl.trans(acc), i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot, s_h_b, out_ptr,
@@ -518,7 +534,9 @@ def _bwd_tile(
     U: tl.constexpr, BB: tl.constexpr, KC: tl.constexpr, NK: tl.constexpr,
     IEEE: tl.constexpr, UPCAST: tl.constexpr, HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr,
     HAS_RESETS: tl.constexpr, X_AHEAD: tl.constexpr, PREFETCH: tl.constexpr,
+    s=0, ck=0, CLOCK: tl.constexpr = False, ASM: tl.constexpr = False,
 ):
+    """Step s (time t) of tile (i_u, i_b). CLOCK: stepclock slots 0 and 1 at ck."""
     _prefetch_bwd(i_u, i_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b,
                   c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b, gc_ptr, s_gc_b, dcs_ptr,
                   s_dcs_t, s_dcs_b, len_ptr, t, rd, wr, B, H, LSTM, RNN, HAS_DCS,
@@ -529,7 +547,9 @@ def _bwd_tile(
     # warp (a dot batched over the gates), then their sum
     G: tl.constexpr = 4 if LSTM else (1 if RNN else 3)
     acc = _sum_runs(_chunks_dot(w0, w1, w2, w3, p_dg[None, :, :], m_b, H, ACC, KC, NK, False,
-                                IEEE, UPCAST, G=G, AHEAD=X_AHEAD))
+                                IEEE, UPCAST, G=G, AHEAD=X_AHEAD, step=s, ck=ck,
+                                CLOCK=CLOCK, ASM=ASM))
+    stepclock.stamp(ck, 1, s, acc, CLOCK, ASM)
     bwd_update(acc, i_u, i_b, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t, s_dxn_b, g_ptr, s_g_b,
                do_ptr, s_do_t, s_do_b, gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot,
                s_c_b, h_ptr, s_h_slot, s_h_b, dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, hm_ptr, s_hm_b,
@@ -630,6 +650,7 @@ def stationary_fwd_kernel(
     z_seed, z_th_h, z_th_c,       # LSTM / GRU ZONEOUT: see lstm.lstm_update_fwd
     sem_ptr, err_ptr,             # barrier counters (one per batch group and direction),
                                   # error word
+    ck_ptr,                       # CLOCK: the steps' clocks (tiles, T, 8), kernels/stepclock.py
     T, B, H,
     LSTM: tl.constexpr,           # else a GRU, or with RNN a plain RNN
     RNN: tl.constexpr,            # plain RNN: 1 tanh, 2 relu; 0 otherwise
@@ -649,6 +670,7 @@ def stationary_fwd_kernel(
                                   # carry their step (kernels/ll.py); RESIDENT, no barrier
     RED: tl.constexpr = False,    # CUDA: the batch groups' barriers arrive with a
                                   # red.release (common.group_barrier)
+    CLOCK: tl.constexpr = False,  # record where each step's time goes (bench.phases)
 ):
     G: tl.constexpr = 4 if LSTM else (1 if RNN else 3)
     DIRS: tl.constexpr = 2 if PAIRED else 1
@@ -663,6 +685,7 @@ def stationary_fwd_kernel(
     for s in range(0, T):
         if RESIDENT:
             t, rd, wr = _fwd_step_dir(s, T, d, PAIRED, REVERSE, SAVE)
+            ck = stepclock.line(ck_ptr, pid, s, T)
             for j in tl.range(0, SPLIT, num_stages=1):
                 _fwd_tile(tile % n_u, (tile // n_u) * SPLIT + j, w0, w1, w2, w3,
                           xg_ptr + d * r_xg, s_xg_t, s_xg_b, bhn_ptr + d * r_bhn,
@@ -673,12 +696,14 @@ def stationary_fwd_kernel(
                           rd, wr, B, H, ll_ptr + d * r_ll, s_ll_slot, s_ll_b, s, err_ptr, n_u,
                           LSTM, RNN, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE,
                           UPCAST, HAS_HMASK, ZONEOUT, HAS_RESETS, PREFETCH, X_AHEAD, LL,
-                          SPIN_LIMIT)
+                          SPIN_LIMIT, ck, CLOCK, ASM_ACQUIRE)
+            stepclock.mark(ck, 2, s, CLOCK, ASM_ACQUIRE)
             if LL:  # the words are the barrier; the block's own history is read next step
                 tl.debug_barrier()
             else:
                 group_barrier(sem_ptr + d * n_bg + tile // n_u, n_u, tile % n_u == 0, err_ptr,
                               s, ASM_ACQUIRE, SPIN_LIMIT, RED)
+            stepclock.mark(ck, 3, s, CLOCK, ASM_ACQUIRE)
         else:
             for k in range(pid, DIRS * n_tiles, n_progs):
                 d, tile = k // n_tiles, k % n_tiles
@@ -696,8 +721,13 @@ def stationary_fwd_kernel(
                               ll_ptr + d * r_ll, s_ll_slot, s_ll_b, s, err_ptr, n_u, LSTM,
                               RNN, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE,
                               UPCAST, HAS_HMASK, ZONEOUT, HAS_RESETS, PREFETCH, X_AHEAD, LL,
-                              SPIN_LIMIT)
+                              SPIN_LIMIT, stepclock.line(ck_ptr, k, s, T), CLOCK,
+                              ASM_ACQUIRE)
+                stepclock.mark(stepclock.line(ck_ptr, k, s, T), 2, s, CLOCK, ASM_ACQUIRE)
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
+            if CLOCK:
+                for k in range(pid, DIRS * n_tiles, n_progs):
+                    stepclock.mark(stepclock.line(ck_ptr, k, s, T), 3, s, CLOCK, ASM_ACQUIRE)
 
 
 @triton.jit(do_not_specialize=["T", "z_seed"])
@@ -717,7 +747,9 @@ def stationary_bwd_kernel(
     rs_ptr, s_rs_t,               # HAS_RESETS: restart flags (T + 1, B), int8
     r_dg, r_dxn, r_w, r_g, r_do, r_gc, r_ga, r_c, r_h, r_dcs, r_hm, r_rs,  # PAIRED:
                                   # elements from each buffer above to the reverse's
-    len_ptr, z_seed, z_th_h, z_th_c, sem_ptr, err_ptr, T, B, H,
+    len_ptr, z_seed, z_th_h, z_th_c, sem_ptr, err_ptr,
+    ck_ptr,                       # CLOCK: the steps' clocks (tiles, T, 8), kernels/stepclock.py
+    T, B, H,
     LSTM: tl.constexpr, RNN: tl.constexpr, ACC: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     HAS_DCS: tl.constexpr,
     REVERSE: tl.constexpr, PAIRED: tl.constexpr, RESIDENT: tl.constexpr, U: tl.constexpr,
@@ -728,6 +760,7 @@ def stationary_bwd_kernel(
     X_AHEAD: tl.constexpr = False,  # every chunk of dgates_{t+1} loaded before the product
     PREFETCH: tl.constexpr = False,  # CUDA: the tile's update inputs to L1 under the product
     RED: tl.constexpr = False,    # CUDA: the barriers arrive with a red.release
+    CLOCK: tl.constexpr = False,  # record where each step's time goes (bench.phases)
 ):
     DIRS: tl.constexpr = 2 if PAIRED else 1
     REV: tl.constexpr = 1 if REVERSE else 0  # direction d + REV: zoneout's stream
@@ -742,6 +775,7 @@ def stationary_bwd_kernel(
     for s in range(0, T):
         if RESIDENT:
             t, t_next, rd, wr = _bwd_step_dir(s, T, d, PAIRED, REVERSE)
+            ck = stepclock.line(ck_ptr, pid, s, T)
             _bwd_tile(tile % n_u, tile // n_u, w0, w1, w2, w3,
                       dg_ptr + d * r_dg, s_dg_t, s_dg_b, dxn_ptr + d * r_dxn, s_dxn_t,
                       s_dxn_b, g_ptr + d * r_g, s_g_b, do_ptr + d * r_do, s_do_t, s_do_b,
@@ -751,9 +785,12 @@ def stationary_bwd_kernel(
                       s_hm_b, z_seed, z_th_h, z_th_c, d + REV, rs_ptr + d * r_rs, s_rs_t,
                       init_slot(T, d + REV, True), t, t_next, rd, wr, B, H,
                       LSTM, RNN, ACC, HAS_LENGTHS, HAS_DCS, U, BB, KC, NK, IEEE, UPCAST,
-                      HAS_HMASK, ZONEOUT, HAS_RESETS, X_AHEAD, PREFETCH)
+                      HAS_HMASK, ZONEOUT, HAS_RESETS, X_AHEAD, PREFETCH, s, ck, CLOCK,
+                      ASM_ACQUIRE)
+            stepclock.mark(ck, 2, s, CLOCK, ASM_ACQUIRE)
             group_barrier(sem_ptr + d * n_bg + tile // n_u, n_u, tile % n_u == 0, err_ptr, s,
                           ASM_ACQUIRE, SPIN_LIMIT, RED)
+            stepclock.mark(ck, 3, s, CLOCK, ASM_ACQUIRE)
         else:
             for k in range(pid, DIRS * n_tiles, n_progs):
                 d, tile = k // n_tiles, k % n_tiles
@@ -769,8 +806,13 @@ def stationary_bwd_kernel(
                           s_hm_b, z_seed, z_th_h, z_th_c, d + REV, rs_ptr + d * r_rs, s_rs_t,
                           init_slot(T, d + REV, True), t, t_next, rd, wr,
                           B, H, LSTM, RNN, ACC, HAS_LENGTHS, HAS_DCS, U, BB, KC, NK, IEEE,
-                          UPCAST, HAS_HMASK, ZONEOUT, HAS_RESETS, X_AHEAD, PREFETCH)
+                          UPCAST, HAS_HMASK, ZONEOUT, HAS_RESETS, X_AHEAD, PREFETCH, s,
+                          stepclock.line(ck_ptr, k, s, T), CLOCK, ASM_ACQUIRE)
+                stepclock.mark(stepclock.line(ck_ptr, k, s, T), 2, s, CLOCK, ASM_ACQUIRE)
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
+            if CLOCK:
+                for k in range(pid, DIRS * n_tiles, n_progs):
+                    stepclock.mark(stepclock.line(ck_ptr, k, s, T), 3, s, CLOCK, ASM_ACQUIRE)
 
 
 # ----------------------------------------------------------------------------------------
@@ -815,8 +857,8 @@ def launch(one) -> None:
     sem, err = barrier_words(triton.cdiv(one.B, plan["BB"]), one.device)
     unused = {f"r_{n}": 0 for n in names}
     launch_sequence(kernel, programs, dict(
-        **one.args, **unused, **_ll_args([one], err), sem_ptr=sem, err_ptr=err,
-        PAIRED=False,
+        **one.args, **unused, **_ll_args([one], err), **_clock_args(one, 1, err),
+        sem_ptr=sem, err_ptr=err, PAIRED=False,
         RESIDENT=programs == plan["tiles"], U=plan["U"], BB=_rows(one), KC=plan["KC"],
         NK=plan["NK"], **barrier_flags(one.device), **flags, num_warps=warps), err, one.device,
         what)
@@ -835,6 +877,13 @@ def _ll_args(launches, err) -> dict:
     words = ll.words(h0s)
     return dict(ll_ptr=words, s_ll_slot=words.stride(1), s_ll_b=words.stride(2),
                 r_ll=words.stride(0), LL=ll.bits(h0s[0].dtype))
+
+
+def _clock_args(one, dirs: int, err) -> dict:
+    """The clock arguments (kernels/stepclock.py): a line a tile and step inside
+    stepclock.recording(), else off."""
+    return stepclock.args(one.kind, one.args["T"], triton.cdiv(one.args["H"], one.plan["U"]),
+                          triton.cdiv(one.B, one.plan["BB"]), dirs, err, one.device)
 
 
 def _rows(one) -> int:
@@ -873,7 +922,8 @@ def launch_pair(fwd, rev) -> None:
     sem, err = barrier_words(2 * triton.cdiv(fwd.B, plan["BB"]), device)
     offsets = {f"r_{n}": _offset(fwd, rev, n) for n in names}
     launch_sequence(kernel, programs, dict(
-        **fwd.args, **offsets, **_ll_args([fwd, rev], err), sem_ptr=sem, err_ptr=err, PAIRED=True,
+        **fwd.args, **offsets, **_ll_args([fwd, rev], err), **_clock_args(fwd, 2, err),
+        sem_ptr=sem, err_ptr=err, PAIRED=True,
         RESIDENT=programs == 2 * plan["tiles"], U=plan["U"], BB=_rows(fwd), KC=plan["KC"],
         NK=plan["NK"], **barrier_flags(device), **flags, num_warps=warps), err, device,
         what + ", both directions")

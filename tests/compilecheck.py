@@ -27,7 +27,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import create_function_from_signature
 
-from fusedrnn.kernels import common, gru, lstm, pairing, plan, rnn, splitk, stationary
+from fusedrnn.kernels import (common, gru, lstm, pairing, plan, rnn, splitk, stationary,
+                              stepclock)
 from fusedrnn.kernels.plan import KERNEL_ENV
 
 TARGETS = {"sm_80": GPUTarget("cuda", 80, 32), "sm_90": GPUTarget("cuda", 90, 32)}
@@ -350,12 +351,14 @@ def main(argv=None):
                     help="with --stationary: the forward's LL-word launches instead")
     ap.add_argument("--red", action="store_true",
                     help="with --stationary: launches whose barriers arrive by red.release")
+    ap.add_argument("--clock", action="store_true",
+                    help="with --stationary: launches recording their steps' clocks")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("run without TRITON_INTERPRET: the kernels must be JIT functions")
     if args.stationary:
         return check_stationary(args.json, args.targets, tuple(args.batches), args.wide,
-                                args.splitk, args.ll, args.red)
+                                args.splitk, args.ll, args.red, args.clock)
     # the streaming kernels at every size; the plan's own choice ("auto": the
     # weight-stationary kernels where they fit, which --stationary checks in depth) at
     # --auto-hidden
@@ -572,6 +575,7 @@ def _stationary_row(row: dict, compiled, sass: str) -> dict:
             "prefetches": prefetches_before_mma(sass), "loads_in_product": loads_among_mmas(sass),
             "k_tiles": k_tiles(row["config"], row["dtype"]),
             "wgmma": wgmma, "block_barriers": block_barriers_in_step(sass),
+            "clock_reads": clock_reads_in_step(sass),
             "mma_work": mma_work_per_warp(row["config"], row["kernel"], row["num_warps"],
                                           row["dtype"], wgmma)}
 
@@ -681,6 +685,33 @@ def red_launches(sms=132):
     return launches
 
 
+def clock_launches(sms=132, record=True):
+    """The weight-stationary forward and backward recording their steps' clocks
+    (kernels/stepclock.py, what bench.phases runs on a GPU) at fp16 LSTM B=16 H=768,
+    training (``record`` False: the same launches as they run untimed)."""
+    launches = {}
+    with stepclock.recording() if record else contextlib.nullcontext():
+        for key, launch in capture([768], batches=(16,), dtypes=(torch.float16,),
+                                   modes=("auto",), sms=sms).items():
+            c = launch[2]
+            if (key[0] in ("stationary_fwd_kernel", "stationary_bwd_kernel") and c["LSTM"]
+                    and c.get("SAVE", True) and not c["PAIRED"]
+                    and key[0] not in {k[0] for k in launches}):
+                assert c["CLOCK"] == record, c
+                launches[key] = launch
+    return launches
+
+
+def clock_reads_in_step(sass: str) -> dict:
+    """The time loop's reads of the SM's cycle counter and of the GPU's clock."""
+    code, loop = _time_loop(sass)
+    if loop is None:
+        return dict(clock=0, globaltimer=0)
+    ops = [ins for a, ins in code if loop[0] <= a <= loop[1]]
+    return dict(clock=sum("SR_CLOCKLO" in o for o in ops),
+                globaltimer=sum("SR_GLOBALTIMERLO" in o for o in ops))
+
+
 def arrivals_in_step(sass: str) -> dict:
     """The barriers' arrivals in the time loop: atomic adds (whose value the program waits
     for) and red.release reductions (which return nothing)."""
@@ -709,19 +740,20 @@ def _splitk_one(k: int) -> dict:
 
 
 def check_stationary(json_path=None, targets=tuple(TARGETS), batches=(1, 16, 64),
-                     wide=False, splitk=False, ll_words=False, red=False) -> list[dict]:
+                     wide=False, splitk=False, ll_words=False, red=False,
+                     clock=False) -> list[dict]:
     # past the register budgets, sm_90 alone (the H100/H200 the plan measured them on):
     # those compiles take minutes, and sm_80 doubled them
     # (the wide tiles are sm_90's alone: plan.wgmma. sm_80 builds at B >= 16 only: B=1's
     # tilings, BB=8, are also B=16's where they have the most programs, and the suite keeps
     # within 15 minutes)
-    special = wide or splitk or ll_words or red
+    special = wide or splitk or ll_words or red or clock
     per_batch = {} if special else {b: stationary_matrix(batches=(b,)) for b in batches}
     launches = wide_launches() if wide else splitk_launches() if splitk else ll_launches() \
-        if ll_words else red_launches() if red else {
+        if ll_words else red_launches() if red else clock_launches() if clock else {
             k: v for m in per_batch.values() for k, v in m.items()}
     sm80 = {k for b, m in per_batch.items() if b >= 16 for k in m}
-    rows = compile_all(launches, _splitk_one if splitk or ll_words or red else _stationary_one,
+    rows = compile_all(launches, _splitk_one if special and not wide else _stationary_one,
                        targets,
                        keep=lambda key, launch, tname: tname == "sm_90"
                        or key in sm80

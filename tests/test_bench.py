@@ -105,6 +105,57 @@ def test_gpu_micro_script_runs_each_kernel(tmp_path):
         == {"stationary"}
 
 
+def test_phases_script_records_both_passes(tmp_path):
+    """bench.phases (where a weight-stationary step's time goes, on a GPU) in its dry mode:
+    a tiny layer's forward and backward recorded under the interpreter, a row a pass and
+    variant (the LL one planned as such), every phase summarized."""
+    from bench import phases
+
+    assert phases.main(["--dry", "--out", str(tmp_path)]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "micro.jsonl").read_text().splitlines()]
+    assert [(r["impl"], r["pass"]) for r in rows] == [
+        ("fused", "fwd"), ("fused", "bwd"), ("fused-ll", "fwd"), ("fused-ll", "bwd")]
+    assert [r["plan"]["ll"] for r in rows] == [False, False, True, False]
+    for r in rows:
+        assert r["kind"] == "phases" and set(r["phases_us"]) == set(phases.PHASES)
+
+
+def test_phases_summary_of_known_clocks():
+    """phases.summarize on clocks made to a known schedule: 4 programs in 2 batch groups
+    of 2, SM clocks at 2 GHz with a different origin on each SM. Each step: 40 ns to the
+    operands, 300 to the product, 100 + 10 p to the update's end (the arrival), and every
+    member leaves 60 ns after its group's last arrival."""
+    from bench import phases
+
+    T, P, n_u = 6, 4, 2
+    ck = torch.zeros(P, T, 8, dtype=torch.int64)
+    start = [1000] * P
+    for s in range(T):
+        ns = torch.zeros(P, 4, dtype=torch.int64)
+        for p in range(P):
+            ns[p, 0] = start[p] + 40
+            ns[p, 1] = ns[p, 0] + 300
+            ns[p, 2] = ns[p, 1] + 100 + 10 * p
+        for p in range(P):
+            g = p // n_u
+            ns[p, 3] = ns[g * n_u:(g + 1) * n_u, 2].max() + 60
+        for p in range(P):
+            ck[p, s, :4] = 2 * ns[p] + 12345 * p   # cycles, each SM its own origin
+            ck[p, s, 4], ck[p, s, 5] = ns[p, 2], ns[p, 3]
+            start[p] = int(ns[p, 3])
+    row = phases.summarize(dict(clocks=ck, n_u=n_u, groups=2, dirs=1))
+    assert row["ghz"] == 2.0
+    us = {k: v[0] for k, v in row["phases_us"].items()}
+    # (medians of 4 programs: the lower middle value)
+    assert us == dict(load=0.04, product=0.3, update=0.11, barrier=0.06)
+    b = row["barrier_ns"]
+    assert b["after_last"] == [60.0, 60.0] and b["wait_last"][1] == 10.0
+    assert b["arrival_spread"] == [10.0, 10.0]
+    assert phases.summarize(dict(clocks=-torch.ones(P, T, 8, dtype=torch.int64), n_u=n_u,
+                                 groups=2, dirs=1)) == dict(
+        error="a clock slot was never written")
+
+
 def test_ll_variant_is_timed_only_where_the_forward_is_weight_stationary():
     """fused-ll (FUSEDRNN_KERNEL=ll) times the forward's LL exchange beside fused, checked
     like every row, where the forward is weight-stationary (an fp32 layer; the interpreter

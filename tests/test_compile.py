@@ -54,7 +54,8 @@ TRITON_36 = ROOT.parent / ".venv" / "triton36"  # installed there by `make test`
 
 
 def _stationary_rows(tmp_path, capsys, pythonpath=None, targets=("sm_80", "sm_90"),
-                     batches=(1, 16, 64), wide=False, splitk=False, ll=False, red=False):
+                     batches=(1, 16, 64), wide=False, splitk=False, ll=False, red=False,
+                     clock=False):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
@@ -63,7 +64,7 @@ def _stationary_rows(tmp_path, capsys, pythonpath=None, targets=("sm_80", "sm_90
                            "--json", str(out), "--targets", *targets,
                            "--batches", *map(str, batches), *(["--wide"] if wide else []),
                            *(["--splitk"] if splitk else []), *(["--ll"] if ll else []),
-                           *(["--red"] if red else [])],
+                           *(["--red"] if red else []), *(["--clock"] if clock else [])],
                           env=env, capture_output=True, text=True)
     with capsys.disabled():
         print("\n" + proc.stdout)
@@ -97,6 +98,7 @@ def _check_stationary(rows):
       backward's dgates_{t+1}), no global load among its MMAs (chunk by chunk, the next
       chunk's loads came among the MMAs of the one before);
     - at most 16 block barriers a step (each a round of every warp through shared memory);
+    - no clock read (kernels/stepclock.py is off unless bench.phases records);
     - one program per SM fits (the plan's grids are co-resident), and the plan's model of a
       program's shared memory (plan.stationary_smem, which keeps every tiling it takes
       within 227 KB) is the build's, to the byte: with the warps' fp32 partial sums in
@@ -118,6 +120,8 @@ def _check_stationary_row(r) -> bool:
     assert r["config"]["RESIDENT"] == "True", what
     hot = 32 if r["triton"].startswith("3.6.") else 16
     assert r["w_loads_in_loop"] == 0, f"W_hh loaded inside the time loop: {what}"
+    # (the clocks are bench.phases' alone: kernels/stepclock.py)
+    assert r["clock_reads"] == dict(clock=0, globaltimer=0), f"clock read: {what}"
     # the update's inputs are on their way before the product (both passes)
     assert r["prefetches"] > 0, f"no L1 prefetch before the first MMA: {what}"
     if r["config"].get("X_AHEAD") == "True":  # and all of h_{t-1} (backward: dgates_{t+1})
@@ -307,6 +311,32 @@ def test_red_arrival_in_the_stationary_kernels(tmp_path, capsys, triton_36):
         assert r["w_loads_in_loop"] == 0 and r["mma_per_step"] == r["mma_work"] > 0, what
         assert r["spill_bytes"] == 0, what
         assert r["block_barriers"] <= (15 if barriers == 2 else 9), what
+
+
+@pytest.mark.parametrize("triton_36", [False, True], ids=["installed", "triton_3_6"])
+def test_clocked_steps_keep_the_design(tmp_path, capsys, triton_36):
+    """The forward and backward recording their steps' clocks (kernels/stepclock.py, for
+    bench.phases on a GPU), fp16 LSTM B=16 H=768, sm_90: four reads of the cycle counter
+    and two of the GPU's clock a step, and otherwise the kernel the plan runs (W_hh out of
+    the loop, MMAs the work, no spill, one program an SM); the clocks' sums and marks cost
+    block barriers (3.6: 15 / 13 where the plain builds have 8 / 8; 3.9: 21 / 19 where they
+    have 9 / 9), which bench.phases' step time includes."""
+    if triton_36 and not (TRITON_36 / "triton").is_dir():
+        pytest.skip(f"Triton 3.6 is not installed at {TRITON_36} (make test installs it; "
+                    f"it needs PyPI once)")
+    rows = _stationary_rows(tmp_path, capsys, pythonpath=TRITON_36 if triton_36 else None,
+                            targets=("sm_90",), clock=True)
+    assert {r["kernel"] for r in rows} == {"stationary_fwd_kernel", "stationary_bwd_kernel"}
+    if triton_36:
+        assert rows[0]["triton"] == "3.6.0", "did not compile with Triton 3.6"
+    for r in rows:
+        what = f"{r['triton']} {r['kernel']} {r['config']}"
+        assert r["config"]["CLOCK"] == "True", what
+        assert r["clock_reads"] == dict(clock=4, globaltimer=2), f"{r['clock_reads']}: {what}"
+        assert r["w_loads_in_loop"] == 0 and r["mma_per_step"] == r["mma_work"] > 0, what
+        assert r["spill_bytes"] == 0 and r["spills_in_step"] == 0, what
+        assert residency.max_coresident(r["registers"], r["num_warps"], r["dyn_shared"],
+                                        residency.H100) >= 1, what
 
 
 def test_mma_chain_follows_the_accumulator():
