@@ -108,14 +108,16 @@ def test_gpu_micro_script_runs_each_kernel(tmp_path):
 def test_phases_script_records_both_passes(tmp_path):
     """bench.phases (where a weight-stationary step's time goes, on a GPU) in its dry mode:
     a tiny layer's forward and backward recorded under the interpreter, a row a pass and
-    variant (the LL one planned as such), every phase summarized."""
+    variant (the LL one planned as such), every phase summarized; in inference, the
+    forward alone."""
     from bench import phases
 
     assert phases.main(["--dry", "--out", str(tmp_path)]) == 0
     rows = [json.loads(line) for line in (tmp_path / "micro.jsonl").read_text().splitlines()]
     assert [(r["impl"], r["pass"]) for r in rows] == [
-        ("fused", "fwd"), ("fused", "bwd"), ("fused-ll", "fwd"), ("fused-ll", "bwd")]
-    assert [r["plan"]["ll"] for r in rows] == [False, False, True, False]
+        ("fused", "fwd"), ("fused", "bwd"), ("fused-ll", "fwd"), ("fused-ll", "bwd"),
+        ("fused", "fwd")]                                    # (the last: inference)
+    assert [r["plan"]["ll"] for r in rows] == [False, False, True, False, False]
     for r in rows:
         assert r["kind"] == "phases" and set(r["phases_us"]) == set(phases.PHASES)
 
