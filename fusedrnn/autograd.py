@@ -46,24 +46,42 @@ def _cell_states(cs, lengths, reverse, dtype):
     return cells.to(dtype, copy=True)  # never a view of the buffers saved for backward
 
 
+# The Functions take their context in setup_context (not in forward), as torch.func's
+# transforms (grad, vjp, jacrev) require: what backward needs beyond the inputs, the
+# launchers' saved buffers, leaves forward as extra outputs, non-differentiable, which the
+# callers drop. Under those transforms backward runs with grad mode on (they build graphs),
+# so it takes the differentiable path through the reference: exact, at its speed.
+def _keep(ctx, saved) -> None:
+    """The launchers' buffers (outputs of forward) for backward, non-differentiable."""
+    ctx.mark_non_differentiable(*[t for t in saved if t is not None])
+
+
 class LSTMLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
+    def forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
                 cell_states=False, hmask=None, zoneout=None, resets=None):
+        """(out, h_n, c_n, every c_t or None, *the buffers backward reads)."""
         out, h_n, c_n, saved = _lstm.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                                   lengths, reverse, save=True, hmask=hmask,
                                                   zoneout=zoneout, resets=resets)
+        cells = _cell_states(saved[1], lengths, reverse, x.dtype) if cell_states else None
+        return out, h_n, c_n, cells, *saved
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, cell_states, hmask,
+         zoneout, resets) = (*inputs, *(False, None, None, None)[len(inputs) - 10:])
+        saved = output[4:]
+        _keep(ctx, saved)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, hmask, resets,
                               *saved)
         ctx.reverse, ctx.cell_states, ctx.zoneout = reverse, cell_states, zoneout
-        if cell_states:
-            return out, h_n, c_n, _cell_states(saved[1], lengths, reverse, x.dtype)
-        return out, h_n, c_n
 
     @staticmethod
-    def backward(ctx, d_out, d_hn, d_cn, *d_cells):
+    def backward(ctx, d_out, d_hn, d_cn, d_cells, *_saved):
         (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, hmask, resets,
          *saved) = ctx.saved_tensors
+        d_cells = (d_cells,) if ctx.cell_states else ()
         if torch.is_grad_enabled():  # create_graph=True
             inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, ctx.reverse,
                       ctx.cell_states, resets, hmask, ctx.zoneout)
@@ -79,17 +97,25 @@ class LSTMLayer(torch.autograd.Function):
 
 class GRULayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, hmask=None, resets=None,
+    def forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, hmask=None, resets=None,
                 zoneout=None):
+        """(out, h_n, *the buffers backward reads)."""
         out, h_n, saved = _gru.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
                                            save=True, hmask=hmask, resets=resets,
                                            zoneout=zoneout)
-        ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, resets, *saved)
-        ctx.reverse, ctx.zoneout = reverse, zoneout
-        return out, h_n
+        return out, h_n, *saved
 
     @staticmethod
-    def backward(ctx, d_out, d_hn):
+    def setup_context(ctx, inputs, output):
+        x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, hmask, resets, zoneout = (
+            *inputs, *(None, None, None)[len(inputs) - 8:])
+        _keep(ctx, output[2:])
+        ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, resets,
+                              *output[2:])
+        ctx.reverse, ctx.zoneout = reverse, zoneout
+
+    @staticmethod
+    def backward(ctx, d_out, d_hn, *_saved):
         x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, resets, *saved = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True
             inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, resets, hmask,
@@ -104,17 +130,25 @@ class GRULayer(torch.autograd.Function):
 
 class RNNLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity,
+    def forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity,
                 hmask=None, resets=None):
+        """(out, h_n, *the buffers backward reads)."""
         out, h_n, saved = _rnn.rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse,
                                            save=True, nonlinearity=nonlinearity, hmask=hmask,
                                            resets=resets)
-        ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, resets, *saved)
-        ctx.reverse, ctx.nonlinearity = reverse, nonlinearity
-        return out, h_n
+        return out, h_n, *saved
 
     @staticmethod
-    def backward(ctx, d_out, d_hn):
+    def setup_context(ctx, inputs, output):
+        x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity, hmask, resets = (
+            *inputs, *(None, None)[len(inputs) - 9:])
+        _keep(ctx, output[2:])
+        ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, resets,
+                              *output[2:])
+        ctx.reverse, ctx.nonlinearity = reverse, nonlinearity
+
+    @staticmethod
+    def backward(ctx, d_out, d_hn, *_saved):
         x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, resets, *saved = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True
             inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, ctx.nonlinearity,
@@ -153,8 +187,9 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
         return ops.lstm_layer(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
                               train, resets)[:3]
     if train:
-        return LSTMLayer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
-                               cell_states, hmask, zoneout, _saveable(resets))
+        res = LSTMLayer.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse,
+                              cell_states, hmask, zoneout, _saveable(resets))
+        return res[:4] if cell_states else res[:3]
     out, h_n, c_n, saved = _lstm.lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr,
                                               lengths, reverse, save=cell_states, hmask=hmask,
                                               zoneout=zoneout, resets=resets)
@@ -175,7 +210,7 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
                              resets)[:2]
     if train:
         return GRULayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, hmask,
-                              _saveable(resets), zoneout)
+                              _saveable(resets), zoneout)[:2]
     out, h_n, _ = _gru.gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save=False,
                                    hmask=hmask, resets=resets, zoneout=zoneout)
     return out, h_n
@@ -193,7 +228,7 @@ def rnn_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
                              train, resets)[:2]
     if train:
         return RNNLayer.apply(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity,
-                              hmask, _saveable(resets))
+                              hmask, _saveable(resets))[:2]
     out, h_n, _ = _rnn.rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save=False,
                                    nonlinearity=nonlinearity, hmask=hmask, resets=resets)
     return out, h_n
@@ -245,14 +280,24 @@ def _bi_forward(cell, extra, x, lengths, params, save):
 
 class BiLayer(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, cell, extra, x, lengths, *params):
+    def forward(cell, extra, x, lengths, *params):
+        """(out, forward states, reverse states, *both directions' buffers for backward)."""
         out, st_f, st_r, saved_f, saved_r = _bi_forward(cell, extra, x, lengths, params, True)
-        ctx.cell, ctx.extra, ctx.n, ctx.n_saved = cell, extra, len(params) // 2, len(saved_f)
-        ctx.save_for_backward(x, lengths, *params, *saved_f, *saved_r)
-        return (out, *st_f, *st_r)
+        return (out, *st_f, *st_r, *saved_f, *saved_r)
 
     @staticmethod
-    def backward(ctx, d_out, *d_states):
+    def setup_context(ctx, inputs, output):
+        cell, extra, x, lengths, *params = inputs
+        states = 2 * _bi_spec(cell)[2]
+        saved = output[1 + states:]
+        _keep(ctx, saved)
+        ctx.cell, ctx.extra, ctx.n, ctx.n_saved = cell, extra, len(params) // 2, len(saved) // 2
+        ctx.n_states = states
+        ctx.save_for_backward(x, lengths, *params, *saved)
+
+    @staticmethod
+    def backward(ctx, d_out, *d_rest):
+        d_states = d_rest[:ctx.n_states]
         x, lengths, *rest = ctx.saved_tensors
         n, k = ctx.n, ctx.n_saved
         params, saved_f, saved_r = rest[:2 * n], rest[2 * n:2 * n + k], rest[2 * n + k:]
@@ -287,6 +332,7 @@ def bi_layer(cell: str, x, lengths, params_fwd, params_rev, **extra):
     h_r)."""
     params = (*params_fwd, *params_rev)
     if _needs_grad(x, *params):
-        return BiLayer.apply(cell, extra, x, lengths, *params)
+        res = BiLayer.apply(cell, extra, x, lengths, *params)
+        return res[:1 + 2 * _bi_spec(cell)[2]]
     out, st_f, st_r, _, _ = _bi_forward(cell, extra, x, lengths, params, False)
     return (out, *st_f, *st_r)

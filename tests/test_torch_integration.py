@@ -1,5 +1,6 @@
 """Where PyTorch users need fusedrnn to work: torch.compile, the custom ops, autocast, double
-backward, backward in eval mode, determinism, DistributedDataParallel, CUDA graphs."""
+backward, torch.func, backward in eval mode, determinism, DistributedDataParallel, CUDA
+graphs."""
 import copy
 import os
 import subprocess
@@ -154,6 +155,37 @@ def test_gradient_penalty_through_module():
         results.append(torch.autograd.grad(penalty, list(mod.parameters())))
     for a, b in zip(*results):
         assert_close(a, b, 1e-10, "second derivative")
+
+
+@pytest.mark.parametrize("cls,kw", [(fusedrnn.LSTM, dict(proj_size=2, bidirectional=True)),
+                                    (fusedrnn.GRU, dict(num_layers=2, bidirectional=True)),
+                                    (fusedrnn.RNN, dict(nonlinearity="relu"))])
+def test_torch_func_grad_through_module(cls, kw):
+    """torch.func's transforms (grad, and grad of grad: meta-learning, per-parameter
+    curvature) through a drop-in on the kernels, as through torch.nn's modules: its
+    autograd Functions take their context in setup_context. Against autograd.grad on the
+    reference backend, fp64."""
+    m = cls(3, 4, backend="triton", dtype=torch.float64, device=DEVICE, **kw)
+    ref = cls(3, 4, backend="reference", dtype=torch.float64, device=DEVICE, **kw)
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(5, 2, 3, dtype=torch.float64, device=DEVICE)
+    params = {k: v.detach() for k, v in m.named_parameters()}
+
+    def loss(p):
+        return torch.func.functional_call(m, p, (x,))[0].square().sum()
+
+    got = torch.func.grad(loss)(params)
+    want = torch.autograd.grad(ref(x)[0].square().sum(), list(ref.parameters()))
+    for (k, g), w in zip(got.items(), want):
+        assert_close(g, w, 1e-10, k)
+    name = next(iter(params))
+    twice = torch.func.grad(lambda p: torch.func.grad(loss)(p)[name].sum())(params)
+    p_ref = {k: v.detach().requires_grad_() for k, v in params.items()}
+    (g,) = torch.autograd.grad(torch.func.functional_call(ref, p_ref, (x,))[0].square().sum(),
+                               p_ref[name], create_graph=True)
+    want = torch.autograd.grad(g.sum(), list(p_ref.values()), allow_unused=True)
+    for (k, a), b in zip(twice.items(), want):
+        assert_close(a, torch.zeros_like(a) if b is None else b, 1e-10, f"{k}, second")
 
 
 @pytest.mark.parametrize("backend", ["triton", "reference"])
