@@ -58,6 +58,33 @@ def test_convert_keeps_mode_and_leaves_converted_alone():
     assert type(fusedrnn.convert(rnn)) is fusedrnn.GRU
 
 
+@pytest.mark.parametrize("parametrization", ["orthogonal", "weight_norm"])
+def test_convert_keeps_parametrizations(parametrization):
+    """A torch RNN module with a parametrized weight (torch.nn.utils.parametrize makes its
+    class Parametrized<Cls>, a subclass of torch's) becomes the drop-in parametrized the
+    same way: the same outputs on the kernels, gradients on the parametrization's
+    originals, the same state_dict keys. A user's subclass is still left alone."""
+    make = getattr(torch.nn.utils.parametrizations, parametrization)
+    model = nn.Sequential(make(nn.LSTM(3, 4, num_layers=2), "weight_hh_l1"))
+    x = torch.randn(5, 2, 3)
+    before, keys = model(x)[0], list(model.state_dict())
+    originals = list(model[0].parametrizations.weight_hh_l1.parameters())
+    fusedrnn.convert(model, backend="triton")
+    assert isinstance(model[0], fusedrnn.LSTM) and type(model[0]) is not fusedrnn.LSTM
+    assert torch.nn.utils.parametrize.is_parametrized(model[0], "weight_hh_l1")
+    torch.testing.assert_close(model(x)[0], before, rtol=1e-5, atol=1e-5)
+    assert list(model.state_dict()) == keys
+    model(x)[0].sum().backward()
+    assert list(model[0].parametrizations.weight_hh_l1.parameters()) == originals
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in originals)
+
+    class Mine(nn.GRU):
+        pass
+
+    mine = Mine(2, 3)
+    assert fusedrnn.convert(mine) is mine
+
+
 def test_convert_keeps_optimizer_and_tied_weights_working():
     model = nn.Sequential(nn.LSTM(3, 3))
     model[0].weight_hh_l0 = model[0].weight_ih_l0  # tied
