@@ -49,6 +49,9 @@ words that carry their step and meets at no barrier at all (kernels/ll.py).
 The partial products of a batched dot (the forward's runs of K, the backward's gates and
 runs, a warp each) are summed by _sum_runs, in registers after one layout conversion.
 
+CLOCK (bench.phases only): each step's clocks at its operands, product, update and
+barrier (kernels/stepclock.py); off, the kernels read no clock.
+
 SPLIT (the forward, plan.sub_rows: fp32 at 64 rows a program, and 128 or 256 rows where no
 tiling of at most 64 is resident): a tile's batch rows as SPLIT sub-tiles of BB rows, each a
 whole product and update, one after another a step, with the one slice; a batch group (its
