@@ -51,9 +51,25 @@ def _cell_states(cs, lengths, reverse, dtype):
 # launchers' saved buffers, leaves forward as extra outputs, non-differentiable, which the
 # callers drop. Under those transforms backward runs with grad mode on (they build graphs),
 # so it takes the differentiable path through the reference: exact, at its speed.
+def _inputs(inputs, n: int, defaults) -> tuple:
+    """apply's inputs, the ``n`` it may leave out filled in with forward's defaults."""
+    return (*inputs, *defaults[len(defaults) - (n - len(inputs)):])
+
+
 def _keep(ctx, saved) -> None:
-    """The launchers' buffers (outputs of forward) for backward, non-differentiable."""
+    """The launchers' buffers (outputs of forward) for backward, non-differentiable. Their
+    gradients are not materialized: autograd would pass backward a zero tensor the size of
+    each (the gates of every step: 512 MB at bf16 B=128 H=1024 T=256, fp32 gates), so
+    backward fills in only the zeros its differentiable outputs need (_zeros)."""
     ctx.mark_non_differentiable(*[t for t in saved if t is not None])
+    ctx.set_materialize_grads(False)
+
+
+def _zeros(g, like, *shape):
+    """An output's gradient, zeros (shaped like ``like``, or ``shape``) where none came."""
+    if g is not None:
+        return g
+    return like.new_zeros(shape or like.shape)
 
 
 class LSTMLayer(torch.autograd.Function):
@@ -70,7 +86,7 @@ class LSTMLayer(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, cell_states, hmask,
-         zoneout, resets) = (*inputs, *(False, None, None, None)[len(inputs) - 10:])
+         zoneout, resets) = _inputs(inputs, 14, (False, None, None, None))
         saved = output[4:]
         _keep(ctx, saved)
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, hmask, resets,
@@ -81,7 +97,10 @@ class LSTMLayer(torch.autograd.Function):
     def backward(ctx, d_out, d_hn, d_cn, d_cells, *_saved):
         (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, hmask, resets,
          *saved) = ctx.saved_tensors
-        d_cells = (d_cells,) if ctx.cell_states else ()
+        T, B = x.shape[:2]
+        d_out, d_hn, d_cn = _zeros(d_out, h0, T, B, h0.shape[-1]), _zeros(d_hn, h0), \
+            _zeros(d_cn, c0)
+        d_cells = (_zeros(d_cells, c0, T, B, c0.shape[-1]),) if ctx.cell_states else ()
         if torch.is_grad_enabled():  # create_graph=True
             inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, ctx.reverse,
                       ctx.cell_states, resets, hmask, ctx.zoneout)
@@ -107,8 +126,8 @@ class GRULayer(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, hmask, resets, zoneout = (
-            *inputs, *(None, None, None)[len(inputs) - 8:])
+        x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, hmask, resets, zoneout = _inputs(
+            inputs, 11, (None, None, None))
         _keep(ctx, output[2:])
         ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, resets,
                               *output[2:])
@@ -117,6 +136,7 @@ class GRULayer(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out, d_hn, *_saved):
         x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, resets, *saved = ctx.saved_tensors
+        d_out, d_hn = _zeros(d_out, h0, *x.shape[:2], h0.shape[-1]), _zeros(d_hn, h0)
         if torch.is_grad_enabled():  # create_graph=True
             inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, resets, hmask,
                       ctx.zoneout)
@@ -140,8 +160,8 @@ class RNNLayer(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity, hmask, resets = (
-            *inputs, *(None, None)[len(inputs) - 9:])
+        x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, nonlinearity, hmask, resets = \
+            _inputs(inputs, 11, (None, None))
         _keep(ctx, output[2:])
         ctx.save_for_backward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, resets,
                               *output[2:])
@@ -150,6 +170,7 @@ class RNNLayer(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_out, d_hn, *_saved):
         x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, resets, *saved = ctx.saved_tensors
+        d_out, d_hn = _zeros(d_out, h0, *x.shape[:2], h0.shape[-1]), _zeros(d_hn, h0)
         if torch.is_grad_enabled():  # create_graph=True
             inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, ctx.nonlinearity,
                       resets, hmask)
@@ -297,11 +318,14 @@ class BiLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_out, *d_rest):
-        d_states = d_rest[:ctx.n_states]
         x, lengths, *rest = ctx.saved_tensors
         n, k = ctx.n, ctx.n_saved
         params, saved_f, saved_r = rest[:2 * n], rest[2 * n:2 * n + k], rest[2 * n + k:]
         _, bwd, n_states, ref, weights = _bi_spec(ctx.cell)
+        # (a direction's states are its first parameters: h0 (and c0 for the LSTM))
+        like = [params[d * n + i] for d in (0, 1) for i in range(n_states)]
+        d_states = [_zeros(g, p) for g, p in zip(d_rest[:ctx.n_states], like)]
+        d_out = _zeros(d_out, x, *x.shape[:2], like[0].shape[-1] + like[n_states].shape[-1])
         if torch.is_grad_enabled():  # create_graph=True: through the reference
             def both(x, lengths, *p):
                 res_f = ref(x, *p[:n], lengths, False, **_direction(ctx.extra, 0))
