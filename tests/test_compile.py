@@ -74,7 +74,7 @@ def _stationary_rows(tmp_path, capsys, pythonpath=None, targets=("sm_80", "sm_90
 
 def _check_stationary(rows):
     """The design held in place (issue 11), on sm_80 and sm_90 (tilings past the register
-    budgets, and B=1's: sm_90 only), for the weight-stationary
+    budgets, B=1's and B=64's: sm_90 only), for the weight-stationary
     launches a 132-SM GPU plans at B in {1, 16, 64}: bf16 H in {256, 1024}, fp16 and fp32
     (TF32) H=768, forward and backward, LSTM, GRU and RNN:
     - spills, for tilings within the plan's register budgets (kernels/plan.py
