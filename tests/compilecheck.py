@@ -351,6 +351,8 @@ def main(argv=None):
                     help="with --stationary: the forward's LL-word launches instead")
     ap.add_argument("--red", action="store_true",
                     help="with --stationary: launches whose barriers arrive by red.release")
+    ap.add_argument("--bf16-hidden", type=int, nargs="+", default=[256, 1024],
+                    help="bf16 hidden sizes of the weight-stationary matrix")
     ap.add_argument("--clock", action="store_true",
                     help="with --stationary: launches recording their steps' clocks")
     args = ap.parse_args(argv)
@@ -358,12 +360,14 @@ def main(argv=None):
         sys.exit("run without TRITON_INTERPRET: the kernels must be JIT functions")
     if args.stationary:
         return check_stationary(args.json, args.targets, tuple(args.batches), args.wide,
-                                args.splitk, args.ll, args.red, args.clock)
+                                args.splitk, args.ll, args.red, args.clock,
+                                tuple(args.bf16_hidden))
     # the streaming kernels at every size; the plan's own choice ("auto": the
     # weight-stationary kernels where they fit, which --stationary checks in depth) at
     # --auto-hidden
-    # sm_80 at B=64 only: B=1's tiles are below wgmma's 64 rows, so sm_90 builds them with
-    # the same MMAs as sm_80 (compiling both cost the suite ~85 s of its 15 minutes)
+    # sm_80 at B=64 and bf16 only: B=1's tiles are below wgmma's 64 rows, so sm_90 builds
+    # them with the same MMAs as sm_80, and fp32's differ from bf16's on sm_80 by the
+    # operands' type alone (each cost the suite ~1 minute of its 15)
     def launches_at(batch):
         found = capture(args.hidden, batches=(batch,), modes=("step", "sequence"))
         found.update(capture(args.auto_hidden or args.hidden, batches=(batch,),
@@ -372,7 +376,8 @@ def main(argv=None):
 
     small = launches_at(1)
     rows = compile_all({**small, **launches_at(64)},
-                       keep=lambda key, launch, tname: tname == "sm_90" or key not in small)
+                       keep=lambda key, launch, tname: tname == "sm_90" or (
+                           key not in small and "*bf16" in launch[1].values()))
     print(f"{'kernel':24} {'target':6} {'dtype':5} {'blocks (B,H,K)':14} {'warps':>5} "
           f"{'regs':>5} {'local':>6} {'stack':>6} {'smem':>6} {'hot-loop spills':>15}")
     for r in rows:
@@ -588,7 +593,7 @@ def _stationary_row(row: dict, compiled, sass: str) -> dict:
                                           row["dtype"], wgmma)}
 
 
-def stationary_matrix(sms=132, batches=(1, 16, 64)):
+def stationary_matrix(sms=132, batches=(1, 16, 64), bf16_hidden=(256, 1024)):
     """The weight-stationary launches the issue's checks name: bf16 at B in {1, 16, 64}, H in
     {256, 1024}; fp16 and fp32 (TF32) at H=768. Forward (with and without saving for
     backward) and backward, LSTM, GRU and RNN, as planned for a GPU with ``sms`` SMs, those
@@ -598,7 +603,7 @@ def stationary_matrix(sms=132, batches=(1, 16, 64)):
     no tiling at B=16 is past the budgets; the backward's at B=64, BB=64, are.)"""
     launches = {}
     kw = dict(modes=("auto",), sms=sms)
-    for dt, hs in ((torch.bfloat16, (256, 1024)), (torch.float16, (768,)),
+    for dt, hs in ((torch.bfloat16, tuple(bf16_hidden)), (torch.float16, (768,)),
                    (torch.float32, (768,))):
         for B in batches:
             launches.update(capture(hs, batches=(B,), dtypes=(dt,), **kw))
@@ -749,15 +754,17 @@ def _splitk_one(k: int) -> dict:
 
 def check_stationary(json_path=None, targets=tuple(TARGETS), batches=(1, 16, 64),
                      wide=False, splitk=False, ll_words=False, red=False,
-                     clock=False) -> list[dict]:
+                     clock=False, bf16_hidden=(256, 1024)) -> list[dict]:
     # past the register budgets, sm_90 alone (the H100/H200 the plan measured them on):
     # those compiles take minutes, and sm_80 doubled them
-    # (the wide tiles are sm_90's alone: plan.wgmma. sm_80 builds at B=16 only: B=1's
-    # tilings, BB=8, are also B=16's where they have the most programs, B=64's are built
-    # for sm_90 with the same MMAs (not wide: HMMA on both), and the suite keeps within 15
-    # minutes)
+    # (the wide tiles are sm_90's alone: plan.wgmma. sm_80 builds at B=16 and 16-bit only:
+    # B=1's tilings, BB=8, are also B=16's where they have the most programs, B=64's are
+    # built for sm_90 with the same MMAs (not wide: HMMA on both), fp32's differ by the
+    # operands' type, and the suite keeps within 15 minutes)
     special = wide or splitk or ll_words or red or clock
-    per_batch = {} if special else {b: stationary_matrix(batches=(b,)) for b in batches}
+    per_batch = {} if special else {b: stationary_matrix(batches=(b,),
+                                                         bf16_hidden=bf16_hidden)
+                                    for b in batches}
     launches = wide_launches() if wide else splitk_launches() if splitk else ll_launches() \
         if ll_words else red_launches() if red else clock_launches() if clock else {
             k: v for m in per_batch.values() for k, v in m.items()}
@@ -765,7 +772,7 @@ def check_stationary(json_path=None, targets=tuple(TARGETS), batches=(1, 16, 64)
     rows = compile_all(launches, _splitk_one if special and not wide else _stationary_one,
                        targets,
                        keep=lambda key, launch, tname: tname == "sm_90"
-                       or key in sm80
+                       or key in sm80 and launch[1]["w_ptr"] != "*fp32"
                        and within_register_budget(key[0], launch[1]["w_ptr"][1:], launch[2])
                        and not _wide_launch(key, launch))
     print(f"{'kernel':22} {'target':6} {'dtype':5} {'U,BB,NKxKC':13} {'warps':>5} {'regs':>5} "
