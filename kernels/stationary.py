@@ -711,6 +711,7 @@ def stationary_fwd_kernel(
             for k in range(pid, DIRS * n_tiles, n_progs):
                 d, tile = k // n_tiles, k % n_tiles
                 t, rd, wr = _fwd_step_dir(s, T, d, PAIRED, REVERSE, SAVE)
+                ck = stepclock.line(ck_ptr, k, s, T)
                 v0, v1, v2, v3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, G, U, KC, NK,
                                            True, KS)
                 for j in tl.range(0, SPLIT, num_stages=1):
@@ -724,9 +725,8 @@ def stationary_fwd_kernel(
                               ll_ptr + d * r_ll, s_ll_slot, s_ll_b, s, err_ptr, n_u, LSTM,
                               RNN, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE,
                               UPCAST, HAS_HMASK, ZONEOUT, HAS_RESETS, PREFETCH, X_AHEAD, LL,
-                              SPIN_LIMIT, stepclock.line(ck_ptr, k, s, T), CLOCK,
-                              ASM_ACQUIRE)
-                stepclock.mark(stepclock.line(ck_ptr, k, s, T), 2, s, CLOCK, ASM_ACQUIRE)
+                              SPIN_LIMIT, ck, CLOCK, ASM_ACQUIRE)
+                stepclock.mark(ck, 2, s, CLOCK, ASM_ACQUIRE)
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
             if CLOCK:
                 for k in range(pid, DIRS * n_tiles, n_progs):
@@ -798,6 +798,7 @@ def stationary_bwd_kernel(
             for k in range(pid, DIRS * n_tiles, n_progs):
                 d, tile = k // n_tiles, k % n_tiles
                 t, t_next, rd, wr = _bwd_step_dir(s, T, d, PAIRED, REVERSE)
+                ck = stepclock.line(ck_ptr, k, s, T)
                 v0, v1, v2, v3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, G, U, KC, NK,
                                            False, KS)
                 _bwd_tile(tile % n_u, tile // n_u, v0, v1, v2, v3,
@@ -809,9 +810,9 @@ def stationary_bwd_kernel(
                           s_hm_b, z_seed, z_th_h, z_th_c, d + REV, rs_ptr + d * r_rs, s_rs_t,
                           init_slot(T, d + REV, True), t, t_next, rd, wr,
                           B, H, LSTM, RNN, ACC, HAS_LENGTHS, HAS_DCS, U, BB, KC, NK, IEEE,
-                          UPCAST, HAS_HMASK, ZONEOUT, HAS_RESETS, X_AHEAD, PREFETCH, s,
-                          stepclock.line(ck_ptr, k, s, T), CLOCK, ASM_ACQUIRE)
-                stepclock.mark(stepclock.line(ck_ptr, k, s, T), 2, s, CLOCK, ASM_ACQUIRE)
+                          UPCAST, HAS_HMASK, ZONEOUT, HAS_RESETS, X_AHEAD, PREFETCH, s, ck,
+                          CLOCK, ASM_ACQUIRE)
+                stepclock.mark(ck, 2, s, CLOCK, ASM_ACQUIRE)
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
             if CLOCK:
                 for k in range(pid, DIRS * n_tiles, n_progs):

@@ -715,12 +715,15 @@ def clock_launches(sms=132, record=True):
     return launches
 
 
+def _step_ops(sass: str) -> list[str]:
+    """The instructions of the time loop, innermost loops included (none without one)."""
+    code, loop = _time_loop(sass)
+    return [] if loop is None else [ins for a, ins in code if loop[0] <= a <= loop[1]]
+
+
 def clock_reads_in_step(sass: str) -> dict:
     """The time loop's reads of the SM's cycle counter and of the GPU's clock."""
-    code, loop = _time_loop(sass)
-    if loop is None:
-        return dict(clock=0, globaltimer=0)
-    ops = [ins for a, ins in code if loop[0] <= a <= loop[1]]
+    ops = _step_ops(sass)
     return dict(clock=sum("SR_CLOCKLO" in o for o in ops),
                 globaltimer=sum("SR_GLOBALTIMERLO" in o for o in ops))
 
@@ -728,10 +731,7 @@ def clock_reads_in_step(sass: str) -> dict:
 def arrivals_in_step(sass: str) -> dict:
     """The barriers' arrivals in the time loop: atomic adds (whose value the program waits
     for) and red.release reductions (which return nothing)."""
-    code, loop = _time_loop(sass)
-    if loop is None:
-        return dict(atomic=0, red=0)
-    ops = [ins for a, ins in code if loop[0] <= a <= loop[1]]
+    ops = _step_ops(sass)
     return dict(atomic=sum(bool(re.search(r"\bATOMG?\.E\.ADD\b", o)) for o in ops),
                 red=sum(bool(re.search(r"\bREDG?\.E\.ADD", o)) for o in ops))
 
@@ -739,11 +739,7 @@ def arrivals_in_step(sass: str) -> dict:
 def spills_in_step(sass: str) -> int:
     """Local-memory accesses (LDL/STL) anywhere in the time loop: where its innermost loops
     are only the barriers' polls (the split-K backward), hot_spills sees none of them."""
-    code, loop = _time_loop(sass)
-    if loop is None:
-        return 0
-    return sum(1 for a, ins in code if loop[0] <= a <= loop[1]
-               and re.search(r"\b(LDL|STL)\b", ins))
+    return sum(1 for ins in _step_ops(sass) if re.search(r"\b(LDL|STL)\b", ins))
 
 
 def _splitk_one(k: int) -> dict:
