@@ -87,7 +87,11 @@ MAX_K_CHUNKS = 4                  # K as at most 4 power-of-two chunks (768 = 3 
 # along the rows, every MMA twice (bf16 B=128 H=1024: 512 a warp a step where the work is
 # 256), and spilled 104-112 B.
 KSPLIT_UNITS = (64, 32)
-KSPLIT_CHOICES = (2, 4, 8, 16)
+# S: 3, 6 and 12 parts cover a hidden size of 3 power-of-two chunks exactly (768 = 3 x 256),
+# where 2 parts of 512 would hold a third of W_hh's rows as zeros: fp32 B=64-128 H=768
+# (4 x 512 x 32 x 4 B = 256 KB a program at 2 parts, past the budget) streamed its
+# backward on 24-48 programs before them
+KSPLIT_CHOICES = (2, 3, 4, 6, 8, 12, 16)
 # BB: a program's batch rows (its tile's, and its barrier group's); each step's product
 # runs them as BB / PR partial products of PR rows (splitk_product_rows), one after another
 KSPLIT_ROWS = (512, 256, 128, 64)
@@ -106,8 +110,8 @@ KSPLIT_X_BYTES = 128
 # three at 384 B spilled 8 B (B=128, 16 update rows) and 304 B (B=512, 64 rows) on Triton
 # 3.6, sm_90; 0 on 3.9
 KSPLIT_AHEAD_BYTES = 256
-# The rows of the update a program runs a step (BB / S), at most 64: at 128 (bf16 B=1024
-# H=1024) the builds spilled 736-776 B, 219-271 accesses a step
+# The rows of the update a program runs a step (splitk_update_rows), at most 64: at 128
+# (bf16 B=1024 H=1024) the builds spilled 736-776 B, 219-271 accesses a step
 KSPLIT_UPDATE_ROWS = 64
 # S where the plan forces the weight-stationary kernels (the interpreter; tests set 2 or 4),
 # and its partial products' rows (of 16; tests set 8: two a step). On a GPU (the tests'
@@ -368,6 +372,13 @@ def splitk_product_rows(cell: str, dtype: torch.dtype, bb: int, u: int, kc: int)
     return fits[-1]
 
 
+def splitk_update_rows(bb: int, s: int) -> int:
+    """RB: the rows of the update one of a tile's S programs runs a step, BB / S rounded up
+    to a power of two (a tl.arange); where S is not a power of two (3 parts) the first
+    BB / RB of the S programs run the update and the others only the product."""
+    return triton.next_power_of_2(triton.cdiv(bb, s))
+
+
 def splitk_traffic(cell: str, dtype: torch.dtype, B: int, H: int, u: int, s: int) -> int:
     """Bytes a split-K backward step moves through L2: the broadcast of dgates_{t+1} (every
     unit group reads all gate columns of every batch row) and the fp32 partial products,
@@ -393,7 +404,7 @@ def _splitk(cell, dtype, B, H, sm, smem_limit):
                 programs = triton.cdiv(H, u) * s * triton.cdiv(B, bb)
                 accs = 1 if splitk_chained(pr) else g
                 if ((s - 1) * kc >= H or programs > sm or g * kc * u * elt > SMEM_W_BUDGET
-                        or bb // s > KSPLIT_UPDATE_ROWS
+                        or splitk_update_rows(bb, s) > KSPLIT_UPDATE_ROWS
                         or accs * pr * u * 4 // (32 * KSPLIT_WARPS) > KSPLIT_ACC_BYTES
                         or splitk_smem(cell, dtype, u, pr, kc) > smem_limit):
                     continue
@@ -434,7 +445,8 @@ def _splitk_plan(base: dict, cell, dtype, B, H, sm, cuda, smem_limit,
                   f"on {programs} programs: W_hh re-read per tile")
     return dict(base, kernel="stationary", programs=programs, tiles=tiles,
                 weights_on_chip=programs == tiles, reason=reason, U=u, BB=bb, NK=1, KC=kc,
-                split=1, ksplit=s, product_rows=pr, chained=splitk_chained(pr),
+                split=1, ksplit=s, update_rows=splitk_update_rows(bb, s), product_rows=pr,
+                chained=splitk_chained(pr),
                 x_ahead=ahead, KS=1, warps=KSPLIT_WARPS, KS_bwd=1, warps_bwd=KSPLIT_WARPS,
                 w_bytes=w, gates=_GATES[cell])
 

@@ -22,9 +22,12 @@ Per step, program (i_b, i_u, i_k):
    summed over the gates (one dot a gate: (PR, KC) . (KC, U), the BB rows as BB / PR
    such products one after another), stored in the partials buffer (S, B, H) at slot i_k;
 2. the S programs of the tile meet at the tile's own barrier;
-3. each sums the S partials of its BB / S rows (rows i_k * BB / S on, in a fixed order:
+3. each sums the S partials of its RB = BB / S rows (rows i_k * RB on, in a fixed order:
    deterministic, no atomics) and runs the rest of the step on them
-   (stationary.bwd_update: the state gradient, the gate gradients of step t);
+   (stationary.bwd_update: the state gradient, the gate gradients of step t); where S is
+   not a power of two (3 parts of 256 at H = 768), RB is BB / S rounded up to one and the
+   first BB / RB programs of the tile run the update, the others a row group past B,
+   every access masked off (_row_group);
 4. the programs of the batch group meet at its barrier (dgates_t is complete).
 The partials buffer is reused every step: a program writes its slot again only after the
 batch group's barrier, which every reader of the slot passed after reading it.
@@ -143,6 +146,18 @@ def _sum_partials(part_ptr, s_p_k, s_p_b, i_u, i_r, B, H, U: tl.constexpr, RB: t
     return acc
 
 
+@triton.jit
+def _row_group(i_b, i_k, B, S: tl.constexpr, RB: tl.constexpr, BB: tl.constexpr):
+    """The group of RB rows (rows i_r * RB on) whose update K part i_k of batch group i_b
+    runs: its share of the tile's BB rows, or, past the BB / RB shares (S not a power of
+    two), the first group wholly past B: every load and store of the update masked off."""
+    NRB: tl.constexpr = BB // RB
+    i_r = i_b * NRB + i_k
+    if NRB < S:
+        i_r = tl.where(i_k < NRB, i_r, tl.cdiv(B, RB))
+    return i_r
+
+
 @triton.jit(do_not_specialize=["T", "z_seed"])
 def splitk_bwd_kernel(
     dg_ptr, s_dg_t, s_dg_b,       # recurrent pre-activation gradients (T+1, B, G*H)
@@ -165,6 +180,7 @@ def splitk_bwd_kernel(
     LSTM: tl.constexpr, ACC: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_DCS: tl.constexpr,
     REVERSE: tl.constexpr, RESIDENT: tl.constexpr, U: tl.constexpr, BB: tl.constexpr,
     KC: tl.constexpr, S: tl.constexpr,
+    RB: tl.constexpr,             # rows of the update a program runs (plan.splitk_update_rows)
     PR: tl.constexpr,             # rows of one partial product: the tile's BB rows as BB / PR
                                   # of them, one after another a step
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
@@ -176,7 +192,6 @@ def splitk_bwd_kernel(
     RED: tl.constexpr = False,    # CUDA: both barriers arrive with a red.release
 ):
     G: tl.constexpr = 4 if LSTM else 3
-    RB: tl.constexpr = BB // S    # rows of the update a program runs
     NR: tl.constexpr = BB // PR
     REV: tl.constexpr = 1 if REVERSE else 0
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
@@ -189,7 +204,8 @@ def splitk_bwd_kernel(
     for s in range(0, T):
         t, t_next, rd, wr = bwd_step(s, T, REVERSE)
         if RESIDENT:
-            _prefetch_bwd(i_u, i_b * S + i_k, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, ga_ptr,
+            i_r = _row_group(i_b, i_k, B, S, RB, BB)
+            _prefetch_bwd(i_u, i_r, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, ga_ptr,
                           s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b,
                           gc_ptr, s_gc_b, dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, t, rd, wr, B, H,
                           LSTM, 0, HAS_DCS, HAS_LENGTHS, U, RB, PREFETCH)
@@ -199,8 +215,8 @@ def splitk_bwd_kernel(
                          UPCAST, AHEAD, CHAINED)
             group_barrier(sem_ptr + n_bg + i_b * n_u + i_u, S, i_k == 0, err_ptr, s,
                           ASM_ACQUIRE, SPIN_LIMIT, RED)
-            acc = _sum_partials(part_ptr, s_p_k, s_p_b, i_u, i_b * S + i_k, B, H, U, RB, S)
-            bwd_update(acc, i_u, i_b * S + i_k, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t,
+            acc = _sum_partials(part_ptr, s_p_k, s_p_b, i_u, i_r, B, H, U, RB, S)
+            bwd_update(acc, i_u, i_r, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t,
                        s_dxn_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, gc_ptr, s_gc_b, ga_ptr,
                        s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b,
                        dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, hm_ptr, s_hm_b, z_seed, z_th_h,
@@ -219,9 +235,9 @@ def splitk_bwd_kernel(
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
             for tile in range(pid, n_tiles, n_progs):
                 i_k, i_u, i_b = tile % S, (tile // S) % n_u, tile // (S * n_u)
-                acc = _sum_partials(part_ptr, s_p_k, s_p_b, i_u, i_b * S + i_k, B, H, U, RB,
-                                    S)
-                bwd_update(acc, i_u, i_b * S + i_k, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t,
+                i_r = _row_group(i_b, i_k, B, S, RB, BB)
+                acc = _sum_partials(part_ptr, s_p_k, s_p_b, i_u, i_r, B, H, U, RB, S)
+                bwd_update(acc, i_u, i_r, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t,
                            s_dxn_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, gc_ptr, s_gc_b,
                            ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot,
                            s_h_b, dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, hm_ptr, s_hm_b, z_seed,
@@ -245,6 +261,7 @@ def launch(one) -> None:
     launch_sequence(splitk_bwd_kernel, programs, dict(
         **args, part_ptr=part, s_p_k=part.stride(0), s_p_b=part.stride(1), sem_ptr=sem,
         err_ptr=err, RESIDENT=programs == plan["tiles"], U=U, BB=BB, KC=plan["KC"], S=S,
+        RB=plan["update_rows"],
         **barrier_flags(dev), AHEAD=plan["x_ahead"], PREFETCH=dev.type == "cuda",
         CHAINED=plan["chained"], PR=plan["product_rows"], RED=red_arrival(one),
         num_warps=plan["warps_bwd"]), err, dev, "split-K backward")

@@ -33,8 +33,10 @@ def test_estimates_until_a_gpu_result_exists(tmp_path):
     assert not ok and "forward would stream" in why
     ok, why = _ask("lstm", BF16, 512, 1024, True, missing)  # 4 sub-tiles of 64 rows forward,
     assert ok and why.startswith("estimate: weight-stationary")  # the backward split over K
-    ok, why = _ask("lstm", torch.float32, 128, 768, True, missing)  # fp32 at H=768: no
-    assert not ok and "backward would stream" in why               # split-K tiling
+    ok, why = _ask("lstm", torch.float32, 128, 768, True, missing)  # 6 K parts of 128
+    assert ok and why.startswith("estimate: weight-stationary")
+    ok, why = _ask("lstm", BF16, 512, 768, True, missing)  # 4 sub-tiles forward; no
+    assert not ok and "backward would stream" in why     # split-K tiling on 132 SMs
 
 
 def test_measured_rows_win_and_the_nearest_is_used(tmp_path):

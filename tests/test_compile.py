@@ -212,9 +212,11 @@ def test_splitk_backward_keeps_w_on_chip(tmp_path, capsys, triton_36):
     """The backward split over K (kernels/splitk.py) where a 132-SM GPU plans it for issue
     11's targets, on sm_90 with the installed Triton and with 3.6: bf16 LSTM and GRU B=128
     H=1024, fp32 LSTM B=128 H=1024 (128 rows as 2 products of 64) and bf16 GRU B=512
-    H=1024 (256 rows as 4). W_hh's K part out of the time loop; wgmma, each warp's MMAs the
-    work (none repeated: chained, 64 rows on 8 warps repeated them, 112 a warp a step where
-    the work is 64); each gate's product its own chain of KC/16 where not chained (G x
+    H=1024 (256 rows as 4); H=768 in a number of K parts that is not a power of two: fp32
+    LSTM B=64 (6 of 128; 16 update rows, so 4 of a tile's 6 programs update) and bf16 GRU
+    B=128 (3 of 256, where 2 parts of 512 held 256 rows of zeros in the second). W_hh's K
+    part out of the time loop; wgmma, each warp's MMAs the work (none repeated: chained, 64
+    rows on 8 warps repeated them, 112 a warp a step where the work is 64); each gate's product its own chain of KC/16 where not chained (G x
     KC/16 where chained); the update's prefetches before the product, and where the plan
     loads every gate's part ahead, no load among the MMAs; the plan's shared memory to the
     byte; one program an SM co-resident; the staged part within the plan's budget and at
@@ -226,10 +228,11 @@ def test_splitk_backward_keeps_w_on_chip(tmp_path, capsys, triton_36):
                     f"it needs PyPI once)")
     rows = _stationary_rows(tmp_path, capsys, pythonpath=TRITON_36 if triton_36 else None,
                             targets=("sm_90",), splitk=True)
-    assert len(rows) == 4 and {r["kernel"] for r in rows} == {"splitk_bwd_kernel"}
-    assert {(r["dtype"], r["config"]["LSTM"], r["config"]["BB"]) for r in rows} == {
-        ("bf16", "True", "64"), ("bf16", "False", "64"), ("fp32", "True", "128"),
-        ("bf16", "False", "256")}
+    assert len(rows) == 6 and {r["kernel"] for r in rows} == {"splitk_bwd_kernel"}
+    assert {(r["dtype"], r["config"]["LSTM"], r["config"]["BB"], r["config"]["S"])
+            for r in rows} == {
+        ("bf16", "True", "64", "4"), ("bf16", "False", "64", "4"), ("fp32", "True", "128", "8"),
+        ("bf16", "False", "256", "4"), ("fp32", "True", "64", "6"), ("bf16", "False", "64", "3")}
     if triton_36:
         assert rows[0]["triton"] == "3.6.0", "did not compile with Triton 3.6"
     for r in rows:
@@ -251,6 +254,9 @@ def test_splitk_backward_keeps_w_on_chip(tmp_path, capsys, triton_36):
         assert residency.max_coresident(r["registers"], r["num_warps"], r["dyn_shared"],
                                         residency.H100) >= residency.H100["sm_count"], what
         assert plan.splitk_staged(dt, PR, KC) <= plan.KSPLIT_X_BYTES, what
+        S, H = int(c["S"]), 1024 if KC * int(c["S"]) >= 1024 else 768
+        assert (S - 1) * KC < H <= S * KC, what  # (no K part wholly past H)
+        assert int(c["RB"]) == plan.splitk_update_rows(BB, S), what
         assert 0 <= r["spill_bytes"] <= 32 and r["spills_in_step"] <= 8, what
 
 

@@ -285,16 +285,19 @@ def test_stationary_split_tiles_match_the_reference(cell, split, units, poison, 
 
 
 @pytest.mark.parametrize("cell,ksplit,H,rows", [("gru", 2, 40, 16), ("lstm", 4, 40, 16),
-                                                ("gru", 4, 24, 16), ("lstm", 2, 40, 8)])
+                                                ("gru", 6, 48, 16), ("lstm", 2, 40, 8),
+                                                ("lstm", 3, 48, 16)])
 def test_splitk_backward_matches_the_reference(cell, ksplit, H, rows, poison, launches,
                                                monkeypatch):
     """The backward split over K (kernels/splitk.py: 16-bit and fp32 B >= 128 at H=1024 on
-    a GPU): each tile's product in 2 or 4 K parts, the partial products summed through
-    memory, each part's program running the update of a quarter or half of the tile's rows.
-    B=20 (two batch groups of 16, the second partly past B), H=40 (5 unit groups; at 4
-    parts of 16 rows, the last part wholly past H) or 24 (a GRU's 3 gates, 4 parts of 8),
-    lengths and reverse, forward and every gradient, against the reference. rows=8: each
-    tile's product as two partial products of 8 rows a step (plan.splitk_product_rows)."""
+    a GPU, H=768 in 3 or 6 parts): each tile's product in 2, 3, 4 or 6 K parts, the partial
+    products summed through memory, each part's program running the update of a quarter or
+    half of the tile's rows (3 parts: halves, the third program none; 6: quarters, two
+    none). B=20 (two batch groups of 16, the second partly past B), H=40 (5 unit groups; at
+    4 parts of 16 rows, the last part wholly past H) or 48 (3 parts of 16, 6 of 8: a GRU's
+    3 gates), lengths and reverse, forward and every gradient, against the reference.
+    rows=8: each tile's product as two partial products of 8 rows a step
+    (plan.splitk_product_rows)."""
     from fusedrnn.kernels import plan as planning
 
     monkeypatch.setattr(planning, "FORCED_KSPLIT", ksplit)
@@ -303,6 +306,7 @@ def test_splitk_backward_matches_the_reference(cell, ksplit, H, rows, poison, la
     bwd = planning.plan(cell, F64, B, H, cuda=False, sm_count=1, backward=True)
     assert bwd["kernel"] == "stationary" and bwd["ksplit"] == ksplit and bwd["BB"] == 16
     assert bwd["tiles"] == 2 * ksplit * -(-H // bwd["U"]) and bwd["product_rows"] == rows
+    assert bwd["update_rows"] == {2: 8, 3: 8, 4: 4, 6: 4}[ksplit]
     fwd = planning.plan(cell, F64, B, H, cuda=False, sm_count=1)
     assert "ksplit" not in fwd
     if cell == "lstm":

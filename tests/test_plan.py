@@ -264,7 +264,7 @@ def test_wide_tiles_only_on_sm90(monkeypatch):
 def test_splitk_backward_where_no_backward_tiling_is_resident():
     """The backward split over K (kernels/splitk.py) only where the backward would
     otherwise stream: 16-bit and fp32 LSTM/GRU at B=128 H=1024 (issue 11's targets that ran
-    at 0.45-0.66x cuDNN's training step), never the plain RNN, never where a backward
+    at 0.45-0.66x cuDNN's training step), fp32 at B=64-128 H=768, never the plain RNN, never where a backward
     tiling is resident, never forward; within the SMs, the shared memory and the
     accumulator budget, W_hh on chip, and the fewest bytes a step of its tilings."""
     for cell in ("lstm", "gru"):
@@ -281,7 +281,8 @@ def test_splitk_backward_where_no_backward_tiling_is_resident():
             accs = 1 if p["chained"] else g
             assert accs * pr * p["U"] * 4 // (32 * p["warps_bwd"]) <= planning.KSPLIT_ACC_BYTES
             assert planning.splitk_staged(dt, pr, p["KC"]) <= planning.KSPLIT_X_BYTES
-            assert p["BB"] % pr == 0 and p["BB"] // p["ksplit"] <= planning.KSPLIT_UPDATE_ROWS
+            assert p["BB"] % pr == 0 and p["update_rows"] <= planning.KSPLIT_UPDATE_ROWS
+            assert p["update_rows"] * p["ksplit"] == p["BB"]
             assert "ksplit" not in plan(cell, dt, 128, 1024, training=True, sm_count=132)
         # bf16 at B=128: 64 units, 64 rows, 4 parts of 256 rows a gate (128 KB of W_hh
         # a program), not chained (64 rows on 8 warps)
@@ -296,6 +297,19 @@ def test_splitk_backward_where_no_backward_tiling_is_resident():
                     backward=True)["kernel"] == "sequence"
         traffic = planning.splitk_traffic(cell, torch.bfloat16, 128, 1024, 64, 4)
         assert traffic == 16 * 128 * g * 1024 * 2 + 2 * 4 * 128 * 1024 * 4
+        # H=768 (3 chunks of 256) in 3 or 6 K parts: fp32 B=64 and 128 (in the targets)
+        # streamed their backward on 24-48 programs, where 2 parts of 512 were past the
+        # W_hh budget; 16-bit B=128 took 2 parts of 512, the second half zeros (32 units,
+        # 20 MB a step: now 64 units, 11 MB)
+        for dt, B, parts in ((torch.float32, 64, 6), (torch.float32, 128, 6),
+                             (torch.bfloat16, 128, 3), (torch.float16, 128, 3)):
+            p = plan(cell, dt, B, 768, training=True, sm_count=132, backward=True)
+            assert p["kernel"] == "stationary" and p["weights_on_chip"], p
+            assert (p["ksplit"], p["KC"], p["U"]) == (parts, 768 // parts, 64), p
+            assert p["update_rows"] == planning.splitk_update_rows(p["BB"], parts), p
+            # (the tile's rows in fewer update shares than programs: the rest only multiply)
+            assert p["BB"] % p["update_rows"] == 0 and p["BB"] // p["update_rows"] < parts
+            assert p["w_bytes"] <= planning.SMEM_W_BUDGET and p["programs"] <= 132, p
     for cell, dt, B, H in (("rnn", torch.bfloat16, 128, 1024), ("lstm", torch.float16, 16, 768),
                            ("lstm", torch.bfloat16, 64, 1024)):
         p = plan(cell, dt, B, H, training=True, sm_count=132, backward=True)
