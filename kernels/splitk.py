@@ -25,9 +25,9 @@ Per step, program (i_b, i_u, i_k):
 3. each sums the S partials of its RB = BB / S rows (rows i_k * RB on, in a fixed order:
    deterministic, no atomics) and runs the rest of the step on them
    (stationary.bwd_update: the state gradient, the gate gradients of step t); where S is
-   not a power of two (3 parts of 256 at H = 768), RB is BB / S rounded up to one and the
-   first BB / RB programs of the tile run the update, the others a row group past B,
-   every access masked off (_row_group);
+   not a power of two (3 parts of 256 at H = 768), RB is BB / S rounded up to a power of
+   two and the first BB / RB programs of the tile run the update, the others a row group
+   past B, every access masked off (_row_group);
 4. the programs of the batch group meet at its barrier (dgates_t is complete).
 The partials buffer is reused every step: a program writes its slot again only after the
 batch group's barrier, which every reader of the slot passed after reading it.
