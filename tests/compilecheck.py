@@ -20,6 +20,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 
 import torch
 import triton
@@ -283,14 +284,16 @@ def _compile(k: int, need_sass: bool = True):
     (~0.25 s of cuobjdump)."""
     (name, *_), launch, tname = _JOBS[k]
     _, sig, constexprs, num_warps, _ = launch
+    start = time.perf_counter()
     compiled = triton.compile(source(launch), target=TARGETS[tname],
                               options={"num_warps": num_warps})
+    seconds = time.perf_counter() - start
     res = resources(compiled.asm["cubin"])
     sass = _dump(compiled.asm["cubin"], "-sass") if need_sass or res["spill_bytes"] else ""
     row = {"kernel": name, "target": tname, "num_warps": num_warps,
            "dtype": sig["w_ptr"][1:],  # the weights' dtype is the layer's
            "config": {k: str(v) for k, v in constexprs.items()},
-           **res, "hot_spills": hot_spills(sass)}
+           **res, "hot_spills": hot_spills(sass), "compile_s": round(seconds, 2)}
     return row, compiled, sass
 
 

@@ -7,6 +7,12 @@ import torch
 # is imported by any test.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+if os.environ.get("TRITON_INTERPRET") == "1":
+    # (a third of the interpreted kernels' time went to re-patching triton.language at
+    # every helper call: tests/interpreter_patch_once.py)
+    import interpreter_patch_once  # noqa: E402
+
+    interpreter_patch_once.install()
 
 # FUSEDRNN_BACKEND would change what "auto" means under the tests' feet
 os.environ.pop("FUSEDRNN_BACKEND", None)
