@@ -224,16 +224,17 @@ _AHEAD = [pytest.param(c, a, id=f"{c}-{'h_ahead' if a else 'h_by_chunk'}")
 @pytest.mark.parametrize("cell,ahead", _AHEAD)
 def test_stationary_runs_of_k_match_the_reference(cell, ahead, poison, launches,
                                                   monkeypatch):
-    """H=384 (3 K chunks of 128): the forward's product in 4 runs of K, the backward's in
-    2 a gate (the plain RNN's in 8), each run a warp's batch element, summed after; with
-    lengths and reverse, forward and every gradient, against the reference. The forward
-    loads all of h_{t-1} before its product and the backward all of dgates_{t+1}, or
-    chunk by chunk where the plan finds no shared memory for that (plan.x_ahead)."""
+    """3 K chunks (H=192, chunks of 64; the plain RNN H=384, chunks of 128, for its 8 runs
+    of 16): the forward's product in 4 runs of K, the backward's in 2 a gate (the plain
+    RNN's in 8), each run a warp's batch element, summed after; with lengths and reverse,
+    forward and every gradient, against the reference. The forward loads all of h_{t-1}
+    before its product and the backward all of dgates_{t+1}, or chunk by chunk where the
+    plan finds no shared memory for that (plan.x_ahead)."""
     from fusedrnn.kernels import plan as planning
 
     if not ahead:
         monkeypatch.setattr(planning, "x_ahead", lambda *args, **kw: False)
-    H, B = 384, 3
+    H, B = (384 if cell == "rnn" else 192), 3
     fwd, bwd = (planning.plan(cell, F64, B, H, cuda=False, sm_count=1, backward=b)
                 for b in (0, 1))
     assert fwd["kernel"] == bwd["kernel"] == "stationary" and fwd["NK"] == 3
