@@ -175,6 +175,11 @@ def _packed_to_padded(data: Tensor, batch_sizes: Tensor):
     built from ``batch_sizes`` (on the CPU, no device sync) moves data both ways.
     """
     T, B = batch_sizes.numel(), int(batch_sizes[0])
+    rows = int(batch_sizes.sum())
+    if rows != data.shape[0]:  # (torch's own kernels fail inside with an index error)
+        raise RuntimeError(f"PackedSequence data has {data.shape[0]} rows but its "
+                           f"batch_sizes add up to {rows}: was it packed with lengths past "
+                           f"the padded input's length?")
     valid = torch.arange(B) < batch_sizes.unsqueeze(1)  # (T, B)
     index = valid.flatten().nonzero().squeeze(1).to(data.device)
     padded = data.new_zeros(T * B, data.shape[-1]).index_copy(0, index, data)

@@ -98,6 +98,17 @@ def test_hidden_dtype_and_packed_hidden_shape_are_named():
         ours(pack_padded_sequence(torch.randn(5, 2, 7), [5, 3]))
 
 
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_packed_lengths_past_the_input_are_named(backend):
+    """pack_padded_sequence takes lengths past the padded input's length without a word;
+    torch's RNNs then fail inside (an index past the data); ours say what is wrong."""
+    packed = pack_padded_sequence(torch.randn(3, 2, 3), torch.tensor([3, 4]),
+                                  enforce_sorted=False)
+    for mode in ("LSTM", "GRU"):
+        ref, ours = _both(mode, 3, 4, backend=backend)
+        _same_error(ref, ours, packed, match="6 rows but its batch_sizes add up to 7")
+
+
 @pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
 @pytest.mark.parametrize("kwargs,exc", [
     (dict(input_size=0, hidden_size=4), ValueError),
