@@ -113,10 +113,10 @@ KSPLIT_AHEAD_BYTES = 256
 # The rows of the update a program runs a step (splitk_update_rows), at most 64: at 128
 # (bf16 B=1024 H=1024) the builds spilled 736-776 B, 219-271 accesses a step
 KSPLIT_UPDATE_ROWS = 64
-# S where the plan forces the weight-stationary kernels (the interpreter; tests set 2 or 4),
+# S where the plan forces the weight-stationary kernels (the interpreter; tests set 2 to 6),
 # and its partial products' rows (of 16; tests set 8: two a step). On a GPU (the tests'
-# native run) a FORCED_KSPLIT past 1 takes the split-K tiling its search finds wherever
-# there is one, so that the tests run it there too.
+# native run) a FORCED_KSPLIT past 1 takes the split-K tiling its search finds with that S,
+# else with any, wherever there is one, so that the tests run it there too.
 FORCED_KSPLIT = 1
 FORCED_PRODUCT_ROWS = 16
 # The weight-stationary forward's h exchange as LL words (kernels/ll.py) where the plan is
@@ -387,10 +387,11 @@ def splitk_traffic(cell: str, dtype: torch.dtype, B: int, H: int, u: int, s: int
     return triton.cdiv(H, u) * B * _GATES[cell] * H * dg_elt + 2 * s * B * H * 4
 
 
-def _splitk(cell, dtype, B, H, sm, smem_limit):
+def _splitk(cell, dtype, B, H, sm, smem_limit, parts=KSPLIT_CHOICES):
     """(U, BB, PR, KC, S, programs, w bytes, ahead) of the split-K tiling that moves the
     fewest bytes a step (splitk_traffic) within the SMs and shared memory, or None;
-    preferring tilings within the budgets, then the fewest partial products a step."""
+    preferring tilings within the budgets, then the fewest partial products a step.
+    parts: the S to choose from."""
     elt = torch.empty((), dtype=dtype).element_size()
     g = _GATES[cell]
     best = None
@@ -398,7 +399,7 @@ def _splitk(cell, dtype, B, H, sm, smem_limit):
         if bb > max(KSPLIT_ROWS[-1], triton.next_power_of_2(B)):
             continue
         for u in KSPLIT_UNITS:
-            for s in KSPLIT_CHOICES:
+            for s in parts:
                 kc = max(16, triton.next_power_of_2(triton.cdiv(H, s)))
                 pr = splitk_product_rows(cell, dtype, bb, u, kc)
                 programs = triton.cdiv(H, u) * s * triton.cdiv(B, bb)
@@ -423,7 +424,10 @@ def _splitk_plan(base: dict, cell, dtype, B, H, sm, cuda, smem_limit,
     interpreter only where ``forced`` (FORCED_KSPLIT or FUSEDRNN_KERNEL=splitk), with a
     forced tiling: FORCED_KSPLIT parts (2 if unset) of FORCED_UNITS units."""
     if cuda:
-        st = _splitk(cell, dtype, B, H, sm, smem_limit)
+        st = None
+        if forced and FORCED_KSPLIT > 1:  # (the tests' native run: their S where it fits)
+            st = _splitk(cell, dtype, B, H, sm, smem_limit, (FORCED_KSPLIT,))
+        st = st or _splitk(cell, dtype, B, H, sm, smem_limit)
         if st is None:
             return None
         u, bb, pr, kc, s, programs, w, ahead = st
