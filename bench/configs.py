@@ -78,12 +78,16 @@ def gpu_grid(cells, dtypes, modes, batches, hiddens, T=256, quick=False):
 def targets():
     """GUIDE section 5's target configurations, measured before the grid: cuDNN's persistent
     best case (fp16 LSTM B=16 H=I=768 T=1024), bf16/fp32 LSTM and GRU at B in {8, 128},
-    H in {256, 1024}, T=256, and the large batch (bf16 B=512 H=1024)."""
+    H in {256, 1024}, T=256, the large batch (bf16 B=512 H=1024), and fp32 LSTM B=128 H=768
+    training."""
     out = [Config("lstm", "fp16", m, 16, 768, 1024, 768) for m in ("inference", "training")]
     out += [Config(c, d, m, b, h, 256, h) for h, b, c, d, m in itertools.product(
         (1024, 256), (8, 128), ("lstm", "gru"), ("bf16", "fp32"), ("inference", "training"))]
     out += [Config(c, "bf16", m, 512, 1024, 256, 1024)
             for c, m in itertools.product(("lstm", "gru"), ("inference", "training"))]
+    # fp32 at H=768 (3 chunks of 256): the backward split over K in 6 parts, which the grid's
+    # hidden sizes (powers of two) never plan
+    out += [Config("lstm", "fp32", "training", 128, 768, 256, 768)]
     return out
 
 
