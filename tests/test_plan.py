@@ -264,9 +264,10 @@ def test_wide_tiles_only_on_sm90(monkeypatch):
 def test_splitk_backward_where_no_backward_tiling_is_resident():
     """The backward split over K (kernels/splitk.py) only where the backward would
     otherwise stream: 16-bit and fp32 LSTM/GRU at B=128 H=1024 (issue 11's targets that ran
-    at 0.45-0.66x cuDNN's training step), fp32 at B=64-128 H=768, never the plain RNN, never where a backward
-    tiling is resident, never forward; within the SMs, the shared memory and the
-    accumulator budget, W_hh on chip, and the fewest bytes a step of its tilings."""
+    at 0.45-0.66x cuDNN's training step), fp32 at B=64-128 H=768, never the plain RNN,
+    never where a backward tiling is resident, never forward; within the SMs, the shared
+    memory and the accumulator budget, W_hh on chip, and the fewest bytes a step of its
+    tilings."""
     for cell in ("lstm", "gru"):
         for dt in (torch.bfloat16, torch.float16, torch.float32):
             p = plan(cell, dt, 128, 1024, training=True, sm_count=132, backward=True)
