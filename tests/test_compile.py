@@ -217,9 +217,10 @@ def test_splitk_backward_keeps_w_on_chip(tmp_path, capsys, triton_36):
     B=128 (3 of 256, where 2 parts of 512 held 256 rows of zeros in the second). W_hh's K
     part out of the time loop; wgmma, each warp's MMAs the work (none repeated: chained, 64
     rows on 8 warps repeated them, 112 a warp a step where the work is 64); each gate's
-    product its own chain of KC/16 where not chained (G x KC/16 where chained); the update's prefetches before the product, and where the plan
-    loads every gate's part ahead, no load among the MMAs; the plan's shared memory to the
-    byte; one program an SM co-resident; the staged part within the plan's budget and at
+    product its own chain of KC/16 where not chained (G x KC/16 where chained); the
+    update's prefetches before the product, and where the plan loads every gate's part
+    ahead, no load among the MMAs; the plan's shared memory to the byte; one program an SM
+    co-resident; the staged part within the plan's budget and at
     most 32 B of spills, 8 accesses a step (Triton 3.6's GRU B=512, 64 update rows; the
     others none. fp32 B=128 as one product of 128 rows, past the budget: 160-608 B, 40-136
     accesses a step)."""
