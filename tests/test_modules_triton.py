@@ -39,8 +39,9 @@ def test_lstm_proj(bidirectional, packed, kernel_mode, poison, launches):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("packed", ["sorted", "unsorted"])
-@pytest.mark.parametrize("batch_first", [False, True])
+# (a PackedSequence is time-major whatever batch_first says: one of each, not the four
+# combinations, for the suite's 15 minutes)
+@pytest.mark.parametrize("packed,batch_first", [("sorted", False), ("unsorted", True)])
 def test_packed(mode, packed, batch_first, kernel_mode, poison, launches):
     _check(rnn_config(mode=mode, packed=packed, num_layers=2, bidirectional=True, T=6, B=4,
                       batch_first=batch_first), launches)
