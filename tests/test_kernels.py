@@ -287,7 +287,7 @@ def test_stationary_split_tiles_match_the_reference(cell, split, units, poison, 
 
 
 @pytest.mark.parametrize("cell,ksplit,H,rows", [("gru", 2, 40, 16), ("lstm", 4, 40, 16),
-                                                ("gru", 6, 48, 16), ("lstm", 2, 40, 8),
+                                                ("gru", 6, 24, 16), ("lstm", 2, 40, 8),
                                                 ("lstm", 3, 48, 16)])
 def test_splitk_backward_matches_the_reference(cell, ksplit, H, rows, poison, launches,
                                                monkeypatch):
@@ -296,8 +296,9 @@ def test_splitk_backward_matches_the_reference(cell, ksplit, H, rows, poison, la
     products summed through memory, each part's program running the update of a quarter or
     half of the tile's rows (3 parts: halves, the third program none; 6: quarters, two
     none). B=20 (two batch groups of 16, the second partly past B), H=40 (5 unit groups; at
-    4 parts of 16 rows, the last part wholly past H) or 48 (3 parts of 16, 6 of 8: a GRU's
-    3 gates), lengths and reverse, forward and every gradient, against the reference.
+    4 parts of 16 rows, the last part wholly past H), 48 (3 parts of 16) or 24 (a GRU's 3
+    gates in 6 parts of 4), lengths and reverse, forward and every gradient, against the
+    reference.
     rows=8: each tile's product as two partial products of 8 rows a step
     (plan.splitk_product_rows)."""
     from fusedrnn.kernels import plan as planning
