@@ -424,6 +424,13 @@ class LSTMCell(_CellModule, nn.LSTMCell):
                 if value.dim() not in (1, 2):
                     raise ValueError(f"LSTMCell: Expected hx[{idx}] to be 1D or 2D, got "
                                      f"{value.dim()}D instead")
+            # torch's op checks these after the loop above; ours would index past them
+            if isinstance(hx, Tensor):
+                raise TypeError("LSTMCell: hx must be a tuple of two Tensors (h_0, c_0), not "
+                                f"a Tensor of shape {tuple(hx.shape)}")
+            if len(hx) != 2:
+                raise RuntimeError(f"LSTMCell: hx must hold two hidden states (h_0, c_0), got "
+                                   f"{len(hx)}")
         is_batched = input.dim() == 2
         if not is_batched:
             input = input.unsqueeze(0)

@@ -143,6 +143,9 @@ def test_bad_backend_name():
     ((torch.randn(2, 3), (torch.randn(2, 4), torch.randn(2, 5))), "hidden1 has inconsistent"),
     ((torch.randn(2, 3, 3),), "Expected input to be 1D or 2D"),
     ((torch.randn(2, 3).double(),), "dtype"),
+    ((torch.randn(2, 3), torch.randn(2, 4)), "tuple of"),
+    ((torch.randn(2, 3), torch.randn(1, 2, 4)), "tuple of"),
+    ((torch.randn(2, 3), (torch.randn(2, 4),) * 3), "two hidden states"),
 ])
 def test_lstm_cell_errors(backend, call, match):
     ref, ours = _both("LSTMCell", 3, 4, backend=backend)
