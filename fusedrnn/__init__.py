@@ -2,7 +2,7 @@
 from fusedrnn import functional, reference
 from fusedrnn.backend import BACKENDS
 from fusedrnn.compile import allow_compile
-from fusedrnn.convert import convert
+from fusedrnn.convert import convert, unconvert
 from fusedrnn.explain import explain
 from fusedrnn.modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
@@ -17,5 +17,5 @@ def check_errors() -> None:
     barrier_errors.check()
 
 
-__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "functional",
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "unconvert", "functional",
            "reference", "BACKENDS", "allow_compile", "explain", "check_errors", "__version__"]

@@ -27,17 +27,18 @@ def _fused_twin(module: nn.Module, cls: type, backend: str) -> nn.Module:
     return new
 
 
-def _parametrized_twin(module: nn.Module, backend: str) -> nn.Module | None:
-    """The drop-in of a torch RNN module carrying parametrizations (weight_norm,
-    spectral_norm, orthogonal on its weights: torch.nn.utils.parametrize makes its class a
-    subclass of torch's, ``Parametrized<Cls>``), parametrized the same way over the same
-    ``parametrizations``; None where it is another subclass."""
+def _parametrized_twin(module: nn.Module, swaps: dict, make) -> nn.Module | None:
+    """The twin (``make(module, swaps[cls])``) of an RNN module of class ``cls`` carrying
+    parametrizations (weight_norm, spectral_norm, orthogonal on its weights:
+    torch.nn.utils.parametrize makes its class a subclass of cls, ``Parametrized<Cls>``),
+    parametrized the same way over the same ``parametrizations``; None where it is another
+    subclass."""
     bases = type(module).__bases__
-    cls = _SWAPS.get(bases[0]) if len(bases) == 1 else None
+    cls = swaps.get(bases[0]) if len(bases) == 1 else None
     if cls is None or not parametrize.is_parametrized(module) or \
             type(module).__name__ != f"Parametrized{bases[0].__name__}":
         return None
-    new = _fused_twin(module, cls, backend)
+    new = make(module, cls)
     parametrize._inject_new_class(new)
     for name in new.parametrizations:
         parametrize._inject_property(new, name)
@@ -59,11 +60,58 @@ def convert(module: nn.Module, backend: str = "auto") -> nn.Module:
     cls = _SWAPS.get(type(module))
     if cls is not None:
         return _fused_twin(module, cls, backend)
-    twin = _parametrized_twin(module, backend)
+    twin = _parametrized_twin(module, _SWAPS,
+                              lambda m, cls: _fused_twin(m, cls, backend))
     if twin is not None:
         return twin
     for name, child in list(module.named_children()):
         new_child = convert(child, backend)
+        if new_child is not child:
+            setattr(module, name, new_child)
+    return module
+
+
+_UNSWAPS = {fused: torch_cls for torch_cls, fused in _SWAPS.items()}
+
+
+def _fused_options_set(module: nn.Module) -> list[str]:
+    """fusedrnn's own options set on a drop-in (torch's class cannot keep them)."""
+    def is_set(value):
+        return any(value) if isinstance(value, (tuple, list)) else bool(value)
+    return [name for name in modules.FUSED_OPTIONS if is_set(getattr(module, name, 0))]
+
+
+def unconvert(module: nn.Module, _path: str = "") -> nn.Module:
+    """The inverse of :func:`convert`: replace every fusedrnn drop-in inside ``module`` with
+    the ``torch.nn`` module it subclasses, sharing the same parameter objects (and
+    parametrizations), device, dtype and training mode.
+
+    For tools that match torch's classes exactly, such as
+    ``torch.ao.quantization.quantize_dynamic``, which leaves a drop-in unquantized, and for
+    saving a model that loads where fusedrnn is not installed. Raises ``ValueError`` where a
+    drop-in has one of fusedrnn's own options set (``weight_dropout``,
+    ``variational_dropout``, ``zoneout``, ``return_cell_states``), which torch's module
+    would silently drop. Returns the model; when ``module`` itself is a drop-in, the
+    returned object is its replacement."""
+    cls = _UNSWAPS.get(type(module))
+    plain = cls is not None
+    if not plain:
+        bases = type(module).__bases__
+        plain = len(bases) == 1 and bases[0] in _UNSWAPS and parametrize.is_parametrized(module)
+    if plain:
+        options = _fused_options_set(module)
+        if options:
+            where = f" at {_path!r}" if _path else ""
+            raise ValueError(f"fusedrnn.unconvert: the {type(module).__name__}{where} has "
+                             f"{', '.join(options)} set, which torch.nn's module cannot keep; "
+                             f"set it to 0 (False) first")
+    if cls is not None:
+        return modules.torch_twin(module, cls)
+    twin = _parametrized_twin(module, _UNSWAPS, modules.torch_twin)
+    if twin is not None:
+        return twin
+    for name, child in list(module.named_children()):
+        new_child = unconvert(child, f"{_path}.{name}" if _path else name)
         if new_child is not child:
             setattr(module, name, new_child)
     return module

@@ -36,6 +36,23 @@ def share_state(module: nn.Module, cls: type) -> nn.Module:
     return new
 
 
+# attributes of fusedrnn's modules that torch's do not have: the backend, and options
+# torch's modules cannot serve
+FUSED_OPTIONS = ("weight_dropout", "variational_dropout", "zoneout", "return_cell_states")
+FUSED_ATTRIBUTES = ("backend",) + FUSED_OPTIONS
+
+
+def torch_twin(module: nn.Module, cls: type | None = None) -> nn.Module:
+    """The torch.nn module a drop-in subclasses (or ``cls``), sharing its state: the very
+    same parameter objects, without fusedrnn's own attributes."""
+    if cls is None:
+        cls = next(c for c in type(module).__mro__ if c.__module__ == "torch.nn.modules.rnn")
+    twin = share_state(module, cls)
+    for name in FUSED_ATTRIBUTES:
+        twin.__dict__.pop(name, None)
+    return twin
+
+
 def _fx_leaf(module: nn.Module, input, hx, resets=None):
     """Under torch.fx symbolic tracing, a call_module node for ``module`` (None otherwise).
 
@@ -63,12 +80,7 @@ class _BackendMixin:
         torch.jit.script calls this for every submodule and puts the result into the parent
         module it was given, so after scripting a model the eager model holds the torch.nn
         modules too (same parameters, same numbers; ``fusedrnn.convert`` swaps them back)."""
-        base = next(c for c in type(self).__mro__ if c.__module__ == "torch.nn.modules.rnn")
-        twin = share_state(self, base)
-        for name in ("backend", "weight_dropout", "return_cell_states",  # fusedrnn's own
-                     "variational_dropout", "zoneout"):
-            twin.__dict__.pop(name, None)
-        return twin
+        return torch_twin(self)
 
     def _set_backend(self, backend: str) -> None:
         self.backend = _backend.check_backend_name(backend)

@@ -47,6 +47,38 @@ def test_convert_nested_model_same_outputs_same_parameters():
     assert all(p.grad is not None for p in params.values())
 
 
+def test_unconvert_gives_torch_modules_back():
+    """unconvert is convert's inverse: torch's exact classes over the same parameters (so
+    tools keyed on torch's classes, such as quantize_dynamic, see them again), training
+    mode kept, parametrizations kept; fusedrnn's own options raise rather than vanish."""
+    model = Model().double().eval()
+    x = torch.randn(2, 5, 3, dtype=torch.float64)
+    before, params = model(x), dict(model.named_parameters())
+    fusedrnn.convert(model, backend="reference")
+    assert fusedrnn.unconvert(model) is model
+    assert [type(m) for m in model.rnns] == [nn.LSTM, nn.GRU, nn.RNN]
+    assert [type(m) for m in model.cells.values()] == [nn.LSTMCell, nn.GRUCell, nn.RNNCell]
+    assert not any(hasattr(m, "backend") for m in model.modules())
+    assert all(p is params[n] for n, p in model.named_parameters())
+    assert not model.rnns[0].training
+    torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+    quantized = torch.ao.quantization.quantize_dynamic(
+        fusedrnn.unconvert(fusedrnn.convert(Model())), dtype=torch.qint8)
+    dynamic = torch.ao.nn.quantized.dynamic
+    assert type(quantized.rnns[0]) is dynamic.LSTM
+    assert type(quantized.cells["gru"]) is dynamic.GRUCell
+
+    lone = fusedrnn.unconvert(fusedrnn.GRU(2, 3))
+    assert type(lone) is nn.GRU
+    pickle.loads(pickle.dumps(lone))
+    wn = torch.nn.utils.parametrizations.weight_norm
+    param = fusedrnn.unconvert(fusedrnn.convert(wn(nn.LSTM(3, 4), "weight_hh_l0")))
+    assert type(param).__bases__ == (nn.LSTM,)
+    assert torch.nn.utils.parametrize.is_parametrized(param, "weight_hh_l0")
+    with pytest.raises(ValueError, match=r"'0' has zoneout set"):
+        fusedrnn.unconvert(nn.Sequential(fusedrnn.LSTM(3, 4, zoneout=0.1)))
+
+
 def test_convert_keeps_mode_and_leaves_converted_alone():
     model = nn.Sequential(nn.LSTM(3, 4)).eval()
     fusedrnn.convert(model)
