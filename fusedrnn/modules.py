@@ -164,15 +164,32 @@ def _autocast_dtype(module, device_type: str):
 
 def _autocast_cast(module, x: Tensor, states, weights):
     """(x, states, weights, context) as torch's module runs them under autocast: cast to the
-    autocast dtype with autocast then off (as inside torch's cast RNN ops), or untouched
-    with autocast left as it is (torch's uncast ops decompose into autocast matmuls)."""
+    autocast dtype with autocast then off (as inside torch's cast RNN ops), or with autocast
+    left as it is where torch's ops are uncast (they decompose into autocast matmuls)."""
     dt = _autocast_dtype(module, x.device.type)
     if dt is None:
+        if torch.is_autocast_enabled(x.device.type):
+            x, states, weights = _align_uncast(x, states, weights, x.device.type)
         return x, states, weights, contextlib.nullcontext()
     # as torch's autocast casts: float64 is not eligible and stays float64
     cast = lambda t: t if t is None or t.dtype == torch.float64 else t.to(dt)  # noqa: E731
     return (cast(x), [cast(s) for s in states], [cast(w) for w in weights],
             torch.autocast(x.device.type, enabled=False))
+
+
+def _align_uncast(x: Tensor, states, weights, device_type: str):
+    """Under autocast, torch's uncast modules (the GRU, GRUCell and LSTMCell on the CPU) take
+    any mix of float32 and the autocast dtype in input, state and weights: their matmuls
+    cast every operand to the autocast dtype, and the state, updated in place of hx, comes
+    out in hx's dtype. Ours take one dtype: hx's. Casting the others to it changes no
+    number torch computes (an autocast matmul casts them back, exactly); float64 and other
+    dtypes stay as they are, for the checks to name."""
+    mixable = (torch.float32, torch.get_autocast_dtype(device_type))
+    dt = states[0].dtype
+    if dt not in mixable:
+        return x, states, weights
+    cast = lambda t: t if t is None or t.dtype not in mixable else t.to(dt)  # noqa: E731
+    return cast(x), [cast(s) for s in states], [cast(w) for w in weights]
 
 
 def _zeros_state(module, batch: int, size: int, like: Tensor) -> Tensor:

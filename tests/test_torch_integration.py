@@ -245,6 +245,30 @@ def test_autocast_dtypes_match_torch(mode, backend):
         assert_close(a.float(), b.float(), 3e-2, mode)
 
 
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("mode", ["GRU", "GRUCell", "LSTMCell", "RNN"])
+def test_autocast_takes_torchs_dtype_mixes(mode, backend):
+    """Under autocast torch's modules take input and state in any mix of float32 and the
+    autocast dtype (on the CPU the GRU, GRUCell and LSTMCell are uncast and keep the
+    state in hx's dtype; the others are cast): so do ours, with torch's output dtypes and
+    numbers. (A torchaudio WaveRNN under CPU autocast raised on ours: bf16 input, fp32 hx.)"""
+    ref = getattr(nn, mode)(4, 8, device=DEVICE)
+    ours = getattr(fusedrnn, mode)(4, 8, backend=backend, device=DEVICE)
+    ours.load_state_dict(ref.state_dict())
+    cell = mode.endswith("Cell")
+    x = torch.randn(3, 4, device=DEVICE) if cell else torch.randn(5, 3, 4, device=DEVICE)
+    h = torch.randn(3, 8, device=DEVICE) if cell else torch.randn(1, 3, 8, device=DEVICE)
+    flat = lambda o: [o] if torch.is_tensor(o) else [t for p in o for t in flat(p)]  # noqa
+    for dx, dh in [(torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16),
+                   (torch.bfloat16, torch.bfloat16)]:
+        hx = (h.to(dh), h.to(dh)) if mode == "LSTMCell" else h.to(dh)
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            want, got = ref(x.to(dx), hx), ours(x.to(dx), hx)
+        for a, b in zip(flat(got), flat(want)):
+            assert a.dtype == b.dtype, (dx, dh)
+            assert_close(a.float(), b.float(), 3e-2, mode)
+
+
 def test_cuda_autocast_runs_full_modules_in_float16(monkeypatch):
     """torch's CUDA autocast wrapper of the cuDNN RNN casts to float16 whatever the autocast
     dtype (aten/src/ATen/cudnn/AutocastRNN.cpp): under bf16 autocast nn.LSTM/GRU/RNN give
