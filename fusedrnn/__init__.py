@@ -17,5 +17,6 @@ def check_errors() -> None:
     barrier_errors.check()
 
 
-__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "unconvert", "functional",
-           "reference", "BACKENDS", "allow_compile", "explain", "check_errors", "__version__"]
+__all__ = ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "convert", "unconvert",
+           "functional", "reference", "BACKENDS", "allow_compile", "explain", "check_errors",
+           "__version__"]
