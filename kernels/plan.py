@@ -57,6 +57,20 @@ UNIT_CHOICES = (4, 8)
 # fp16 H=768, 112 spill accesses a step: it streams there.)
 WIDE_UNITS = 16
 WIDE_WARPS = 8
+# Where the GPU has no wgmma (sm_80: an A100, 108 SMs, 163 KB a block; plan.wgmma), 16
+# units as a narrow tile instead: the batched runs of K (k_runs, 4 warps forward) and the
+# gate-batched backward (8 warps), as at 4 and 8 units. Without it every 16-bit LSTM and GRU
+# at H=1024 streamed W_hh on an A100, even B=8 (8 units: 128 groups > 108 SMs). Its sm_80
+# builds (Triton 3.9 / 3.6): bf16 LSTM B=8 H=1024 forward 94 / 92 registers, backward 120 /
+# 128, bf16 GRU B=16 H=1024 152 / 190 backward, no spill; fp16 GRU B=64 H=768's backward (32
+# rows) 255, 0 / 24 B; each warp's MMAs the work. B=32's backward at H=1024 needs 192 KB of
+# shared memory (not resident there). 16-bit LSTM and GRU only (fp32's slice at H >= 768 is
+# over SMEM_W_BUDGET; the plain RNN's 16 or 32 units, 4 x 4 or 8, cover H=1024 already).
+# At most 32 batch rows a program: each forward warp holds a (64, BB) fp32 partial product,
+# and at 64 rows (bf16 B=128 H=768) the sm_80 builds spilled 88 B (Triton 3.9) and 376 B,
+# 93 accesses a step (3.6), with 29-32 block barriers a step; at 32 rows none.
+NARROW_UNITS = 16
+NARROW_MAX_BATCH = 32
 # ... and only at BB >= 64: each warpgroup's wgmma then 64 rows by 32 (a narrower batch
 # leaves the tensor cores short tiles while both warpgroups still read all of W)
 WIDE_MIN_BATCH = 64
@@ -184,7 +198,8 @@ def _batch_gates(cell: str) -> int:
     return 1 if cell == "rnn" else 4
 
 
-def k_runs(cell: str, kc: int, bb: int, backward: bool, u: int) -> int:
+def k_runs(cell: str, kc: int, bb: int, backward: bool, u: int,
+           wide_tiles: bool = True) -> int:
     """KS: each K chunk of a weight-stationary program's product split in KS runs of KC / KS
     columns (at least 16, a tl.dot's K), each run's product on its own warp, summed after.
 
@@ -203,19 +218,21 @@ def k_runs(cell: str, kc: int, bb: int, backward: bool, u: int) -> int:
     one run, its warps (WIDE_WARPS) over the rows and the batch: the tile has work for
     every warp without splitting K."""
     most = max(1, kc // 16)
-    if wide(cell, u, backward):
+    if wide(cell, u, backward, wide_tiles):
         return 1
     if backward:
         return min(2, most) if cell != "rnn" else min(8, most)
     return min(MAX_K_RUNS, most)
 
 
-def stationary_warps(cell: str, kc: int, bb: int, backward: bool, u: int) -> int:
+def stationary_warps(cell: str, kc: int, bb: int, backward: bool, u: int,
+                     wide_tiles: bool = True) -> int:
     """Warps of a weight-stationary program: one per element of its product's batch (see
     k_runs); a wide forward's plain dot, WIDE_WARPS."""
-    if wide(cell, u, backward):
+    if wide(cell, u, backward, wide_tiles):
         return WIDE_WARPS
-    return k_runs(cell, kc, bb, backward, u) * (_batch_gates(cell) if backward else 1)
+    return (k_runs(cell, kc, bb, backward, u, wide_tiles)
+            * (_batch_gates(cell) if backward else 1))
 
 
 def _rows(cell: str, u: int) -> int:
@@ -224,13 +241,15 @@ def _rows(cell: str, u: int) -> int:
     return u if cell == "rnn" else 4 * u
 
 
-def wide(cell: str, u: int, backward: bool) -> bool:
-    """Whether a forward tiling is wide (WIDE_UNITS: 64 gate rows or more), one plain dot."""
-    return not backward and _rows(cell, u) >= 64
+def wide(cell: str, u: int, backward: bool, wide_tiles: bool = True) -> bool:
+    """Whether a forward tiling is wide (WIDE_UNITS: 64 gate rows or more), one plain dot.
+    wide_tiles False (a GPU without wgmma, plan.wgmma): never; there 64 gate rows are a
+    narrow tile (NARROW_UNITS), the batched runs of K as at 4 and 8 units."""
+    return wide_tiles and not backward and _rows(cell, u) >= 64
 
 
 def sub_rows(cell: str, dtype: torch.dtype, u: int, bb: int, kc: int,
-             backward: bool) -> int:
+             backward: bool, wide_tiles: bool = True) -> int:
     """The rows of one product and update of a program that owns BB batch rows: its forward
     runs them as BB / sub_rows sub-tiles one after another a step (SPLIT), each a whole
     product and update with the same W_hh slice, so the program keeps its rows and the grid
@@ -246,14 +265,14 @@ def sub_rows(cell: str, dtype: torch.dtype, u: int, bb: int, kc: int,
     64 rows, 256 B a chunk, and the backward stay whole: their spills are 100-500 B, L1
     hits, against a second round trip a step for a second sub-tile; not measured.)"""
     sub = min(bb, BATCH_CHOICES[0])
-    if backward or wide(cell, u, backward) or sub < BATCH_CHOICES[0]:
+    if backward or wide(cell, u, backward, wide_tiles) or sub < BATCH_CHOICES[0]:
         return sub
-    one_chunk = register_bytes(cell, dtype, u, sub, 1, kc, False)
+    one_chunk = register_bytes(cell, dtype, u, sub, 1, kc, False, wide_tiles)
     return sub // 2 if one_chunk > X_REG_BYTES else sub
 
 
 def register_bytes(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
-                   backward: bool) -> int:
+                   backward: bool, wide_tiles: bool = True) -> int:
     """Bytes a thread of a weight-stationary program holds in registers of the per-step
     operand: forward, h_{t-1}^T (all NK chunks; a wide tile, the chunks it loads at once:
     its builds stage them through shared memory one at a time, see x_ahead); backward,
@@ -261,31 +280,33 @@ def register_bytes(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: 
     gate gradients' dtype."""
     if backward:
         elt = torch.empty((), dtype=gate_grad_dtype(dtype)).element_size()
-        warps = stationary_warps(cell, kc, bb, True, u)
+        warps = stationary_warps(cell, kc, bb, True, u, wide_tiles)
         return _batch_gates(cell) * kc * bb * elt // (32 * warps)
     elt = torch.empty((), dtype=dtype).element_size()
     chunks = (nk if x_ahead(cell, dtype, u, bb, nk, kc, False) else 1) if wide(
-        cell, u, False) else nk
-    return chunks * kc * bb * elt // (32 * stationary_warps(cell, kc, bb, False, u))
+        cell, u, False, wide_tiles) else nk
+    return chunks * kc * bb * elt // (32 * stationary_warps(cell, kc, bb, False, u,
+                                                            wide_tiles))
 
 
 def within_register_budget(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
-                           backward: bool) -> bool:
+                           backward: bool, wide_tiles: bool = True) -> bool:
     """Whether :func:`register_bytes` stays under the budgets above, where the sm_80/sm_90
     builds do not spill; past them the plan still takes a resident tiling."""
-    operand = register_bytes(cell, dtype, u, bb, nk, kc, backward)
+    operand = register_bytes(cell, dtype, u, bb, nk, kc, backward, wide_tiles)
     if backward:
         elt = torch.empty((), dtype=dtype).element_size()
-        warps = stationary_warps(cell, kc, bb, True, u)
+        warps = stationary_warps(cell, kc, bb, True, u, wide_tiles)
         w_rnn = nk * kc * u * elt // (32 * warps) if cell == "rnn" else 0
         return operand <= X_REG_BYTES_BWD and w_rnn <= RNN_BWD_W_REG_BYTES
-    if cell == "rnn" and _rows(cell, u) > 16 and not wide(cell, u, backward):
+    if cell == "rnn" and _rows(cell, u) > 16 and not wide(cell, u, backward, wide_tiles):
         return operand <= X_REG_BYTES_RNN_2W
     return operand <= X_REG_BYTES
 
 
 def stationary_smem(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
-                    backward: bool, ahead: bool = False, partials: bool = True) -> int:
+                    backward: bool, ahead: bool = False, partials: bool = True,
+                    wide_tiles: bool = True) -> int:
     """Shared memory of a weight-stationary program, as its sm_90 builds have it (compile
     check, to the byte on every tiling measured): the W_hh slice, plus the step's operand
     staged for the MMA. Forward: chunks of h_{t-1}^T (KC, BB), one reused chunk to chunk,
@@ -299,8 +320,8 @@ def stationary_smem(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc:
     # on sm_90 keeps them there where they outgrow the staged operand, 3.9 on sm_80 did
     # not: the plain RNN's backward at U=32 BB=8, 24 KB against 20. ``partials=False`` is
     # the model without them; the limit takes them.)
-    runs = k_runs(cell, kc, bb, backward, u) if partials else 0
-    if wide(cell, u, backward):  # the chunks staged one at a time (ahead: from registers)
+    runs = k_runs(cell, kc, bb, backward, u, wide_tiles) if partials else 0
+    if wide(cell, u, backward, wide_tiles):  # chunks staged one at a time (ahead: from registers)
         return w + max(kc * bb * elt, runs * _rows(cell, u) * bb * 4)
     if not backward:
         return w + max((nk if ahead else 1) * kc * bb * elt, runs * _rows(cell, u) * bb * 4)
@@ -311,7 +332,7 @@ def stationary_smem(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc:
 
 def x_ahead(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
             backward: bool, cuda_rules: bool = True,
-            smem_limit: int = SMEM_BLOCK_LIMIT) -> bool:
+            smem_limit: int = SMEM_BLOCK_LIMIT, wide_tiles: bool = True) -> bool:
     """Whether a pass loads every chunk of its operand before its product (X_AHEAD). The
     forward, every chunk of h_{t-1}: one L2 round trip a step where chunk by chunk the
     sm_90 builds issued the last chunk's loads among the MMAs of the one before (two). It
@@ -327,11 +348,11 @@ def x_ahead(cell: str, dtype: torch.dtype, u: int, bb: int, nk: int, kc: int,
     before, 8 dependent HMMAs (~260 cycles) against an L2 round trip (~600): the step
     waited out most of NK round trips. Ahead (fp16 B=16 H=768, bf16 B=8 H=1024): no load
     among the MMAs, fewer registers (145-172 against 176-182), no spill."""
-    if wide(cell, u, backward):
+    if wide(cell, u, backward, wide_tiles):
         elt = torch.empty((), dtype=dtype).element_size()
         return (not cuda_rules or nk * kc * bb * elt // (32 * WIDE_WARPS) <= X_REG_BYTES)
-    return not cuda_rules or stationary_smem(cell, dtype, u, bb, nk, kc, backward,
-                                             True) <= smem_limit
+    return not cuda_rules or stationary_smem(cell, dtype, u, bb, nk, kc, backward, True,
+                                             wide_tiles=wide_tiles) <= smem_limit
 
 
 def splitk_smem(cell: str, dtype: torch.dtype, u: int, pr: int, kc: int,
@@ -458,21 +479,25 @@ def _splitk_plan(base: dict, cell, dtype, B, H, sm, cuda, smem_limit,
 def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=True,
                 smem_limit=SMEM_BLOCK_LIMIT):
     """(U, BB, NK, KC, programs, smem, split) of the best weight-stationary tiling, or None:
-    of UNIT_CHOICES at most 64 rows a program, else of WIDE_UNITS, else of UNIT_CHOICES
-    past 64 rows (split: sub_rows). Each later set only where the one before has no
-    resident tiling."""
+    of UNIT_CHOICES at most 64 rows a program, else of WIDE_UNITS (wide_tiles) or
+    NARROW_UNITS (not), else of UNIT_CHOICES past 64 rows (split: sub_rows). Each later set
+    only where the one before has no resident tiling."""
     scale = RNN_UNIT_SCALE if cell == "rnn" else 1
     two_bytes = torch.empty((), dtype=dtype).element_size() == 2
-    wider = (((WIDE_UNITS,), WIDE_MIN_BATCH, True),) if (
+    wider = (((WIDE_UNITS,), WIDE_MIN_BATCH, True, None),) if (
         wide_tiles and two_bytes and not backward) else ()
     # (16-bit has the wide tiles past 64 rows; 4 or 8 units for B=128 rows would read
     # h_{t-1} more than the streaming kernel reads W_hh and h together: bf16 H=1024 32 MB
     # a step against 24. fp32's 64 MB against 48 at B=128 H=1024 too, where the streaming
     # kernel measured 1.4 TB/s, latency-bound: kept, not measured)
-    more = ((UNIT_CHOICES, 1, True),) if not (backward or two_bytes) else ()
-    for units, least_bb, split in ((UNIT_CHOICES, 1, False), *wider, *more):
+    narrow = (((NARROW_UNITS,), 1, False, NARROW_MAX_BATCH),) if (
+        not wide_tiles and two_bytes and cell != "rnn") else ()
+    more = ((UNIT_CHOICES, 1, True, None),) if not (backward or two_bytes) else ()
+    for units, least_bb, split, most_bb in ((UNIT_CHOICES, 1, False, None), *wider,
+                                            *narrow, *more):
         best = _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules,
-                            [c * scale for c in units], least_bb, split, smem_limit)
+                            [c * scale for c in units], least_bb, split, smem_limit,
+                            wide_tiles, most_bb)
         if best is not None:
             return best
     if forced and not cuda_rules:
@@ -491,15 +516,17 @@ def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=
 
 
 def _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules, units, least_bb,
-                 more_rows=False, smem_limit=SMEM_BLOCK_LIMIT):
+                 more_rows=False, smem_limit=SMEM_BLOCK_LIMIT, wide_tiles=True,
+                 most_bb=None):
     """(U, BB, NK, KC, programs, smem, split) of the best resident tiling with U in
-    ``units`` and BB >= least_bb rows a program (more_rows: also SPLIT_CHOICES); a split
-    tiling's registers and shared memory are those of its sub-tiles (BB / split rows)."""
+    ``units`` and least_bb <= BB <= most_bb rows a program (more_rows: also SPLIT_CHOICES);
+    a split tiling's registers and shared memory are those of its sub-tiles (BB / split
+    rows)."""
     nk, kc = k_chunks(H)
     elt = torch.empty((), dtype=dtype).element_size()
     best = None
     for bb in (SPLIT_CHOICES if more_rows else ()) + BATCH_CHOICES:
-        if bb > max(8, triton.next_power_of_2(B)) or bb < least_bb:
+        if bb > max(8, triton.next_power_of_2(B)) or bb < least_bb or bb > (most_bb or bb):
             continue
         for u in units:
             rows = _rows(cell, u)
@@ -507,12 +534,12 @@ def _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules, units, least_bb,
             n_u, n_b = triton.cdiv(H, u), triton.cdiv(B, bb)
             if smem > SMEM_W_BUDGET or n_u * n_b > sm:
                 continue
-            sub = sub_rows(cell, dtype, u, bb, kc, backward) if cuda_rules else bb
+            sub = sub_rows(cell, dtype, u, bb, kc, backward, wide_tiles) if cuda_rules else bb
             split = bb // sub
             if split > MAX_SPLIT or sub < least_bb:
                 continue
-            if cuda_rules and stationary_smem(cell, dtype, u, sub, nk, kc,
-                                              backward) > smem_limit:
+            if cuda_rules and stationary_smem(cell, dtype, u, sub, nk, kc, backward,
+                                              wide_tiles=wide_tiles) > smem_limit:
                 continue  # (fp32 LSTM H=1024 BB=32 backward: 256 KB)
             # the register budgets are preferences, not limits: on an H200 (bench/results/
             # 20261127-191927-NVIDIA_H200.json) every resident tiling past them still beat
@@ -521,9 +548,9 @@ def _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules, units, least_bb,
             # (at most 64 rows, a tiling ranks as a whole one, as before the sub-tiles: its
             # split changes its build, not which tiling the plan takes)
             ranked = sub if bb > BATCH_CHOICES[0] else bb
-            held = register_bytes(cell, dtype, u, ranked, nk, kc, backward)
+            held = register_bytes(cell, dtype, u, ranked, nk, kc, backward, wide_tiles)
             in_regs = not cuda_rules or within_register_budget(cell, dtype, u, ranked, nk,
-                                                               kc, backward)
+                                                               kc, backward, wide_tiles)
             # within the budgets: the most programs; past them: the least held a thread;
             # then the most units a program: U x BB is the same at the same programs, and a
             # program reads BB rows of the state a step (half the broadcast at U=8 BB=32
@@ -614,11 +641,12 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
                         weights_on_chip=resident, reason=reason, U=u, BB=bb, NK=nk, KC=kc,
                         split=split,
                         x_ahead=x_ahead(cell, dtype, u, sub, nk, kc, backward, cuda,
-                                        smem_limit),
-                        KS=k_runs(cell, kc, sub, False, u),
-                        warps=stationary_warps(cell, kc, sub, False, u),
-                        KS_bwd=k_runs(cell, kc, bb, True, u),
-                        warps_bwd=stationary_warps(cell, kc, bb, True, u), w_bytes=smem,
+                                        smem_limit, wide_tiles),
+                        KS=k_runs(cell, kc, sub, False, u, wide_tiles),
+                        warps=stationary_warps(cell, kc, sub, False, u, wide_tiles),
+                        KS_bwd=k_runs(cell, kc, bb, True, u, wide_tiles),
+                        warps_bwd=stationary_warps(cell, kc, bb, True, u, wide_tiles),
+                        w_bytes=smem,
                         gates=g, ll=use_ll, red=use_red)
         if why_not is None:
             why_not = (f"no tiling of at most {sm_count} programs keeps a W_hh slice under "

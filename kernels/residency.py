@@ -14,6 +14,9 @@ import torch
 # an H100 SXM's limits per SM, for planning and tests without a GPU
 H100 = dict(sm_count=132, regs_per_sm=65536, smem_per_sm=228 * 1024, threads_per_sm=2048,
             blocks_per_sm=32)
+# an A100 SXM's (the narrow 16-unit tiles' GPU: plan.NARROW_UNITS)
+A100 = dict(sm_count=108, regs_per_sm=65536, smem_per_sm=164 * 1024, threads_per_sm=2048,
+            blocks_per_sm=32)
 
 
 def limits(device: torch.device) -> dict:

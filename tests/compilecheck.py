@@ -78,17 +78,23 @@ class Recorder:
         return record
 
 
-def _as_on_gpu(sms: int):
+# What plan.device_rules reads off an A100 (sm_80: no wgmma, 163 KB a block), beside its
+# 108 SMs: the plans the sm_80-only launches (narrow_launches) are captured with
+A100 = dict(wide_tiles=False, smem_limit=163 * 1024)
+
+
+def _as_on_gpu(sms: int, rules: dict | None = None):
     """Make the launchers, called on CPU tensors, launch what they would on a GPU with
-    ``sms`` SMs: the GPU's plan (and a resident weight-stationary grid), bf16 dots on the
-    tensor cores (no interpreter upcast), fp32 as torch's default (TF32: cudnn.allow_tf32)."""
+    ``sms`` SMs (and ``rules``, plan.device_rules: an H100's where None): the GPU's plan
+    (and a resident weight-stationary grid), bf16 dots on the tensor cores (no interpreter
+    upcast), fp32 as torch's default (TF32: cudnn.allow_tf32)."""
     gpu = torch.device("cuda")
     real_plan = plan.plan
 
     def plan_for(cell, dtype, B, H, K, proj, device, training, ieee, backward=False,
                  directions=1):
         return real_plan(cell, dtype, B, H, K, proj, training, sms, True, ieee, backward,
-                         directions)
+                         directions, **(rules or {}))
 
     def dot_flags(dtype, device, allow_tf32=None):
         return common.dot_flags(dtype, gpu, True if allow_tf32 is None else allow_tf32)
@@ -98,10 +104,10 @@ def _as_on_gpu(sms: int):
 
 
 def capture(hidden_sizes, batches=(1, 64), dtypes=(torch.float32, torch.bfloat16),
-            modes=("step", "sequence", "auto"), sms=132):
+            modes=("step", "sequence", "auto"), sms=132, rules=None):
     """Every distinct kernel launch the LSTM, GRU and RNN launchers make, forward and backward,
-    as they would on a GPU with ``sms`` SMs (``auto``: the plan's own choice, which is the
-    weight-stationary kernel where it fits)."""
+    as they would on a GPU with ``sms`` SMs and ``rules`` (``auto``: the plan's own choice,
+    which is the weight-stationary kernel where it fits)."""
     launches = {}
     for mod in (lstm, gru, rnn, stationary, splitk):
         for name in dir(mod):
@@ -109,7 +115,7 @@ def capture(hidden_sizes, batches=(1, 64), dtypes=(torch.float32, torch.bfloat16
                 getattr(mod, name).launches = launches
             elif name.endswith("_kernel") and hasattr(getattr(mod, name), "arg_names"):
                 setattr(mod, name, Recorder(getattr(mod, name), launches))
-    _as_on_gpu(sms)
+    _as_on_gpu(sms, rules)
     T, I = 2, 32
     for mode in modes:
         os.environ[KERNEL_ENV] = mode
@@ -310,7 +316,15 @@ def compile_all(launches, one=_compile_one, targets=tuple(TARGETS), keep=None) -
         return pool.map(one, range(len(_JOBS)))
 
 
-def within_register_budget(kernel_name: str, dtype: str, config: dict) -> bool:
+def wide_tiles(num_warps: int) -> bool:
+    """The plan's wide_tiles for a recorded weight-stationary launch of ``num_warps`` warps:
+    only at 64 gate rows a forward does it matter, and there a wide tile's plain dot has
+    WIDE_WARPS warps where a narrow tile's runs of K have at most MAX_K_RUNS."""
+    return num_warps == plan.WIDE_WARPS
+
+
+def within_register_budget(kernel_name: str, dtype: str, config: dict,
+                           num_warps: int) -> bool:
     """Whether a weight-stationary launch's tiling is within the plan's register budgets
     (kernels/plan.py), where its builds must not spill. dtype: "bf16" | "fp16" | "fp32"."""
     cell = "lstm" if str(config["LSTM"]) == "True" else \
@@ -318,21 +332,22 @@ def within_register_budget(kernel_name: str, dtype: str, config: dict) -> bool:
     dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     return plan.within_register_budget(cell, dt, int(config["U"]), int(config["BB"]),
                                        int(config["NK"]), int(config["KC"]),
-                                       kernel_name == "stationary_bwd_kernel")
+                                       kernel_name == "stationary_bwd_kernel",
+                                       wide_tiles(num_warps))
 
 
 def _wide_launch(key, launch) -> bool:
     """Whether a recorded weight-stationary launch is a wide tile's forward (plan.wide)."""
     c = launch[2]
     cell = "lstm" if c["LSTM"] else "rnn" if c["RNN"] else "gru"
-    return plan.wide(cell, c["U"], key[0] != "stationary_fwd_kernel")
+    return plan.wide(cell, c["U"], key[0] != "stationary_fwd_kernel", wide_tiles(launch[3]))
 
 
 def _within_budgets(launches: dict) -> dict:
     """The launches without the weight-stationary tilings planned past the register budgets:
     those spill by design, compile slowly (minutes at H=1024), and --stationary checks them."""
     return {k: v for k, v in launches.items() if not k[0].startswith("stationary_")
-            or within_register_budget(k[0], v[1]["w_ptr"][1:], v[2])}
+            or within_register_budget(k[0], v[1]["w_ptr"][1:], v[2], v[3])}
 
 
 def main(argv=None):
@@ -358,13 +373,15 @@ def main(argv=None):
                     help="bf16 hidden sizes of the weight-stationary matrix")
     ap.add_argument("--clock", action="store_true",
                     help="with --stationary: launches recording their steps' clocks")
+    ap.add_argument("--narrow", action="store_true",
+                    help="with --stationary: an A100's narrow 16-unit launches (sm_80)")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("run without TRITON_INTERPRET: the kernels must be JIT functions")
     if args.stationary:
         return check_stationary(args.json, args.targets, tuple(args.batches), args.wide,
                                 args.splitk, args.ll, args.red, args.clock,
-                                tuple(args.bf16_hidden))
+                                tuple(args.bf16_hidden), args.narrow)
     # the streaming kernels at every size; the plan's own choice ("auto": the
     # weight-stationary kernels where they fit, which --stationary checks in depth) at
     # --auto-hidden
@@ -634,6 +651,26 @@ def wide_launches(sms=132):
     return launches
 
 
+def narrow_launches(probe=()):
+    """The narrow 16-unit tiles (plan.NARROW_UNITS) where an A100 (108 SMs, A100 rules)
+    plans them: bf16 LSTM B=8 H=1024 training, forward and backward (64 programs, 4 chunks
+    of h; an issue 11 target that streamed there), and fp16 GRU B=64 H=768's backward (2
+    batch groups of 32: 96 programs). ``probe``: more (dtype, cell, B, H) to capture."""
+    launches = {}
+    for dt, lstm_cell, B, H in ((torch.bfloat16, True, 8, 1024),
+                                (torch.float16, False, 64, 768), *probe):
+        one = {}  # (a layer's forward and backward: one launch each)
+        for key, launch in capture([H], batches=(B,), dtypes=(dt,), modes=("auto",),
+                                   sms=108, rules=A100).items():
+            c = launch[2]
+            if (key[0].startswith("stationary_") and c["LSTM"] == lstm_cell and not c["RNN"]
+                    and c["U"] == plan.NARROW_UNITS and c.get("SAVE", True)
+                    and not c["PAIRED"] and key[0] not in {k[0] for k in one}):
+                one[key] = launch
+        launches.update(one)
+    return launches
+
+
 def splitk_launches(sms=132):
     """The split-K backward (kernels/splitk.py) where a 132-SM GPU plans it for issue 11's
     targets: bf16 LSTM and GRU B=128 H=1024 (64 rows a program, each gate's product its own
@@ -759,26 +796,28 @@ def _splitk_one(k: int) -> dict:
 
 def check_stationary(json_path=None, targets=tuple(TARGETS), batches=(1, 16, 64),
                      wide=False, splitk=False, ll_words=False, red=False,
-                     clock=False, bf16_hidden=(256, 1024)) -> list[dict]:
+                     clock=False, bf16_hidden=(256, 1024), narrow=False) -> list[dict]:
     # past the register budgets, sm_90 alone (the H100/H200 the plan measured them on):
     # those compiles take minutes, and sm_80 doubled them
     # (the wide tiles are sm_90's alone: plan.wgmma. sm_80 builds at B=16 and 16-bit only:
     # B=1's tilings, BB=8, are also B=16's where they have the most programs, B=64's are
     # built for sm_90 with the same MMAs (not wide: HMMA on both), fp32's differ by the
     # operands' type, and the suite keeps within 15 minutes)
-    special = wide or splitk or ll_words or red or clock
+    # (the narrow tiles, an A100's alone: sm_80, whatever the targets)
+    special = wide or splitk or ll_words or red or clock or narrow
     per_batch = {} if special else {b: stationary_matrix(batches=(b,),
                                                          bf16_hidden=bf16_hidden)
                                     for b in batches}
     launches = wide_launches() if wide else splitk_launches() if splitk else ll_launches() \
-        if ll_words else red_launches() if red else clock_launches() if clock else {
-            k: v for m in per_batch.values() for k, v in m.items()}
+        if ll_words else red_launches() if red else clock_launches() if clock else \
+        narrow_launches() if narrow else {k: v for m in per_batch.values() for k, v in m.items()}
     sm80 = {k for b, m in per_batch.items() if b == 16 for k in m}
     rows = compile_all(launches, _splitk_one if special and not wide else _stationary_one,
-                       targets,
-                       keep=lambda key, launch, tname: tname == "sm_90"
+                       ("sm_80",) if narrow else targets,
+                       keep=lambda key, launch, tname: narrow or tname == "sm_90"
                        or key in sm80 and launch[1]["w_ptr"] != "*fp32"
-                       and within_register_budget(key[0], launch[1]["w_ptr"][1:], launch[2])
+                       and within_register_budget(key[0], launch[1]["w_ptr"][1:], launch[2],
+                                                  launch[3])
                        and not _wide_launch(key, launch))
     print(f"{'kernel':22} {'target':6} {'dtype':5} {'U,BB,NKxKC':13} {'warps':>5} {'regs':>5} "
           f"{'spill':>5} {'smem':>7} {'W ld/step':>9} {'MMA/warp/step':>13} {'work':>5} "

@@ -55,7 +55,7 @@ TRITON_36 = ROOT.parent / ".venv" / "triton36"  # installed there by `make test`
 
 def _stationary_rows(tmp_path, capsys, pythonpath=None, targets=("sm_80", "sm_90"),
                      batches=(1, 16, 64), wide=False, splitk=False, ll=False, red=False,
-                     clock=False, bf16_hidden=(256, 1024)):
+                     clock=False, bf16_hidden=(256, 1024), narrow=False):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
@@ -65,6 +65,7 @@ def _stationary_rows(tmp_path, capsys, pythonpath=None, targets=("sm_80", "sm_90
                            "--batches", *map(str, batches), *(["--wide"] if wide else []),
                            *(["--splitk"] if splitk else []), *(["--ll"] if ll else []),
                            *(["--red"] if red else []), *(["--clock"] if clock else []),
+                           *(["--narrow"] if narrow else []),
                            "--bf16-hidden", *map(str, bf16_hidden)],
                           env=env, capture_output=True, text=True)
     with capsys.disabled():
@@ -115,7 +116,7 @@ def _check_stationary(rows):
     assert any(r["config"].get("SPLIT") == "2" for r in fwd), "no split tile in the matrix"
 
 
-def _check_stationary_row(r) -> bool:
+def _check_stationary_row(r, gpu=residency.H100) -> bool:
     """_check_stationary's checks of one build; whether its tiling is past the budgets."""
     what = f"{r['kernel']} {r['target']} {r['dtype']} {r['config']}"
     assert r["config"]["RESIDENT"] == "True", what
@@ -131,7 +132,8 @@ def _check_stationary_row(r) -> bool:
     runs = int(r["config"]["KS"]) * (int(r["config"]["NK"]) if "bwd" in r["kernel"] else 1)
     chain = r["k_tiles"] // runs
     assert 0 < r["mma_chain"] <= chain, f"MMA chain {r['mma_chain']} > {chain}: {what}"
-    past = not compilecheck.within_register_budget(r["kernel"], r["dtype"], r["config"])
+    past = not compilecheck.within_register_budget(r["kernel"], r["dtype"], r["config"],
+                                                   r["num_warps"])
     if r["config"].get("SPLIT") == "2":
         # what the split is for: whole, these tiles spilled 104 B to 16 KB on Triton 3.6
         # (fp32 BB=64; the LSTM at H >= 768 with 32 registers); split, at most 24 B
@@ -146,7 +148,7 @@ def _check_stationary_row(r) -> bool:
         assert r["spill_bytes"] >= 0, f"unreadable resources: {what}"
         assert 0 < r["mma_per_step"] <= r["mma_work"], f"MMAs per warp per step: {what}"
     assert residency.max_coresident(r["registers"], r["num_warps"], r["dyn_shared"],
-                                    residency.H100) >= residency.H100["sm_count"], what
+                                    gpu) >= gpu["sm_count"], what
     # the sum over the batched dot's partial products in registers after one layout
     # conversion (stationary._sum_runs): 6-15 block barriers a step; reduced across the
     # warps by tl.sum, 25-31 (fp16 B=16 H=768, both passes), in rounds through shared memory
@@ -156,7 +158,8 @@ def _check_stationary_row(r) -> bool:
     dt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[r["dtype"]]
     smem = [plan.stationary_smem(cell, dt, int(c["U"]), int(c["BB"]), int(c["NK"]),
                                  int(c["KC"]), "bwd" in r["kernel"],
-                                 c.get("X_AHEAD") == "True", partials)
+                                 c.get("X_AHEAD") == "True", partials,
+                                 compilecheck.wide_tiles(r["num_warps"]))
             for partials in (True, False)]
     assert r["dyn_shared"] in smem, f"shared memory {r['dyn_shared']}, modelled {smem}: {what}"
     return past
@@ -205,6 +208,35 @@ def test_wide_tiles_keep_w_on_chip_without_spills(tmp_path, capsys, triton_36):
         assert r["config"]["U"] == str(plan.WIDE_UNITS) and r["config"]["KS"] == "1", r
         assert r["num_warps"] == plan.WIDE_WARPS and r["wgmma"], r
         assert r["spill_bytes"] == 0 and r["mma_per_step"] == r["k_tiles"], r
+
+
+@pytest.mark.parametrize("triton_36", [False, True], ids=["installed", "triton_3_6"])
+def test_narrow_tiles_keep_w_on_chip_on_sm80(tmp_path, capsys, triton_36):
+    """The narrow 16-unit tiles (plan.NARROW_UNITS) where an A100 plans them, on sm_80 with
+    the installed Triton and with 3.6 (users' A100s run any): bf16 LSTM B=8 H=1024 forward
+    (4 runs of K on 4 warps, all 4 chunks of h ahead) and backward (4 gates x 2 runs on 8
+    warps, 64 programs), fp16 GRU B=64 H=768's backward (32 rows a program, 96 programs).
+    Within the register budgets, so: each warp's MMAs the work (mma.sync, no wgmma on
+    sm_80), W_hh out of the time loop, at most 128 B of spills, the plan's shared memory to
+    the byte (within an A100's 163 KB) and one program an SM co-resident on an A100
+    (_check_stationary_row)."""
+    if triton_36 and not (TRITON_36 / "triton").is_dir():
+        pytest.skip(f"Triton 3.6 is not installed at {TRITON_36} (make test installs it; "
+                    f"it needs PyPI once)")
+    rows = _stationary_rows(tmp_path, capsys, pythonpath=TRITON_36 if triton_36 else None,
+                            targets=("sm_80",), narrow=True)
+    assert {(r["kernel"], r["dtype"], r["config"]["BB"]) for r in rows} == {
+        ("stationary_fwd_kernel", "bf16", "8"), ("stationary_bwd_kernel", "bf16", "8"),
+        ("stationary_bwd_kernel", "fp16", "32")}
+    if triton_36:
+        assert rows[0]["triton"] == "3.6.0", "did not compile with Triton 3.6"
+    for r in rows:
+        assert r["target"] == "sm_80" and not r["wgmma"], r
+        assert not _check_stationary_row(r, residency.A100), r  # within the budgets
+        fwd = r["kernel"] == "stationary_fwd_kernel"
+        assert r["config"]["U"] == str(plan.NARROW_UNITS), r
+        assert (r["config"]["KS"], r["num_warps"]) == (("4", 4) if fwd else ("2", 8)), r
+        assert r["dyn_shared"] <= 163 * 1024, r
 
 
 @pytest.mark.parametrize("triton_36", [False, True], ids=["installed", "triton_3_6"])

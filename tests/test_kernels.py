@@ -244,6 +244,31 @@ def test_stationary_runs_of_k_match_the_reference(cell, ahead, poison, launches,
     _one_stationary_layer_matches(cell, B, H, launches)
 
 
+def test_stationary_narrow_16_unit_tiles_match_the_reference(poison, launches, monkeypatch):
+    """Narrow 16-unit tiles (plan.NARROW_UNITS: an A100's, no wgmma, at 16-bit H=1024): 64
+    gate rows as the batched runs of K, 4 warps forward (not the wide tile's plain dot) and
+    the backward's 4 gates x 2 runs. H=192 (3 chunks of 64) in 12 tiles looping on one
+    program, lengths and reverse, forward and every gradient, against the reference. (The
+    LSTM alone: the GRU's product is the LSTM's, its gates padded to four.)"""
+    from fusedrnn.kernels import lstm
+    from fusedrnn.kernels import plan as planning
+
+    def no_wgmma(cell, dtype, B, H, K, proj, device, training, ieee, backward=False,
+                 directions=1):  # (plan_for under the interpreter, as on a GPU without wgmma)
+        return planning.plan(cell, dtype, B, H, K, proj, training, 1, False, ieee, backward,
+                             directions, wide_tiles=False)
+
+    monkeypatch.setattr(planning, "FORCED_UNITS", planning.NARROW_UNITS)
+    monkeypatch.setattr(lstm, "plan_for", no_wgmma)
+    H, B = 192, 3
+    fwd, bwd = (no_wgmma("lstm", F64, B, H, H, False, None, True, False, backward=b)
+                for b in (False, True))
+    assert fwd["kernel"] == bwd["kernel"] == "stationary" and fwd["NK"] == 3
+    assert fwd["U"] == planning.NARROW_UNITS and fwd["tiles"] == 12
+    assert (fwd["KS"], fwd["warps"], bwd["KS_bwd"], bwd["warps_bwd"]) == (4, 4, 2, 8)
+    _one_stationary_layer_matches("lstm", B, H, launches)
+
+
 @pytest.mark.parametrize("cell,ahead", _AHEAD)
 def test_stationary_wide_tiles_match_the_reference(cell, ahead, poison, launches, monkeypatch):
     """Wide tiles (plan.WIDE_UNITS: 64 gate rows, what 16-bit B=128 at H=1024 runs): the

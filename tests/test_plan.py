@@ -229,7 +229,8 @@ def test_plans_fit_the_devices_shared_memory(kb, monkeypatch):
                             continue
                         sub = p["BB"] // p["split"]
                         smem = planning.stationary_smem(cell, dt, p["U"], sub, p["NK"],
-                                                        p["KC"], bwd, p["x_ahead"])
+                                                        p["KC"], bwd, p["x_ahead"],
+                                                        wide_tiles=kb == 227)
                         if p.get("ksplit"):  # (the backward split over K)
                             smem = planning.splitk_smem(cell, dt, p["U"], p["product_rows"],
                                                         p["KC"], p["x_ahead"])
@@ -259,6 +260,46 @@ def test_wide_tiles_only_on_sm90(monkeypatch):
     assert planning.wgmma(cuda) is False
     p = plan("lstm", torch.bfloat16, 128, 1024, sm_count=132, wide_tiles=False)
     assert p["kernel"] == "sequence"
+
+
+def test_narrow_16_unit_tiles_where_the_gpu_has_no_wgmma():
+    """On an A100 (108 SMs, no wgmma, 163 KB a block) 8 units a program make 128 unit
+    groups at H=1024, more than its SMs: every 16-bit LSTM and GRU at H=1024 streamed W_hh,
+    even B=8. There 16 units (64 gate rows, 128 KB of bf16 W_hh) are a narrow tile: 64
+    programs, the forward's 4 runs of K on 4 warps and the backward's 4 gates x 2 runs on
+    8, as at 4 and 8 units; at most 32 batch rows a program (NARROW_MAX_BATCH). Where 4 or 8
+    units are resident, and on sm_90 (wide tiles), nothing changes."""
+    a100 = dict(sm_count=108, wide_tiles=False, smem_limit=163 * 1024)
+    for cell in ("lstm", "gru"):
+        for dt in (torch.bfloat16, torch.float16):
+            for B, bwd in ((1, False), (8, False), (8, True), (16, True), (32, False)):
+                p = plan(cell, dt, B, 1024, training=True, backward=bwd, **a100)
+                assert p["kernel"] == "stationary" and p["weights_on_chip"], p
+                assert (p["U"], p["programs"]) == (planning.NARROW_UNITS, 64), p
+                assert (p["KS"], p["warps"], p["KS_bwd"], p["warps_bwd"]) == (4, 4, 2, 8), p
+                assert not planning.wide(cell, p["U"], bwd, wide_tiles=False), p
+                assert p["BB"] <= planning.NARROW_MAX_BATCH, p
+                assert planning.stationary_smem(
+                    cell, dt, p["U"], p["BB"], p["NK"], p["KC"], bwd, p["x_ahead"],
+                    wide_tiles=False) <= a100["smem_limit"], p
+            # the backward at 32 rows a program needs 192 KB; 128 rows, 4 groups of 32
+            # (256 programs) or 2 of 64 (past NARROW_MAX_BATCH): stream
+            assert plan(cell, dt, 32, 1024, backward=True, **a100)["kernel"] == "sequence"
+            assert plan(cell, dt, 128, 768, **a100)["kernel"] == "sequence"
+            # 8 units where they are resident (H=768: 96 groups)
+            assert plan(cell, dt, 16, 768, **a100)["U"] == 8
+        # fp32 (TF32): 16 units of W_hh at H=1024 are 256 KB, over the slice's budget
+        assert plan(cell, torch.float32, 8, 1024, **a100)["kernel"] == "sequence"
+    # the plain RNN's 16 or 32 units (4 or 8, times 4: 16 or 32 rows) cover H=1024 already
+    p = plan("rnn", torch.bfloat16, 8, 1024, **a100)
+    assert p["kernel"] == "stationary" and p["U"] <= 32 and p["programs"] <= 108, p
+    # an H100's plans never take the narrow tile: 16 units there are the wide tile's forward
+    for cell in ("lstm", "gru"):
+        for B in (1, 8, 16, 32, 64, 128, 512):
+            for bwd in (False, True):
+                p = plan(cell, torch.bfloat16, B, 1024, sm_count=132, backward=bwd)
+                if p["kernel"] == "stationary" and p["U"] == 16:
+                    assert not bwd and (p["KS"], p["warps"]) == (1, planning.WIDE_WARPS), p
 
 
 def test_splitk_backward_where_no_backward_tiling_is_resident():
