@@ -60,8 +60,8 @@ class Config:
 
 def gpu_grid(cells, dtypes, modes, batches, hiddens, T=256, quick=False):
     """GUIDE section 5: 1-layer configs over B x H with I = H, plus 2-layer bidirectional
-    at B=32, H=512, plus cuDNN's persistent fp16 LSTM case. Small configs first, so a run
-    cut by its time budget keeps the most rows."""
+    at B=32, H=512 (and 1-layer bf16 at B=16, H=1024), plus cuDNN's persistent fp16 LSTM
+    case. Small configs first, so a run cut by its time budget keeps the most rows."""
     if quick:
         batches = [b for b in batches if b in (8, 128)] or batches[:2]
         hiddens = [h for h in hiddens if h in (256, 1024)] or hiddens[:2]
@@ -69,6 +69,11 @@ def gpu_grid(cells, dtypes, modes, batches, hiddens, T=256, quick=False):
             for h, b, c, d, m in itertools.product(hiddens, batches, cells, dtypes, modes)]
     grid += [Config(c, d, m, 32, 512, T, 512, layers=2, bidirectional=True)
              for c, d, m in itertools.product(cells, dtypes, modes)]
+    # a bidirectional layer whose directions pair as narrow 16-unit tiles on half the SMs
+    # (plan.NARROW_UNITS; at H=512 they pair at 8 units)
+    if "bf16" in dtypes and not quick:
+        grid += [Config(c, "bf16", m, 16, 1024, T, 1024, bidirectional=True)
+                 for c, m in itertools.product([c for c in cells if c != "rnn"], modes)]
     if "lstm" in cells and not quick:
         grid += [Config("lstm", "fp16", m, 16, h, T, h)
                  for h, m in itertools.product((512, 768, 1024), modes)]

@@ -57,15 +57,20 @@ UNIT_CHOICES = (4, 8)
 # fp16 H=768, 112 spill accesses a step: it streams there.)
 WIDE_UNITS = 16
 WIDE_WARPS = 8
-# Where the GPU has no wgmma (sm_80: an A100, 108 SMs, 163 KB a block; plan.wgmma), 16
-# units as a narrow tile instead: the batched runs of K (k_runs, 4 warps forward) and the
-# gate-batched backward (8 warps), as at 4 and 8 units. Without it every 16-bit LSTM and GRU
-# at H=1024 streamed W_hh on an A100, even B=8 (8 units: 128 groups > 108 SMs). Its sm_80
-# builds (Triton 3.9 / 3.6): bf16 LSTM B=8 H=1024 forward 94 / 92 registers, backward 120 /
-# 128, bf16 GRU B=16 H=1024 152 / 190 backward, no spill; fp16 GRU B=64 H=768's backward (32
-# rows) 255, 0 / 24 B; each warp's MMAs the work. B=32's backward at H=1024 needs 192 KB of
-# shared memory (not resident there). 16-bit LSTM and GRU only (fp32's slice at H >= 768 is
-# over SMEM_W_BUDGET; the plain RNN's 16 or 32 units, 4 x 4 or 8, cover H=1024 already).
+# Where no tiling of 4 or 8 units, nor a wide one, is resident, 16 units as a narrow tile:
+# the batched runs of K (k_runs, 4 warps forward) and the gate-batched backward (8 warps),
+# as at 4 and 8 units (plan.wide's wide_tiles False). Without it every 16-bit LSTM and GRU
+# at H=1024 streamed W_hh on an A100 (sm_80, no wgmma, 108 SMs, 163 KB a block), even B=8
+# (8 units: 128 groups > 108 SMs), and on an H100 PCIe (114 SMs); a bidirectional 16-bit
+# layer at H=768-1024 B <= 32 now pairs its directions on half the SMs with them. sm_80
+# builds (Triton 3.9 / 3.6): bf16 LSTM B=8 H=1024 forward 94 / 92 registers, backward 120
+# / 128, bf16 GRU B=16 H=1024 backward 152 / 190, no spill; fp16 GRU B=64 H=768's backward
+# (32 rows) 255, 0 / 24 B. sm_90: bf16 LSTM B=8 H=1024 forward 90 / 94, backward 170 / 128
+# (0 / 8 B); fp16 LSTM B=16 H=768 paired 120-126 and 144-174, no spill; bf16 B=32 H=1024
+# paired backward 255, 8 / 24 B. Each warp's MMAs the work (mma.sync). B=32's backward at
+# H=1024 needs 192 KB of shared memory (not on an A100). 16-bit LSTM and GRU only (fp32's
+# slice at H >= 768 is over SMEM_W_BUDGET; the plain RNN's 16 or 32 units, 4 x 4 or 8,
+# cover H=1024 already).
 # At most 32 batch rows a program: each forward warp holds a (64, BB) fp32 partial product,
 # and at 64 rows (bf16 B=128 H=768) the sm_80 builds spilled 88 B (Triton 3.9) and 376 B,
 # 93 accesses a step (3.6), with 29-32 block barriers a step; at 32 rows none.
@@ -243,8 +248,8 @@ def _rows(cell: str, u: int) -> int:
 
 def wide(cell: str, u: int, backward: bool, wide_tiles: bool = True) -> bool:
     """Whether a forward tiling is wide (WIDE_UNITS: 64 gate rows or more), one plain dot.
-    wide_tiles False (a GPU without wgmma, plan.wgmma): never; there 64 gate rows are a
-    narrow tile (NARROW_UNITS), the batched runs of K as at 4 and 8 units."""
+    wide_tiles False (a GPU without wgmma, plan.wgmma, or a narrow tiling): never; 64 gate
+    rows are then a narrow tile (NARROW_UNITS), the batched runs of K as at 4 and 8 units."""
     return wide_tiles and not backward and _rows(cell, u) >= 64
 
 
@@ -478,28 +483,29 @@ def _splitk_plan(base: dict, cell, dtype, B, H, sm, cuda, smem_limit,
 
 def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=True,
                 smem_limit=SMEM_BLOCK_LIMIT):
-    """(U, BB, NK, KC, programs, smem, split) of the best weight-stationary tiling, or None:
-    of UNIT_CHOICES at most 64 rows a program, else of WIDE_UNITS (wide_tiles) or
-    NARROW_UNITS (not), else of UNIT_CHOICES past 64 rows (split: sub_rows). Each later set
-    only where the one before has no resident tiling."""
+    """(U, BB, NK, KC, programs, smem, split, wide) of the best weight-stationary tiling, or
+    None: of UNIT_CHOICES at most 64 rows a program, else of WIDE_UNITS (wide_tiles: the
+    GPU builds them as wgmma), else of NARROW_UNITS, else of UNIT_CHOICES past 64 rows
+    (split: sub_rows). Each later set only where the one before has no resident tiling.
+    wide: whether the tiling is a wide tile (plan.wide's wide_tiles for its helpers)."""
     scale = RNN_UNIT_SCALE if cell == "rnn" else 1
     two_bytes = torch.empty((), dtype=dtype).element_size() == 2
-    wider = (((WIDE_UNITS,), WIDE_MIN_BATCH, True, None),) if (
+    wider = (((WIDE_UNITS,), WIDE_MIN_BATCH, True, None, True),) if (
         wide_tiles and two_bytes and not backward) else ()
     # (16-bit has the wide tiles past 64 rows; 4 or 8 units for B=128 rows would read
     # h_{t-1} more than the streaming kernel reads W_hh and h together: bf16 H=1024 32 MB
     # a step against 24. fp32's 64 MB against 48 at B=128 H=1024 too, where the streaming
     # kernel measured 1.4 TB/s, latency-bound: kept, not measured)
-    narrow = (((NARROW_UNITS,), 1, False, NARROW_MAX_BATCH),) if (
-        not wide_tiles and two_bytes and cell != "rnn") else ()
-    more = ((UNIT_CHOICES, 1, True, None),) if not (backward or two_bytes) else ()
-    for units, least_bb, split, most_bb in ((UNIT_CHOICES, 1, False, None), *wider,
-                                            *narrow, *more):
+    narrow = (((NARROW_UNITS,), 1, False, NARROW_MAX_BATCH, False),) if (
+        two_bytes and cell != "rnn") else ()
+    more = ((UNIT_CHOICES, 1, True, None, wide_tiles),) if not (backward or two_bytes) else ()
+    for units, least_bb, split, most_bb, wide_set in (
+            (UNIT_CHOICES, 1, False, None, wide_tiles), *wider, *narrow, *more):
         best = _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules,
                             [c * scale for c in units], least_bb, split, smem_limit,
-                            wide_tiles, most_bb)
+                            wide_set, most_bb)
         if best is not None:
-            return best
+            return (*best, wide_set)
     if forced and not cuda_rules:
         # forced where it cannot stay on chip: stream W per tile, programs loop over tiles.
         # Under the interpreter only: on an H200 such tilings failed to compile (shared
@@ -511,7 +517,7 @@ def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=
         bb = min(16, max(8, triton.next_power_of_2(B)))
         split = 1 if backward else FORCED_SPLIT
         return (u, bb * split, nk, kc, triton.cdiv(H, u) * triton.cdiv(B, bb * split),
-                _rows(cell, u) * nk * kc * elt, split)
+                _rows(cell, u) * nk * kc * elt, split, wide_tiles)
     return None
 
 
@@ -621,7 +627,7 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
             if sk is not None:
                 return dict(sk, red=use_red)
         if st is not None:
-            u, bb, nk, kc, tiles, smem, split = st
+            u, bb, nk, kc, tiles, smem, split, as_wide = st
             sub = bb // split  # the rows of one product and update (sub_rows)
             programs = min(tiles, sm_count)
             resident = programs == tiles
@@ -641,11 +647,11 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
                         weights_on_chip=resident, reason=reason, U=u, BB=bb, NK=nk, KC=kc,
                         split=split,
                         x_ahead=x_ahead(cell, dtype, u, sub, nk, kc, backward, cuda,
-                                        smem_limit, wide_tiles),
-                        KS=k_runs(cell, kc, sub, False, u, wide_tiles),
-                        warps=stationary_warps(cell, kc, sub, False, u, wide_tiles),
-                        KS_bwd=k_runs(cell, kc, bb, True, u, wide_tiles),
-                        warps_bwd=stationary_warps(cell, kc, bb, True, u, wide_tiles),
+                                        smem_limit, as_wide),
+                        KS=k_runs(cell, kc, sub, False, u, as_wide),
+                        warps=stationary_warps(cell, kc, sub, False, u, as_wide),
+                        KS_bwd=k_runs(cell, kc, bb, True, u, as_wide),
+                        warps_bwd=stationary_warps(cell, kc, bb, True, u, as_wide),
                         w_bytes=smem,
                         gates=g, ll=use_ll, red=use_red)
         if why_not is None:

@@ -374,7 +374,7 @@ def main(argv=None):
     ap.add_argument("--clock", action="store_true",
                     help="with --stationary: launches recording their steps' clocks")
     ap.add_argument("--narrow", action="store_true",
-                    help="with --stationary: an A100's narrow 16-unit launches (sm_80)")
+                    help="with --stationary: the narrow 16-unit launches (NARROW)")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("run without TRITON_INTERPRET: the kernels must be JIT functions")
@@ -651,21 +651,30 @@ def wide_launches(sms=132):
     return launches
 
 
-def narrow_launches(probe=()):
-    """The narrow 16-unit tiles (plan.NARROW_UNITS) where an A100 (108 SMs, A100 rules)
-    plans them: bf16 LSTM B=8 H=1024 training, forward and backward (64 programs, 4 chunks
-    of h; an issue 11 target that streamed there), and fp16 GRU B=64 H=768's backward (2
-    batch groups of 32: 96 programs). ``probe``: more (dtype, cell, B, H) to capture."""
+# Where the narrow 16-unit tiles (plan.NARROW_UNITS) are planned, per target: (dtype, LSTM,
+# B, H, SMs, plan rules, paired). sm_80, an A100 (108 SMs): bf16 LSTM B=8 H=1024 (64
+# programs, 4 chunks of h; an issue 11 target that streamed there) and fp16 GRU B=64 H=768's
+# backward (2 batch groups of 32: 96 programs). sm_90: an H100 PCIe's 114 SMs at bf16 LSTM
+# B=8 H=1024 (8 units: 128 groups), and a bidirectional fp16 LSTM B=16 H=768 on a 132-SM
+# GPU, its two directions paired on half the SMs each.
+NARROW = {"sm_80": ((torch.bfloat16, True, 8, 1024, 108, A100, False),
+                    (torch.float16, False, 64, 768, 108, A100, False)),
+          "sm_90": ((torch.bfloat16, True, 8, 1024, 114, None, False),
+                    (torch.float16, True, 16, 768, 132, None, True))}
+
+
+def narrow_launches(target: str, probe=()) -> dict:
+    """The narrow tiles' launches planned for ``target``'s GPUs (NARROW, and ``probe``: more
+    of its tuples), forward (saving) and backward of each, one launch each."""
     launches = {}
-    for dt, lstm_cell, B, H in ((torch.bfloat16, True, 8, 1024),
-                                (torch.float16, False, 64, 768), *probe):
-        one = {}  # (a layer's forward and backward: one launch each)
+    for dt, lstm_cell, B, H, sms, rules, paired in (*NARROW[target], *probe):
+        one = {}
         for key, launch in capture([H], batches=(B,), dtypes=(dt,), modes=("auto",),
-                                   sms=108, rules=A100).items():
+                                   sms=sms, rules=rules).items():
             c = launch[2]
             if (key[0].startswith("stationary_") and c["LSTM"] == lstm_cell and not c["RNN"]
                     and c["U"] == plan.NARROW_UNITS and c.get("SAVE", True)
-                    and not c["PAIRED"] and key[0] not in {k[0] for k in one}):
+                    and c["PAIRED"] == paired and key[0] not in {k[0] for k in one}):
                 one[key] = launch
         launches.update(one)
     return launches
@@ -803,22 +812,25 @@ def check_stationary(json_path=None, targets=tuple(TARGETS), batches=(1, 16, 64)
     # B=1's tilings, BB=8, are also B=16's where they have the most programs, B=64's are
     # built for sm_90 with the same MMAs (not wide: HMMA on both), fp32's differ by the
     # operands' type, and the suite keeps within 15 minutes)
-    # (the narrow tiles, an A100's alone: sm_80, whatever the targets)
+    # (the narrow tiles: each target's own plans, NARROW)
     special = wide or splitk or ll_words or red or clock or narrow
+    narrows = {t: narrow_launches(t) for t in targets} if narrow else {}
     per_batch = {} if special else {b: stationary_matrix(batches=(b,),
                                                          bf16_hidden=bf16_hidden)
                                     for b in batches}
     launches = wide_launches() if wide else splitk_launches() if splitk else ll_launches() \
         if ll_words else red_launches() if red else clock_launches() if clock else \
-        narrow_launches() if narrow else {k: v for m in per_batch.values() for k, v in m.items()}
+        {k: v for m in narrows.values() for k, v in m.items()} if narrow else {
+            k: v for m in per_batch.values() for k, v in m.items()}
     sm80 = {k for b, m in per_batch.items() if b == 16 for k in m}
     rows = compile_all(launches, _splitk_one if special and not wide else _stationary_one,
-                       ("sm_80",) if narrow else targets,
-                       keep=lambda key, launch, tname: narrow or tname == "sm_90"
-                       or key in sm80 and launch[1]["w_ptr"] != "*fp32"
-                       and within_register_budget(key[0], launch[1]["w_ptr"][1:], launch[2],
-                                                  launch[3])
-                       and not _wide_launch(key, launch))
+                       targets,
+                       keep=lambda key, launch, tname: key in narrows[tname] if narrow else (
+                           tname == "sm_90"
+                           or key in sm80 and launch[1]["w_ptr"] != "*fp32"
+                           and within_register_budget(key[0], launch[1]["w_ptr"][1:],
+                                                      launch[2], launch[3])
+                           and not _wide_launch(key, launch)))
     print(f"{'kernel':22} {'target':6} {'dtype':5} {'U,BB,NKxKC':13} {'warps':>5} {'regs':>5} "
           f"{'spill':>5} {'smem':>7} {'W ld/step':>9} {'MMA/warp/step':>13} {'work':>5} "
           f"{'chain':>5}")

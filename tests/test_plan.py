@@ -67,10 +67,11 @@ def test_explain_per_layer_and_direction():
         (0, "forward"), (0, "reverse"), (1, "forward"), (1, "reverse")}
     for r in rows:
         assert {"kernel", "programs", "weights_on_chip", "reason"} <= set(r)
-        # 96 unit groups of 8 do not fit half the GPU (U=16 spills): each direction keeps
-        # its own launch on the whole GPU
-        assert r["kernel"] == "stationary" and r["programs"] >= 96
-        assert r["directions"] == 2 and not r.get("paired")
+        # 96 unit groups of 8 do not fit half the GPU; 48 of 16 (narrow tiles) do: both
+        # directions in one launch, 96 programs in all
+        assert r["kernel"] == "stationary" and r["programs"] == 48
+        assert r["U"] == planning.NARROW_UNITS and r["KS"] == 4, r
+        assert r["directions"] == 2 and r["paired"]
         assert r["backward"]["kernel"] in ("stationary", "sequence", "step")
     with pytest.raises(TypeError, match="explain takes an LSTM"):
         fusedrnn.explain(torch.nn.Linear(2, 2), torch.randn(2, 2))
@@ -262,13 +263,14 @@ def test_wide_tiles_only_on_sm90(monkeypatch):
     assert p["kernel"] == "sequence"
 
 
-def test_narrow_16_unit_tiles_where_the_gpu_has_no_wgmma():
+def test_narrow_16_unit_tiles_where_8_units_make_more_groups_than_sms():
     """On an A100 (108 SMs, no wgmma, 163 KB a block) 8 units a program make 128 unit
     groups at H=1024, more than its SMs: every 16-bit LSTM and GRU at H=1024 streamed W_hh,
-    even B=8. There 16 units (64 gate rows, 128 KB of bf16 W_hh) are a narrow tile: 64
-    programs, the forward's 4 runs of K on 4 warps and the backward's 4 gates x 2 runs on
-    8, as at 4 and 8 units; at most 32 batch rows a program (NARROW_MAX_BATCH). Where 4 or 8
-    units are resident, and on sm_90 (wide tiles), nothing changes."""
+    even B=8 (and on an H100 PCIe's 114 SMs). There 16 units (64 gate rows, 128 KB of bf16
+    W_hh) are a narrow tile: 64 programs, the forward's 4 runs of K on 4 warps and the
+    backward's 4 gates x 2 runs on 8, as at 4 and 8 units; at most 32 batch rows a program
+    (NARROW_MAX_BATCH). Where 4 or 8 units, or the wide tiles, are resident, nothing
+    changes."""
     a100 = dict(sm_count=108, wide_tiles=False, smem_limit=163 * 1024)
     for cell in ("lstm", "gru"):
         for dt in (torch.bfloat16, torch.float16):
@@ -293,7 +295,14 @@ def test_narrow_16_unit_tiles_where_the_gpu_has_no_wgmma():
     # the plain RNN's 16 or 32 units (4 or 8, times 4: 16 or 32 rows) cover H=1024 already
     p = plan("rnn", torch.bfloat16, 8, 1024, **a100)
     assert p["kernel"] == "stationary" and p["U"] <= 32 and p["programs"] <= 108, p
-    # an H100's plans never take the narrow tile: 16 units there are the wide tile's forward
+    # sm_90 (wide tiles) with fewer SMs: an H100 PCIe's 114 (8 units: 128 groups at H=1024)
+    p = plan("lstm", torch.bfloat16, 8, 1024, sm_count=114, training=True)
+    assert (p["U"], p["programs"], p["KS"], p["warps"]) == (16, 64, 4, 4), p
+    # and half of a 132-SM GPU, for a bidirectional layer's pair: 48 groups of 16 a direction
+    p = plan("lstm", torch.float16, 16, 768, sm_count=132, directions=2)
+    assert p["paired"] and (p["U"], p["programs"], p["KS"]) == (16, 48, 4), p
+    # a 132-SM GPU's one-direction plans keep their tiles: 8 units (or the wide tile's
+    # forward at 64 rows) wherever they are resident
     for cell in ("lstm", "gru"):
         for B in (1, 8, 16, 32, 64, 128, 512):
             for bwd in (False, True):
