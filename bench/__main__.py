@@ -8,7 +8,8 @@ checked), fused-splitk (the backward split over K wherever it has a tiling; time
 in training where the plan's own backward is another) and fused-ll (the weight-stationary
 forward exchanging h as LL words instead of meeting at a barrier, kernels/ll.py; timed only
 where the forward is weight-stationary) and fused-red (the weight-stationary kernels'
-barriers arriving with a red.release; likewise); --impls names others (fused-step;
+barriers arriving with a red.release; likewise) and fused-narrow (16-bit LSTM/GRU on the
+narrow 16-unit tiles, where resident and not the plan's own); --impls names others (fused-step;
 fused-resets, resets passed but none set, which times the in-kernel restarts; reference,
 native-nocudnn). Without a GPU: the Triton kernels under the interpreter at a tiny size as
 a correctness smoke test, and CPU timings of auto/native/reference against torch.nn.
@@ -72,7 +73,7 @@ def parse(argv):
 
 
 GPU_IMPLS = ["cudnn", "fused", "fused-seq", "fused-stationary", "fused-splitk", "fused-ll",
-             "fused-red"]
+             "fused-red", "fused-narrow"]
 
 
 def gpu_configs(args):

@@ -14,7 +14,7 @@ The kernels (GUIDE section 3):
 - ``sequence``: the streaming sequence kernel (one launch, programs loop over tiles, W_hh
   re-read from L2 every step): where the slice does not fit on chip.
 - ``step``: one launch per step: where a step has far more tiles than the GPU has SMs.
-``FUSEDRNN_KERNEL=step|sequence|stationary|splitk|ll|red`` overrides the choice.
+``FUSEDRNN_KERNEL=step|sequence|stationary|splitk|ll|red|narrow`` overrides the choice.
 """
 from __future__ import annotations
 
@@ -36,7 +36,11 @@ KERNEL_ENV = "FUSEDRNN_KERNEL"  # "auto" | "step" | "sequence" | "stationary" | 
 # plan's own choice, with the weight-stationary kernels' barriers arriving with a
 # red.release instead of an atomic whose value they wait for (common.group_barrier): the
 # fused-red rows)
-KERNELS = ("auto", "step", "sequence", "stationary", "splitk", "ll", "red")
+# "narrow": the plan's own choice, except that a 16-bit LSTM or GRU takes the narrow
+# 16-unit tiles (NARROW_UNITS) wherever one is resident, before 4 or 8 units: what the
+# fused-narrow rows time against the 8-unit tiles on one GPU (an H200 times there what an
+# A100 or an H100 PCIe plans at H=1024).
+KERNELS = ("auto", "step", "sequence", "stationary", "splitk", "ll", "red", "narrow")
 
 # Bytes of W_hh one program may keep in shared memory: an H100/H200 block gets up to 227 KB;
 # the rest is left for the h chunks and the layout conversions of the gate split.
@@ -482,11 +486,12 @@ def _splitk_plan(base: dict, cell, dtype, B, H, sm, cuda, smem_limit,
 
 
 def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=True,
-                smem_limit=SMEM_BLOCK_LIMIT):
+                smem_limit=SMEM_BLOCK_LIMIT, narrow_first=False):
     """(U, BB, NK, KC, programs, smem, split, wide) of the best weight-stationary tiling, or
     None: of UNIT_CHOICES at most 64 rows a program, else of WIDE_UNITS (wide_tiles: the
     GPU builds them as wgmma), else of NARROW_UNITS, else of UNIT_CHOICES past 64 rows
-    (split: sub_rows). Each later set only where the one before has no resident tiling.
+    (split: sub_rows). Each later set only where the one before has no resident tiling
+    (narrow_first: NARROW_UNITS first).
     wide: whether the tiling is a wide tile (plan.wide's wide_tiles for its helpers)."""
     scale = RNN_UNIT_SCALE if cell == "rnn" else 1
     two_bytes = torch.empty((), dtype=dtype).element_size() == 2
@@ -499,8 +504,10 @@ def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=
     narrow = (((NARROW_UNITS,), 1, False, NARROW_MAX_BATCH, False),) if (
         two_bytes and cell != "rnn") else ()
     more = ((UNIT_CHOICES, 1, True, None, wide_tiles),) if not (backward or two_bytes) else ()
-    for units, least_bb, split, most_bb, wide_set in (
-            (UNIT_CHOICES, 1, False, None, wide_tiles), *wider, *narrow, *more):
+    sets = ((UNIT_CHOICES, 1, False, None, wide_tiles), *wider, *narrow, *more)
+    if narrow_first:
+        sets = (*narrow, *sets)
+    for units, least_bb, split, most_bb, wide_set in sets:
         best = _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules,
                             [c * scale for c in units], least_bb, split, smem_limit,
                             wide_set, most_bb)
@@ -616,9 +623,9 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
         # (forced, as the tests force it in exact fp32 on a GPU, it runs: correct, not fast)
         why_not = ("exact fp32 (allow_tf32 off) runs its dots on FMAs with W in registers, "
                    "which does not fit on chip")
-    if why_not is None and choice in ("auto", "stationary", "splitk", "ll", "red"):
+    if why_not is None and choice in ("auto", "stationary", "splitk", "ll", "red", "narrow"):
         st = _stationary(cell, dtype, B, H, sm_count, choice == "stationary" or not cuda,
-                         backward and cuda, cuda, wide_tiles, smem_limit)
+                         backward and cuda, cuda, wide_tiles, smem_limit, choice == "narrow")
         forced_splitk = FORCED_KSPLIT > 1 or choice == "splitk"
         use_red = choice == "red" or FORCED_RED
         if backward and cell != "rnn" and (st is None and wide_tiles or forced_splitk):

@@ -8,6 +8,7 @@ import torch
 
 import fusedrnn
 from bench import configs, measure, report
+from fusedrnn.kernels import plan
 
 
 def test_wrong_result_is_failed_and_not_timed(monkeypatch):
@@ -177,6 +178,24 @@ def test_ll_variant_is_timed_only_where_the_forward_is_weight_stationary():
     ll = rows["fp32"]["fused-ll"]
     assert ll["status"] == "ok" and ll["plan"]["ll"] and not rows["fp32"]["fused"]["plan"]["ll"]
     assert rows["fp64"]["fused-ll"]["status"] == "same"
+
+
+def test_narrow_variant_is_timed_only_where_its_plan_differs():
+    """fused-narrow (FUSEDRNN_KERNEL=narrow) times a 16-bit layer on the narrow 16-unit tiles
+    beside the plan's own (under the interpreter's one program, H=4: a tile of 16 units, 12
+    of them past H, where the plan takes 4), checked like every row; fp32 has no narrow
+    tiles: not run."""
+    rows = {}
+    for dtype in ("bf16", "fp32"):
+        cfg = configs.Config("lstm", dtype, "training", 3, 4, 3, 4)
+        got = measure.measure(cfg, ["torch.nn", "fused", "fused-narrow"], "torch.nn",
+                              torch.device("cpu"), time_it=False)
+        rows[dtype] = {r["impl"]: r for r in got}
+    narrow = rows["bf16"]["fused-narrow"]
+    assert narrow["status"] == "ok", narrow
+    assert narrow["plan"]["U"] == narrow["plan"]["backward"]["U"] == plan.NARROW_UNITS
+    assert rows["bf16"]["fused"]["plan"]["U"] < plan.NARROW_UNITS
+    assert rows["fp32"]["fused-narrow"]["status"] == "same"
 
 
 def test_splitk_variant_is_timed_only_where_its_plan_differs(monkeypatch):

@@ -263,6 +263,23 @@ def test_wide_tiles_only_on_sm90(monkeypatch):
     assert p["kernel"] == "sequence"
 
 
+def test_narrow_kernel_choice_takes_the_narrow_tiles_first(monkeypatch):
+    """FUSEDRNN_KERNEL=narrow (the bench's fused-narrow rows): 16-bit LSTM and GRU on the
+    narrow 16-unit tiles wherever one is resident, where the plan's own are 4 or 8 units
+    (bf16 B=8 H=1024 on an H200: 64 programs against 128); elsewhere the plan's own."""
+    auto = {bwd: plan("lstm", torch.bfloat16, 8, 1024, sm_count=132, backward=bwd)
+            for bwd in (False, True)}
+    fp32 = plan("lstm", torch.float32, 8, 1024, sm_count=132)
+    wide = plan("lstm", torch.bfloat16, 128, 1024, sm_count=132)
+    monkeypatch.setenv("FUSEDRNN_KERNEL", "narrow")
+    for bwd in (False, True):
+        p = plan("lstm", torch.bfloat16, 8, 1024, sm_count=132, backward=bwd)
+        assert (p["kernel"], p["U"], p["programs"]) == ("stationary", 16, 64), p
+        assert (p["KS"], p["KS_bwd"]) == (4, 2) and auto[bwd]["U"] == 8
+    assert plan("lstm", torch.float32, 8, 1024, sm_count=132) == fp32
+    assert plan("lstm", torch.bfloat16, 128, 1024, sm_count=132) == wide  # (none resident)
+
+
 def test_narrow_16_unit_tiles_where_8_units_make_more_groups_than_sms():
     """On an A100 (108 SMs, no wgmma, 163 KB a block) 8 units a program make 128 unit
     groups at H=1024, more than its SMs: every 16-bit LSTM and GRU at H=1024 streamed W_hh,
