@@ -8,7 +8,8 @@ from torch.nn.utils.rnn import PackedSequence
 from fusedrnn import backend as _backend
 
 
-def explain(module: nn.Module, input, sm_count: int | None = None) -> list[dict]:
+def explain(module: nn.Module, input, sm_count: int | None = None, *,
+            wide_tiles: bool | None = None, smem_limit: int | None = None) -> list[dict]:
     """The plan of every layer and direction of ``module`` (an LSTM/GRU/RNN or a cell,
     fusedrnn's or torch's) for ``input``: a list of dicts with at least ``kernel`` ("stationary",
     "sequence", "step"), ``programs``, ``weights_on_chip`` and ``reason``, plus the grid,
@@ -20,7 +21,9 @@ def explain(module: nn.Module, input, sm_count: int | None = None) -> list[dict]
 
     ``sm_count`` plans for a GPU with that many SMs (132 for an H100) from any machine;
     by default the input's GPU, or, for CPU input, Triton's interpreter (one program).
-    Nothing runs."""
+    With it, ``wide_tiles`` (whether the GPU builds wgmma: sm_90) and ``smem_limit`` (its
+    shared memory a block, in bytes) default to an H100's; an A100 is ``sm_count=108,
+    wide_tiles=False, smem_limit=163 * 1024``. Nothing runs."""
     from fusedrnn.kernels import plan as _plan
 
     cells = {nn.LSTM: "lstm", nn.LSTMCell: "lstm", nn.GRU: "gru", nn.GRUCell: "gru",
@@ -46,9 +49,14 @@ def explain(module: nn.Module, input, sm_count: int | None = None) -> list[dict]
     else:
         sms = sm_count
     cuda = sm_count is not None or x.device.type == "cuda"
-    # (a given SM count describes an H100/H200: the wide tiles as on sm_90, its shared memory)
+    # (a given SM count describes an H100/H200 unless told otherwise: the wide tiles as on
+    # sm_90, its shared memory)
     rules = _plan.device_rules(x.device) if sm_count is None and x.device.type == "cuda" \
         else {}
+    if wide_tiles is not None:
+        rules["wide_tiles"] = wide_tiles
+    if smem_limit is not None:
+        rules["smem_limit"] = smem_limit
     ieee = x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
     chosen = _backend.resolve(getattr(module, "backend", "native"), x.device, x.dtype)
     rows = []

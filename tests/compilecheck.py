@@ -343,6 +343,15 @@ def _wide_launch(key, launch) -> bool:
     return plan.wide(cell, c["U"], key[0] != "stationary_fwd_kernel", wide_tiles(launch[3]))
 
 
+def _narrow_launch(key, launch) -> bool:
+    """Whether a recorded weight-stationary launch is a narrow 16-unit tile's
+    (plan.NARROW_UNITS: an LSTM or GRU, not the plain RNN's 4 x 4 units; 16 units a
+    backward are narrow wherever they are planned)."""
+    c = launch[2]
+    return (not c["RNN"] and c["U"] == plan.NARROW_UNITS
+            and not _wide_launch(key, launch))
+
+
 def _within_budgets(launches: dict) -> dict:
     """The launches without the weight-stationary tilings planned past the register budgets:
     those spill by design, compile slowly (minutes at H=1024), and --stationary checks them."""
@@ -627,10 +636,12 @@ def stationary_matrix(sms=132, batches=(1, 16, 64), bf16_hidden=(256, 1024)):
                    (torch.float32, (768,))):
         for B in batches:
             launches.update(capture(hs, batches=(B,), dtypes=(dt,), **kw))
-    # (without the wide tiles' forward, which the bidirectional B=64 H=1024 pairs: --wide
-    # checks them)
+    # (without the wide tiles' forward, which the bidirectional B=64 H=1024 pairs, nor the
+    # narrow tiles, which the bidirectional 16-bit B <= 32 pairs: --wide and --narrow check
+    # them; 16 of 183 launches)
     return {k: v for k, v in launches.items()
-            if k[0].startswith("stationary_") and not _wide_launch(k, v)}
+            if k[0].startswith("stationary_") and not _wide_launch(k, v)
+            and not _narrow_launch(k, v)}
 
 
 def wide_launches(sms=132):

@@ -309,6 +309,12 @@ def test_narrow_16_unit_tiles_where_8_units_make_more_groups_than_sms():
             assert plan(cell, dt, 16, 768, **a100)["U"] == 8
         # fp32 (TF32): 16 units of W_hh at H=1024 are 256 KB, over the slice's budget
         assert plan(cell, torch.float32, 8, 1024, **a100)["kernel"] == "sequence"
+    # fusedrnn.explain plans for an A100 from any machine
+    m = fusedrnn.LSTM(1024, 1024, dtype=torch.bfloat16)
+    row, = fusedrnn.explain(m, torch.randn(4, 8, 1024, dtype=torch.bfloat16), **a100)
+    assert (row["U"], row["programs"], row["backward"]["U"]) == (16, 64, 16), row
+    row, = fusedrnn.explain(m, torch.randn(4, 8, 1024, dtype=torch.bfloat16), sm_count=132)
+    assert (row["U"], row["programs"]) == (8, 128), row
     # the plain RNN's 16 or 32 units (4 or 8, times 4: 16 or 32 rows) cover H=1024 already
     p = plan("rnn", torch.bfloat16, 8, 1024, **a100)
     assert p["kernel"] == "stationary" and p["U"] <= 32 and p["programs"] <= 108, p
