@@ -133,15 +133,24 @@ KSPLIT_X_BYTES = 128
 # three at 384 B spilled 8 B (B=128, 16 update rows) and 304 B (B=512, 64 rows) on Triton
 # 3.6, sm_90; 0 on 3.9
 KSPLIT_AHEAD_BYTES = 256
-# The rows of the update a program runs a step (splitk_update_rows), at most 64: at 128
-# (bf16 B=1024 H=1024) the builds spilled 736-776 B, 219-271 accesses a step
+# The rows of the update a program runs at once, at most 64: at 128 (bf16 B=1024 H=1024)
+# the builds spilled 736-776 B, 219-271 accesses a step. A program whose share of the
+# tile's rows is more (16-bit B=512 H=768: 128 rows; it streamed its backward, 0.44-0.79x
+# cuDNN at B=512 on the H200) runs it as passes of KSPLIT_PASS_ROWS (splitk_pass_rows); the
+# plan prefers tilings of one pass (every earlier plan's), taking passes only where no such
+# tiling fits. Passes of 64 spilled 40-160 B, 11-59 accesses a step (sm_90, Triton 3.9 and
+# 3.6: bf16 LSTM B=512 H=768, bf16 GRU B=1024 H=1024, fp32 LSTM B=512 H=768); of 32, 8-56
+# B and 2-13; of 16, 0-72 B (3.9's LSTM spilled as much at 16 as at 32).
 KSPLIT_UPDATE_ROWS = 64
+KSPLIT_PASS_ROWS = 32
 # S where the plan forces the weight-stationary kernels (the interpreter; tests set 2 to 6),
 # and its partial products' rows (of 16; tests set 8: two a step). On a GPU (the tests'
 # native run) a FORCED_KSPLIT past 1 takes the split-K tiling its search finds with that S,
 # else with any, wherever there is one, so that the tests run it there too.
 FORCED_KSPLIT = 1
 FORCED_PRODUCT_ROWS = 16
+# and the rows of one pass of its update (None: the whole share; tests set 4: two passes)
+FORCED_PASS_ROWS = None
 # The weight-stationary forward's h exchange as LL words (kernels/ll.py) where the plan is
 # forced to it (FUSEDRNN_KERNEL=ll; the tests set this). Not the default until a GPU run
 # shows it correct and faster than the barrier (bench's fused-ll rows): the model saves two
@@ -409,6 +418,12 @@ def splitk_update_rows(bb: int, s: int) -> int:
     return triton.next_power_of_2(triton.cdiv(bb, s))
 
 
+def splitk_pass_rows(rb: int) -> int:
+    """UR: the rows of one pass of a split-K program's update: all RB where they are at most
+    KSPLIT_UPDATE_ROWS, else RB / UR passes of KSPLIT_PASS_ROWS."""
+    return rb if rb <= KSPLIT_UPDATE_ROWS else KSPLIT_PASS_ROWS
+
+
 def splitk_traffic(cell: str, dtype: torch.dtype, B: int, H: int, u: int, s: int) -> int:
     """Bytes a split-K backward step moves through L2: the broadcast of dgates_{t+1} (every
     unit group reads all gate columns of every batch row) and the fp32 partial products,
@@ -435,13 +450,13 @@ def _splitk(cell, dtype, B, H, sm, smem_limit, parts=KSPLIT_CHOICES):
                 programs = triton.cdiv(H, u) * s * triton.cdiv(B, bb)
                 accs = 1 if splitk_chained(pr) else g
                 if ((s - 1) * kc >= H or programs > sm or g * kc * u * elt > SMEM_W_BUDGET
-                        or splitk_update_rows(bb, s) > KSPLIT_UPDATE_ROWS
                         or accs * pr * u * 4 // (32 * KSPLIT_WARPS) > KSPLIT_ACC_BYTES
                         or splitk_smem(cell, dtype, u, pr, kc) > smem_limit):
                     continue
                 ahead = (splitk_smem(cell, dtype, u, pr, kc, True) <= smem_limit
                          and g * splitk_staged(dtype, pr, kc) <= KSPLIT_AHEAD_BYTES)
                 key = (splitk_staged(dtype, pr, kc) > KSPLIT_X_BYTES,
+                       splitk_update_rows(bb, s) > KSPLIT_UPDATE_ROWS,
                        splitk_traffic(cell, dtype, B, H, u, s), bb // pr, -programs)
                 if best is None or key < best[0]:
                     best = (key, (u, bb, pr, kc, s, programs, g * kc * u * elt, ahead))
@@ -477,9 +492,13 @@ def _splitk_plan(base: dict, cell, dtype, B, H, sm, cuda, smem_limit,
     if programs < tiles:
         reason = (f"split-K backward forced ({KERNEL_ENV} or the interpreter), {tiles} tiles "
                   f"on {programs} programs: W_hh re-read per tile")
+    rb = splitk_update_rows(bb, s)
+    ur = splitk_pass_rows(rb) if cuda or FORCED_PASS_ROWS is None else FORCED_PASS_ROWS
+    if ur < rb:
+        reason += f", each program's update as {rb // ur} passes of {ur} rows"
     return dict(base, kernel="stationary", programs=programs, tiles=tiles,
                 weights_on_chip=programs == tiles, reason=reason, U=u, BB=bb, NK=1, KC=kc,
-                split=1, ksplit=s, update_rows=splitk_update_rows(bb, s), product_rows=pr,
+                split=1, ksplit=s, update_rows=rb, pass_rows=ur, product_rows=pr,
                 chained=splitk_chained(pr),
                 x_ahead=ahead, KS=1, warps=KSPLIT_WARPS, KS_bwd=1, warps_bwd=KSPLIT_WARPS,
                 w_bytes=w, gates=_GATES[cell])

@@ -27,7 +27,8 @@ Per step, program (i_b, i_u, i_k):
    (stationary.bwd_update: the state gradient, the gate gradients of step t); where S is
    not a power of two (3 parts of 256 at H = 768), RB is BB / S rounded up to a power of
    two and the first BB / RB programs of the tile run the update, the others a row group
-   past B, every access masked off (_row_group);
+   past B, every access masked off (_row_group); past 64 rows (KSPLIT_UPDATE_ROWS) the RB
+   rows run as passes of UR = 32, one after another (plan.splitk_pass_rows);
 4. the programs of the batch group meet at its barrier (dgates_t is complete).
 The partials buffer is reused every step: a program writes its slot again only after the
 batch group's barrier, which every reader of the slot passed after reading it.
@@ -181,6 +182,7 @@ def splitk_bwd_kernel(
     REVERSE: tl.constexpr, RESIDENT: tl.constexpr, U: tl.constexpr, BB: tl.constexpr,
     KC: tl.constexpr, S: tl.constexpr,
     RB: tl.constexpr,             # rows of the update a program runs (plan.splitk_update_rows)
+    UR: tl.constexpr,             # ... as RB / UR passes of UR rows (plan.splitk_pass_rows)
     PR: tl.constexpr,             # rows of one partial product: the tile's BB rows as BB / PR
                                   # of them, one after another a step
     IEEE: tl.constexpr, UPCAST: tl.constexpr,
@@ -193,6 +195,7 @@ def splitk_bwd_kernel(
 ):
     G: tl.constexpr = 4 if LSTM else 3
     NR: tl.constexpr = BB // PR
+    NQ: tl.constexpr = RB // UR   # passes of the update
     REV: tl.constexpr = 1 if REVERSE else 0
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_u, n_bg = tl.cdiv(H, U), tl.cdiv(B, BB)
@@ -205,23 +208,27 @@ def splitk_bwd_kernel(
         t, t_next, rd, wr = bwd_step(s, T, REVERSE)
         if RESIDENT:
             i_r = _row_group(i_b, i_k, B, S, RB, BB)
-            _prefetch_bwd(i_u, i_r, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, ga_ptr,
-                          s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b,
-                          gc_ptr, s_gc_b, dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, t, rd, wr, B, H,
-                          LSTM, 0, HAS_DCS, HAS_LENGTHS, U, RB, PREFETCH)
+            for q in tl.range(0, NQ, num_stages=1):  # (a pass's rows at a time: registers)
+                _prefetch_bwd(i_u, i_r * NQ + q, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, ga_ptr,
+                              s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b,
+                              gc_ptr, s_gc_b, dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, t, rd, wr,
+                              B, H, LSTM, 0, HAS_DCS, HAS_LENGTHS, U, UR, PREFETCH)
             for j in tl.range(0, NR, num_stages=1):
                 _partial(w0, w1, w2, w3, dg_ptr, s_dg_t, s_dg_b, part_ptr, s_p_k, s_p_b,
                          i_u, i_b * NR + j, i_k, t_next, B, H, G, U, PR, KC, ACC, IEEE,
                          UPCAST, AHEAD, CHAINED)
             group_barrier(sem_ptr + n_bg + i_b * n_u + i_u, S, i_k == 0, err_ptr, s,
                           ASM_ACQUIRE, SPIN_LIMIT, RED)
-            acc = _sum_partials(part_ptr, s_p_k, s_p_b, i_u, i_r, B, H, U, RB, S)
-            bwd_update(acc, i_u, i_r, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t,
-                       s_dxn_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, gc_ptr, s_gc_b, ga_ptr,
-                       s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b,
-                       dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, hm_ptr, s_hm_b, z_seed, z_th_h,
-                       z_th_c, REV, rs_ptr, s_rs_t, init, t, t_next, rd, wr, B, H, LSTM, 0,
-                       ACC, HAS_LENGTHS, HAS_DCS, U, RB, HAS_HMASK, ZONEOUT, HAS_RESETS)
+            for q in tl.range(0, NQ, num_stages=1):  # (rows i_r*RB + q*UR on: group i_q)
+                i_q = i_r * NQ + q
+                acc = _sum_partials(part_ptr, s_p_k, s_p_b, i_u, i_q, B, H, U, UR, S)
+                bwd_update(acc, i_u, i_q, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t,
+                           s_dxn_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, gc_ptr, s_gc_b,
+                           ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot,
+                           s_h_b, dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, hm_ptr, s_hm_b, z_seed,
+                           z_th_h, z_th_c, REV, rs_ptr, s_rs_t, init, t, t_next, rd, wr, B,
+                           H, LSTM, 0, ACC, HAS_LENGTHS, HAS_DCS, U, UR, HAS_HMASK, ZONEOUT,
+                           HAS_RESETS)
             group_barrier(sem_ptr + i_b, n_u * S, pid % (n_u * S) == 0, err_ptr, s,
                           ASM_ACQUIRE, SPIN_LIMIT, RED)
         else:
@@ -236,14 +243,16 @@ def splitk_bwd_kernel(
             for tile in range(pid, n_tiles, n_progs):
                 i_k, i_u, i_b = tile % S, (tile // S) % n_u, tile // (S * n_u)
                 i_r = _row_group(i_b, i_k, B, S, RB, BB)
-                acc = _sum_partials(part_ptr, s_p_k, s_p_b, i_u, i_r, B, H, U, RB, S)
-                bwd_update(acc, i_u, i_r, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t,
-                           s_dxn_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, gc_ptr, s_gc_b,
-                           ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot,
-                           s_h_b, dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, hm_ptr, s_hm_b, z_seed,
-                           z_th_h, z_th_c, REV, rs_ptr, s_rs_t, init, t, t_next, rd, wr, B,
-                           H, LSTM, 0, ACC, HAS_LENGTHS, HAS_DCS, U, RB, HAS_HMASK, ZONEOUT,
-                           HAS_RESETS)
+                for q in tl.range(0, NQ, num_stages=1):
+                    i_q = i_r * NQ + q
+                    acc = _sum_partials(part_ptr, s_p_k, s_p_b, i_u, i_q, B, H, U, UR, S)
+                    bwd_update(acc, i_u, i_q, dg_ptr, s_dg_t, s_dg_b, dxn_ptr, s_dxn_t,
+                               s_dxn_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, gc_ptr, s_gc_b,
+                               ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, h_ptr,
+                               s_h_slot, s_h_b, dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, hm_ptr,
+                               s_hm_b, z_seed, z_th_h, z_th_c, REV, rs_ptr, s_rs_t, init, t,
+                               t_next, rd, wr, B, H, LSTM, 0, ACC, HAS_LENGTHS, HAS_DCS, U,
+                               UR, HAS_HMASK, ZONEOUT, HAS_RESETS)
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
 
 
@@ -261,7 +270,7 @@ def launch(one) -> None:
     launch_sequence(splitk_bwd_kernel, programs, dict(
         **args, part_ptr=part, s_p_k=part.stride(0), s_p_b=part.stride(1), sem_ptr=sem,
         err_ptr=err, RESIDENT=programs == plan["tiles"], U=U, BB=BB, KC=plan["KC"], S=S,
-        RB=plan["update_rows"],
+        RB=plan["update_rows"], UR=plan["pass_rows"],
         **barrier_flags(dev), AHEAD=plan["x_ahead"], PREFETCH=dev.type == "cuda",
         CHAINED=plan["chained"], PR=plan["product_rows"], RED=red_arrival(one),
         num_warps=plan["warps_bwd"]), err, dev, "split-K backward")

@@ -696,15 +696,17 @@ def splitk_launches(sms=132):
     targets: bf16 LSTM and GRU B=128 H=1024 (64 rows a program, each gate's product its own
     chain), fp32 LSTM B=128 H=1024 (128 rows as 2 products of 64), bf16 GRU B=512
     H=1024 (256 as 4), and H=768 in 6 K parts of 128 (fp32 LSTM B=64: 4 of a tile's 6
-    programs run the update) and 3 of 256 (bf16 GRU B=128). One launch each, for the
-    suite's time."""
+    programs run the update) and 3 of 256 (bf16 GRU B=128), and bf16 LSTM B=512 H=768 (3
+    parts, 128 update rows a program as 4 passes of 32). One launch each, for the suite's
+    time."""
     launches = {}
     for dt, lstm_cell, B, H in ((torch.bfloat16, True, 128, 1024),
                                 (torch.bfloat16, False, 128, 1024),
                                 (torch.float32, True, 128, 1024),
                                 (torch.bfloat16, False, 512, 1024),
                                 (torch.float32, True, 64, 768),
-                                (torch.bfloat16, False, 128, 768)):
+                                (torch.bfloat16, False, 128, 768),
+                                (torch.bfloat16, True, 512, 768)):
         for key, launch in capture([H], batches=(B,), dtypes=(dt,), modes=("auto",),
                                    sms=sms).items():
             if key[0] == "splitk_bwd_kernel" and launch[2]["LSTM"] == lstm_cell:

@@ -35,8 +35,10 @@ def test_estimates_until_a_gpu_result_exists(tmp_path):
     assert ok and why.startswith("estimate: weight-stationary")  # the backward split over K
     ok, why = _ask("lstm", torch.float32, 128, 768, True, missing)  # 6 K parts of 128
     assert ok and why.startswith("estimate: weight-stationary")
-    ok, why = _ask("lstm", BF16, 512, 768, True, missing)  # 4 sub-tiles forward; no
-    assert not ok and "backward would stream" in why     # split-K tiling on 132 SMs
+    ok, why = _ask("lstm", BF16, 512, 768, True, missing)  # 4 sub-tiles forward; split-K
+    assert ok and why.startswith("estimate: weight-stationary")  # with its update in passes
+    ok, why = _ask("rnn", BF16, 512, 768, True, missing)  # the plain RNN's backward is never
+    assert not ok and "backward would stream" in why     # split over K
 
 
 def test_measured_rows_win_and_the_nearest_is_used(tmp_path):

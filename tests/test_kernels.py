@@ -340,11 +340,11 @@ def test_stationary_split_tiles_match_the_reference(cell, split, units, poison, 
     _one_stationary_layer_matches(cell, B, H, launches)
 
 
-@pytest.mark.parametrize("cell,ksplit,H,rows", [("gru", 2, 40, 16), ("lstm", 4, 40, 16),
-                                                ("gru", 6, 24, 16), ("lstm", 2, 40, 8),
-                                                ("lstm", 3, 48, 16)])
-def test_splitk_backward_matches_the_reference(cell, ksplit, H, rows, poison, launches,
-                                               monkeypatch):
+@pytest.mark.parametrize("cell,ksplit,H,rows,passes", [
+    ("gru", 2, 40, 16, 2), ("lstm", 4, 40, 16, 1), ("gru", 6, 24, 16, 1),
+    ("lstm", 2, 40, 8, 1), ("lstm", 3, 48, 16, 2)])
+def test_splitk_backward_matches_the_reference(cell, ksplit, H, rows, passes, poison,
+                                               launches, monkeypatch):
     """The backward split over K (kernels/splitk.py: 16-bit and fp32 B >= 128 at H=1024 on
     a GPU, H=768 in 3 or 6 parts): each tile's product in 2, 3, 4 or 6 K parts, the partial
     products summed through memory, each part's program running the update of a quarter or
@@ -354,16 +354,21 @@ def test_splitk_backward_matches_the_reference(cell, ksplit, H, rows, poison, la
     gates in 6 parts of 4), lengths and reverse, forward and every gradient, against the
     reference.
     rows=8: each tile's product as two partial products of 8 rows a step
-    (plan.splitk_product_rows)."""
+    (plan.splitk_product_rows). passes=2: each program's update rows as two passes of 4
+    (plan.splitk_pass_rows: 16-bit B=512 H=768's 128 as 4 of 32), with 3 parts the third
+    program's passes wholly past B."""
     from fusedrnn.kernels import plan as planning
 
     monkeypatch.setattr(planning, "FORCED_KSPLIT", ksplit)
     monkeypatch.setattr(planning, "FORCED_PRODUCT_ROWS", rows)
+    if passes > 1:
+        monkeypatch.setattr(planning, "FORCED_PASS_ROWS", 8 // passes)
     B = 20
     bwd = planning.plan(cell, F64, B, H, cuda=False, sm_count=1, backward=True)
     assert bwd["kernel"] == "stationary" and bwd["ksplit"] == ksplit and bwd["BB"] == 16
     assert bwd["tiles"] == 2 * ksplit * -(-H // bwd["U"]) and bwd["product_rows"] == rows
     assert bwd["update_rows"] == {2: 8, 3: 8, 4: 4, 6: 4}[ksplit]
+    assert bwd["update_rows"] // bwd["pass_rows"] == passes
     fwd = planning.plan(cell, F64, B, H, cuda=False, sm_count=1)
     assert "ksplit" not in fwd
     if cell == "lstm":

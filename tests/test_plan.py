@@ -363,12 +363,17 @@ def test_splitk_backward_where_no_backward_tiling_is_resident():
         p = plan(cell, torch.bfloat16, 128, 1024, training=True, sm_count=132, backward=True)
         assert (p["U"], p["BB"], p["KC"], p["ksplit"], p["chained"]) == (64, 64, 256, 4, False)
         # bf16 B=512 (a target: 0.24-0.31x training, streaming): 256 rows a program as 4
-        # products of 64; B=1024 would update 128 rows a program: it streams
+        # products of 64, the update one pass of 64 rows; B=1024 updates 128 rows a program
+        # (its only tilings): 4 passes of 32 (KSPLIT_PASS_ROWS), where it streamed
         p = plan(cell, torch.bfloat16, 512, 1024, training=True, sm_count=132, backward=True)
         assert (p["U"], p["BB"], p["product_rows"], p["ksplit"], p["programs"]) == (
             64, 256, 64, 4, 128)
-        assert plan(cell, torch.bfloat16, 1024, 1024, training=True, sm_count=132,
-                    backward=True)["kernel"] == "sequence"
+        assert p["update_rows"] == p["pass_rows"] == 64
+        for B, H in ((1024, 1024), (512, 768)):
+            p = plan(cell, torch.bfloat16, B, H, training=True, sm_count=132, backward=True)
+            assert p["ksplit"] > 1 and p["weights_on_chip"], p
+            assert (p["update_rows"], p["pass_rows"]) == (128, 32), p
+            assert "4 passes of 32 rows" in p["reason"], p
         traffic = planning.splitk_traffic(cell, torch.bfloat16, 128, 1024, 64, 4)
         assert traffic == 16 * 128 * g * 1024 * 2 + 2 * 4 * 128 * 1024 * 4
         # H=768 (3 chunks of 256) in 3 or 6 K parts: fp32 B=64 and 128 (in the targets)
