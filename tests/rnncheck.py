@@ -37,10 +37,10 @@ def assert_close(a, b, tol, what=""):
 # (fp32_bound). One sample was not enough: where a tiny layer (H=1, B=1) makes an output a
 # near-cancellation, the reference's own fp32 error is itself a draw, and a lucky one (2e-9
 # where the kernels' was 1e-6; 2 of 300 draws of an LSTM at H=1 failed 4x it, out of the
-# kernels' different order of the same sums). The worst of 4 draws, times 4, held every
-# kernel output of 4000 LSTM, 1920 GRU and 1920 RNN draws (H=1 and 20, T=1 and 7; at most
-# 11x where the error was under 1e-5, 4.4x over it); 8 leaves a margin. A kernel's bug
-# (a wrong index, a dropped term) errs by far more than rounding.
+# kernels' different order of the same sums). Against the worst of 4 draws, every kernel
+# output of 4000 LSTM (weight-stationary), 1920 GRU and 1920 RNN (streaming) draws (H=1 and
+# 20, T=1 and 7) erred at most 11x, and at most 2x wherever it erred over 1e-5; 8 leaves a
+# margin. A kernel's bug (a wrong index, a dropped term) errs by far more than rounding.
 FP32_SAMPLES = 3
 FP32_FACTOR = 8
 

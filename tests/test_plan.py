@@ -301,8 +301,8 @@ def test_narrow_16_unit_tiles_where_8_units_make_more_groups_than_sms():
                 assert planning.stationary_smem(
                     cell, dt, p["U"], p["BB"], p["NK"], p["KC"], bwd, p["x_ahead"],
                     wide_tiles=False) <= a100["smem_limit"], p
-            # the backward at 32 rows a program needs 192 KB; 128 rows, 4 groups of 32
-            # (256 programs) or 2 of 64 (past NARROW_MAX_BATCH): stream
+            # the backward at 32 rows a program needs 192 KB; B=128 at H=768, 4 batch
+            # groups of 32 (192 programs) or 2 of 64 (past NARROW_MAX_BATCH): stream
             assert plan(cell, dt, 32, 1024, backward=True, **a100)["kernel"] == "sequence"
             assert plan(cell, dt, 128, 768, **a100)["kernel"] == "sequence"
             # 8 units where they are resident (H=768: 96 groups)
