@@ -80,6 +80,13 @@ WIDE_WARPS = 8
 # 93 accesses a step (3.6), with 29-32 block barriers a step; at 32 rows none.
 NARROW_UNITS = 16
 NARROW_MAX_BATCH = 32
+# Their slice of W_hh may be up to 192 KB (16-bit H=1280-1536: 64 rows x 3 chunks of 512,
+# which streamed on an H100: 8 units make 160-192 groups), the program's whole shared
+# memory still within the GPU's (216-224 KB of an H100's 227: never an A100's 163), and
+# only within the register budgets: sm_90 builds of bf16 LSTM/GRU B=8 H=1536, forward and
+# backward, 96-206 registers, no spill (Triton 3.9 and 3.6); the forward at 32 rows (768 B
+# of h a thread, past the budget) spilled 24 / 248 B, 82 accesses a step on 3.6.
+NARROW_W_BUDGET = 192 * 1024
 # ... and only at BB >= 64: each warpgroup's wgmma then 64 rows by 32 (a narrower batch
 # leaves the tensor cores short tiles while both warpgroups still read all of W)
 WIDE_MIN_BATCH = 64
@@ -527,9 +534,11 @@ def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=
     if narrow_first:
         sets = (*narrow, *sets)
     for units, least_bb, split, most_bb, wide_set in sets:
+        w_budget = NARROW_W_BUDGET if units == (NARROW_UNITS,) and not wide_set \
+            else SMEM_W_BUDGET
         best = _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules,
                             [c * scale for c in units], least_bb, split, smem_limit,
-                            wide_set, most_bb)
+                            wide_set, most_bb, w_budget)
         if best is not None:
             return (*best, wide_set)
     if forced and not cuda_rules:
@@ -549,11 +558,12 @@ def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=
 
 def _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules, units, least_bb,
                  more_rows=False, smem_limit=SMEM_BLOCK_LIMIT, wide_tiles=True,
-                 most_bb=None):
+                 most_bb=None, w_budget=SMEM_W_BUDGET):
     """(U, BB, NK, KC, programs, smem, split) of the best resident tiling with U in
     ``units`` and least_bb <= BB <= most_bb rows a program (more_rows: also SPLIT_CHOICES);
     a split tiling's registers and shared memory are those of its sub-tiles (BB / split
-    rows)."""
+    rows). A slice of W_hh up to ``w_budget``; past SMEM_W_BUDGET, only within the
+    register budgets."""
     nk, kc = k_chunks(H)
     elt = torch.empty((), dtype=dtype).element_size()
     best = None
@@ -564,7 +574,7 @@ def _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules, units, least_bb,
             rows = _rows(cell, u)
             smem = rows * nk * kc * elt
             n_u, n_b = triton.cdiv(H, u), triton.cdiv(B, bb)
-            if smem > SMEM_W_BUDGET or n_u * n_b > sm:
+            if smem > w_budget or n_u * n_b > sm:
                 continue
             sub = sub_rows(cell, dtype, u, bb, kc, backward, wide_tiles) if cuda_rules else bb
             split = bb // sub
@@ -583,6 +593,8 @@ def _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules, units, least_bb,
             held = register_bytes(cell, dtype, u, ranked, nk, kc, backward, wide_tiles)
             in_regs = not cuda_rules or within_register_budget(cell, dtype, u, ranked, nk,
                                                                kc, backward, wide_tiles)
+            if smem > SMEM_W_BUDGET and not in_regs:
+                continue  # (a slice past the usual budget only within the register budgets)
             # within the budgets: the most programs; past them: the least held a thread;
             # then the most units a program: U x BB is the same at the same programs, and a
             # program reads BB rows of the state a step (half the broadcast at U=8 BB=32

@@ -666,12 +666,14 @@ def wide_launches(sms=132):
 # B, H, SMs, plan rules, paired). sm_80, an A100 (108 SMs): bf16 LSTM B=8 H=1024 (64
 # programs, 4 chunks of h; an issue 11 target that streamed there) and fp16 GRU B=64 H=768's
 # backward (2 batch groups of 32: 96 programs). sm_90: an H100 PCIe's 114 SMs at bf16 LSTM
-# B=8 H=1024 (8 units: 128 groups), and a bidirectional fp16 LSTM B=16 H=768 on a 132-SM
-# GPU, its two directions paired on half the SMs each.
+# B=8 H=1024 (8 units: 128 groups), a bidirectional fp16 LSTM B=16 H=768 on a 132-SM
+# GPU, its two directions paired on half the SMs each, and bf16 LSTM B=8 H=1536 there (192
+# KB of W_hh a program: NARROW_W_BUDGET).
 NARROW = {"sm_80": ((torch.bfloat16, True, 8, 1024, 108, A100, False),
                     (torch.float16, False, 64, 768, 108, A100, False)),
           "sm_90": ((torch.bfloat16, True, 8, 1024, 114, None, False),
-                    (torch.float16, True, 16, 768, 132, None, True))}
+                    (torch.float16, True, 16, 768, 132, None, True),
+                    (torch.bfloat16, True, 8, 1536, 132, None, False))}
 
 
 def narrow_launches(target: str, probe=()) -> dict:

@@ -218,7 +218,8 @@ def test_narrow_tiles_keep_w_on_chip(tmp_path, capsys, triton_36):
     chunks of h ahead) and backward (4 gates x 2 runs on 8 warps, 64 programs), fp16 GRU
     B=64 H=768's backward (32 rows a program, 96 programs); sm_90 as an H100 PCIe (114
     SMs) plans bf16 LSTM B=8 H=1024, and a 132-SM GPU a bidirectional fp16 LSTM B=16
-    H=768's two directions paired. Within the register budgets, so: each warp's MMAs the
+    H=768's two directions paired and bf16 LSTM B=8 H=1536 (192 KB of W_hh a program,
+    216-224 KB in all). Within the register budgets, so: each warp's MMAs the
     work (mma.sync, no wgmma), W_hh out of the time loop, at most 128 B of spills, the
     plan's shared memory to the byte and one program an SM co-resident, on an A100 for the
     sm_80 builds (_check_stationary_row)."""
@@ -232,7 +233,9 @@ def test_narrow_tiles_keep_w_on_chip(tmp_path, capsys, triton_36):
         ("sm_80", "fwd", "bf16", "8", "False"), ("sm_80", "bwd", "bf16", "8", "False"),
         ("sm_80", "bwd", "fp16", "32", "False"),
         ("sm_90", "fwd", "bf16", "8", "False"), ("sm_90", "bwd", "bf16", "8", "False"),
-        ("sm_90", "fwd", "fp16", "16", "True"), ("sm_90", "bwd", "fp16", "16", "True")}
+        ("sm_90", "fwd", "fp16", "16", "True"), ("sm_90", "bwd", "fp16", "16", "True"),
+        ("sm_90", "fwd", "bf16", "8", "False"), ("sm_90", "bwd", "bf16", "8", "False")}
+    assert {r["config"]["KC"] for r in rows} == {"256", "512"}  # (H=1536: 3 chunks of 512)
     if triton_36:
         assert rows[0]["triton"] == "3.6.0", "did not compile with Triton 3.6"
     for r in rows:

@@ -324,6 +324,20 @@ def test_narrow_16_unit_tiles_where_8_units_make_more_groups_than_sms():
     # and half of a 132-SM GPU, for a bidirectional layer's pair: 48 groups of 16 a direction
     p = plan("lstm", torch.float16, 16, 768, sm_count=132, directions=2)
     assert p["paired"] and (p["U"], p["programs"], p["KS"]) == (16, 48, 4), p
+    # 16-bit H=1536 on 132 SMs (8 units: 192 groups): 96 programs of 16 units, 192 KB of
+    # W_hh each (NARROW_W_BUDGET), where within the register budgets: forward B <= 16,
+    # backward B <= 8 (at 16 rows its staged chunk takes it past 227 KB); the forward at 32
+    # rows is past the register budget, and an A100's 163 KB holds no such slice
+    for cell in ("lstm", "gru"):
+        for B, bwd in ((1, False), (16, False), (8, True)):
+            p = plan(cell, torch.bfloat16, B, 1536, sm_count=132, training=True, backward=bwd)
+            assert (p["kernel"], p["U"], p["programs"]) == ("stationary", 16, 96), p
+            assert (p["NK"], p["KC"], p["w_bytes"]) == (3, 512, planning.NARROW_W_BUDGET), p
+            assert planning.within_register_budget(cell, torch.bfloat16, 16, p["BB"], 3, 512,
+                                                   bwd, False), p
+        for B, bwd, rules in ((32, False, {}), (16, True, {}), (8, False, a100)):
+            p = plan(cell, torch.bfloat16, B, 1536, backward=bwd, **{"sm_count": 132, **rules})
+            assert p["kernel"] == "sequence", p
     # a 132-SM GPU's one-direction plans keep their tiles: 8 units (or the wide tile's
     # forward at 64 rows) wherever they are resident
     for cell in ("lstm", "gru"):
