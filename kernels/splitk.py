@@ -208,7 +208,7 @@ def splitk_bwd_kernel(
         t, t_next, rd, wr = bwd_step(s, T, REVERSE)
         if RESIDENT:
             i_r = _row_group(i_b, i_k, B, S, RB, BB)
-            for q in tl.range(0, NQ, num_stages=1):  # (a pass's rows at a time: registers)
+            for q in tl.range(0, NQ, num_stages=1):  # (a pass's rows at a time, as updated)
                 _prefetch_bwd(i_u, i_r * NQ + q, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, ga_ptr,
                               s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b,
                               gc_ptr, s_gc_b, dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, t, rd, wr,
