@@ -272,12 +272,16 @@ def test_stationary_runs_of_k_match_the_reference(cell, ahead, poison, launches,
     _one_stationary_layer_matches(cell, B, H, launches)
 
 
-def test_stationary_narrow_16_unit_tiles_match_the_reference(poison, launches, monkeypatch):
+@pytest.mark.parametrize("chunks", ["3x64", "1x512"])
+def test_stationary_narrow_16_unit_tiles_match_the_reference(chunks, poison, launches,
+                                                             monkeypatch):
     """Narrow 16-unit tiles (plan.NARROW_UNITS: an A100's, no wgmma, at 16-bit H=1024): 64
     gate rows as the batched runs of K, 4 warps forward (not the wide tile's plain dot) and
     the backward's 4 gates x 2 runs. H=192 (3 chunks of 64) in 12 tiles looping on one
-    program, lengths and reverse, forward and every gradient, against the reference. (The
-    LSTM alone: the GRU's product is the LSTM's, its gates padded to four.)"""
+    program, lengths and reverse, forward and every gradient, against the reference; and a
+    chunk of 512 (H=1536's 3 x 512 on an H100, NARROW_W_BUDGET), at H=40 one chunk mostly
+    past H, 3 tiles. (The LSTM alone: the GRU's product is the LSTM's, its gates padded to
+    four.)"""
     from fusedrnn.kernels import lstm
     from fusedrnn.kernels import plan as planning
 
@@ -287,13 +291,15 @@ def test_stationary_narrow_16_unit_tiles_match_the_reference(poison, launches, m
                              directions, wide_tiles=False)
 
     monkeypatch.setattr(planning, "FORCED_UNITS", planning.NARROW_UNITS)
+    H, B = (192, 3) if chunks == "3x64" else (40, 3)
+    nk, kc = (int(v) for v in chunks.split("x"))
     if DEVICE == "cpu":  # (the native run on a GPU: the GPU's own plan, checked the same)
         monkeypatch.setattr(lstm, "plan_for", no_wgmma)
-    H, B = 192, 3
+        monkeypatch.setattr(planning, "k_chunks", lambda K: (nk, kc))
     fwd, bwd = (no_wgmma("lstm", F64, B, H, H, False, DEVICE, True, False, backward=b)
                 for b in (False, True))
-    assert fwd["kernel"] == bwd["kernel"] == "stationary" and fwd["NK"] == 3
-    assert fwd["U"] == planning.NARROW_UNITS and fwd["tiles"] == 12
+    assert fwd["kernel"] == bwd["kernel"] == "stationary" and fwd["KC"] == kc
+    assert fwd["U"] == planning.NARROW_UNITS and fwd["tiles"] == -(-H // 16)
     assert (fwd["KS"], fwd["warps"], bwd["KS_bwd"], bwd["warps_bwd"]) == (4, 4, 2, 8)
     _one_stationary_layer_matches("lstm", B, H, launches)
 
