@@ -521,21 +521,21 @@ def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=
     wide: whether the tiling is a wide tile (plan.wide's wide_tiles for its helpers)."""
     scale = RNN_UNIT_SCALE if cell == "rnn" else 1
     two_bytes = torch.empty((), dtype=dtype).element_size() == 2
-    wider = (((WIDE_UNITS,), WIDE_MIN_BATCH, True, None, True),) if (
+    # (units, least rows, split tiles, most rows, wide, W_hh budget)
+    wider = (((WIDE_UNITS,), WIDE_MIN_BATCH, True, None, True, SMEM_W_BUDGET),) if (
         wide_tiles and two_bytes and not backward) else ()
     # (16-bit has the wide tiles past 64 rows; 4 or 8 units for B=128 rows would read
     # h_{t-1} more than the streaming kernel reads W_hh and h together: bf16 H=1024 32 MB
     # a step against 24. fp32's 64 MB against 48 at B=128 H=1024 too, where the streaming
     # kernel measured 1.4 TB/s, latency-bound: kept, not measured)
-    narrow = (((NARROW_UNITS,), 1, False, NARROW_MAX_BATCH, False),) if (
+    narrow = (((NARROW_UNITS,), 1, False, NARROW_MAX_BATCH, False, NARROW_W_BUDGET),) if (
         two_bytes and cell != "rnn") else ()
-    more = ((UNIT_CHOICES, 1, True, None, wide_tiles),) if not (backward or two_bytes) else ()
-    sets = ((UNIT_CHOICES, 1, False, None, wide_tiles), *wider, *narrow, *more)
+    more = ((UNIT_CHOICES, 1, True, None, wide_tiles, SMEM_W_BUDGET),) if not (
+        backward or two_bytes) else ()
+    sets = ((UNIT_CHOICES, 1, False, None, wide_tiles, SMEM_W_BUDGET), *wider, *narrow, *more)
     if narrow_first:
         sets = (*narrow, *sets)
-    for units, least_bb, split, most_bb, wide_set in sets:
-        w_budget = NARROW_W_BUDGET if units == (NARROW_UNITS,) and not wide_set \
-            else SMEM_W_BUDGET
+    for units, least_bb, split, most_bb, wide_set, w_budget in sets:
         best = _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules,
                             [c * scale for c in units], least_bb, split, smem_limit,
                             wide_set, most_bb, w_budget)

@@ -84,28 +84,34 @@ def _fwd_bwd_launches(launches, cell, kernel_mode, proj=False):
             launches[f"{cell}_bwd_kernel"] + st * launches["stationary_bwd_kernel"])
 
 
+def _as64(args: dict) -> dict:
+    return {k: (v.double() if v is not None and v.is_floating_point() else v)
+            for k, v in args.items()}
+
+
+def _fp32_bound(fn, args, reverse, tol, want):
+    """rnncheck.fp32_bound of an fp32 layer: the reference in fp32 against ``want`` (float64)
+    on these inputs, and both on FP32_SAMPLES nudged copies (lengths as they are)."""
+    samples = [(_run(fn, args, "reference", reverse), want)]
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(FP32_SAMPLES):
+        other = {k: nudged(v, gen) for k, v in args.items()}
+        samples.append((_run(fn, other, "reference", reverse),
+                        _run(fn, _as64(other), "reference", reverse)))
+    return fp32_bound(tol, samples)
+
+
 def _compare(fn, args, reverse, tol):
     """Triton against the float64 reference, within ``tol``. In fp32, where a tiny layer
     (H=1, one step) can make a gradient a difference of nearly equal terms, also within a
     multiple of the error of the reference itself run in fp32, on these inputs and on
     nudged copies (rnncheck.fp32_bound): no kernel can beat fp32."""
-    def as64(a):
-        return {k: (v.double() if v is not None and v.is_floating_point() else v)
-                for k, v in a.items()}
-
-    want = _run(fn, as64(args), "reference", reverse)
+    want = _run(fn, _as64(args), "reference", reverse)
     got = _run(fn, args, "triton", reverse)
-    bound = tol
-    if args["x"].dtype == torch.float32:
-        samples = [(_run(fn, args, "reference", reverse), want)]
-        gen = torch.Generator().manual_seed(0)
-        for _ in range(FP32_SAMPLES):
-            other = {k: nudged(v, gen) for k, v in args.items()}  # (lengths: as they are)
-            samples.append((_run(fn, other, "reference", reverse),
-                            _run(fn, as64(other), "reference", reverse)))
-        bound = fp32_bound(tol, samples)
+    bound = _fp32_bound(fn, args, reverse, tol, want) \
+        if args["x"].dtype == torch.float32 else (lambda k: tol)
     for k in want:
-        assert_close(got[k], want[k], bound(k) if callable(bound) else bound, k)
+        assert_close(got[k], want[k], bound(k), k)
     return got, want
 
 
@@ -122,17 +128,8 @@ def test_fp32_bound_stays_at_the_tolerance_where_rounding_is_small():
     error is large: on a well-conditioned layer (H=20, T=7, B=3) it is TOL for every
     output and gradient, so an error of 1e-4 fails there."""
     args = _lstm_args(7, 3, 5, 20, 0, True, torch.float32, False)
-    as64 = {k: v.double() if v is not None else v for k, v in args.items()}
-    want = _run(functional.lstm_layer, as64, "reference", False)
-    samples = [(_run(functional.lstm_layer, args, "reference", False), want)]
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(FP32_SAMPLES):
-        other = {k: nudged(v, gen) for k, v in args.items()}
-        samples.append((_run(functional.lstm_layer, other, "reference", False),
-                        _run(functional.lstm_layer, {k: v.double() if v is not None else v
-                                                     for k, v in other.items()},
-                             "reference", False)))
-    bound = fp32_bound(TOL[torch.float32], samples)
+    want = _run(functional.lstm_layer, _as64(args), "reference", False)
+    bound = _fp32_bound(functional.lstm_layer, args, False, TOL[torch.float32], want)
     assert all(bound(k) == TOL[torch.float32] for k in want), {k: bound(k) for k in want}
     with pytest.raises(AssertionError, match="relative error"):
         assert_close(want["out0"] * (1 + 1e-4), want["out0"], bound("out0"), "out0")
