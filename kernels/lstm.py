@@ -136,6 +136,18 @@ def _proj_fwd_tile(
     o_p, o_b, m_p, m_b, m, o_b64 = tile_offsets(i_p, i_b, P, B, BLOCK_P, BLOCK_B)
     b_h = mm_tile(tl.zeros((BLOCK_B, BLOCK_P), dtype=ACC), hr_ptr + hr_t.to(tl.int64) * s_hr_t,
                   s_hr_b, o_b, m_b, w_ptr, 1, s_w, o_p, m_p, H, BLOCK_K, IEEE, UPCAST)
+    proj_store(b_h, i_p, i_b, h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, len_ptr, t, rd,
+               wr, B, P, ACC, HAS_LENGTHS, BLOCK_B, BLOCK_P)
+
+
+@triton.jit
+def proj_store(b_h, i_p, i_b, h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b, len_ptr, t, rd,
+               wr, B, P, ACC: tl.constexpr, HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr,
+               BLOCK_P: tl.constexpr):
+    """The stores of a projection tile's h_t (BLOCK_B, BLOCK_P), shared with the
+    weight-stationary forward (stationary._proj_tile): the state into history slot wr and
+    the output, the previous state kept where a sequence has ended."""
+    o_p, o_b, m_p, m_b, m, o_b64 = tile_offsets(i_p, i_b, P, B, BLOCK_P, BLOCK_B)
     valid = valid_rows(len_ptr, o_b, m_b, t, HAS_LENGTHS)[:, None]
     p_hs = h_ptr + rd.to(tl.int64) * s_h_slot + o_b64[:, None] * s_h_b + o_p[None, :]
     b_h_prev = tl.load(p_hs, mask=m, other=0.0).to(ACC)
@@ -446,8 +458,9 @@ def lstm_forward_steps(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse
     if B > 0 and kplan["kernel"] == "stationary":
         yield Launch("fwd", kplan, dict(
             **pointer_args(xg=(xg, "tb"), w=(w_hh, ("",)), h=(hs, ("slot", "b")),
-                           c=(cs, ("slot", "b")), out=(out, "tb", "o"), ga=(gates, "tb")),
-            bhn_ptr=cs, len_ptr=lengths if lengths is not None else cs, T=T, B=B, H=H,
+                           c=(cs, ("slot", "b")), out=(out, "tb", "o"), ga=(gates, "tb"),
+                           hr=(hraw, "tb"), w_hr=(w_hr if has_proj else w_hh, ("",), "whr")),
+            bhn_ptr=cs, len_ptr=lengths if lengths is not None else cs, T=T, B=B, H=H, K=K,
             LSTM=True, RNN=0, ACC=TL_ACC[acc], HAS_BIAS=False, SAVE=save,
             HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast,
             **regs), B, dev)

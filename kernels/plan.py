@@ -190,6 +190,14 @@ RNN_BWD_W_REG_BYTES = 192
 # at 256 B of h a thread, 144 B at 192, 184-200 B at 384; 8 B at 128, and none with one
 # warp (U=16) at 384.
 X_REG_BYTES_RNN_2W = 128
+# The LSTM's projection (proj_size P) in the weight-stationary forward: each step a second
+# phase after the gates' barrier, where unit group i's programs also make h_t = W_hr m_t of
+# P units [i PU, (i + 1) PU) for their batch rows, from m_t = o * tanh(c_t) of every
+# hidden unit, with their PU rows of W_hr on chip as a plain RNN's W_hh (runs of K), then a
+# second barrier (proj_tiling). PU at least 16 rows, the gates' least M (4U at U=4).
+# (The backward with a projection streams: its state gradient would need the same second
+# phase, dm_t = W_hr^T dh_t, not built yet.)
+PROJ_MIN_UNITS = 16
 
 
 def kernel_choice() -> str:
@@ -216,6 +224,35 @@ _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 # Triton 3.6 (GRU, fp16 H=768 BB=16: 24 B, 6 accesses in the time step) and needed more
 # shared memory for the sum over the runs than the staged h chunk.
 MAX_K_RUNS = 4
+
+
+def proj_tiling(dtype: torch.dtype, P: int, H: int, u: int, bb: int, warps: int,
+                cuda_rules: bool = True, ahead: bool = True, room: int | None = None) -> dict:
+    """The projection's phase of a weight-stationary LSTM forward (PROJ_MIN_UNITS) for a
+    tiling of U units, BB rows a product and ``warps`` warps: PU projected units a unit
+    group (so that the H / U groups cover P), W_hr's slice as PNK chunks of PKC columns of
+    H in PKS runs (one a warp, as the gates' runs of K), every chunk of m_t loaded before
+    the product (p_ahead) within X_REG_BYTES a thread and ``room`` bytes of shared memory
+    (under the interpreter: ``ahead``, the gates' own choice); ``smem``: its W_hr slice
+    plus the staged m_t, beside the gates' (stationary_smem); ``w_bytes``: the slice."""
+    pu = max(PROJ_MIN_UNITS, triton.next_power_of_2(triton.cdiv(P, triton.cdiv(H, u))))
+    pnk, pkc = k_chunks(H)
+    if pkc > 512:  # (k_chunks takes one chunk of 2048 for H=2048: four of 512 here)
+        pnk = MAX_K_CHUNKS
+        pkc = triton.next_power_of_2(triton.cdiv(H, pnk))
+    pks = max(1, min(warps, pkc // 16))
+    elt = torch.empty((), dtype=dtype).element_size()
+    w = pu * pnk * pkc * elt
+    partials = pks * pu * bb * 4
+
+    def smem(chunks):
+        return w + max(chunks * pkc * bb * elt, partials)
+
+    if cuda_rules:
+        ahead = (pnk * pkc * bb * elt // (32 * warps) <= X_REG_BYTES
+                 and (room is None or smem(pnk) <= room))
+    return dict(PU=pu, PNK=pnk, PKC=pkc, PKS=pks, p_ahead=ahead,
+                smem=smem(pnk if ahead else 1), w_bytes=w)
 
 
 def _batch_gates(cell: str) -> int:
@@ -512,13 +549,14 @@ def _splitk_plan(base: dict, cell, dtype, B, H, sm, cuda, smem_limit,
 
 
 def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=True,
-                smem_limit=SMEM_BLOCK_LIMIT, narrow_first=False):
+                smem_limit=SMEM_BLOCK_LIMIT, narrow_first=False, P=None):
     """(U, BB, NK, KC, programs, smem, split, wide) of the best weight-stationary tiling, or
     None: of UNIT_CHOICES at most 64 rows a program, else of WIDE_UNITS (wide_tiles: the
     GPU builds them as wgmma), else of NARROW_UNITS, else of UNIT_CHOICES past 64 rows
     (split: sub_rows). Each later set only where the one before has no resident tiling
     (narrow_first: NARROW_UNITS first).
-    wide: whether the tiling is a wide tile (plan.wide's wide_tiles for its helpers)."""
+    wide: whether the tiling is a wide tile (plan.wide's wide_tiles for its helpers).
+    P: the LSTM forward's proj_size (the product's K; proj_tiling's phase beside it)."""
     scale = RNN_UNIT_SCALE if cell == "rnn" else 1
     two_bytes = torch.empty((), dtype=dtype).element_size() == 2
     # (units, least rows, split tiles, most rows, wide, W_hh budget)
@@ -538,7 +576,7 @@ def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=
     for units, least_bb, split, most_bb, wide_set, w_budget in sets:
         best = _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules,
                             [c * scale for c in units], least_bb, split, smem_limit,
-                            wide_set, most_bb, w_budget)
+                            wide_set, most_bb, w_budget, P)
         if best is not None:
             return (*best, wide_set)
     if forced and not cuda_rules:
@@ -546,7 +584,7 @@ def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=
         # Under the interpreter only: on an H200 such tilings failed to compile (shared
         # memory 245-788 KB, OutOfResources) or ran slower than streaming, so a forced plan
         # on a GPU streams there, and says why
-        nk, kc = k_chunks(H)
+        nk, kc = k_chunks(P or H)
         elt = torch.empty((), dtype=dtype).element_size()
         u = (FORCED_UNITS if H > 8 else 4) * scale
         bb = min(16, max(8, triton.next_power_of_2(B)))
@@ -558,13 +596,14 @@ def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=
 
 def _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules, units, least_bb,
                  more_rows=False, smem_limit=SMEM_BLOCK_LIMIT, wide_tiles=True,
-                 most_bb=None, w_budget=SMEM_W_BUDGET):
+                 most_bb=None, w_budget=SMEM_W_BUDGET, P=None):
     """(U, BB, NK, KC, programs, smem, split) of the best resident tiling with U in
     ``units`` and least_bb <= BB <= most_bb rows a program (more_rows: also SPLIT_CHOICES);
     a split tiling's registers and shared memory are those of its sub-tiles (BB / split
     rows). A slice of W_hh up to ``w_budget``; past SMEM_W_BUDGET, only within the
-    register budgets."""
-    nk, kc = k_chunks(H)
+    register budgets. P: the LSTM forward's proj_size, the product's K; the projection's
+    slice of W_hr and staged m_t (proj_tiling) count in the budgets too."""
+    nk, kc = k_chunks(P or H)
     elt = torch.empty((), dtype=dtype).element_size()
     best = None
     for bb in (SPLIT_CHOICES if more_rows else ()) + BATCH_CHOICES:
@@ -580,8 +619,14 @@ def _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules, units, least_bb,
             split = bb // sub
             if split > MAX_SPLIT or sub < least_bb:
                 continue
-            if cuda_rules and stationary_smem(cell, dtype, u, sub, nk, kc, backward,
-                                              wide_tiles=wide_tiles) > smem_limit:
+            gates_smem = stationary_smem(cell, dtype, u, sub, nk, kc, backward,
+                                         wide_tiles=wide_tiles)
+            proj = proj_tiling(dtype, P, H, u, sub, stationary_warps(
+                cell, kc, sub, backward, u, wide_tiles), cuda_rules,
+                room=smem_limit - gates_smem) if P else dict(smem=0, w_bytes=0)
+            if smem + proj["w_bytes"] > w_budget:
+                continue
+            if cuda_rules and gates_smem + proj["smem"] > smem_limit:
                 continue  # (fp32 LSTM H=1024 BB=32 backward: 256 KB)
             # the register budgets are preferences, not limits: on an H200 (bench/results/
             # 20261127-191927-NVIDIA_H200.json) every resident tiling past them still beat
@@ -648,17 +693,20 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
                 training=training, sm_count=sm_count, cuda=cuda)
     base["pass"] = "backward" if backward else "forward"
     why_not = None
-    if proj:
-        why_not = "proj_size: the weight-stationary kernels take no projection yet"
+    if proj and backward:
+        why_not = "proj_size: the weight-stationary backward takes no projection yet"
     elif cuda and ieee and dtype == torch.float32 and choice != "stationary":
         # (forced, as the tests force it in exact fp32 on a GPU, it runs: correct, not fast)
         why_not = ("exact fp32 (allow_tf32 off) runs its dots on FMAs with W in registers, "
                    "which does not fit on chip")
     if why_not is None and choice in ("auto", "stationary", "splitk", "ll", "red", "narrow"):
+        # (a projection's forward: no wide tiles, no LL words, no red.release: see
+        # PROJ_MIN_UNITS)
         st = _stationary(cell, dtype, B, H, sm_count, choice == "stationary" or not cuda,
-                         backward and cuda, cuda, wide_tiles, smem_limit, choice == "narrow")
+                         backward and cuda, cuda, wide_tiles and not proj, smem_limit,
+                         choice == "narrow", K if proj else None)
         forced_splitk = FORCED_KSPLIT > 1 or choice == "splitk"
-        use_red = choice == "red" or FORCED_RED
+        use_red = (choice == "red" or FORCED_RED) and not proj
         if backward and cell != "rnn" and (st is None and wide_tiles or forced_splitk):
             sk = _splitk_plan(base, cell, dtype, B, H, sm_count, cuda, smem_limit,
                               forced_splitk)
@@ -675,22 +723,34 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
             if split > 1:
                 reason += f", each step as {split} sub-tiles of {sub} rows"
             use_ll = (not backward and (choice == "ll" or FORCED_LL)
-                      and ll_bits(dtype) > 0)
+                      and ll_bits(dtype) > 0 and not proj)
             if use_ll:
                 reason += ", h exchanged as words that carry their step (no barrier)"
             if not resident:
                 reason = (f"weight-stationary kernel forced ({KERNEL_ENV}), {tiles} tiles on "
                           f"{programs} programs: W_hh re-read per tile")
+            warps = stationary_warps(cell, kc, sub, False, u, as_wide)
+            pj, room = {}, smem_limit
+            if proj:  # (its phase's shared memory first on a GPU: see proj_tiling)
+                pj = proj_tiling(dtype, K, H, u, sub, warps, cuda, x_ahead(
+                    cell, dtype, u, sub, nk, kc, False, cuda, smem_limit, as_wide),
+                    smem_limit - stationary_smem(cell, dtype, u, sub, nk, kc, False,
+                                                 wide_tiles=as_wide))
+                room = smem_limit - pj["smem"]
+                n_p = triton.cdiv(K, pj["PU"])
+                reason += (f"; the projection a second phase a step: {n_p} of each batch "
+                           f"group's programs, {pj['PU']} units and {pj['w_bytes'] // 1024} "
+                           f"KB of W_hr each")
             return dict(base, kernel="stationary", programs=programs, tiles=tiles,
                         weights_on_chip=resident, reason=reason, U=u, BB=bb, NK=nk, KC=kc,
                         split=split,
+                        **{k: v for k, v in pj.items() if k not in ("smem", "w_bytes")},
                         x_ahead=x_ahead(cell, dtype, u, sub, nk, kc, backward, cuda,
-                                        smem_limit, as_wide),
-                        KS=k_runs(cell, kc, sub, False, u, as_wide),
-                        warps=stationary_warps(cell, kc, sub, False, u, as_wide),
+                                        room, as_wide),
+                        KS=k_runs(cell, kc, sub, False, u, as_wide), warps=warps,
                         KS_bwd=k_runs(cell, kc, bb, True, u, as_wide),
                         warps_bwd=stationary_warps(cell, kc, bb, True, u, as_wide),
-                        w_bytes=smem,
+                        w_bytes=smem, **({"w_hr_bytes": pj["w_bytes"]} if pj else {}),
                         gates=g, ll=use_ll, red=use_red)
         if why_not is None:
             why_not = (f"no tiling of at most {sm_count} programs keeps a W_hh slice under "

@@ -61,6 +61,14 @@ and spilled 128-430 B; as a loop, 0-24 B and no spill access in the step. The lo
 pipelined (num_stages=1): pipelined, Triton staged two sub-tiles' h in shared memory at
 once (304 KB).
 
+PROJ (the LSTM's proj_size, forward only; plan.proj_tiling): the state is P wide, so the
+gates' product runs over K = P, and the update writes m_t = o * tanh(c_t) (hr_ptr) instead
+of h_t. After the batch group's barrier, unit group i's program makes h_t for P units
+[i PROJ, (i + 1) PROJ) of its batch rows, W_hr's rows (PROJ, H) . m_t^T (H, BB), with those
+rows of W_hr loaded once before the time loop as a plain RNN's W_hh (_proj_tile, the same
+chunks and runs of K), and the group meets at a second barrier. (The backward with a
+projection streams: its state gradient needs the same second phase, not built yet.)
+
 PAIRED: both directions of a bidirectional layer in one launch (kernels/pairing.py drives
 the two launchers): programs [0, P) run the forward direction and [P, 2P) the reverse one,
 each with its own buffers and barrier counters, planned on half the SMs each.
@@ -76,7 +84,7 @@ from fusedrnn.kernels.common import (any_restart, barrier_flags, barrier_words, 
                                      group_barrier, init_slot, launch_sequence, prefetch,
                                      restart_flags, state_mask, tile_offsets)
 from fusedrnn.kernels.gru import gru_update_bwd, gru_update_fwd
-from fusedrnn.kernels.lstm import lstm_update_bwd, lstm_update_fwd
+from fusedrnn.kernels.lstm import lstm_update_bwd, lstm_update_fwd, proj_store
 from fusedrnn.kernels.rnn import rnn_update_bwd, rnn_update_fwd
 
 
@@ -84,9 +92,10 @@ from fusedrnn.kernels.rnn import rnn_update_bwd, rnn_update_fwd
 # the slices of W_hh a program keeps, and the per-step products with them
 # ----------------------------------------------------------------------------------------
 @triton.jit
-def _w_chunk(w_ptr, s_w, i_u, c, H, G: tl.constexpr, U: tl.constexpr, KC: tl.constexpr,
+def _w_chunk(w_ptr, s_w, i_u, c, H, K, G: tl.constexpr, U: tl.constexpr, KC: tl.constexpr,
              ROWS: tl.constexpr, KS: tl.constexpr = 1):
-    """Chunk c (columns, or rows, c*KC ..) of a program's slice of W_hh (G*H, H).
+    """Chunk c (columns, or rows, c*KC ..) of a program's slice of W_hh (G*H, K): K the
+    state width, H (or with a projection P, its own width: PROJ).
 
     ROWS (forward): (KS, 4U, KC / KS), the chunk's columns split in KS runs (s, ., k) =
     column c*KC + s*KC/KS + k; row r is gate r // U of unit i_u*U + r % U (a GRU's gate 3
@@ -104,7 +113,7 @@ def _w_chunk(w_ptr, s_w, i_u, c, H, G: tl.constexpr, U: tl.constexpr, KC: tl.con
         else:
             r = tl.arange(0, 4 * U)
             gate, unit = r // U, i_u * U + r % U
-        m = ((gate < G) & (unit < H))[None, :, None] & (o_k < H)
+        m = ((gate < G) & (unit < H))[None, :, None] & (o_k < K)
         p = w_ptr + (gate * H + unit).to(tl.int64)[None, :, None] * s_w + o_k
     else:
         GP: tl.constexpr = 1 if G == 1 else 4
@@ -119,17 +128,17 @@ def _w_chunk(w_ptr, s_w, i_u, c, H, G: tl.constexpr, U: tl.constexpr, KC: tl.con
 
 
 @triton.jit
-def _w_chunks(w_ptr, s_w, i_u, H, G: tl.constexpr, U: tl.constexpr, KC: tl.constexpr,
+def _w_chunks(w_ptr, s_w, i_u, H, K, G: tl.constexpr, U: tl.constexpr, KC: tl.constexpr,
               NK: tl.constexpr, ROWS: tl.constexpr, KS: tl.constexpr = 1):
     """The slice as NK chunks (repeats of chunk 0 past NK, never used)."""
-    w0 = _w_chunk(w_ptr, s_w, i_u, 0, H, G, U, KC, ROWS, KS)
+    w0 = _w_chunk(w_ptr, s_w, i_u, 0, H, K, G, U, KC, ROWS, KS)
     w1, w2, w3 = w0, w0, w0
     if NK > 1:
-        w1 = _w_chunk(w_ptr, s_w, i_u, 1, H, G, U, KC, ROWS, KS)
+        w1 = _w_chunk(w_ptr, s_w, i_u, 1, H, K, G, U, KC, ROWS, KS)
     if NK > 2:
-        w2 = _w_chunk(w_ptr, s_w, i_u, 2, H, G, U, KC, ROWS, KS)
+        w2 = _w_chunk(w_ptr, s_w, i_u, 2, H, K, G, U, KC, ROWS, KS)
     if NK > 3:
-        w3 = _w_chunk(w_ptr, s_w, i_u, 3, H, G, U, KC, ROWS, KS)
+        w3 = _w_chunk(w_ptr, s_w, i_u, 3, H, K, G, U, KC, ROWS, KS)
     return w0, w1, w2, w3
 
 
@@ -415,16 +424,19 @@ def _split_gates(acc, U: tl.constexpr, BB: tl.constexpr):
 @triton.jit
 def _prefetch_fwd(i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot,
                   s_c_b, len_ptr, t, rd, B, H, G: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-                  U: tl.constexpr, BB: tl.constexpr, ON: tl.constexpr):
+                  U: tl.constexpr, BB: tl.constexpr, ON: tl.constexpr,
+                  HAS_PROJ: tl.constexpr = False):
     """One prefetch per batch row and buffer: a row's U units are one aligned line (U times
-    the element size is a power of two <= 128 B, at a multiple of itself)."""
+    the element size is a power of two <= 128 B, at a multiple of itself). With a
+    projection the update reads no h (the projection's phase does)."""
     o_b = (i_b * BB + tl.arange(0, BB)).to(tl.int64)
     m_b = o_b < B
     u0 = i_u * U
     p_x = xg_ptr + t.to(tl.int64) * s_xg_t + o_b * s_xg_b + u0
     for g in tl.static_range(G):
         prefetch(p_x + g * H, m_b, ON)
-    prefetch(h_ptr + rd.to(tl.int64) * s_h_slot + o_b * s_h_b + u0, m_b, ON)
+    if not HAS_PROJ:
+        prefetch(h_ptr + rd.to(tl.int64) * s_h_slot + o_b * s_h_b + u0, m_b, ON)
     if G == 4:  # the LSTM's cell state
         prefetch(c_ptr + rd.to(tl.int64) * s_c_slot + o_b * s_c_b + u0, m_b, ON)
     if HAS_LENGTHS:
@@ -471,20 +483,22 @@ def _fwd_tile(
     xg_ptr, s_xg_t, s_xg_b, bhn_ptr, h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot, s_c_b,
     out_ptr, s_o_t, s_o_b, ga_ptr, s_ga_t, s_ga_b, len_ptr, hm_ptr, s_hm_b,
     z_seed, z_th_h, z_th_c, z_dir, rs_ptr, s_rs_t, init, t, rd, wr, B, H,
-    ll_ptr, s_ll_slot, s_ll_b, s, err_ptr, members,
+    ll_ptr, s_ll_slot, s_ll_b, s, err_ptr, members, hr_ptr, s_hr_t, s_hr_b, hr_t, K,
     LSTM: tl.constexpr, RNN: tl.constexpr, ACC: tl.constexpr, HAS_BIAS: tl.constexpr,
     SAVE: tl.constexpr, HAS_LENGTHS: tl.constexpr, U: tl.constexpr, BB: tl.constexpr,
     KC: tl.constexpr, NK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
     HAS_HMASK: tl.constexpr, ZONEOUT: tl.constexpr, HAS_RESETS: tl.constexpr,
     PREFETCH: tl.constexpr, X_AHEAD: tl.constexpr, LL: tl.constexpr, SPIN_LIMIT: tl.constexpr,
-    ck, CLOCK: tl.constexpr, ASM: tl.constexpr,
+    ck, CLOCK: tl.constexpr, ASM: tl.constexpr, HAS_PROJ: tl.constexpr = False,
 ):
     """Step s (time t) of tile (i_u, i_b). LL: h_{t-1} from the words of state index s at
     ll_ptr, h_t sent as index s + 1 (kernels/ll.py); else from the history slot rd.
-    CLOCK: stepclock slots 0 and 1 of the step's line ck."""
+    CLOCK: stepclock slots 0 and 1 of the step's line ck. K: the state's width (the
+    product's K). HAS_PROJ (the LSTM's proj_size, K = P): o * tanh(c_t) goes to hr_ptr at
+    hr_t, and the projection's phase (_proj_tile) makes h_t."""
     G: tl.constexpr = 4 if LSTM else (1 if RNN else 3)
     _prefetch_fwd(i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot, s_h_b, c_ptr, s_c_slot,
-                  s_c_b, len_ptr, t, rd, B, H, G, HAS_LENGTHS, U, BB, PREFETCH)
+                  s_c_b, len_ptr, t, rd, B, H, G, HAS_LENGTHS, U, BB, PREFETCH, HAS_PROJ)
     o_b = i_b * BB + tl.arange(0, BB)
     m_b = o_b < B
     p_h = h_ptr + rd.to(tl.int64) * s_h_slot + o_b.to(tl.int64)[None, :] * s_h_b
@@ -492,7 +506,7 @@ def _fwd_tile(
     p_hm = hm_ptr + o_b.to(tl.int64)[None, :] * s_hm_b
     p_l = ll_ptr + (s % 2) * s_ll_slot + o_b.to(tl.int64)[None, :] * s_ll_b
     # (KS, 4U, BB): each of the KS runs of K on its own warps, summed after
-    acc = _sum_runs(_chunks_dot(w0, w1, w2, w3, p_h, m_b, H, ACC, KC, NK, True, IEEE, UPCAST,
+    acc = _sum_runs(_chunks_dot(w0, w1, w2, w3, p_h, m_b, K, ACC, KC, NK, True, IEEE, UPCAST,
                              p_hm, HAS_HMASK, p_h0,
                              restart_flags(rs_ptr, s_rs_t, t, o_b, m_b, HAS_RESETS),
                              HAS_RESETS, G, X_AHEAD, p_l, ll.tag_of(s), err_ptr, s, members,
@@ -507,9 +521,9 @@ def _fwd_tile(
         g0, g1, g2, g3 = _split_gates(acc, U, BB)
         b_h = lstm_update_fwd(
             g0, g1, g2, g3, i_u, i_b, xg_ptr, s_xg_t, s_xg_b, h_ptr, s_h_slot, s_h_b, c_ptr,
-            s_c_slot, s_c_b, out_ptr, s_o_t, s_o_b, h_ptr, 0, 0, ga_ptr, s_ga_t, s_ga_b,
-            len_ptr, t, rd, wr, t, B, H, z_seed, z_th_h, z_th_c, z_dir, rs_ptr, s_rs_t, init,
-            ACC, False, SAVE, HAS_LENGTHS, BB, U, ZONEOUT, HAS_RESETS)
+            s_c_slot, s_c_b, out_ptr, s_o_t, s_o_b, hr_ptr, s_hr_t, s_hr_b, ga_ptr, s_ga_t,
+            s_ga_b, len_ptr, t, rd, wr, hr_t, B, H, z_seed, z_th_h, z_th_c, z_dir, rs_ptr,
+            s_rs_t, init, ACC, HAS_PROJ, SAVE, HAS_LENGTHS, BB, U, ZONEOUT, HAS_RESETS)
     else:
         g0, g1, g2, g3 = _split_gates(acc, U, BB)
         b_h = gru_update_fwd(
@@ -523,6 +537,27 @@ def _fwd_tile(
                + o_b.to(tl.int64)[:, None] * s_ll_b + o_u[None, :])
         tl.store(p_w, ll.encode(b_h, ll.tag_of(s + 1), LL),
                  mask=m_b[:, None] & (o_u < H)[None, :])
+
+
+@triton.jit
+def _proj_tile(
+    i_p, i_b, v0, v1, v2, v3, hr_ptr, s_hr_t, s_hr_b, h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t,
+    s_o_b, len_ptr, t, rd, wr, hr_t, B, P, H,
+    ACC: tl.constexpr, HAS_LENGTHS: tl.constexpr, PU: tl.constexpr, BB: tl.constexpr,
+    PKC: tl.constexpr, PNK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    AHEAD: tl.constexpr,
+):
+    """The projection's phase of step t for tile (i_p, i_b): h_t^T (PU, BB) = W_hr[units]
+    (PU, H) . m_t^T (H, BB), m_t = o * tanh(c_t) of every hidden unit (hr_ptr at hr_t,
+    written by the batch group's programs before the barrier that ends the gates' phase).
+    The product is the gates' own (_chunks_dot: the slice v0..v3 on chip, as a plain RNN's
+    W_hh in runs of K); then the streaming kernel's stores (lstm.proj_store)."""
+    o_b = i_b * BB + tl.arange(0, BB)
+    p_m = hr_ptr + hr_t.to(tl.int64) * s_hr_t + o_b.to(tl.int64)[None, :] * s_hr_b
+    acc = _sum_runs(_chunks_dot(v0, v1, v2, v3, p_m, o_b < B, H, ACC, PKC, PNK, True, IEEE,
+                                UPCAST, G=1, AHEAD=AHEAD))
+    proj_store(tl.trans(acc), i_p, i_b, h_ptr, s_h_slot, s_h_b, out_ptr, s_o_t, s_o_b,
+               len_ptr, t, rd, wr, B, P, ACC, HAS_LENGTHS, BB, PU)
 
 
 @triton.jit
@@ -646,15 +681,17 @@ def stationary_fwd_kernel(
     hm_ptr, s_hm_b,               # HAS_HMASK: variational mask of h_{t-1} (B, H)
     rs_ptr, s_rs_t,               # HAS_RESETS: restart flags (T + 1, B), int8
     ll_ptr, s_ll_slot, s_ll_b,    # LL: the words of h (2 slots, B, H), kernels/ll.py
-    r_xg, r_w, r_bhn, r_h, r_c, r_out, r_ga, r_hm, r_rs, r_ll,  # PAIRED: elements from
-                                  # each buffer above to the reverse direction's (same
-                                  # strides)
+    hr_ptr, s_hr_t, s_hr_b,       # PROJ: o * tanh(c_t) (T or 1, B, H), the projection's input
+    w_hr_ptr, s_whr,              # PROJ: W_hr (P, H)
+    r_xg, r_w, r_bhn, r_h, r_c, r_out, r_ga, r_hm, r_rs, r_ll, r_hr, r_w_hr,  # PAIRED:
+                                  # elements from each buffer above to the reverse
+                                  # direction's (same strides)
     len_ptr,                      # HAS_LENGTHS: (B,) sequence lengths
     z_seed, z_th_h, z_th_c,       # LSTM / GRU ZONEOUT: see lstm.lstm_update_fwd
     sem_ptr, err_ptr,             # barrier counters (one per batch group and direction),
                                   # error word
     ck_ptr,                       # CLOCK: the steps' clocks (tiles, T, 8), kernels/stepclock.py
-    T, B, H,
+    T, B, H, K,                   # K: the state's width (PROJ: proj_size P; else H)
     LSTM: tl.constexpr,           # else a GRU, or with RNN a plain RNN
     RNN: tl.constexpr,            # plain RNN: 1 tanh, 2 relu; 0 otherwise
     ACC: tl.constexpr, HAS_BIAS: tl.constexpr, SAVE: tl.constexpr,
@@ -674,20 +711,34 @@ def stationary_fwd_kernel(
     RED: tl.constexpr = False,    # CUDA: the batch groups' barriers arrive with a
                                   # red.release (common.group_barrier)
     CLOCK: tl.constexpr = False,  # record where each step's time goes (bench.phases)
+    PROJ: tl.constexpr = 0,       # the LSTM's proj_size: the projected units a program
+                                  # (0: none), a second phase a step (_proj_tile)
+    PKC: tl.constexpr = 16,       # PROJ: W_hr's slice as PNK chunks of PKC columns of H,
+    PNK: tl.constexpr = 1,        # each in PKS runs (as KC, NK, KS), every chunk of m_t
+    PKS: tl.constexpr = 1,        # loaded before the product where P_AHEAD
+    P_AHEAD: tl.constexpr = False,
 ):
     G: tl.constexpr = 4 if LSTM else (1 if RNN else 3)
     DIRS: tl.constexpr = 2 if PAIRED else 1
     REV: tl.constexpr = 1 if REVERSE else 0  # direction d + REV: zoneout's stream
+    HAS_PROJ: tl.constexpr = PROJ > 0
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_u, n_bg = tl.cdiv(H, U), tl.cdiv(B, BB * SPLIT)
     n_tiles = n_u * n_bg
+    # PROJ: unit group i's program also projects units [i PROJ, (i + 1) PROJ) of P, for its
+    # batch rows, after the barrier that ends the step's gates (the plan keeps n_p <= n_u)
+    n_p = tl.cdiv(K, PROJ) if HAS_PROJ else 0
     if RESIDENT:  # one tile a program; the slice, loaded once: no W from global in the loop
         d, tile = pid // n_tiles, pid % n_tiles
-        w0, w1, w2, w3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, G, U, KC, NK, True,
+        w0, w1, w2, w3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, K, G, U, KC, NK, True,
                                     KS)
+        if HAS_PROJ:  # its rows of W_hr, as a plain RNN's W_hh (G = 1)
+            q0, q1, q2, q3 = _w_chunks(w_hr_ptr + d * r_w_hr, s_whr, tile % n_u, K, H, 1, PROJ,
+                                        PKC, PNK, True, PKS)
     for s in range(0, T):
         if RESIDENT:
             t, rd, wr = _fwd_step_dir(s, T, d, PAIRED, REVERSE, SAVE)
+            hr_t = t if SAVE else t * 0  # (inference keeps one step of m_t)
             ck = stepclock.line(ck_ptr, pid, s, T)
             for j in tl.range(0, SPLIT, num_stages=1):
                 _fwd_tile(tile % n_u, (tile // n_u) * SPLIT + j, w0, w1, w2, w3,
@@ -697,23 +748,35 @@ def stationary_fwd_kernel(
                           s_ga_b, len_ptr, hm_ptr + d * r_hm, s_hm_b, z_seed, z_th_h, z_th_c,
                           d + REV, rs_ptr + d * r_rs, s_rs_t, init_slot(T, d + REV, SAVE), t,
                           rd, wr, B, H, ll_ptr + d * r_ll, s_ll_slot, s_ll_b, s, err_ptr, n_u,
+                          hr_ptr + d * r_hr, s_hr_t, s_hr_b, hr_t, K,
                           LSTM, RNN, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE,
                           UPCAST, HAS_HMASK, ZONEOUT, HAS_RESETS, PREFETCH, X_AHEAD, LL,
-                          SPIN_LIMIT, ck, CLOCK, ASM_ACQUIRE)
+                          SPIN_LIMIT, ck, CLOCK, ASM_ACQUIRE, HAS_PROJ)
             stepclock.mark(ck, 2, s, CLOCK, ASM_ACQUIRE)
             if LL:  # the words are the barrier; the block's own history is read next step
                 tl.debug_barrier()
             else:
                 group_barrier(sem_ptr + d * n_bg + tile // n_u, n_u, tile % n_u == 0, err_ptr,
                               s, ASM_ACQUIRE, SPIN_LIMIT, RED)
+            if HAS_PROJ:  # (the plan takes no RED with PROJ: two barriers a step)
+                if tile % n_u < n_p:
+                    for j in tl.range(0, SPLIT, num_stages=1):
+                        _proj_tile(tile % n_u, (tile // n_u) * SPLIT + j, q0, q1, q2, q3,
+                                   hr_ptr + d * r_hr, s_hr_t, s_hr_b, h_ptr + d * r_h,
+                                   s_h_slot, s_h_b, out_ptr + d * r_out, s_o_t, s_o_b,
+                                   len_ptr, t, rd, wr, hr_t, B, K, H, ACC, HAS_LENGTHS, PROJ,
+                                   BB, PKC, PNK, IEEE, UPCAST, P_AHEAD)
+                group_barrier(sem_ptr + d * n_bg + tile // n_u, n_u, tile % n_u == 0, err_ptr,
+                              s, ASM_ACQUIRE, SPIN_LIMIT, False)
             stepclock.mark(ck, 3, s, CLOCK, ASM_ACQUIRE)
         else:
             for k in range(pid, DIRS * n_tiles, n_progs):
                 d, tile = k // n_tiles, k % n_tiles
                 t, rd, wr = _fwd_step_dir(s, T, d, PAIRED, REVERSE, SAVE)
+                hr_t = t if SAVE else t * 0
                 ck = stepclock.line(ck_ptr, k, s, T)
-                v0, v1, v2, v3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, G, U, KC, NK,
-                                           True, KS)
+                v0, v1, v2, v3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, K, G, U, KC,
+                                           NK, True, KS)
                 for j in tl.range(0, SPLIT, num_stages=1):
                     _fwd_tile(tile % n_u, (tile // n_u) * SPLIT + j, v0, v1, v2, v3,
                               xg_ptr + d * r_xg, s_xg_t, s_xg_b, bhn_ptr + d * r_bhn,
@@ -722,12 +785,28 @@ def stationary_fwd_kernel(
                               s_ga_t, s_ga_b, len_ptr, hm_ptr + d * r_hm, s_hm_b, z_seed,
                               z_th_h, z_th_c, d + REV, rs_ptr + d * r_rs, s_rs_t,
                               init_slot(T, d + REV, SAVE), t, rd, wr, B, H,
-                              ll_ptr + d * r_ll, s_ll_slot, s_ll_b, s, err_ptr, n_u, LSTM,
+                              ll_ptr + d * r_ll, s_ll_slot, s_ll_b, s, err_ptr, n_u,
+                              hr_ptr + d * r_hr, s_hr_t, s_hr_b, hr_t, K, LSTM,
                               RNN, ACC, HAS_BIAS, SAVE, HAS_LENGTHS, U, BB, KC, NK, IEEE,
                               UPCAST, HAS_HMASK, ZONEOUT, HAS_RESETS, PREFETCH, X_AHEAD, LL,
-                              SPIN_LIMIT, ck, CLOCK, ASM_ACQUIRE)
+                              SPIN_LIMIT, ck, CLOCK, ASM_ACQUIRE, HAS_PROJ)
                 stepclock.mark(ck, 2, s, CLOCK, ASM_ACQUIRE)
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
+            if HAS_PROJ:
+                for k in range(pid, DIRS * n_tiles, n_progs):
+                    d, tile = k // n_tiles, k % n_tiles
+                    if tile % n_u < n_p:
+                        t, rd, wr = _fwd_step_dir(s, T, d, PAIRED, REVERSE, SAVE)
+                        hr_t = t if SAVE else t * 0
+                        v0, v1, v2, v3 = _w_chunks(w_hr_ptr + d * r_w_hr, s_whr, tile % n_u, K,
+                                                   H, 1, PROJ, PKC, PNK, True, PKS)
+                        for j in tl.range(0, SPLIT, num_stages=1):
+                            _proj_tile(tile % n_u, (tile // n_u) * SPLIT + j, v0, v1, v2, v3,
+                                       hr_ptr + d * r_hr, s_hr_t, s_hr_b, h_ptr + d * r_h,
+                                       s_h_slot, s_h_b, out_ptr + d * r_out, s_o_t, s_o_b,
+                                       len_ptr, t, rd, wr, hr_t, B, K, H, ACC, HAS_LENGTHS,
+                                       PROJ, BB, PKC, PNK, IEEE, UPCAST, P_AHEAD)
+                grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
             if CLOCK:
                 for k in range(pid, DIRS * n_tiles, n_progs):
                     stepclock.mark(stepclock.line(ck_ptr, k, s, T), 3, s, CLOCK, ASM_ACQUIRE)
@@ -773,7 +852,7 @@ def stationary_bwd_kernel(
     G: tl.constexpr = 4 if LSTM else (1 if RNN else 3)
     if RESIDENT:
         d, tile = pid // n_tiles, pid % n_tiles
-        w0, w1, w2, w3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, G, U, KC, NK, False,
+        w0, w1, w2, w3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, H, G, U, KC, NK, False,
                                     KS)
     for s in range(0, T):
         if RESIDENT:
@@ -799,8 +878,8 @@ def stationary_bwd_kernel(
                 d, tile = k // n_tiles, k % n_tiles
                 t, t_next, rd, wr = _bwd_step_dir(s, T, d, PAIRED, REVERSE)
                 ck = stepclock.line(ck_ptr, k, s, T)
-                v0, v1, v2, v3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, G, U, KC, NK,
-                                           False, KS)
+                v0, v1, v2, v3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, H, G, U, KC,
+                                           NK, False, KS)
                 _bwd_tile(tile % n_u, tile // n_u, v0, v1, v2, v3,
                           dg_ptr + d * r_dg, s_dg_t, s_dg_b, dxn_ptr + d * r_dxn, s_dxn_t,
                           s_dxn_b, g_ptr + d * r_g, s_g_b, do_ptr + d * r_do, s_do_t, s_do_b,
@@ -823,23 +902,37 @@ def stationary_bwd_kernel(
 # launchers: the buffers come from lstm.py / gru.py / rnn.py, whose launchers hand their
 # launch over as a pairing.Launch (see kernels/pairing.py)
 # ----------------------------------------------------------------------------------------
-_FWD_DIR_ARGS = ("xg", "w", "bhn", "h", "c", "out", "ga", "hm", "rs")
+_FWD_DIR_ARGS = ("xg", "w", "bhn", "h", "c", "out", "ga", "hm", "rs", "hr", "w_hr")
 _BWD_DIR_ARGS = ("dg", "dxn", "w", "g", "do", "gc", "ga", "c", "h", "dcs", "hm", "rs")
 
 
 def _kernel(launch):
     """(kernel, its per-direction buffers, warps, name, its flags for the device)."""
     if launch.kind == "fwd":
-        return (stationary_fwd_kernel, _FWD_DIR_ARGS, launch.plan["warps"],
+        plan = launch.plan
+        proj = {} if not plan.get("PU") else dict(
+            PROJ=plan["PU"], PKC=plan["PKC"], PNK=plan["PNK"], PKS=plan["PKS"],
+            P_AHEAD=plan["p_ahead"])
+        return (stationary_fwd_kernel, _FWD_DIR_ARGS, plan["warps"],
                 "stationary forward", dict(PREFETCH=launch.device.type == "cuda",
-                                           KS=launch.plan["KS"],
-                                           X_AHEAD=launch.plan["x_ahead"],
-                                           SPLIT=launch.plan["split"], RED=red_arrival(launch)))
+                                           KS=plan["KS"], X_AHEAD=plan["x_ahead"],
+                                           SPLIT=plan["split"], RED=red_arrival(launch),
+                                           **proj))
     return (stationary_bwd_kernel, _BWD_DIR_ARGS, launch.plan["warps_bwd"],
             "stationary backward", dict(KS=launch.plan["KS_bwd"],
                                         X_AHEAD=launch.plan["x_ahead"],
                                         PREFETCH=launch.device.type == "cuda",
                                         RED=red_arrival(launch)))
+
+
+def _args(launch) -> dict:
+    """The launch's arguments; a forward's with the projection's where its layer has none
+    (PROJ 0: the pointers only stand in, never read)."""
+    a = launch.args
+    if launch.kind != "fwd" or "hr_ptr" in a:
+        return a
+    return dict(a, hr_ptr=a["h_ptr"], s_hr_t=0, s_hr_b=0, w_hr_ptr=a["w_ptr"], s_whr=0,
+                K=a["H"])
 
 
 def red_arrival(launch) -> bool:
@@ -861,7 +954,7 @@ def launch(one) -> None:
     sem, err = barrier_words(triton.cdiv(one.B, plan["BB"]), one.device)
     unused = {f"r_{n}": 0 for n in names}
     launch_sequence(kernel, programs, dict(
-        **one.args, **unused, **_ll_args([one], err), **_clock_args(one, 1, err),
+        **_args(one), **unused, **_ll_args([one], err), **_clock_args(one, 1, err),
         sem_ptr=sem, err_ptr=err, PAIRED=False,
         RESIDENT=programs == plan["tiles"], U=plan["U"], BB=_rows(one), KC=plan["KC"],
         NK=plan["NK"], **barrier_flags(one.device), **flags, num_warps=warps), err, one.device,
@@ -900,7 +993,7 @@ def pairable(fwd, rev) -> bool:
     """Whether a layer's two directions can share one launch: both planned as a pair, the
     same kernel and tiles, the same strides and flags, forward then reverse."""
     kernel, names, *_ = _kernel(fwd)
-    same = all(v == rev.args[k] for k, v in fwd.args.items()
+    same = all(v == _args(rev)[k] for k, v in _args(fwd).items()
                if k != "REVERSE" and not hasattr(v, "data_ptr"))
     return (fwd.kind == rev.kind and fwd.plan.get("paired", False) and fwd.plan == rev.plan
             and same and not fwd.args["REVERSE"] and rev.args["REVERSE"]
@@ -910,7 +1003,7 @@ def pairable(fwd, rev) -> bool:
 def _offset(fwd, rev, name):
     """Elements from the forward direction's buffer to the reverse's (None if the two are
     not a whole number of elements apart, or differ in dtype)."""
-    a, b = fwd.args[f"{name}_ptr"], rev.args[f"{name}_ptr"]
+    a, b = _args(fwd)[f"{name}_ptr"], _args(rev)[f"{name}_ptr"]
     size = a.element_size()
     gap = b.data_ptr() - a.data_ptr()
     return gap // size if a.dtype == b.dtype and gap % size == 0 else None
@@ -926,7 +1019,7 @@ def launch_pair(fwd, rev) -> None:
     sem, err = barrier_words(2 * triton.cdiv(fwd.B, plan["BB"]), device)
     offsets = {f"r_{n}": _offset(fwd, rev, n) for n in names}
     launch_sequence(kernel, programs, dict(
-        **fwd.args, **offsets, **_ll_args([fwd, rev], err), **_clock_args(fwd, 2, err),
+        **_args(fwd), **offsets, **_ll_args([fwd, rev], err), **_clock_args(fwd, 2, err),
         sem_ptr=sem, err_ptr=err, PAIRED=True,
         RESIDENT=programs == 2 * plan["tiles"], U=plan["U"], BB=_rows(fwd), KC=plan["KC"],
         NK=plan["NK"], **barrier_flags(device), **flags, num_warps=warps), err, device,

@@ -343,6 +343,12 @@ def _wide_launch(key, launch) -> bool:
     return plan.wide(cell, c["U"], key[0] != "stationary_fwd_kernel", wide_tiles(launch[3]))
 
 
+def _proj_launch(key, launch) -> bool:
+    """Whether a recorded launch is a weight-stationary LSTM forward with a projection
+    (proj_launches checks those)."""
+    return key[0] == "stationary_fwd_kernel" and int(launch[2].get("PROJ", 0)) > 0
+
+
 def _narrow_launch(key, launch) -> bool:
     """Whether a recorded weight-stationary launch is a narrow 16-unit tile's
     (plan.NARROW_UNITS: an LSTM or GRU, not the plain RNN's 4 x 4 units; 16 units a
@@ -384,13 +390,15 @@ def main(argv=None):
                     help="with --stationary: launches recording their steps' clocks")
     ap.add_argument("--narrow", action="store_true",
                     help="with --stationary: the narrow 16-unit launches (NARROW)")
+    ap.add_argument("--proj", action="store_true",
+                    help="with --stationary: the LSTM forward's projection launches")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("run without TRITON_INTERPRET: the kernels must be JIT functions")
     if args.stationary:
         return check_stationary(args.json, args.targets, tuple(args.batches), args.wide,
                                 args.splitk, args.ll, args.red, args.clock,
-                                tuple(args.bf16_hidden), args.narrow)
+                                tuple(args.bf16_hidden), args.narrow, args.proj)
     # the streaming kernels at every size; the plan's own choice ("auto": the
     # weight-stationary kernels where they fit, which --stationary checks in depth) at
     # --auto-hidden
@@ -639,9 +647,10 @@ def stationary_matrix(sms=132, batches=(1, 16, 64), bf16_hidden=(256, 1024)):
     # (without the wide tiles' forward, which the bidirectional B=64 H=1024 pairs, nor the
     # narrow tiles, which the bidirectional 16-bit B <= 32 pairs: --wide and --narrow check
     # them; 16 of 183 launches)
+    # (nor the projection's forward, captured at proj_size H / 2: --proj checks it)
     return {k: v for k, v in launches.items()
             if k[0].startswith("stationary_") and not _wide_launch(k, v)
-            and not _narrow_launch(k, v)}
+            and not _narrow_launch(k, v) and not _proj_launch(k, v)}
 
 
 def wide_launches(sms=132):
@@ -690,6 +699,19 @@ def narrow_launches(target: str, probe=()) -> dict:
                     and c["PAIRED"] == paired and key[0] not in {k[0] for k in one}):
                 one[key] = launch
         launches.update(one)
+    return launches
+
+
+def proj_launches(sms=132):
+    """The LSTM's projection in the weight-stationary forward (plan.proj_tiling) as a 132-SM
+    GPU plans it, inference and training: bf16 B=16 H=1024 proj_size 512 (m_t loaded
+    ahead, 4 chunks of 256) and fp16 B=64 H=768 proj_size 384 (m_t chunk by chunk: ahead
+    it would be 768 B a thread)."""
+    launches = {}
+    for dt, B, H in ((torch.bfloat16, 16, 1024), (torch.float16, 64, 768)):
+        launches.update({k: v for k, v in capture((H,), batches=(B,), dtypes=(dt,),
+                                                  modes=("auto",), sms=sms).items()
+                         if _proj_launch(k, v)})
     return launches
 
 
@@ -815,12 +837,15 @@ def spills_in_step(sass: str) -> int:
 def _splitk_one(k: int) -> dict:
     row, compiled, sass = _compile(k)
     return {**_stationary_row(row, compiled, sass), "spills_in_step": spills_in_step(sass),
-            "arrivals": arrivals_in_step(sass)}
+            "arrivals": arrivals_in_step(sass),
+            "w_hr_loads_in_loop": (w_loads_in_time_loop(compiled.asm["ttgir"], "w_hr_ptr")
+                                   if row["kernel"] == "stationary_fwd_kernel" else 0)}
 
 
 def check_stationary(json_path=None, targets=tuple(TARGETS), batches=(1, 16, 64),
                      wide=False, splitk=False, ll_words=False, red=False,
-                     clock=False, bf16_hidden=(256, 1024), narrow=False) -> list[dict]:
+                     clock=False, bf16_hidden=(256, 1024), narrow=False,
+                     proj=False) -> list[dict]:
     # past the register budgets, sm_90 alone (the H100/H200 the plan measured them on):
     # those compiles take minutes, and sm_80 doubled them
     # (the wide tiles are sm_90's alone: plan.wgmma. sm_80 builds at B=16 and 16-bit only:
@@ -828,16 +853,19 @@ def check_stationary(json_path=None, targets=tuple(TARGETS), batches=(1, 16, 64)
     # built for sm_90 with the same MMAs (not wide: HMMA on both), fp32's differ by the
     # operands' type, and the suite keeps within 15 minutes)
     # (the narrow tiles: each target's own plans, NARROW)
-    special = wide or splitk or ll_words or red or clock or narrow
+    special = wide or splitk or ll_words or red or clock or narrow or proj
     narrows = {t: narrow_launches(t) for t in targets} if narrow else {}
     per_batch = {} if special else {b: stationary_matrix(batches=(b,),
                                                          bf16_hidden=bf16_hidden)
                                     for b in batches}
     launches = wide_launches() if wide else splitk_launches() if splitk else ll_launches() \
         if ll_words else red_launches() if red else clock_launches() if clock else \
+        proj_launches() if proj else \
         {k: v for m in narrows.values() for k, v in m.items()} if narrow else {
             k: v for m in per_batch.values() for k, v in m.items()}
     sm80 = {k for b, m in per_batch.items() if b == 16 for k in m}
+    if proj:  # (bf16 B=16 on sm_80 too)
+        sm80 = {k for k, v in launches.items() if v[1]["w_ptr"] == "*bf16"}
     rows = compile_all(launches, _splitk_one if special and not wide else _stationary_one,
                        targets,
                        keep=lambda key, launch, tname: key in narrows[tname] if narrow else (

@@ -55,7 +55,7 @@ TRITON_36 = ROOT.parent / ".venv" / "triton36"  # installed there by `make test`
 
 def _stationary_rows(tmp_path, capsys, pythonpath=None, targets=("sm_80", "sm_90"),
                      batches=(1, 16, 64), wide=False, splitk=False, ll=False, red=False,
-                     clock=False, bf16_hidden=(256, 1024), narrow=False):
+                     clock=False, bf16_hidden=(256, 1024), narrow=False, proj=False):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     if pythonpath:
         env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), env.get("PYTHONPATH", "")])
@@ -65,7 +65,7 @@ def _stationary_rows(tmp_path, capsys, pythonpath=None, targets=("sm_80", "sm_90
                            "--batches", *map(str, batches), *(["--wide"] if wide else []),
                            *(["--splitk"] if splitk else []), *(["--ll"] if ll else []),
                            *(["--red"] if red else []), *(["--clock"] if clock else []),
-                           *(["--narrow"] if narrow else []),
+                           *(["--narrow"] if narrow else []), *(["--proj"] if proj else []),
                            "--bf16-hidden", *map(str, bf16_hidden)],
                           env=env, capture_output=True, text=True)
     with capsys.disabled():
@@ -246,6 +246,60 @@ def test_narrow_tiles_keep_w_on_chip(tmp_path, capsys, triton_36):
         assert r["config"]["U"] == str(plan.NARROW_UNITS), r
         assert (r["config"]["KS"], r["num_warps"]) == (("4", 4) if fwd else ("2", 8)), r
         assert r["dyn_shared"] <= (163 if a100 else 227) * 1024, r
+
+
+@pytest.mark.parametrize("triton_36", [False, True], ids=["installed", "triton_3_6"])
+def test_projection_keeps_w_hh_and_w_hr_on_chip(tmp_path, capsys, triton_36):
+    """The LSTM's projection in the weight-stationary forward (plan.proj_tiling) as a
+    132-SM GPU plans it (compilecheck.proj_launches: bf16 B=16 H=1024 proj_size 512, m_t
+    loaded ahead; fp16 B=64 H=768 proj_size 384, chunk by chunk; inference and training),
+    on sm_90 with the installed Triton and with 3.6, and the bf16 builds on sm_80 with the
+    installed one: neither W_hh nor W_hr loaded inside the time loop; each warp's MMAs a
+    step the gates' work plus the projection's, (PU/16)(BB/8)(H/16) / warps, so no warp
+    repeats another's; no accumulator chain longer than a run of K of either product; at
+    most 64 B of spills (the fp16 B=64 builds: 32-40 B, the gates' operand at its budget)
+    and 16 spill accesses a step; the update's prefetches before the first MMA; two
+    barriers a step (two arrivals); at most 32 block barriers a step (two phases); shared
+    memory at least the two slices and at most the plan's model (the build shares the
+    staged operands between the phases), one program an SM co-resident."""
+    if triton_36 and not (TRITON_36 / "triton").is_dir():
+        pytest.skip(f"Triton 3.6 is not installed at {TRITON_36} (make test installs it; "
+                    f"it needs PyPI once)")
+    rows = _stationary_rows(tmp_path, capsys, pythonpath=TRITON_36 if triton_36 else None,
+                            targets=("sm_90",) if triton_36 else ("sm_80", "sm_90"),
+                            proj=True)
+    assert {(r["target"], r["dtype"], r["config"]["SAVE"]) for r in rows} == {
+        *((t, "bf16", save) for t in ("sm_90",) + (() if triton_36 else ("sm_80",))
+          for save in ("True", "False")),
+        ("sm_90", "fp16", "True"), ("sm_90", "fp16", "False")}
+    if triton_36:
+        assert rows[0]["triton"] == "3.6.0", "did not compile with Triton 3.6"
+    for r in rows:
+        c, what = r["config"], f"{r['target']} {r['dtype']} {r['config']}"
+        cell_work = r["mma_work"]  # (the gates')
+        pu, bb, pnk, pkc = (int(c[k]) for k in ("PROJ", "BB", "PNK", "PKC"))
+        proj_work = (pu // 16) * (bb // 8) * (pnk * pkc // 16) // r["num_warps"]
+        assert c["RESIDENT"] == "True" and not r["wgmma"], what
+        assert r["w_loads_in_loop"] == 0 == r["w_hr_loads_in_loop"], what
+        assert r["mma_per_step"] == cell_work + proj_work, what
+        gates_chain = r["k_tiles"] // int(c["KS"])
+        proj_chain = pnk * pkc // (16 * int(c["PKS"]))
+        assert 0 < r["mma_chain"] <= max(gates_chain, proj_chain), what
+        assert 0 <= r["spill_bytes"] <= 64 and r["spills_in_step"] <= 16, what
+        assert r["prefetches"] > 0 and r["arrivals"] == dict(atomic=2, red=0), what
+        assert r["block_barriers"] <= 32, what
+        dt = {"bf16": torch.bfloat16, "fp16": torch.float16}[r["dtype"]]
+        U, NK, KC = int(c["U"]), int(c["NK"]), int(c["KC"])
+        warps = plan.stationary_warps("lstm", KC, bb, False, U)
+        H = pnk * pkc  # (1024 and 768: whole chunks)
+        pj = plan.proj_tiling(dt, H // 2, H, U, bb, warps, cuda_rules=False,
+                              ahead=c["P_AHEAD"] == "True")
+        model = plan.stationary_smem("lstm", dt, U, bb, NK, KC, False,
+                                     c["X_AHEAD"] == "True") + pj["smem"]
+        slices = 4 * U * NK * KC * dt.itemsize + pj["w_bytes"]
+        assert slices <= r["dyn_shared"] <= model, (r["dyn_shared"], slices, model, what)
+        assert residency.max_coresident(r["registers"], r["num_warps"], r["dyn_shared"],
+                                        residency.H100) >= 132, what
 
 
 @pytest.mark.parametrize("triton_36", [False, True], ids=["installed", "triton_3_6"])

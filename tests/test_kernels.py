@@ -75,13 +75,14 @@ def _run(fn, args, backend, reverse, seed=0):
 
 def _fwd_bwd_launches(launches, cell, kernel_mode, proj=False):
     """(forward, backward) launches of the layer's recurrent kernels. Forced to the
-    weight-stationary kernels, those must be what ran (a projection falls back to the
-    streaming sequence kernels, which take it)."""
-    if kernel_mode == "stationary" and not proj:
-        assert launches[f"{cell}_fwd_kernel"] == launches[f"{cell}_bwd_kernel"] == 0
-    st = not proj and kernel_mode != "step"
+    weight-stationary kernels, those must be what ran (with a projection the backward falls
+    back to the streaming sequence kernel, which takes it)."""
+    if kernel_mode == "stationary":
+        assert launches[f"{cell}_fwd_kernel"] == 0
+        assert launches["stationary_bwd_kernel" if proj else f"{cell}_bwd_kernel"] == 0
+    st = kernel_mode != "step"
     return (launches[f"{cell}_fwd_kernel"] + st * launches["stationary_fwd_kernel"],
-            launches[f"{cell}_bwd_kernel"] + st * launches["stationary_bwd_kernel"])
+            launches[f"{cell}_bwd_kernel"] + (st and not proj) * launches["stationary_bwd_kernel"])
 
 
 def _as64(args: dict) -> dict:
@@ -224,8 +225,9 @@ def test_sequence_kernel_launches_do_not_grow_with_T(cell, H, B, poison, launche
             args = _rnn_args(T, B, 4, H, True, torch.float64, lengths=True)
             _compare(_rnn_layer("tanh"), args, reverse=True, tol=1e-10)
         counts.append(dict(launches))
-    kind = "stationary" if cell != "lstm" else cell  # the LSTM has proj_size=5
-    assert counts[0] == counts[1] == {f"{kind}_fwd_kernel": 1, f"{kind}_bwd_kernel": 1}
+    # (the LSTM has proj_size=5: its backward streams)
+    bwd = "lstm_bwd_kernel" if cell == "lstm" else "stationary_bwd_kernel"
+    assert counts[0] == counts[1] == {"stationary_fwd_kernel": 1, bwd: 1}
 
 
 def _one_stationary_layer_matches(cell, B, H, launches):
@@ -341,6 +343,51 @@ def test_stationary_split_tiles_match_the_reference(cell, split, units, poison, 
     assert fwd["tiles"] == -(-B // (16 * split)) * -(-H // fwd["U"])
     assert planning.wide(cell, fwd["U"], False) == (units == "wide")
     _one_stationary_layer_matches(cell, B, H, launches)
+
+
+@pytest.mark.parametrize("case", ["tiles", "one_tile", "by_chunk", "split"])
+def test_stationary_projection_matches_the_reference(case, poison, launches, monkeypatch):
+    """The LSTM's projection (proj_size) in the weight-stationary forward (plan.proj_tiling):
+    the gates' product over the P-wide state, o * tanh(c_t) to the projection's input, a
+    barrier, then h_t = W_hr m_t from each program's rows of W_hr (16 projected units a
+    program, as a plain RNN's W_hh in runs of K), a second barrier. tiles: H=40 P=24 in 5
+    tiles looping on one program, 2 of them projecting (P past one program's 16 units);
+    one_tile: H=4 P=3, the resident path (W_hh's and W_hr's slices loaded once before the
+    time loop); by_chunk: h_{t-1} and m_t chunk by chunk (plan.x_ahead off), W_hr's 40
+    columns as 3 chunks of 16; split: 2 sub-tiles of 16 rows (B=40, the last partly past
+    B). Lengths and reverse, forward and every gradient (the backward streams: it takes no
+    projection yet), against the reference; then inference, which keeps one step of m_t."""
+    from fusedrnn.kernels import plan as planning
+
+    monkeypatch.setenv(planning.KERNEL_ENV, "stationary")
+    if case == "by_chunk":
+        monkeypatch.setattr(planning, "x_ahead", lambda *args, **kw: False)
+    if case == "split":
+        monkeypatch.setattr(planning, "FORCED_SPLIT", 2)
+    H, P, B = {"one_tile": (4, 3, 3), "split": (40, 24, 40)}.get(case, (40, 24, 3))
+    fwd = planning.plan("lstm", F64, B, H, P, True, True, sm_count=1, cuda=False)
+    assert fwd["kernel"] == "stationary" and fwd["PU"] == planning.PROJ_MIN_UNITS, fwd
+    assert fwd["p_ahead"] == (case != "by_chunk") and fwd["split"] == (2 if case == "split"
+                                                                       else 1)
+    assert fwd["tiles"] == (1 if case == "one_tile" else 5 * -(-B // fwd["BB"]))
+    assert fwd["PNK"] == (1 if case == "one_tile" else 3)
+    args = _lstm_args(5, B, 4, H, P, True, F64, True)
+    _compare(functional.lstm_layer, args, True, TOL[F64])
+    assert dict(launches) == {"stationary_fwd_kernel": 1, "lstm_bwd_kernel": 1}
+    with torch.no_grad():
+        got = functional.lstm_layer(**args, reverse=True, backend="triton")
+    for k, (g, w) in enumerate(zip(got, reference.lstm_layer(**args, reverse=True))):
+        assert_close(g, w, TOL[F64], f"inference {k}")
+    assert launches["stationary_fwd_kernel"] == 2
+
+
+def test_bidirectional_projection(poison, launches, monkeypatch):
+    """Both directions of an LSTM with proj_size in one forward launch (each its own W_hr
+    and projection input: the launch's r_w_hr, r_hr), two layers, packed sequences and
+    initial states, forward and every gradient (the backward streams), against the
+    reference."""
+    _bidirectional_one_launch_per_pass("lstm", 40, 3, monkeypatch, proj=24)
+    assert dict(launches) == {"stationary_fwd_kernel": 2, "lstm_bwd_kernel": 4}
 
 
 @pytest.mark.parametrize("cell,ksplit,H,rows,passes", [
@@ -508,12 +555,13 @@ def test_bidirectional_wide_tiles(cell, poison, launches, monkeypatch):
     assert dict(launches) == {"stationary_fwd_kernel": 2, "stationary_bwd_kernel": 2}
 
 
-def _bidirectional_one_launch_per_pass(cell, H, B, monkeypatch, dtype=F64):
+def _bidirectional_one_launch_per_pass(cell, H, B, monkeypatch, dtype=F64, proj=0):
     from fusedrnn.kernels.plan import KERNEL_ENV
 
     monkeypatch.setenv(KERNEL_ENV, "stationary")
     mode = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell]
-    ref = mode(4, H, num_layers=2, bidirectional=True, dtype=dtype, device=DEVICE)
+    ref = mode(4, H, num_layers=2, bidirectional=True, dtype=dtype, device=DEVICE,
+               **({"proj_size": proj} if proj else {}))
     cls = {"lstm": functional.lstm, "gru": functional.gru, "rnn": functional.rnn}[cell]
     x = torch.randn(5, B, 4, dtype=dtype, device=DEVICE)
     lengths = torch.randint(1, 6, (B,))
@@ -521,8 +569,8 @@ def _bidirectional_one_launch_per_pass(cell, H, B, monkeypatch, dtype=F64):
     lengths = lengths.sort(descending=True).values
     batch_sizes = (torch.arange(5).unsqueeze(1) < lengths).sum(1)
     packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths).data
-    h0 = torch.randn(4, B, H, dtype=dtype, device=DEVICE)
-    hx = (h0, torch.randn_like(h0)) if cell == "lstm" else h0
+    h0 = torch.randn(4, B, proj or H, dtype=dtype, device=DEVICE)
+    hx = (h0, torch.randn(4, B, H, dtype=dtype, device=DEVICE)) if cell == "lstm" else h0
     results = {}
     for backend in ("reference", "triton"):
         leaves = [packed.detach().requires_grad_(), *(t.detach().requires_grad_() for t in

@@ -35,9 +35,22 @@ def test_never_more_programs_than_sms_and_fallbacks_have_a_reason():
                         assert p["weights_on_chip"] and p["programs"] == p["tiles"]
 
 
-def test_projection_and_exact_fp32_stream():
+def test_projection_forward_is_weight_stationary_its_backward_and_exact_fp32_stream():
+    """proj_size: the forward weight-stationary with the projection's phase (plan.
+    proj_tiling: each unit group's programs project 16 units of P, W_hr's rows on chip),
+    the backward streaming (not built yet); exact fp32 streams."""
     p = plan("lstm", torch.bfloat16, 16, 768, K=256, proj=True)
+    assert p["kernel"] == "stationary" and p["weights_on_chip"] and p["programs"] >= 96
+    assert (p["NK"] * p["KC"], p["PNK"] * p["PKC"]) == (256, 768)  # (K = P; W_hr's K = H)
+    assert p["PU"] == 16 and -(-256 // p["PU"]) <= -(-768 // p["U"]), p
+    assert not p["ll"] and not p["red"] and not planning.wide("lstm", p["U"], False)
+    assert p["w_bytes"] + p["w_hr_bytes"] <= planning.SMEM_W_BUDGET
+    assert "projection a second phase" in p["reason"]
+    p = plan("lstm", torch.bfloat16, 16, 768, K=256, proj=True, backward=True)
     assert p["kernel"] != "stationary" and "proj_size" in p["reason"]
+    # (where wide tiles would be needed, the projection streams: bf16 B=128 H=1024)
+    p = plan("lstm", torch.bfloat16, 128, 1024, K=512, proj=True)
+    assert p["kernel"] == "sequence"
     p = plan("lstm", torch.float32, 16, 256, ieee=True)
     assert p["kernel"] != "stationary" and "exact fp32" in p["reason"]
 
