@@ -172,6 +172,22 @@ def _proj_bwd_tile(
     b_g = state_grad(g_ptr, s_g_b, dg_ptr + t_next.to(tl.int64) * s_dg_t, s_dg_b, w_ptr, s_w,
                      o_b, m_b, o_p, m_p, 4 * H, BLOCK_B, BLOCK_P, BLOCK_K, IEEE, UPCAST,
                      hm_ptr, s_hm_b, HAS_HMASK)
+    proj_bwd_store(b_g, i_p, i_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, dhp_ptr, s_dhp_t,
+                   s_dhp_b, len_ptr, rs_ptr, s_rs_t, t, t_next, B, P, HAS_LENGTHS, BLOCK_B,
+                   BLOCK_P, HAS_RESETS)
+
+
+@triton.jit
+def proj_bwd_store(b_g, i_p, i_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, dhp_ptr, s_dhp_t,
+                   s_dhp_b, len_ptr, rs_ptr, s_rs_t, t, t_next, B, P,
+                   HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr,
+                   HAS_RESETS: tl.constexpr):
+    """The rest of a projection tile's backward step, given b_g (BLOCK_B, BLOCK_P): the
+    carried plus the recurrent gradient of the projected h_t. With the output's gradient it
+    goes to dhp (the projection's, for the gates' phase and dW_hr); past a sequence's
+    length it stays carried. Shared with the weight-stationary backward
+    (stationary._proj_bwd_tile)."""
+    o_p, o_b, m_p, m_b, m, o_b64 = tile_offsets(i_p, i_b, P, B, BLOCK_P, BLOCK_B)
     b_g = divert(b_g, g_ptr + o_b64[:, None] * s_g_b + o_p[None, :], B, s_g_b, m,
                  restart_flags(rs_ptr, s_rs_t, t_next, o_b, m_b, HAS_RESETS), HAS_RESETS)
     p_do = do_ptr + t.to(tl.int64) * s_do_t + o_b64[:, None] * s_do_b + o_p[None, :]
@@ -527,6 +543,8 @@ def lstm_backward_steps(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_h
                            gc=(gc, "b"), ga=(gates, "tb"), c=(cs, ("slot", "b")),
                            h=(hs, ("slot", "b"))),
             dxn_ptr=dg, s_dxn_t=0, s_dxn_b=0, **dcs,
+            **(dict(**pointer_args(dhp=(dhp, "tb"), w_hr=(w_hr, ("",), "whr")), K=K)
+               if has_proj else {}),
             len_ptr=lengths if lengths is not None else cs, T=T, B=B, H=H, LSTM=True,
             RNN=0, ACC=TL_ACC[acc], HAS_LENGTHS=lengths is not None,
             HAS_DCS=d_cs is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast, **regs),

@@ -195,9 +195,12 @@ X_REG_BYTES_RNN_2W = 128
 # P units [i PU, (i + 1) PU) for their batch rows, from m_t = o * tanh(c_t) of every
 # hidden unit, with their PU rows of W_hr on chip as a plain RNN's W_hh (runs of K), then a
 # second barrier (proj_tiling). PU at least 16 rows, the gates' least M (4U at U=4).
-# (The backward with a projection streams: its state gradient would need the same second
-# phase, dm_t = W_hr^T dh_t, not built yet.)
+# The backward likewise in two phases a step: unit group i's programs first make the
+# gradient of P units [i PU, (i + 1) PU) of h_t (dgates_{t+1} times those PU columns of
+# W_hh, on chip: N = PU, at least 4 as the backward's U), then, after a barrier, their own
+# units' gate gradients from all of it (dh_t times their U columns of W_hr, on chip).
 PROJ_MIN_UNITS = 16
+PROJ_MIN_UNITS_BWD = 4
 
 
 def kernel_choice() -> str:
@@ -227,29 +230,38 @@ MAX_K_RUNS = 4
 
 
 def proj_tiling(dtype: torch.dtype, P: int, H: int, u: int, bb: int, warps: int,
-                cuda_rules: bool = True, ahead: bool = True, room: int | None = None) -> dict:
-    """The projection's phase of a weight-stationary LSTM forward (PROJ_MIN_UNITS) for a
-    tiling of U units, BB rows a product and ``warps`` warps: PU projected units a unit
-    group (so that the H / U groups cover P), W_hr's slice as PNK chunks of PKC columns of
-    H in PKS runs (one a warp, as the gates' runs of K), every chunk of m_t loaded before
-    the product (p_ahead) within X_REG_BYTES a thread and ``room`` bytes of shared memory
-    (under the interpreter: ``ahead``, the gates' own choice); ``smem``: its W_hr slice
-    plus the staged m_t, beside the gates' (stationary_smem); ``w_bytes``: the slice."""
-    pu = max(PROJ_MIN_UNITS, triton.next_power_of_2(triton.cdiv(P, triton.cdiv(H, u))))
-    pnk, pkc = k_chunks(H)
+                cuda_rules: bool = True, ahead: bool = True, room: int | None = None,
+                backward: bool = False) -> dict:
+    """The projection's phase of a weight-stationary LSTM pass (PROJ_MIN_UNITS) for a tiling
+    of U units, BB rows a product and ``warps`` warps: PU projected units a unit group (so
+    that the H / U groups cover P). Forward: W_hr's PU rows as PNK chunks of PKC columns
+    of H, the product's operand m_t; backward: W_hr's U columns as PNK chunks of PKC rows of
+    P, the operand dh_t (fp32: its registers counted at 4 bytes). Each chunk in PKS runs
+    (one a warp, as the gates' runs of K), every chunk of the operand loaded before the
+    product (p_ahead) within X_REG_BYTES (backward: X_REG_BYTES_BWD) a thread and ``room``
+    bytes of shared memory (under the interpreter: ``ahead``, the gates' own choice).
+    ``smem``: its W_hr slice plus the staged operand, beside the gates' (stationary_smem;
+    the backward's columns of W_hh for PU units take no more than for U); ``w_bytes``: the
+    slice."""
+    least = PROJ_MIN_UNITS_BWD if backward else PROJ_MIN_UNITS
+    pu = max(least, triton.next_power_of_2(triton.cdiv(P, triton.cdiv(H, u))))
+    extent = P if backward else H
+    pnk, pkc = k_chunks(extent)
     if pkc > 512:  # (k_chunks takes one chunk of 2048 for H=2048: four of 512 here)
         pnk = MAX_K_CHUNKS
-        pkc = triton.next_power_of_2(triton.cdiv(H, pnk))
+        pkc = triton.next_power_of_2(triton.cdiv(extent, pnk))
     pks = max(1, min(warps, pkc // 16))
     elt = torch.empty((), dtype=dtype).element_size()
-    w = pu * pnk * pkc * elt
-    partials = pks * pu * bb * 4
+    rows = u if backward else pu
+    w = rows * pnk * pkc * elt
+    partials = pks * rows * bb * 4
 
     def smem(chunks):
         return w + max(chunks * pkc * bb * elt, partials)
 
     if cuda_rules:
-        ahead = (pnk * pkc * bb * elt // (32 * warps) <= X_REG_BYTES
+        held = pnk * pkc * bb * (max(elt, 4) if backward else elt) // (32 * warps)
+        ahead = (held <= (X_REG_BYTES_BWD if backward else X_REG_BYTES)
                  and (room is None or smem(pnk) <= room))
     return dict(PU=pu, PNK=pnk, PKC=pkc, PKS=pks, p_ahead=ahead,
                 smem=smem(pnk if ahead else 1), w_bytes=w)
@@ -549,14 +561,17 @@ def _splitk_plan(base: dict, cell, dtype, B, H, sm, cuda, smem_limit,
 
 
 def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=True,
-                smem_limit=SMEM_BLOCK_LIMIT, narrow_first=False, P=None):
+                smem_limit=SMEM_BLOCK_LIMIT, narrow_first=False, P=None, bwd_pass=None):
     """(U, BB, NK, KC, programs, smem, split, wide) of the best weight-stationary tiling, or
     None: of UNIT_CHOICES at most 64 rows a program, else of WIDE_UNITS (wide_tiles: the
     GPU builds them as wgmma), else of NARROW_UNITS, else of UNIT_CHOICES past 64 rows
     (split: sub_rows). Each later set only where the one before has no resident tiling
     (narrow_first: NARROW_UNITS first).
     wide: whether the tiling is a wide tile (plan.wide's wide_tiles for its helpers).
-    P: the LSTM forward's proj_size (the product's K; proj_tiling's phase beside it)."""
+    P: the LSTM's proj_size (the forward's product's K; proj_tiling's phase beside it).
+    bwd_pass: whether the pass is the backward (``backward`` is, on a GPU; under the
+    interpreter, whose rules have no backward, it is False for both passes)."""
+    bwd_pass = backward if bwd_pass is None else bwd_pass
     scale = RNN_UNIT_SCALE if cell == "rnn" else 1
     two_bytes = torch.empty((), dtype=dtype).element_size() == 2
     # (units, least rows, split tiles, most rows, wide, W_hh budget)
@@ -576,7 +591,7 @@ def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=
     for units, least_bb, split, most_bb, wide_set, w_budget in sets:
         best = _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules,
                             [c * scale for c in units], least_bb, split, smem_limit,
-                            wide_set, most_bb, w_budget, P)
+                            wide_set, most_bb, w_budget, P, bwd_pass)
         if best is not None:
             return (*best, wide_set)
     if forced and not cuda_rules:
@@ -584,7 +599,7 @@ def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=
         # Under the interpreter only: on an H200 such tilings failed to compile (shared
         # memory 245-788 KB, OutOfResources) or ran slower than streaming, so a forced plan
         # on a GPU streams there, and says why
-        nk, kc = k_chunks(P or H)
+        nk, kc = k_chunks(H if bwd_pass else P or H)
         elt = torch.empty((), dtype=dtype).element_size()
         u = (FORCED_UNITS if H > 8 else 4) * scale
         bb = min(16, max(8, triton.next_power_of_2(B)))
@@ -596,14 +611,16 @@ def _stationary(cell, dtype, B, H, sm, forced, backward, cuda_rules, wide_tiles=
 
 def _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules, units, least_bb,
                  more_rows=False, smem_limit=SMEM_BLOCK_LIMIT, wide_tiles=True,
-                 most_bb=None, w_budget=SMEM_W_BUDGET, P=None):
+                 most_bb=None, w_budget=SMEM_W_BUDGET, P=None, bwd_pass=None):
     """(U, BB, NK, KC, programs, smem, split) of the best resident tiling with U in
     ``units`` and least_bb <= BB <= most_bb rows a program (more_rows: also SPLIT_CHOICES);
     a split tiling's registers and shared memory are those of its sub-tiles (BB / split
     rows). A slice of W_hh up to ``w_budget``; past SMEM_W_BUDGET, only within the
-    register budgets. P: the LSTM forward's proj_size, the product's K; the projection's
-    slice of W_hr and staged m_t (proj_tiling) count in the budgets too."""
-    nk, kc = k_chunks(P or H)
+    register budgets. P: the LSTM's proj_size (the forward's product's K); the projection's
+    slice of W_hr and staged operand (proj_tiling) count in the budgets too; bwd_pass: see
+    _stationary."""
+    bwd_pass = backward if bwd_pass is None else bwd_pass
+    nk, kc = k_chunks(H if bwd_pass else P or H)
     elt = torch.empty((), dtype=dtype).element_size()
     best = None
     for bb in (SPLIT_CHOICES if more_rows else ()) + BATCH_CHOICES:
@@ -623,7 +640,8 @@ def _best_tiling(cell, dtype, B, H, sm, backward, cuda_rules, units, least_bb,
                                          wide_tiles=wide_tiles)
             proj = proj_tiling(dtype, P, H, u, sub, stationary_warps(
                 cell, kc, sub, backward, u, wide_tiles), cuda_rules,
-                room=smem_limit - gates_smem) if P else dict(smem=0, w_bytes=0)
+                room=smem_limit - gates_smem, backward=bwd_pass) if P else dict(smem=0,
+                                                                               w_bytes=0)
             if smem + proj["w_bytes"] > w_budget:
                 continue
             if cuda_rules and gates_smem + proj["smem"] > smem_limit:
@@ -693,9 +711,7 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
                 training=training, sm_count=sm_count, cuda=cuda)
     base["pass"] = "backward" if backward else "forward"
     why_not = None
-    if proj and backward:
-        why_not = "proj_size: the weight-stationary backward takes no projection yet"
-    elif cuda and ieee and dtype == torch.float32 and choice != "stationary":
+    if cuda and ieee and dtype == torch.float32 and choice != "stationary":
         # (forced, as the tests force it in exact fp32 on a GPU, it runs: correct, not fast)
         why_not = ("exact fp32 (allow_tf32 off) runs its dots on FMAs with W in registers, "
                    "which does not fit on chip")
@@ -704,10 +720,11 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
         # PROJ_MIN_UNITS)
         st = _stationary(cell, dtype, B, H, sm_count, choice == "stationary" or not cuda,
                          backward and cuda, cuda, wide_tiles and not proj, smem_limit,
-                         choice == "narrow", K if proj else None)
+                         choice == "narrow", K if proj else None, backward)
         forced_splitk = FORCED_KSPLIT > 1 or choice == "splitk"
         use_red = (choice == "red" or FORCED_RED) and not proj
-        if backward and cell != "rnn" and (st is None and wide_tiles or forced_splitk):
+        if (backward and cell != "rnn" and not proj
+                and (st is None and wide_tiles or forced_splitk)):
             sk = _splitk_plan(base, cell, dtype, B, H, sm_count, cuda, smem_limit,
                               forced_splitk)
             if sk is not None:
@@ -732,15 +749,17 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
             warps = stationary_warps(cell, kc, sub, False, u, as_wide)
             pj, room = {}, smem_limit
             if proj:  # (its phase's shared memory first on a GPU: see proj_tiling)
-                pj = proj_tiling(dtype, K, H, u, sub, warps, cuda, x_ahead(
-                    cell, dtype, u, sub, nk, kc, False, cuda, smem_limit, as_wide),
-                    smem_limit - stationary_smem(cell, dtype, u, sub, nk, kc, False,
-                                                 wide_tiles=as_wide))
+                rows = bb if backward else sub
+                pj = proj_tiling(dtype, K, H, u, rows, stationary_warps(
+                    cell, kc, rows, backward, u, as_wide), cuda, x_ahead(
+                    cell, dtype, u, rows, nk, kc, backward, cuda, smem_limit, as_wide),
+                    smem_limit - stationary_smem(cell, dtype, u, rows, nk, kc, backward,
+                                                 wide_tiles=as_wide), backward)
                 room = smem_limit - pj["smem"]
                 n_p = triton.cdiv(K, pj["PU"])
-                reason += (f"; the projection a second phase a step: {n_p} of each batch "
-                           f"group's programs, {pj['PU']} units and {pj['w_bytes'] // 1024} "
-                           f"KB of W_hr each")
+                reason += (f"; the projection {'first' if backward else 'a second'} phase "
+                           f"a step: {n_p} of each batch group's programs, {pj['PU']} of "
+                           f"its units each, {pj['w_bytes'] // 1024} KB of W_hr a program")
             return dict(base, kernel="stationary", programs=programs, tiles=tiles,
                         weights_on_chip=resident, reason=reason, U=u, BB=bb, NK=nk, KC=kc,
                         split=split,

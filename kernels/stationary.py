@@ -61,13 +61,17 @@ and spilled 128-430 B; as a loop, 0-24 B and no spill access in the step. The lo
 pipelined (num_stages=1): pipelined, Triton staged two sub-tiles' h in shared memory at
 once (304 KB).
 
-PROJ (the LSTM's proj_size, forward only; plan.proj_tiling): the state is P wide, so the
-gates' product runs over K = P, and the update writes m_t = o * tanh(c_t) (hr_ptr) instead
-of h_t. After the batch group's barrier, unit group i's program makes h_t for P units
-[i PROJ, (i + 1) PROJ) of its batch rows, W_hr's rows (PROJ, H) . m_t^T (H, BB), with those
-rows of W_hr loaded once before the time loop as a plain RNN's W_hh (_proj_tile, the same
-chunks and runs of K), and the group meets at a second barrier. (The backward with a
-projection streams: its state gradient needs the same second phase, not built yet.)
+PROJ (the LSTM's proj_size; plan.proj_tiling): two phases a step, each ending at the batch
+group's barrier. Forward: the state is P wide, so the gates' product runs over K = P, and
+the update writes m_t = o * tanh(c_t) (hr_ptr) instead of h_t; then unit group i's
+program makes h_t for P units [i PROJ, (i + 1) PROJ) of its batch rows, W_hr's rows
+(PROJ, H) . m_t^T (H, BB), those rows of W_hr loaded once before the time loop as a plain
+RNN's W_hh (_proj_tile, the same chunks and runs of K). Backward: first the gradient of
+h_t for P units [i PROJ, (i + 1) PROJ), dgates_{t+1} . W_hh[:, those units] (the product
+without a projection on PROJ columns, on chip; _proj_bwd_tile), to dhp with the output's
+gradient; then the gate gradients of the program's own U units from all of dhp_t . W_hr[:,
+units] (W_hr's columns on chip, as the backward's batch of one gate; _proj_gates_bwd_tile).
+Not with LL, RED, the wide tiles nor split-K (the plan's).
 
 PAIRED: both directions of a bidirectional layer in one launch (kernels/pairing.py drives
 the two launchers): programs [0, P) run the forward direction and [P, 2P) the reverse one,
@@ -84,7 +88,7 @@ from fusedrnn.kernels.common import (any_restart, barrier_flags, barrier_words, 
                                      group_barrier, init_slot, launch_sequence, prefetch,
                                      restart_flags, state_mask, tile_offsets)
 from fusedrnn.kernels.gru import gru_update_bwd, gru_update_fwd
-from fusedrnn.kernels.lstm import lstm_update_bwd, lstm_update_fwd, proj_store
+from fusedrnn.kernels.lstm import lstm_update_bwd, lstm_update_fwd, proj_bwd_store, proj_store
 from fusedrnn.kernels.rnn import rnn_update_bwd, rnn_update_fwd
 
 
@@ -102,7 +106,7 @@ def _w_chunk(w_ptr, s_w, i_u, c, H, K, G: tl.constexpr, U: tl.constexpr, KC: tl.
     is zero); a plain RNN (G = 1): (KS, U, KC / KS), row r unit i_u*U + r.
     Otherwise (backward): (GP*KS, KC/KS, U), element (g*KS + s, k, u) = W_hh[g*H + c*KC +
     s*KC/KS + k, i_u*U + u], the gates as a batch of GP = 4 (a GRU's gate 3 zero), or 1
-    for the plain RNN, each in KS runs."""
+    for the plain RNN, each in KS runs; columns past K are zero."""
     if ROWS:
         KQ: tl.constexpr = KC // KS
         o_k = (c * KC + tl.arange(0, KS)[:, None, None] * KQ
@@ -122,7 +126,7 @@ def _w_chunk(w_ptr, s_w, i_u, c, H, K, G: tl.constexpr, U: tl.constexpr, KC: tl.
         o_g = o_j // KS
         o_k = c * KC + (o_j % KS) * KQ + tl.arange(0, KQ)[None, :, None]  # (GP*KS, KQ, 1)
         o_u = i_u * U + tl.arange(0, U)[None, None, :]
-        m = (o_g < G) & (o_k < H) & (o_u < H)
+        m = (o_g < G) & (o_k < H) & (o_u < K)
         p = w_ptr + (o_g * H + o_k).to(tl.int64) * s_w + o_u
     return tl.load(p, mask=m, other=0.0)
 
@@ -448,17 +452,21 @@ def _prefetch_bwd(i_u, i_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t
                   c_ptr, s_c_slot, s_c_b, h_ptr, s_h_slot, s_h_b, gc_ptr, s_gc_b, dcs_ptr,
                   s_dcs_t, s_dcs_b, len_ptr, t, rd, wr, B, H, LSTM: tl.constexpr,
                   RNN: tl.constexpr, HAS_DCS: tl.constexpr, HAS_LENGTHS: tl.constexpr,
-                  U: tl.constexpr, BB: tl.constexpr, ON: tl.constexpr):
+                  U: tl.constexpr, BB: tl.constexpr, ON: tl.constexpr,
+                  HAS_PROJ: tl.constexpr = False):
     """The backward update's inputs (lstm_update_bwd, gru_update_bwd, rnn_update_bwd and
     _bwd_tile's own): the carried state gradient, the output gradient, the saved gates,
     the LSTM's cell history, carried cell gradient and cell-state gradient, the GRU's
-    state history, the lengths. One prefetch per batch row and buffer, as _prefetch_fwd."""
+    state history, the lengths. One prefetch per batch row and buffer, as _prefetch_fwd.
+    HAS_PROJ (the gates' phase with a projection): not the state's and the output's
+    gradients, which are P wide (the projection's phase reads them)."""
     o_b = (i_b * BB + tl.arange(0, BB)).to(tl.int64)
     m_b = o_b < B
     u0 = i_u * U
     t64 = t.to(tl.int64)
-    prefetch(g_ptr + o_b * s_g_b + u0, m_b, ON)
-    prefetch(do_ptr + t64 * s_do_t + o_b * s_do_b + u0, m_b, ON)
+    if not HAS_PROJ:
+        prefetch(g_ptr + o_b * s_g_b + u0, m_b, ON)
+        prefetch(do_ptr + t64 * s_do_t + o_b * s_do_b + u0, m_b, ON)
     p_ga = ga_ptr + t64 * s_ga_t + o_b * s_ga_b + u0
     for g in tl.static_range(1 if RNN else 4):
         prefetch(p_ga + g * H, m_b, ON)
@@ -593,6 +601,59 @@ def _bwd_tile(
                s_c_b, h_ptr, s_h_slot, s_h_b, dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, hm_ptr, s_hm_b,
                z_seed, z_th_h, z_th_c, z_dir, rs_ptr, s_rs_t, init, t, t_next, rd, wr, B, H,
                LSTM, RNN, ACC, HAS_LENGTHS, HAS_DCS, U, BB, HAS_HMASK, ZONEOUT, HAS_RESETS)
+
+
+@triton.jit
+def _proj_bwd_tile(
+    i_p, i_b, w0, w1, w2, w3, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b,
+    dhp_ptr, s_dhp_t, s_dhp_b, len_ptr, hm_ptr, s_hm_b, rs_ptr, s_rs_t, t, t_next, B, H, P,
+    ACC: tl.constexpr, HAS_LENGTHS: tl.constexpr, PU: tl.constexpr, BB: tl.constexpr,
+    KC: tl.constexpr, NK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    HAS_HMASK: tl.constexpr, HAS_RESETS: tl.constexpr, X_AHEAD: tl.constexpr,
+):
+    """The projection's phase of backward step t (its first) for tile (i_p, i_b) of the P
+    projected units: the recurrent gradient of h_t, dgates_{t+1} (BB, 4H) . W_hh[:, P
+    units] (4H, PU), the product without a projection on PU columns of W_hh (w0..w3, on
+    chip), plus the carried gradient (times the variational mask), then with the output's
+    gradient to dhp for the gates' phase (lstm.proj_bwd_store, the streaming kernel's)."""
+    o_p, o_b, m_p, m_b, m, o_b64 = tile_offsets(i_p, i_b, P, B, PU, BB)
+    p_dg = dg_ptr + t_next.to(tl.int64) * s_dg_t + o_b64[:, None] * s_dg_b
+    acc = _sum_runs(_chunks_dot(w0, w1, w2, w3, p_dg[None, :, :], m_b, H, ACC, KC, NK, False,
+                                IEEE, UPCAST, G=4, AHEAD=X_AHEAD))
+    b_g = tl.load(g_ptr + o_b64[:, None] * s_g_b + o_p[None, :], mask=m, other=0.0)
+    b_g = b_g + state_mask(acc, hm_ptr, s_hm_b, o_b, m_b, o_p, m_p, HAS_HMASK)
+    proj_bwd_store(b_g, i_p, i_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, dhp_ptr, s_dhp_t,
+                   s_dhp_b, len_ptr, rs_ptr, s_rs_t, t, t_next, B, P, HAS_LENGTHS, BB, PU,
+                   HAS_RESETS)
+
+
+@triton.jit
+def _proj_gates_bwd_tile(
+    i_u, i_b, q0, q1, q2, q3, dhp_ptr, s_dhp_t, s_dhp_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b,
+    do_ptr, s_do_t, s_do_b, gc_ptr, s_gc_b, ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b,
+    dcs_ptr, s_dcs_t, s_dcs_b, len_ptr, z_seed, z_th_h, z_th_c, z_dir, rs_ptr, s_rs_t, init,
+    t, t_next, rd, wr, B, H, P,
+    ACC: tl.constexpr, HAS_LENGTHS: tl.constexpr, HAS_DCS: tl.constexpr, U: tl.constexpr,
+    BB: tl.constexpr, PKC: tl.constexpr, PNK: tl.constexpr, IEEE: tl.constexpr,
+    UPCAST: tl.constexpr, ZONEOUT: tl.constexpr, HAS_RESETS: tl.constexpr,
+    P_AHEAD: tl.constexpr, PREFETCH: tl.constexpr,
+):
+    """The gates' phase of backward step t with a projection, tile (i_u, i_b): the gradient
+    reaching m_t = o * tanh(c_t) of its units, dhp_t (BB, P) . W_hr[:, units] (P, U), W_hr's
+    columns on chip (q0..q3) as the backward's batch of one gate (_chunks_dot), then the
+    gate gradients (lstm.lstm_update_bwd with its projection)."""
+    _prefetch_bwd(i_u, i_b, g_ptr, s_g_b, do_ptr, s_do_t, s_do_b, ga_ptr, s_ga_t, s_ga_b,
+                  c_ptr, s_c_slot, s_c_b, c_ptr, s_c_slot, s_c_b, gc_ptr, s_gc_b, dcs_ptr,
+                  s_dcs_t, s_dcs_b, len_ptr, t, rd, wr, B, H, True, 0, HAS_DCS,
+                  HAS_LENGTHS, U, BB, PREFETCH, True)
+    _, _, _, m_b, _, o_b64 = tile_offsets(i_u, i_b, H, B, U, BB)
+    p_x = dhp_ptr + t.to(tl.int64) * s_dhp_t + o_b64[:, None] * s_dhp_b
+    acc = _sum_runs(_chunks_dot(q0, q1, q2, q3, p_x[None, :, :], m_b, P, ACC, PKC, PNK, False,
+                                IEEE, UPCAST, G=1, AHEAD=P_AHEAD))
+    lstm_update_bwd(acc, acc, i_u, i_b, dg_ptr, s_dg_t, s_dg_b, g_ptr, s_g_b, gc_ptr, s_gc_b,
+                    ga_ptr, s_ga_t, s_ga_b, c_ptr, s_c_slot, s_c_b, dcs_ptr, s_dcs_t, s_dcs_b,
+                    len_ptr, t, t_next, rd, wr, B, H, z_seed, z_th_h, z_th_c, z_dir, rs_ptr,
+                    s_rs_t, init, True, HAS_LENGTHS, HAS_DCS, BB, U, ZONEOUT, HAS_RESETS)
 
 
 @triton.jit
@@ -827,11 +888,13 @@ def stationary_bwd_kernel(
     dcs_ptr, s_dcs_t, s_dcs_b,    # LSTM, HAS_DCS: gradient of the returned cell states
     hm_ptr, s_hm_b,               # HAS_HMASK: variational mask of h_{t-1} (B, H)
     rs_ptr, s_rs_t,               # HAS_RESETS: restart flags (T + 1, B), int8
-    r_dg, r_dxn, r_w, r_g, r_do, r_gc, r_ga, r_c, r_h, r_dcs, r_hm, r_rs,  # PAIRED:
-                                  # elements from each buffer above to the reverse's
+    dhp_ptr, s_dhp_t, s_dhp_b,    # PROJ: gradient of the projected h_t (T, B, P), ACC
+    w_hr_ptr, s_whr,              # PROJ: W_hr (P, H)
+    r_dg, r_dxn, r_w, r_g, r_do, r_gc, r_ga, r_c, r_h, r_dcs, r_hm, r_rs, r_dhp, r_w_hr,
+                                  # PAIRED: elements from each buffer above to the reverse's
     len_ptr, z_seed, z_th_h, z_th_c, sem_ptr, err_ptr,
     ck_ptr,                       # CLOCK: the steps' clocks (tiles, T, 8), kernels/stepclock.py
-    T, B, H,
+    T, B, H, K,                   # K: the state's width (PROJ: P; else H)
     LSTM: tl.constexpr, RNN: tl.constexpr, ACC: tl.constexpr, HAS_LENGTHS: tl.constexpr,
     HAS_DCS: tl.constexpr,
     REVERSE: tl.constexpr, PAIRED: tl.constexpr, RESIDENT: tl.constexpr, U: tl.constexpr,
@@ -843,19 +906,91 @@ def stationary_bwd_kernel(
     PREFETCH: tl.constexpr = False,  # CUDA: the tile's update inputs to L1 under the product
     RED: tl.constexpr = False,    # CUDA: the barriers arrive with a red.release
     CLOCK: tl.constexpr = False,  # record where each step's time goes (bench.phases)
+    PROJ: tl.constexpr = 0,       # the LSTM's proj_size: the projected units a program's
+                                  # first phase takes (0: none; see below)
+    PKC: tl.constexpr = 16,       # PROJ: W_hr's columns of the program's units as PNK
+    PNK: tl.constexpr = 1,        # chunks of PKC rows of P, each in PKS runs, every
+    PKS: tl.constexpr = 1,        # chunk of dhp_t loaded before the product where P_AHEAD
+    P_AHEAD: tl.constexpr = False,
 ):
     DIRS: tl.constexpr = 2 if PAIRED else 1
     REV: tl.constexpr = 1 if REVERSE else 0  # direction d + REV: zoneout's stream
+    HAS_PROJ: tl.constexpr = PROJ > 0
     pid, n_progs = tl.program_id(0), tl.num_programs(0)
     n_u, n_bg = tl.cdiv(H, U), tl.cdiv(B, BB)
     n_tiles = n_u * n_bg
     G: tl.constexpr = 4 if LSTM else (1 if RNN else 3)
+    # PROJ, two phases a step, each ending at the batch group's barrier: unit group i's
+    # program first makes the gradient of P units [i PROJ, (i + 1) PROJ) of h_t (with the
+    # columns of W_hh they multiply: _proj_bwd_tile), then its own units' gate gradients
+    # from all of it (with its units' columns of W_hr: _proj_gates_bwd_tile)
+    n_p = tl.cdiv(K, PROJ) if HAS_PROJ else 0
     if RESIDENT:
         d, tile = pid // n_tiles, pid % n_tiles
-        w0, w1, w2, w3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, H, G, U, KC, NK, False,
-                                    KS)
+        if HAS_PROJ:
+            w0, w1, w2, w3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, K, G, PROJ, KC,
+                                        NK, False, KS)
+            q0, q1, q2, q3 = _w_chunks(w_hr_ptr + d * r_w_hr, s_whr, tile % n_u, K, H, 1, U,
+                                        PKC, PNK, False, PKS)
+        else:
+            w0, w1, w2, w3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, H, G, U, KC, NK,
+                                        False, KS)
     for s in range(0, T):
-        if RESIDENT:
+        if RESIDENT and HAS_PROJ:
+            t, t_next, rd, wr = _bwd_step_dir(s, T, d, PAIRED, REVERSE)
+            if tile % n_u < n_p:
+                _proj_bwd_tile(tile % n_u, tile // n_u, w0, w1, w2, w3, dg_ptr + d * r_dg,
+                               s_dg_t, s_dg_b, g_ptr + d * r_g, s_g_b, do_ptr + d * r_do,
+                               s_do_t, s_do_b, dhp_ptr + d * r_dhp, s_dhp_t, s_dhp_b, len_ptr,
+                               hm_ptr + d * r_hm, s_hm_b, rs_ptr + d * r_rs, s_rs_t, t, t_next,
+                               B, H, K, ACC, HAS_LENGTHS, PROJ, BB, KC, NK, IEEE, UPCAST,
+                               HAS_HMASK, HAS_RESETS, X_AHEAD)
+            group_barrier(sem_ptr + d * n_bg + tile // n_u, n_u, tile % n_u == 0, err_ptr, s,
+                          ASM_ACQUIRE, SPIN_LIMIT, False)
+            _proj_gates_bwd_tile(tile % n_u, tile // n_u, q0, q1, q2, q3, dhp_ptr + d * r_dhp,
+                                 s_dhp_t, s_dhp_b, dg_ptr + d * r_dg, s_dg_t, s_dg_b,
+                                 g_ptr + d * r_g, s_g_b, do_ptr + d * r_do, s_do_t, s_do_b,
+                                 gc_ptr + d * r_gc, s_gc_b, ga_ptr + d * r_ga, s_ga_t, s_ga_b,
+                                 c_ptr + d * r_c, s_c_slot, s_c_b, dcs_ptr + d * r_dcs,
+                                 s_dcs_t, s_dcs_b, len_ptr, z_seed, z_th_h, z_th_c, d + REV,
+                                 rs_ptr + d * r_rs, s_rs_t, init_slot(T, d + REV, True), t,
+                                 t_next, rd, wr, B, H, K, ACC, HAS_LENGTHS, HAS_DCS, U, BB,
+                                 PKC, PNK, IEEE, UPCAST, ZONEOUT, HAS_RESETS, P_AHEAD,
+                                 PREFETCH)
+            group_barrier(sem_ptr + d * n_bg + tile // n_u, n_u, tile % n_u == 0, err_ptr, s,
+                          ASM_ACQUIRE, SPIN_LIMIT, False)
+        elif HAS_PROJ:  # (tiles looping on the programs: grid barriers)
+            for k in range(pid, DIRS * n_tiles, n_progs):
+                d, tile = k // n_tiles, k % n_tiles
+                if tile % n_u < n_p:
+                    t, t_next, rd, wr = _bwd_step_dir(s, T, d, PAIRED, REVERSE)
+                    v0, v1, v2, v3 = _w_chunks(w_ptr + d * r_w, s_w, tile % n_u, H, K, G, PROJ,
+                                               KC, NK, False, KS)
+                    _proj_bwd_tile(tile % n_u, tile // n_u, v0, v1, v2, v3, dg_ptr + d * r_dg,
+                                   s_dg_t, s_dg_b, g_ptr + d * r_g, s_g_b, do_ptr + d * r_do,
+                                   s_do_t, s_do_b, dhp_ptr + d * r_dhp, s_dhp_t, s_dhp_b,
+                                   len_ptr, hm_ptr + d * r_hm, s_hm_b, rs_ptr + d * r_rs,
+                                   s_rs_t, t, t_next, B, H, K, ACC, HAS_LENGTHS, PROJ, BB, KC,
+                                   NK, IEEE, UPCAST, HAS_HMASK, HAS_RESETS, X_AHEAD)
+            grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
+            for k in range(pid, DIRS * n_tiles, n_progs):
+                d, tile = k // n_tiles, k % n_tiles
+                t, t_next, rd, wr = _bwd_step_dir(s, T, d, PAIRED, REVERSE)
+                v0, v1, v2, v3 = _w_chunks(w_hr_ptr + d * r_w_hr, s_whr, tile % n_u, K, H, 1,
+                                           U, PKC, PNK, False, PKS)
+                _proj_gates_bwd_tile(tile % n_u, tile // n_u, v0, v1, v2, v3,
+                                     dhp_ptr + d * r_dhp, s_dhp_t, s_dhp_b, dg_ptr + d * r_dg,
+                                     s_dg_t, s_dg_b, g_ptr + d * r_g, s_g_b,
+                                     do_ptr + d * r_do, s_do_t, s_do_b, gc_ptr + d * r_gc,
+                                     s_gc_b, ga_ptr + d * r_ga, s_ga_t, s_ga_b,
+                                     c_ptr + d * r_c, s_c_slot, s_c_b, dcs_ptr + d * r_dcs,
+                                     s_dcs_t, s_dcs_b, len_ptr, z_seed, z_th_h, z_th_c,
+                                     d + REV, rs_ptr + d * r_rs, s_rs_t,
+                                     init_slot(T, d + REV, True), t, t_next, rd, wr, B, H, K,
+                                     ACC, HAS_LENGTHS, HAS_DCS, U, BB, PKC, PNK, IEEE, UPCAST,
+                                     ZONEOUT, HAS_RESETS, P_AHEAD, PREFETCH)
+            grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
+        elif RESIDENT:
             t, t_next, rd, wr = _bwd_step_dir(s, T, d, PAIRED, REVERSE)
             ck = stepclock.line(ck_ptr, pid, s, T)
             _bwd_tile(tile % n_u, tile // n_u, w0, w1, w2, w3,
@@ -903,16 +1038,17 @@ def stationary_bwd_kernel(
 # launch over as a pairing.Launch (see kernels/pairing.py)
 # ----------------------------------------------------------------------------------------
 _FWD_DIR_ARGS = ("xg", "w", "bhn", "h", "c", "out", "ga", "hm", "rs", "hr", "w_hr")
-_BWD_DIR_ARGS = ("dg", "dxn", "w", "g", "do", "gc", "ga", "c", "h", "dcs", "hm", "rs")
+_BWD_DIR_ARGS = ("dg", "dxn", "w", "g", "do", "gc", "ga", "c", "h", "dcs", "hm", "rs", "dhp",
+                 "w_hr")
 
 
 def _kernel(launch):
     """(kernel, its per-direction buffers, warps, name, its flags for the device)."""
+    plan = launch.plan
+    proj = {} if not plan.get("PU") else dict(
+        PROJ=plan["PU"], PKC=plan["PKC"], PNK=plan["PNK"], PKS=plan["PKS"],
+        P_AHEAD=plan["p_ahead"])
     if launch.kind == "fwd":
-        plan = launch.plan
-        proj = {} if not plan.get("PU") else dict(
-            PROJ=plan["PU"], PKC=plan["PKC"], PNK=plan["PNK"], PKS=plan["PKS"],
-            P_AHEAD=plan["p_ahead"])
         return (stationary_fwd_kernel, _FWD_DIR_ARGS, plan["warps"],
                 "stationary forward", dict(PREFETCH=launch.device.type == "cuda",
                                            KS=plan["KS"], X_AHEAD=plan["x_ahead"],
@@ -922,17 +1058,18 @@ def _kernel(launch):
             "stationary backward", dict(KS=launch.plan["KS_bwd"],
                                         X_AHEAD=launch.plan["x_ahead"],
                                         PREFETCH=launch.device.type == "cuda",
-                                        RED=red_arrival(launch)))
+                                        RED=red_arrival(launch), **proj))
 
 
 def _args(launch) -> dict:
-    """The launch's arguments; a forward's with the projection's where its layer has none
-    (PROJ 0: the pointers only stand in, never read)."""
+    """The launch's arguments, with the projection's where its layer has none (PROJ 0: the
+    pointers only stand in, never read)."""
     a = launch.args
-    if launch.kind != "fwd" or "hr_ptr" in a:
+    if "w_hr_ptr" in a:
         return a
-    return dict(a, hr_ptr=a["h_ptr"], s_hr_t=0, s_hr_b=0, w_hr_ptr=a["w_ptr"], s_whr=0,
-                K=a["H"])
+    stand_in = dict(hr_ptr=a["h_ptr"], s_hr_t=0, s_hr_b=0) if launch.kind == "fwd" else \
+        dict(dhp_ptr=a["dg_ptr"], s_dhp_t=0, s_dhp_b=0)
+    return dict(a, **stand_in, w_hr_ptr=a["w_ptr"], s_whr=0, K=a["H"])
 
 
 def red_arrival(launch) -> bool:

@@ -344,9 +344,9 @@ def _wide_launch(key, launch) -> bool:
 
 
 def _proj_launch(key, launch) -> bool:
-    """Whether a recorded launch is a weight-stationary LSTM forward with a projection
+    """Whether a recorded launch is a weight-stationary LSTM pass with a projection
     (proj_launches checks those)."""
-    return key[0] == "stationary_fwd_kernel" and int(launch[2].get("PROJ", 0)) > 0
+    return key[0].startswith("stationary_") and int(launch[2].get("PROJ", 0)) > 0
 
 
 def _narrow_launch(key, launch) -> bool:
@@ -703,10 +703,10 @@ def narrow_launches(target: str, probe=()) -> dict:
 
 
 def proj_launches(sms=132):
-    """The LSTM's projection in the weight-stationary forward (plan.proj_tiling) as a 132-SM
-    GPU plans it, inference and training: bf16 B=16 H=1024 proj_size 512 (m_t loaded
-    ahead, 4 chunks of 256) and fp16 B=64 H=768 proj_size 384 (m_t chunk by chunk: ahead
-    it would be 768 B a thread)."""
+    """The LSTM's projection in the weight-stationary kernels (plan.proj_tiling) as a 132-SM
+    GPU plans it, forward (inference and training) and backward: bf16 B=16 H=1024
+    proj_size 512 (the operands loaded ahead) and fp16 B=64 H=768 proj_size 384 (chunk by
+    chunk: ahead, m_t would be 768 B a thread)."""
     launches = {}
     for dt, B, H in ((torch.bfloat16, 16, 1024), (torch.float16, 64, 768)):
         launches.update({k: v for k, v in capture((H,), batches=(B,), dtypes=(dt,),
@@ -839,7 +839,7 @@ def _splitk_one(k: int) -> dict:
     return {**_stationary_row(row, compiled, sass), "spills_in_step": spills_in_step(sass),
             "arrivals": arrivals_in_step(sass),
             "w_hr_loads_in_loop": (w_loads_in_time_loop(compiled.asm["ttgir"], "w_hr_ptr")
-                                   if row["kernel"] == "stationary_fwd_kernel" else 0)}
+                                   if row["kernel"].startswith("stationary_") else 0)}
 
 
 def check_stationary(json_path=None, targets=tuple(TARGETS), batches=(1, 16, 64),

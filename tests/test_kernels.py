@@ -73,16 +73,14 @@ def _run(fn, args, backend, reverse, seed=0):
     return res
 
 
-def _fwd_bwd_launches(launches, cell, kernel_mode, proj=False):
+def _fwd_bwd_launches(launches, cell, kernel_mode):
     """(forward, backward) launches of the layer's recurrent kernels. Forced to the
-    weight-stationary kernels, those must be what ran (with a projection the backward falls
-    back to the streaming sequence kernel, which takes it)."""
+    weight-stationary kernels, those must be what ran."""
     if kernel_mode == "stationary":
-        assert launches[f"{cell}_fwd_kernel"] == 0
-        assert launches["stationary_bwd_kernel" if proj else f"{cell}_bwd_kernel"] == 0
+        assert launches[f"{cell}_fwd_kernel"] == launches[f"{cell}_bwd_kernel"] == 0
     st = kernel_mode != "step"
     return (launches[f"{cell}_fwd_kernel"] + st * launches["stationary_fwd_kernel"],
-            launches[f"{cell}_bwd_kernel"] + (st and not proj) * launches["stationary_bwd_kernel"])
+            launches[f"{cell}_bwd_kernel"] + st * launches["stationary_bwd_kernel"])
 
 
 def _as64(args: dict) -> dict:
@@ -176,7 +174,7 @@ def test_lstm_layer_options(lengths, reverse, bias, proj, dtype, kernel_mode, po
     _compare(functional.lstm_layer, args, reverse, tol=TOL[dtype])
     # step mode: one launch per step, two with the projection's own phase
     n = (14 if proj else 7) if kernel_mode == "step" else 1
-    assert _fwd_bwd_launches(launches, "lstm", kernel_mode, proj) == (n, n)
+    assert _fwd_bwd_launches(launches, "lstm", kernel_mode) == (n, n)
 
 
 @pytest.mark.parametrize("lengths,reverse,bias,dtype", [o[:3] + o[4:] for o in _options()])
@@ -225,9 +223,8 @@ def test_sequence_kernel_launches_do_not_grow_with_T(cell, H, B, poison, launche
             args = _rnn_args(T, B, 4, H, True, torch.float64, lengths=True)
             _compare(_rnn_layer("tanh"), args, reverse=True, tol=1e-10)
         counts.append(dict(launches))
-    # (the LSTM has proj_size=5: its backward streams)
-    bwd = "lstm_bwd_kernel" if cell == "lstm" else "stationary_bwd_kernel"
-    assert counts[0] == counts[1] == {"stationary_fwd_kernel": 1, bwd: 1}
+    # (the LSTM with proj_size=5)
+    assert counts[0] == counts[1] == {"stationary_fwd_kernel": 1, "stationary_bwd_kernel": 1}
 
 
 def _one_stationary_layer_matches(cell, B, H, launches):
@@ -347,16 +344,19 @@ def test_stationary_split_tiles_match_the_reference(cell, split, units, poison, 
 
 @pytest.mark.parametrize("case", ["tiles", "one_tile", "by_chunk", "split"])
 def test_stationary_projection_matches_the_reference(case, poison, launches, monkeypatch):
-    """The LSTM's projection (proj_size) in the weight-stationary forward (plan.proj_tiling):
-    the gates' product over the P-wide state, o * tanh(c_t) to the projection's input, a
-    barrier, then h_t = W_hr m_t from each program's rows of W_hr (16 projected units a
-    program, as a plain RNN's W_hh in runs of K), a second barrier. tiles: H=40 P=24 in 5
-    tiles looping on one program, 2 of them projecting (P past one program's 16 units);
-    one_tile: H=4 P=3, the resident path (W_hh's and W_hr's slices loaded once before the
-    time loop); by_chunk: h_{t-1} and m_t chunk by chunk (plan.x_ahead off), W_hr's 40
-    columns as 3 chunks of 16; split: 2 sub-tiles of 16 rows (B=40, the last partly past
-    B). Lengths and reverse, forward and every gradient (the backward streams: it takes no
-    projection yet), against the reference; then inference, which keeps one step of m_t."""
+    """The LSTM's projection (proj_size) in the weight-stationary kernels (plan.proj_tiling).
+    Forward: the gates' product over the P-wide state, o * tanh(c_t) to the projection's
+    input, a barrier, then h_t = W_hr m_t from each program's rows of W_hr (16 projected
+    units a program, as a plain RNN's W_hh in runs of K), a second barrier. Backward: the
+    gradient of h_t for P units a program (dgates_{t+1} times those columns of W_hh; at
+    least 4 units), a barrier, then the gate gradients of its own units from dh_t times
+    their columns of W_hr, a second barrier. tiles: H=40 P=24 in 5 tiles looping on one
+    program, 2 of them projecting forward (P past one program's 16 units), 3 backward (8
+    units each); one_tile: H=4 P=3, the resident path (the slices loaded once before the
+    time loop); by_chunk: the operands chunk by chunk (plan.x_ahead off), W_hr's 40 columns
+    as 3 chunks of 16 forward; split: 2 sub-tiles of 16 rows forward (B=40, the last partly
+    past B). Lengths and reverse, forward and every gradient, against the reference; then
+    inference, which keeps one step of m_t."""
     from fusedrnn.kernels import plan as planning
 
     monkeypatch.setenv(planning.KERNEL_ENV, "stationary")
@@ -371,9 +371,14 @@ def test_stationary_projection_matches_the_reference(case, poison, launches, mon
                                                                        else 1)
     assert fwd["tiles"] == (1 if case == "one_tile" else 5 * -(-B // fwd["BB"]))
     assert fwd["PNK"] == (1 if case == "one_tile" else 3)
+    bwd = planning.plan("lstm", F64, B, H, P, True, True, sm_count=1, cuda=False,
+                        backward=True)
+    assert bwd["kernel"] == "stationary" and (bwd["NK"], bwd["KC"]) == planning.k_chunks(H)
+    assert (bwd["PU"], bwd["PNK"] * bwd["PKC"]) == ((4, 16) if case == "one_tile" else
+                                                    (8, 32)), bwd
     args = _lstm_args(5, B, 4, H, P, True, F64, True)
     _compare(functional.lstm_layer, args, True, TOL[F64])
-    assert dict(launches) == {"stationary_fwd_kernel": 1, "lstm_bwd_kernel": 1}
+    assert dict(launches) == {"stationary_fwd_kernel": 1, "stationary_bwd_kernel": 1}
     with torch.no_grad():
         got = functional.lstm_layer(**args, reverse=True, backend="triton")
     for k, (g, w) in enumerate(zip(got, reference.lstm_layer(**args, reverse=True))):
@@ -382,12 +387,11 @@ def test_stationary_projection_matches_the_reference(case, poison, launches, mon
 
 
 def test_bidirectional_projection(poison, launches, monkeypatch):
-    """Both directions of an LSTM with proj_size in one forward launch (each its own W_hr
-    and projection input: the launch's r_w_hr, r_hr), two layers, packed sequences and
-    initial states, forward and every gradient (the backward streams), against the
-    reference."""
+    """Both directions of an LSTM with proj_size in one launch a pass (each its own W_hr and
+    projection buffers: the launches' r_w_hr, r_hr, r_dhp), two layers, packed sequences
+    and initial states, forward and every gradient, against the reference."""
     _bidirectional_one_launch_per_pass("lstm", 40, 3, monkeypatch, proj=24)
-    assert dict(launches) == {"stationary_fwd_kernel": 2, "lstm_bwd_kernel": 4}
+    assert dict(launches) == {"stationary_fwd_kernel": 2, "stationary_bwd_kernel": 2}
 
 
 @pytest.mark.parametrize("cell,ksplit,H,rows,passes", [

@@ -35,10 +35,12 @@ def test_never_more_programs_than_sms_and_fallbacks_have_a_reason():
                         assert p["weights_on_chip"] and p["programs"] == p["tiles"]
 
 
-def test_projection_forward_is_weight_stationary_its_backward_and_exact_fp32_stream():
-    """proj_size: the forward weight-stationary with the projection's phase (plan.
-    proj_tiling: each unit group's programs project 16 units of P, W_hr's rows on chip),
-    the backward streaming (not built yet); exact fp32 streams."""
+def test_projection_is_weight_stationary_and_exact_fp32_streams():
+    """proj_size (plan.proj_tiling): the forward weight-stationary with the projection's
+    phase (each unit group's programs project 16 units of P from m_t, W_hr's rows on
+    chip), the backward with the gradient of P units a program first (at least 4: W_hh's
+    columns on chip), then its own units' gates (W_hr's columns on chip), never split-K
+    nor the LL or red.release exchanges; exact fp32 streams."""
     p = plan("lstm", torch.bfloat16, 16, 768, K=256, proj=True)
     assert p["kernel"] == "stationary" and p["weights_on_chip"] and p["programs"] >= 96
     assert (p["NK"] * p["KC"], p["PNK"] * p["PKC"]) == (256, 768)  # (K = P; W_hr's K = H)
@@ -46,11 +48,15 @@ def test_projection_forward_is_weight_stationary_its_backward_and_exact_fp32_str
     assert not p["ll"] and not p["red"] and not planning.wide("lstm", p["U"], False)
     assert p["w_bytes"] + p["w_hr_bytes"] <= planning.SMEM_W_BUDGET
     assert "projection a second phase" in p["reason"]
-    p = plan("lstm", torch.bfloat16, 16, 768, K=256, proj=True, backward=True)
-    assert p["kernel"] != "stationary" and "proj_size" in p["reason"]
-    # (where wide tiles would be needed, the projection streams: bf16 B=128 H=1024)
-    p = plan("lstm", torch.bfloat16, 128, 1024, K=512, proj=True)
-    assert p["kernel"] == "sequence"
+    b = plan("lstm", torch.bfloat16, 16, 768, K=256, proj=True, backward=True)
+    assert b["kernel"] == "stationary" and b["weights_on_chip"] and b.get("ksplit", 1) == 1
+    assert (b["NK"] * b["KC"], b["PNK"] * b["PKC"]) == (768, 256)  # (W_hh's rows; P)
+    assert b["PU"] == 4 and -(-256 // b["PU"]) <= -(-768 // b["U"]), b
+    assert "projection first phase" in b["reason"]
+    # (where only wide tiles or split-K would fit, a projection streams: bf16 B=128 H=1024)
+    for backward in (False, True):
+        p = plan("lstm", torch.bfloat16, 128, 1024, K=512, proj=True, backward=backward)
+        assert p["kernel"] == "sequence", p
     p = plan("lstm", torch.float32, 16, 256, ieee=True)
     assert p["kernel"] != "stationary" and "exact fp32" in p["reason"]
 
