@@ -20,6 +20,7 @@ class Config:
     I: int
     layers: int = 1
     bidirectional: bool = False
+    proj: int = 0        # the LSTM's proj_size (0: none)
 
     @property
     def gates(self) -> int:
@@ -28,13 +29,16 @@ class Config:
     def label(self) -> str:
         extra = f" L={self.layers}" if self.layers > 1 else ""
         extra += " bidir" if self.bidirectional else ""
+        extra += f" P={self.proj}" if self.proj else ""
         return (f"{self.cell} {self.dtype} {self.mode} B={self.B} H={self.H} T={self.T} "
                 f"I={self.I}{extra}")
 
     def recurrent_flops(self) -> float:
-        """Flops of h_{t-1} W_hh^T over the sequence (x3 for training: forward, dgates W_hh,
-        dgates^T h), all layers and directions."""
-        per = 2.0 * self.B * self.gates * self.H * self.H * self.T
+        """Flops of h_{t-1} W_hh^T (and with a projection, m_t W_hr^T) over the sequence (x3
+        for training: forward, dgates W_hh, dgates^T h), all layers and directions."""
+        K = self.proj or self.H
+        per = 2.0 * self.B * (self.gates * self.H * K + (K * self.H if self.proj else 0)) \
+            * self.T
         dirs = self.layers * (2 if self.bidirectional else 1)
         return per * dirs * (3 if self.mode == "training" else 1)
 
@@ -43,10 +47,12 @@ class Config:
         the gate pre-activations in, h out (and c in and out for the LSTM, in fp32); x2 for
         training, which reads them back."""
         elt = torch.finfo(DTYPES[self.dtype]).bits // 8
-        per_step = self.B * (self.gates * self.H + self.H) * elt
+        K = self.proj or self.H
+        per_step = self.B * (self.gates * self.H + K) * elt
         if self.cell == "lstm":
             per_step += self.B * self.H * 4 * 2
-        total = self.gates * self.H * self.H * elt + per_step * self.T
+        weights = (self.gates * self.H * K + (K * self.H if self.proj else 0)) * elt
+        total = weights + per_step * self.T
         dirs = self.layers * (2 if self.bidirectional else 1)
         return total * dirs * (2 if self.mode == "training" else 1)
 
@@ -83,8 +89,10 @@ def gpu_grid(cells, dtypes, modes, batches, hiddens, T=256, quick=False):
 def targets():
     """GUIDE section 5's target configurations, measured before the grid: cuDNN's persistent
     best case (fp16 LSTM B=16 H=I=768 T=1024), bf16/fp32 LSTM and GRU at B in {8, 128},
-    H in {256, 1024}, T=256, the large batch (bf16 B=512 H=1024), and fp32 LSTM B=128 H=768
-    training."""
+    H in {256, 1024}, T=256, the large batch (bf16 B=512 H=1024), fp32 LSTM B=128 H=768
+    training, and the LSTM with proj_size (bf16 B=16 H=1024 P=512: cuDNN's per-step
+    algorithm; both passes weight-stationary with the projection's phase, plan.proj_tiling,
+    new since the last GPU run)."""
     out = [Config("lstm", "fp16", m, 16, 768, 1024, 768) for m in ("inference", "training")]
     out += [Config(c, d, m, b, h, 256, h) for h, b, c, d, m in itertools.product(
         (1024, 256), (8, 128), ("lstm", "gru"), ("bf16", "fp32"), ("inference", "training"))]
@@ -93,6 +101,8 @@ def targets():
     # fp32 at H=768 (3 chunks of 256): the backward split over K in 6 parts, which the grid's
     # hidden sizes (powers of two) never plan
     out += [Config("lstm", "fp32", "training", 128, 768, 256, 768)]
+    out += [Config("lstm", "bf16", m, 16, 1024, 256, 1024, proj=512)
+            for m in ("inference", "training")]
     return out
 
 

@@ -65,7 +65,7 @@ def _launches(plan: dict | None, mode: str):
 def make_module(cfg: Config, impl: str, device, state=None):
     """The module behind an implementation name; all share `state` (the same weights)."""
     kw = dict(num_layers=cfg.layers, bidirectional=cfg.bidirectional, device=device,
-              dtype=DTYPES[cfg.dtype])
+              dtype=DTYPES[cfg.dtype], **({"proj_size": cfg.proj} if cfg.proj else {}))
     cls = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}[cfg.cell]
     if impl in ("cudnn", "torch.nn", "native-nocudnn"):
         m = getattr(nn, cls)(cfg.I, cfg.H, **kw)
@@ -163,7 +163,7 @@ def measure(cfg: Config, impls, baseline: str, device, time_it=True):
     state = base.state_dict()
     x = torch.randn(cfg.T, cfg.B, cfg.I, generator=gen).to(device, dtype)
     D = 2 if cfg.bidirectional else 1
-    g_out = torch.randn(cfg.T, cfg.B, D * cfg.H, generator=gen).to(device, dtype)
+    g_out = torch.randn(cfg.T, cfg.B, D * (cfg.proj or cfg.H), generator=gen).to(device, dtype)
     want = run_once(base, baseline, x, cfg.mode, g_out)
     copies = max(1, min(16, math.ceil(L2_BYTES / max(1, x.numel() * x.element_size()))))
     xs = [x] + [x.clone() for _ in range(copies - 1)] if device.type == "cuda" else [x]

@@ -91,7 +91,7 @@ def plot(rows, path: pathlib.Path, impl: str, title: str) -> bool:
     import matplotlib.pyplot as plt
 
     pts = [r for r in rows if r["impl"] == impl and r.get("speedup_vs_baseline")
-           and r["layers"] == 1 and not r["bidirectional"]]
+           and r["layers"] == 1 and not r["bidirectional"] and not r.get("proj")]
     panels = sorted({(r["cell"], r["dtype"], r["mode"]) for r in pts})
     if not panels:
         return False

@@ -143,7 +143,8 @@ def table_rows(result_rows, sm_count: int = 132) -> list[dict]:
     for impls in by.values():
         cfg = next(iter(impls.values()))
         base = impls.get("cudnn", {}).get("ms")
-        if not base or cfg.get("layers", 1) != 1 or cfg.get("bidirectional"):
+        if (not base or cfg.get("layers", 1) != 1 or cfg.get("bidirectional")
+                or cfg.get("proj")):  # (the table has no projection: its rows are without)
             continue
         training = cfg["mode"] == "training"
         want = None

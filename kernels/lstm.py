@@ -526,7 +526,8 @@ def lstm_backward_steps(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_h
     gc, gc_restarts = carried(d_cn, acc, rs is not None)
     if d_out.stride(-1) != 1:
         d_out = d_out.contiguous()
-    dhp = empty(T, B, K, dtype=acc, device=dev) if has_proj else dg
+    # (every product that reads dhp casts it to the layer's dtype: gate_grad_dtype's rule)
+    dhp = empty(T, B, K, dtype=dg.dtype, device=dev) if has_proj else dg
     if d_cs is not None and d_cs.stride(-1) != 1:
         d_cs = d_cs.contiguous()
     dcs = (pointer_args(dcs=(d_cs, "tb")) if d_cs is not None else

@@ -196,11 +196,12 @@ X_REG_BYTES_RNN_2W = 128
 # hidden unit, with their PU rows of W_hr on chip as a plain RNN's W_hh (runs of K), then a
 # second barrier (proj_tiling). PU at least 16 rows, the gates' least M (4U at U=4).
 # The backward likewise in two phases a step: unit group i's programs first make the
-# gradient of P units [i PU, (i + 1) PU) of h_t (dgates_{t+1} times those PU columns of
-# W_hh, on chip: N = PU, at least 4 as the backward's U), then, after a barrier, their own
-# units' gate gradients from all of it (dh_t times their U columns of W_hr, on chip).
+# gradient of P units [i U, (i + 1) U) of h_t (dgates_{t+1} times those U columns of W_hh,
+# on chip: the same product as without a projection, on fewer programs, so fewer read the
+# broadcast of dgates_{t+1}: P / U of each batch group's H / U), then, after a barrier,
+# their own units' gate gradients from all of it (dh_t times their U columns of W_hr, on
+# chip).
 PROJ_MIN_UNITS = 16
-PROJ_MIN_UNITS_BWD = 4
 
 
 def kernel_choice() -> str:
@@ -236,22 +237,22 @@ def proj_tiling(dtype: torch.dtype, P: int, H: int, u: int, bb: int, warps: int,
     of U units, BB rows a product and ``warps`` warps: PU projected units a unit group (so
     that the H / U groups cover P). Forward: W_hr's PU rows as PNK chunks of PKC columns
     of H, the product's operand m_t; backward: W_hr's U columns as PNK chunks of PKC rows of
-    P, the operand dh_t (fp32: its registers counted at 4 bytes). Each chunk in PKS runs
+    P, the operand dh_t (in the gate gradients' dtype) and PU = U. Each chunk in PKS runs
     (one a warp, as the gates' runs of K), every chunk of the operand loaded before the
     product (p_ahead) within X_REG_BYTES (backward: X_REG_BYTES_BWD) a thread and ``room``
     bytes of shared memory (under the interpreter: ``ahead``, the gates' own choice).
     ``smem``: its W_hr slice plus the staged operand, beside the gates' (stationary_smem;
-    the backward's columns of W_hh for PU units take no more than for U); ``w_bytes``: the
+    whose columns of W_hh are the backward's at PU = U); ``w_bytes``: the
     slice."""
-    least = PROJ_MIN_UNITS_BWD if backward else PROJ_MIN_UNITS
-    pu = max(least, triton.next_power_of_2(triton.cdiv(P, triton.cdiv(H, u))))
+    pu = u if backward else max(PROJ_MIN_UNITS, triton.next_power_of_2(
+        triton.cdiv(P, triton.cdiv(H, u))))
     extent = P if backward else H
     pnk, pkc = k_chunks(extent)
     if pkc > 512:  # (k_chunks takes one chunk of 2048 for H=2048: four of 512 here)
         pnk = MAX_K_CHUNKS
         pkc = triton.next_power_of_2(triton.cdiv(extent, pnk))
     pks = max(1, min(warps, pkc // 16))
-    elt = torch.empty((), dtype=dtype).element_size()
+    elt = torch.empty((), dtype=gate_grad_dtype(dtype) if backward else dtype).element_size()
     rows = u if backward else pu
     w = rows * pnk * pkc * elt
     partials = pks * rows * bb * 4
@@ -260,7 +261,7 @@ def proj_tiling(dtype: torch.dtype, P: int, H: int, u: int, bb: int, warps: int,
         return w + max(chunks * pkc * bb * elt, partials)
 
     if cuda_rules:
-        held = pnk * pkc * bb * (max(elt, 4) if backward else elt) // (32 * warps)
+        held = pnk * pkc * bb * elt // (32 * warps)
         ahead = (held <= (X_REG_BYTES_BWD if backward else X_REG_BYTES)
                  and (room is None or smem(pnk) <= room))
     return dict(PU=pu, PNK=pnk, PKC=pkc, PKS=pks, p_ahead=ahead,

@@ -8,7 +8,7 @@ import torch
 
 import fusedrnn
 from bench import configs, measure, report
-from fusedrnn.kernels import plan
+from fusedrnn.kernels import auto_table, plan
 
 
 def test_wrong_result_is_failed_and_not_timed(monkeypatch):
@@ -178,6 +178,26 @@ def test_ll_variant_is_timed_only_where_the_forward_is_weight_stationary():
     ll = rows["fp32"]["fused-ll"]
     assert ll["status"] == "ok" and ll["plan"]["ll"] and not rows["fp32"]["fused"]["plan"]["ll"]
     assert rows["fp64"]["fused-ll"]["status"] == "same"
+
+
+def test_projection_config_is_checked_with_its_plan():
+    """A target with proj_size (configs.targets: bf16 B=16 H=1024 P=512) runs as the LSTM
+    with that projection on both sides, checked against torch.nn, its output P wide, the
+    weight-stationary plan recorded for both passes; the rows say P in their label and are
+    left out of backend="auto"'s table (it has no projection)."""
+    assert any(c.proj for c in configs.targets())
+    cfg = configs.Config("lstm", "fp32", "training", 3, 20, 3, 4, proj=7)
+    assert "P=7" in cfg.label() and cfg.recurrent_flops() > 0
+    rows = measure.measure(cfg, ["torch.nn", "fused"], "torch.nn", torch.device("cpu"),
+                           time_it=False)
+    fused = {r["impl"]: r for r in rows}["fused"]
+    assert fused["status"] == "ok" and fused["proj"] == 7, fused
+    assert fused["plan"]["kernel"] == fused["plan"]["backward"]["kernel"] == "stationary"
+    # (as timed against cuDNN: one table row without the projection, none with it)
+    timed = [{**{k: v for k, v in r.items() if k != "plan"}, "ms": 1.0,
+              "impl": "cudnn" if r["impl"] == "torch.nn" else r["impl"]} for r in rows]
+    assert len(auto_table.table_rows([dict(r, proj=0) for r in timed])) == 1
+    assert auto_table.table_rows(timed) == []
 
 
 def test_narrow_variant_is_timed_only_where_its_plan_differs():

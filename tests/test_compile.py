@@ -262,7 +262,7 @@ def test_projection_keeps_w_hh_and_w_hr_on_chip(tmp_path, capsys, triton_36):
     either product; within the plan's register budgets (the gates' operand:
     compilecheck.within_register_budget), at most 64 B of spills (the fp16 B=64 forward:
     24-40 B, its operands at their budgets) and 16 spill accesses a step (the fp16 B=64
-    backward is past them, as without a projection: 24 B on Triton 3.9, 368 on 3.6); the
+    backward is past them, as without a projection: 16 B on Triton 3.9, 320 on 3.6); the
     forward's prefetches of its update's
     inputs before the first MMA (the backward's are its second phase's, after the first's
     MMAs); two barriers a step (two arrivals); at most 32 block barriers a step (two

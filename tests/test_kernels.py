@@ -348,8 +348,8 @@ def test_stationary_projection_matches_the_reference(case, poison, launches, mon
     Forward: the gates' product over the P-wide state, o * tanh(c_t) to the projection's
     input, a barrier, then h_t = W_hr m_t from each program's rows of W_hr (16 projected
     units a program, as a plain RNN's W_hh in runs of K), a second barrier. Backward: the
-    gradient of h_t for P units a program (dgates_{t+1} times those columns of W_hh; at
-    least 4 units), a barrier, then the gate gradients of its own units from dh_t times
+    gradient of h_t for U of the P units a program (dgates_{t+1} times those columns of
+    W_hh), a barrier, then the gate gradients of its own units from dh_t times
     their columns of W_hr, a second barrier. tiles: H=40 P=24 in 5 tiles looping on one
     program, 2 of them projecting forward (P past one program's 16 units), 3 backward (8
     units each); one_tile: H=4 P=3, the resident path (the slices loaded once before the
@@ -374,8 +374,8 @@ def test_stationary_projection_matches_the_reference(case, poison, launches, mon
     bwd = planning.plan("lstm", F64, B, H, P, True, True, sm_count=1, cuda=False,
                         backward=True)
     assert bwd["kernel"] == "stationary" and (bwd["NK"], bwd["KC"]) == planning.k_chunks(H)
-    assert (bwd["PU"], bwd["PNK"] * bwd["PKC"]) == ((4, 16) if case == "one_tile" else
-                                                    (8, 32)), bwd
+    assert bwd["PU"] == bwd["U"] and bwd["PNK"] * bwd["PKC"] == (16 if case == "one_tile"
+                                                                 else 32), bwd
     args = _lstm_args(5, B, 4, H, P, True, F64, True)
     _compare(functional.lstm_layer, args, True, TOL[F64])
     assert dict(launches) == {"stationary_fwd_kernel": 1, "stationary_bwd_kernel": 1}
@@ -660,9 +660,11 @@ def test_low_precision(cell, dtype, poison):
 def test_low_precision_gradients(dtype, kernel_mode, poison):
     """fp16/bf16 gradients within 1e-2 of float64 on every kernel kind: the gate gradients
     they read are 16-bit (gate_grad_dtype), and the streaming kernels take K in chunks of up
-    to 64 on tensor-core dtypes (block_sizes)."""
-    args = _lstm_args(5, 3, 16, 32, 0, True, dtype, lengths=True)
-    _compare(functional.lstm_layer, args, reverse=True, tol=TOL[dtype])
+    to 64 on tensor-core dtypes (block_sizes); with proj_size the projection's gradient
+    (dhp) is 16-bit too."""
+    for proj in (0, 12):
+        args = _lstm_args(5, 3, 16, 32, proj, True, dtype, lengths=True)
+        _compare(functional.lstm_layer, args, reverse=True, tol=TOL[dtype])
     args = _gru_args(5, 3, 16, 32, True, dtype, lengths=True)
     _compare(functional.gru_layer, args, reverse=False, tol=TOL[dtype])
     # tanh: relu's gradient mask flips wherever a pre-activation near zero changes sign under
@@ -676,7 +678,8 @@ def test_low_precision_gradients(dtype, kernel_mode, poison):
 def test_gate_gradients_are_kept_in_16_bit_for_16_bit_layers(cell, dtype, monkeypatch):
     """The backward's gate-gradient buffer (T+1, B, G*H), whose rows each step's recurrent
     product broadcasts to every program, is in the layer's dtype for fp16/bf16 (every
-    product casts it to that dtype anyway: half the bytes a step) and in fp32 for fp32."""
+    product casts it to that dtype anyway: half the bytes a step) and in fp32 for fp32; so
+    is a projection's gradient (dhp)."""
     from fusedrnn.kernels import common, gru, lstm, rnn
     made = []
     real = common.empty
@@ -696,6 +699,9 @@ def test_gate_gradients_are_kept_in_16_bit_for_16_bit_layers(cell, dtype, monkey
           "rnn": _rnn_layer("tanh")}[cell]
     _run(fn, args, "triton", reverse=False)
     assert ((T + 1, B, G * H), dtype) in made, made
+    if cell == "lstm":  # and the projection's gradient (T, B, P), which the gates' read
+        _run(fn, _lstm_args(T, B, 8, H, 6, True, dtype, lengths=False), "triton", False)
+        assert ((T, B, 6), dtype) in made, made
 
 
 def test_launcher_rejects_bad_shapes():
