@@ -190,17 +190,17 @@ RNN_BWD_W_REG_BYTES = 192
 # at 256 B of h a thread, 144 B at 192, 184-200 B at 384; 8 B at 128, and none with one
 # warp (U=16) at 384.
 X_REG_BYTES_RNN_2W = 128
-# The LSTM's projection (proj_size P) in the weight-stationary forward: each step a second
-# phase after the gates' barrier, where unit group i's programs also make h_t = W_hr m_t of
-# P units [i PU, (i + 1) PU) for their batch rows, from m_t = o * tanh(c_t) of every
-# hidden unit, with their PU rows of W_hr on chip as a plain RNN's W_hh (runs of K), then a
-# second barrier (proj_tiling). PU at least 16 rows, the gates' least M (4U at U=4).
-# The backward likewise in two phases a step: unit group i's programs first make the
-# gradient of P units [i U, (i + 1) U) of h_t (dgates_{t+1} times those U columns of W_hh,
-# on chip: the same product as without a projection, on fewer programs, so fewer read the
+# The LSTM's projection (proj_size P) in the weight-stationary kernels (proj_tiling).
+# Forward: each step a second phase after the gates' barrier, where unit group i's programs
+# also make h_t = W_hr m_t of P units [i PU, (i + 1) PU) for their batch rows, from
+# m_t = o * tanh(c_t) of every hidden unit, with their PU rows of W_hr on chip as a plain
+# RNN's W_hh (runs of K), then a second barrier. PU at least 16 rows, the gates' least M
+# (4U at U=4). The backward likewise in two phases a step: unit group i's programs first
+# make the gradient of P units [i U, (i + 1) U) of h_t (dgates_{t+1} times those U columns
+# of W_hh, on chip: the product without a projection, on fewer programs, so fewer read the
 # broadcast of dgates_{t+1}: P / U of each batch group's H / U), then, after a barrier,
 # their own units' gate gradients from all of it (dh_t times their U columns of W_hr, on
-# chip).
+# chip). Neither pass takes the wide tiles, the LL words, the red.release nor split-K.
 PROJ_MIN_UNITS = 16
 
 
@@ -717,7 +717,7 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
         why_not = ("exact fp32 (allow_tf32 off) runs its dots on FMAs with W in registers, "
                    "which does not fit on chip")
     if why_not is None and choice in ("auto", "stationary", "splitk", "ll", "red", "narrow"):
-        # (a projection's forward: no wide tiles, no LL words, no red.release: see
+        # (a projection: no wide tiles, LL words, red.release nor split-K; see
         # PROJ_MIN_UNITS)
         st = _stationary(cell, dtype, B, H, sm_count, choice == "stationary" or not cuda,
                          backward and cuda, cuda, wide_tiles and not proj, smem_limit,
@@ -758,9 +758,10 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
                                                  wide_tiles=as_wide), backward)
                 room = smem_limit - pj["smem"]
                 n_p = triton.cdiv(K, pj["PU"])
-                reason += (f"; the projection {'first' if backward else 'a second'} phase "
-                           f"a step: {n_p} of each batch group's programs, {pj['PU']} of "
-                           f"its units each, {pj['w_bytes'] // 1024} KB of W_hr a program")
+                what = ("the projection's gradient a first phase a step" if backward else
+                        "the projection a second phase a step")
+                reason += (f"; {what}: {n_p} of each batch group's programs, {pj['PU']} of "
+                           f"its P units each, {pj['w_bytes'] // 1024} KB of W_hr a program")
             return dict(base, kernel="stationary", programs=programs, tiles=tiles,
                         weights_on_chip=resident, reason=reason, U=u, BB=bb, NK=nk, KC=kc,
                         split=split,

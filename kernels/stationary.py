@@ -98,8 +98,9 @@ from fusedrnn.kernels.rnn import rnn_update_bwd, rnn_update_fwd
 @triton.jit
 def _w_chunk(w_ptr, s_w, i_u, c, H, K, G: tl.constexpr, U: tl.constexpr, KC: tl.constexpr,
              ROWS: tl.constexpr, KS: tl.constexpr = 1):
-    """Chunk c (columns, or rows, c*KC ..) of a program's slice of W_hh (G*H, K): K the
-    state width, H (or with a projection P, its own width: PROJ).
+    """Chunk c (columns, or rows, c*KC ..) of a program's slice of W_hh (G*H, K), K the
+    state's width (H, or P with a projection); or of W_hr (P, H) as one gate (G = 1), the
+    arguments H = P and K = H. H bounds a gate's rows, K the columns.
 
     ROWS (forward): (KS, 4U, KC / KS), the chunk's columns split in KS runs (s, ., k) =
     column c*KC + s*KC/KS + k; row r is gate r // U of unit i_u*U + r % U (a GRU's gate 3

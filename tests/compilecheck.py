@@ -405,20 +405,14 @@ def main(argv=None):
     # sm_80 at B=64 and bf16 only: B=1's tiles are below wgmma's 64 rows, so sm_90 builds
     # them with the same MMAs as sm_80, and fp32's differ from bf16's on sm_80 by the
     # operands' type alone (each cost the suite ~1 minute of its 15)
-    # (the streaming kernels at B=64 only: B=1's tiles, 16 rows, hold a quarter of B=64's
-    # operands in the same code, and were 150 of the 385 builds, ~1.5 minutes of the
-    # suite's 15 on two cores)
-    def launches_at(batch, streaming=True):
-        found = capture(args.hidden, batches=(batch,), modes=("step", "sequence")) \
-            if streaming else {}
-        found.update(capture(args.auto_hidden or args.hidden, batches=(batch,),
-                             modes=("auto",)))
-        return _within_budgets(found)
-
-    small = launches_at(1, streaming=False)
-    rows = compile_all({**small, **launches_at(64)},
-                       keep=lambda key, launch, tname: tname == "sm_90" or (
-                           key not in small and "*bf16" in launch[1].values()))
+    # (at B=64 only: B=1's tiles, 16 rows, hold a quarter of B=64's operands in the same
+    # code, and were 190 of the 385 builds, ~2 minutes of CPU of the suite's 15 on two
+    # cores; the weight-stationary kernels' B=1 tilings are --stationary's)
+    found = capture(args.hidden, batches=(64,), modes=("step", "sequence"))
+    found.update(capture(args.auto_hidden or args.hidden, batches=(64,), modes=("auto",)))
+    rows = compile_all(_within_budgets(found),
+                       keep=lambda key, launch, tname: tname == "sm_90" or
+                       "*bf16" in launch[1].values())
     print(f"{'kernel':24} {'target':6} {'dtype':5} {'blocks (B,H,K)':14} {'warps':>5} "
           f"{'regs':>5} {'local':>6} {'stack':>6} {'smem':>6} {'hot-loop spills':>15}")
     for r in rows:
@@ -634,14 +628,17 @@ def _stationary_row(row: dict, compiled, sass: str) -> dict:
                                           row["dtype"], wgmma)}
 
 
-def stationary_matrix(sms=132, batches=(1, 16, 64), bf16_hidden=(256, 1024)):
+def stationary_matrix(sms=132, batches=(1, 16, 64), bf16_hidden=(256, 1024),
+                      inference=True):
     """The weight-stationary launches the issue's checks name: bf16 at B in {1, 16, 64}, H in
     {256, 1024}; fp16 and fp32 (TF32) at H=768. Forward (with and without saving for
     backward) and backward, LSTM, GRU and RNN, as planned for a GPU with ``sms`` SMs, those
     past the register budgets too (check_stationary compiles them for sm_90 only). (H=512
     dropped once the plan ran the past-budget tilings: with all of them, 166 launches took
     7.5 minutes to compile for both targets on two cores. Since the runs of K (plan.k_runs)
-    no tiling at B=16 is past the budgets; the backward's at B=64, BB=64, are.)"""
+    no tiling at B=16 is past the budgets; the backward's at B=64, BB=64, are.)
+    inference: also the forward without saving for backward (SAVE off: the same time step
+    less the gates' stores; check_stationary builds it at B=16 only, the suite's time)."""
     launches = {}
     kw = dict(modes=("auto",), sms=sms)
     for dt, hs in ((torch.bfloat16, tuple(bf16_hidden)), (torch.float16, (768,)),
@@ -654,7 +651,8 @@ def stationary_matrix(sms=132, batches=(1, 16, 64), bf16_hidden=(256, 1024)):
     # (nor the projection's forward, captured at proj_size H / 2: --proj checks it)
     return {k: v for k, v in launches.items()
             if k[0].startswith("stationary_") and not _wide_launch(k, v)
-            and not _narrow_launch(k, v) and not _proj_launch(k, v)}
+            and not _narrow_launch(k, v) and not _proj_launch(k, v)
+            and (inference or str(v[2].get("SAVE", True)) == "True")}
 
 
 def wide_launches(sms=132):
@@ -860,7 +858,8 @@ def check_stationary(json_path=None, targets=tuple(TARGETS), batches=(1, 16, 64)
     special = wide or splitk or ll_words or red or clock or narrow or proj
     narrows = {t: narrow_launches(t) for t in targets} if narrow else {}
     per_batch = {} if special else {b: stationary_matrix(batches=(b,),
-                                                         bf16_hidden=bf16_hidden)
+                                                         bf16_hidden=bf16_hidden,
+                                                         inference=b == 16)
                                     for b in batches}
     launches = wide_launches() if wide else splitk_launches() if splitk else ll_launches() \
         if ll_words else red_launches() if red else clock_launches() if clock else \

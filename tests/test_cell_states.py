@@ -66,16 +66,21 @@ def test_cell_states_match_a_loop_of_torch_cells(backend, bidirectional, packed)
         assert_close(a, b, 1e-10, f"gradient {k}")
 
 
-@pytest.mark.parametrize("lengths", [False, True])
-@pytest.mark.parametrize("reverse", [False, True])
-def test_layer_cell_states_every_kernel(reverse, lengths, kernel_mode, poison):
+@pytest.mark.parametrize("lengths,reverse,proj", [(False, False, 0), (False, True, 0),
+                                                  (True, False, 0), (True, True, 0),
+                                                  (True, True, 7)])
+def test_layer_cell_states_every_kernel(reverse, lengths, proj, kernel_mode, poison):
     """The layer op on the kernels (step, streaming sequence, weight-stationary) against
-    the reference: the cell states and the gradients their loss sends everywhere."""
+    the reference: the cell states and the gradients their loss sends everywhere (and with
+    proj_size, through the projection's phases)."""
     T, B, I, H = 5, 3, 4, 20
+    K = proj or H
     kw = dict(dtype=F64)
-    args = [torch.randn(T, B, I, **kw), torch.randn(B, H, **kw), torch.randn(B, H, **kw),
-            torch.randn(4 * H, I, **kw) * 0.3, torch.randn(4 * H, H, **kw) * 0.3,
+    args = [torch.randn(T, B, I, **kw), torch.randn(B, K, **kw), torch.randn(B, H, **kw),
+            torch.randn(4 * H, I, **kw) * 0.3, torch.randn(4 * H, K, **kw) * 0.3,
             torch.randn(4 * H, **kw), torch.randn(4 * H, **kw)]
+    if proj:
+        args.append(torch.randn(proj, H, **kw) * 0.3)
     lens = torch.tensor([5, 2, 4]) if lengths else None
     results = {}
     for backend in ("reference", "triton"):

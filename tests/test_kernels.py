@@ -536,7 +536,7 @@ def test_bidirectional_split_tiles(poison, launches, monkeypatch):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-@pytest.mark.parametrize("H,B", [(20, 3), (40, 20)])  # one tile a direction; several
+@pytest.mark.parametrize("H,B", [(20, 3), (40, 9)])  # one tile a direction; several
 def test_bidirectional_layer_is_one_launch_per_pass(cell, H, B, poison, launches,
                                                     monkeypatch):
     """Both directions of a layer in one launch of the weight-stationary kernels, forward

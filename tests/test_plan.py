@@ -52,7 +52,7 @@ def test_projection_is_weight_stationary_and_exact_fp32_streams():
     assert b["kernel"] == "stationary" and b["weights_on_chip"] and b.get("ksplit", 1) == 1
     assert b["NK"] * b["KC"] == 768  # (W_hh's rows, dgates' columns; W_hr's rows: P)
     assert b["PU"] == b["U"] and b["PNK"] * b["PKC"] == 256, b
-    assert "projection first phase" in b["reason"]
+    assert "projection's gradient a first phase" in b["reason"]
     # (where only wide tiles or split-K would fit, a projection streams: bf16 B=128 H=1024)
     for backward in (False, True):
         p = plan("lstm", torch.bfloat16, 128, 1024, K=512, proj=True, backward=backward)
