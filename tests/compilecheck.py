@@ -410,9 +410,12 @@ def main(argv=None):
     # cores; the weight-stationary kernels' B=1 tilings are --stationary's)
     found = capture(args.hidden, batches=(64,), modes=("step", "sequence"))
     found.update(capture(args.auto_hidden or args.hidden, batches=(64,), modes=("auto",)))
+    # (sm_80: bf16, and the streaming kernels' sequence mode: its step mode is the same
+    # tiles without the loop over time)
     rows = compile_all(_within_budgets(found),
-                       keep=lambda key, launch, tname: tname == "sm_90" or
-                       "*bf16" in launch[1].values())
+                       keep=lambda key, launch, tname: tname == "sm_90" or (
+                           "*bf16" in launch[1].values()
+                           and str(launch[2].get("PERSISTENT", True)) == "True"))
     print(f"{'kernel':24} {'target':6} {'dtype':5} {'blocks (B,H,K)':14} {'warps':>5} "
           f"{'regs':>5} {'local':>6} {'stack':>6} {'smem':>6} {'hot-loop spills':>15}")
     for r in rows:
@@ -638,7 +641,8 @@ def stationary_matrix(sms=132, batches=(1, 16, 64), bf16_hidden=(256, 1024),
     7.5 minutes to compile for both targets on two cores. Since the runs of K (plan.k_runs)
     no tiling at B=16 is past the budgets; the backward's at B=64, BB=64, are.)
     inference: also the forward without saving for backward (SAVE off: the same time step
-    less the gates' stores; check_stationary builds it at B=16 only, the suite's time)."""
+    less the gates' stores), and the bidirectional pairs (PAIRED: the same step at an
+    offset a direction); check_stationary builds those at B=16 only, the suite's time."""
     launches = {}
     kw = dict(modes=("auto",), sms=sms)
     for dt, hs in ((torch.bfloat16, tuple(bf16_hidden)), (torch.float16, (768,)),
@@ -652,7 +656,8 @@ def stationary_matrix(sms=132, batches=(1, 16, 64), bf16_hidden=(256, 1024),
     return {k: v for k, v in launches.items()
             if k[0].startswith("stationary_") and not _wide_launch(k, v)
             and not _narrow_launch(k, v) and not _proj_launch(k, v)
-            and (inference or str(v[2].get("SAVE", True)) == "True")}
+            and (inference or (str(v[2].get("SAVE", True)) == "True"
+                               and str(v[2]["PAIRED"]) == "False"))}
 
 
 def wide_launches(sms=132):
