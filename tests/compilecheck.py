@@ -391,7 +391,7 @@ def main(argv=None):
     ap.add_argument("--narrow", action="store_true",
                     help="with --stationary: the narrow 16-unit launches (NARROW)")
     ap.add_argument("--proj", action="store_true",
-                    help="with --stationary: the LSTM forward's projection launches")
+                    help="with --stationary: the LSTM's projection launches, both passes")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         sys.exit("run without TRITON_INTERPRET: the kernels must be JIT functions")
@@ -406,7 +406,7 @@ def main(argv=None):
     # them with the same MMAs as sm_80, and fp32's differ from bf16's on sm_80 by the
     # operands' type alone (each cost the suite ~1 minute of its 15)
     # (at B=64 only: B=1's tiles, 16 rows, hold a quarter of B=64's operands in the same
-    # code, and were 190 of the 385 builds, ~2 minutes of CPU of the suite's 15 on two
+    # code, and were 154 of the 385 builds, ~1.5 minutes of CPU of the suite's 15 on two
     # cores; the weight-stationary kernels' B=1 tilings are --stationary's)
     found = capture(args.hidden, batches=(64,), modes=("step", "sequence"))
     found.update(capture(args.auto_hidden or args.hidden, batches=(64,), modes=("auto",)))
@@ -652,7 +652,7 @@ def stationary_matrix(sms=132, batches=(1, 16, 64), bf16_hidden=(256, 1024),
     # (without the wide tiles' forward, which the bidirectional B=64 H=1024 pairs, nor the
     # narrow tiles, which the bidirectional 16-bit B <= 32 pairs: --wide and --narrow check
     # them; 16 of 183 launches)
-    # (nor the projection's forward, captured at proj_size H / 2: --proj checks it)
+    # (nor the projection's launches, captured at proj_size H / 2: --proj checks them)
     return {k: v for k, v in launches.items()
             if k[0].startswith("stationary_") and not _wide_launch(k, v)
             and not _narrow_launch(k, v) and not _proj_launch(k, v)
