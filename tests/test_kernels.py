@@ -553,9 +553,9 @@ def test_bidirectional_wide_tiles(cell, poison, launches, monkeypatch):
 
     monkeypatch.setattr(planning, "FORCED_UNITS", planning.WIDE_UNITS)
     monkeypatch.setenv(planning.KERNEL_ENV, "stationary")
-    p = planning.plan(cell, F64, 20, 40, cuda=False, sm_count=1, directions=2)
+    p = planning.plan(cell, F64, 9, 40, cuda=False, sm_count=1, directions=2)
     assert p["paired"] and p["KS"] == 1 and p["warps"] == planning.WIDE_WARPS
-    _bidirectional_one_launch_per_pass(cell, 40, 20, monkeypatch)
+    _bidirectional_one_launch_per_pass(cell, 40, 9, monkeypatch)
     assert dict(launches) == {"stationary_fwd_kernel": 2, "stationary_bwd_kernel": 2}
 
 
