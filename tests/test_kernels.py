@@ -100,15 +100,27 @@ def _fp32_bound(fn, args, reverse, tol, want):
     return fp32_bound(tol, samples)
 
 
+def _low_bound(fn, args, reverse, tol, want):
+    """fp16/bf16: ``tol``, or twice the error of the reference itself run in that dtype on
+    these inputs where that is more. (With proj_size the reference's own bf16 gradients
+    erred up to 1.0e-2 in 15 draws of a 5-step layer, the kernels' up to 1.05e-2 in 50:
+    a projection rounds once more a step.)"""
+    own = _run(fn, args, "reference", reverse)
+    return lambda k: max(tol, 2 * rel_err(own[k], want[k]))
+
+
 def _compare(fn, args, reverse, tol):
     """Triton against the float64 reference, within ``tol``. In fp32, where a tiny layer
     (H=1, one step) can make a gradient a difference of nearly equal terms, also within a
     multiple of the error of the reference itself run in fp32, on these inputs and on
-    nudged copies (rnncheck.fp32_bound): no kernel can beat fp32."""
+    nudged copies (rnncheck.fp32_bound): no kernel can beat fp32. In fp16/bf16, within
+    twice the reference's own error in that dtype where that is past ``tol``
+    (_low_bound)."""
     want = _run(fn, _as64(args), "reference", reverse)
     got = _run(fn, args, "triton", reverse)
-    bound = _fp32_bound(fn, args, reverse, tol, want) \
-        if args["x"].dtype == torch.float32 else (lambda k: tol)
+    dtype = args["x"].dtype
+    bound = _fp32_bound(fn, args, reverse, tol, want) if dtype == torch.float32 else \
+        _low_bound(fn, args, reverse, tol, want) if dtype in LOW else (lambda k: tol)
     for k in want:
         assert_close(got[k], want[k], bound(k), k)
     return got, want
