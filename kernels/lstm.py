@@ -162,7 +162,7 @@ def _proj_bwd_tile(
     w_ptr, s_w,                   # W_hh: (4H, P)
     g_ptr, s_g_b,                 # carried gradient of the state (B, P), ACC, in place
     do_ptr, s_do_t, s_do_b,       # output gradient (T, B, P)
-    dhp_ptr, s_dhp_t, s_dhp_b,    # writes: gradient of the projected h_t (T, B, P), ACC
+    dhp_ptr, s_dhp_t, s_dhp_b,    # writes: grad. of the projected h_t (T, B, P), gate_grad_dtype
     len_ptr, hm_ptr, s_hm_b, rs_ptr, s_rs_t, t, t_next, B, H, P,
     HAS_LENGTHS: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_K: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, HAS_HMASK: tl.constexpr,
@@ -205,7 +205,7 @@ def _gates_bwd_tile(
     w_ptr, s_w,                   # no proj: W_hh (4H, H)
     g_ptr, s_g_b,                 # no proj: carried gradient of the state (B, H), in place
     do_ptr, s_do_t, s_do_b,       # no proj: output gradient (T, B, H)
-    dhp_ptr, s_dhp_t, s_dhp_b,    # proj: gradient of the projected h_t (T, B, P), ACC
+    dhp_ptr, s_dhp_t, s_dhp_b,    # proj: grad. of the projected h_t (T, B, P), gate_grad_dtype
     w_hr_ptr, s_whr,              # proj: W_hr (P, H)
     gc_ptr, s_gc_b,               # carried gradient of the cell state (B, H), ACC, in place
     ga_ptr, s_ga_t, s_ga_b,       # saved activated gates (T, B, 4H), ACC
@@ -474,9 +474,10 @@ def lstm_forward_steps(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse
     if B > 0 and kplan["kernel"] == "stationary":
         yield Launch("fwd", kplan, dict(
             **pointer_args(xg=(xg, "tb"), w=(w_hh, ("",)), h=(hs, ("slot", "b")),
-                           c=(cs, ("slot", "b")), out=(out, "tb", "o"), ga=(gates, "tb"),
-                           hr=(hraw, "tb"), w_hr=(w_hr if has_proj else w_hh, ("",), "whr")),
-            bhn_ptr=cs, len_ptr=lengths if lengths is not None else cs, T=T, B=B, H=H, K=K,
+                           c=(cs, ("slot", "b")), out=(out, "tb", "o"), ga=(gates, "tb")),
+            **(dict(**pointer_args(hr=(hraw, "tb"), w_hr=(w_hr, ("",), "whr")), K=K)
+               if has_proj else {}),
+            bhn_ptr=cs, len_ptr=lengths if lengths is not None else cs, T=T, B=B, H=H,
             LSTM=True, RNN=0, ACC=TL_ACC[acc], HAS_BIAS=False, SAVE=save,
             HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast,
             **regs), B, dev)

@@ -889,7 +889,7 @@ def stationary_bwd_kernel(
     dcs_ptr, s_dcs_t, s_dcs_b,    # LSTM, HAS_DCS: gradient of the returned cell states
     hm_ptr, s_hm_b,               # HAS_HMASK: variational mask of h_{t-1} (B, H)
     rs_ptr, s_rs_t,               # HAS_RESETS: restart flags (T + 1, B), int8
-    dhp_ptr, s_dhp_t, s_dhp_b,    # PROJ: gradient of the projected h_t (T, B, P), ACC
+    dhp_ptr, s_dhp_t, s_dhp_b,    # PROJ: grad. of the projected h_t (T, B, P), gate_grad_dtype
     w_hr_ptr, s_whr,              # PROJ: W_hr (P, H)
     r_dg, r_dxn, r_w, r_g, r_do, r_gc, r_ga, r_c, r_h, r_dcs, r_hm, r_rs, r_dhp, r_w_hr,
                                   # PAIRED: elements from each buffer above to the reverse's
