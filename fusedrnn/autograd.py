@@ -6,14 +6,17 @@ no gate buffers are written. Under torch.compile the same launchers run inside t
 ops of :mod:`fusedrnn.ops` instead, which the compiler sees as single graph nodes.
 
 The kernels' backward is not itself differentiable. A backward asked to build a graph
-(``create_graph=True``: gradient penalties, double backward) recomputes the layer with
-:mod:`fusedrnn.reference` and differentiates that, so higher derivatives are exact, at the
-reference's speed.
+(``create_graph=True``: gradient penalties, double backward) or given batched gradients
+(``is_grads_batched=True``) recomputes the layer with :mod:`fusedrnn.reference` and
+differentiates that, so higher derivatives are exact, at the reference's speed. Under
+torch.func's transforms the layers never get here: fusedrnn.backend resolves them to the
+reference.
 """
 from __future__ import annotations
 
 import torch
 
+from fusedrnn import backend as _backend
 from fusedrnn import reference
 from fusedrnn.kernels import gru as _gru
 from fusedrnn.kernels import lstm as _lstm
@@ -22,6 +25,14 @@ from fusedrnn.kernels import rnn as _rnn
 
 def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _through_reference(*grads) -> bool:
+    """Whether backward runs through the reference (_differentiable_backward): asked to build
+    a graph (create_graph=True, and every torch.func transform), or given batched gradients
+    (vmap, ``is_grads_batched``, ``jacobian(vectorize=True)``), which the kernels cannot
+    take."""
+    return torch.is_grad_enabled() or _backend.transformed(*grads)
 
 
 def _differentiable_backward(fn, inputs, grad_outputs):
@@ -47,10 +58,8 @@ def _cell_states(cs, lengths, reverse, dtype):
 
 
 # The Functions take their context in setup_context (not in forward), as torch.func's
-# transforms (grad, vjp, jacrev) require: what backward needs beyond the inputs, the
-# launchers' saved buffers, leaves forward as extra outputs, non-differentiable, which the
-# callers drop. Under those transforms backward runs with grad mode on (they build graphs),
-# so it takes the differentiable path through the reference: exact, at its speed.
+# transforms require: what backward needs beyond the inputs, the launchers' saved buffers,
+# leaves forward as extra outputs, non-differentiable, which the callers drop.
 def _inputs(inputs, n: int, defaults) -> tuple:
     """apply's inputs, the ``n`` it may leave out filled in with forward's defaults."""
     return (*inputs, *defaults[len(defaults) - (n - len(inputs)):])
@@ -101,7 +110,7 @@ class LSTMLayer(torch.autograd.Function):
         d_out, d_hn, d_cn = _zeros(d_out, h0, T, B, h0.shape[-1]), _zeros(d_hn, h0), \
             _zeros(d_cn, c0)
         d_cells = (_zeros(d_cells, c0, T, B, c0.shape[-1]),) if ctx.cell_states else ()
-        if torch.is_grad_enabled():  # create_graph=True
+        if _through_reference(d_out, d_hn, d_cn, *d_cells):
             inputs = (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, ctx.reverse,
                       ctx.cell_states, resets, hmask, ctx.zoneout)
             grads = _differentiable_backward(reference.lstm_layer, inputs,
@@ -137,7 +146,7 @@ class GRULayer(torch.autograd.Function):
     def backward(ctx, d_out, d_hn, *_saved):
         x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, resets, *saved = ctx.saved_tensors
         d_out, d_hn = _zeros(d_out, h0, *x.shape[:2], h0.shape[-1]), _zeros(d_hn, h0)
-        if torch.is_grad_enabled():  # create_graph=True
+        if _through_reference(d_out, d_hn):
             inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, resets, hmask,
                       ctx.zoneout)
             return _differentiable_backward(reference.gru_layer, inputs,
@@ -171,7 +180,7 @@ class RNNLayer(torch.autograd.Function):
     def backward(ctx, d_out, d_hn, *_saved):
         x, h0, w_ih, w_hh, b_ih, b_hh, lengths, hmask, resets, *saved = ctx.saved_tensors
         d_out, d_hn = _zeros(d_out, h0, *x.shape[:2], h0.shape[-1]), _zeros(d_hn, h0)
-        if torch.is_grad_enabled():  # create_graph=True
+        if _through_reference(d_out, d_hn):
             inputs = (x, h0, w_ih, w_hh, b_ih, b_hh, lengths, ctx.reverse, ctx.nonlinearity,
                       resets, hmask)
             return _differentiable_backward(reference.rnn_layer, inputs,
@@ -326,7 +335,7 @@ class BiLayer(torch.autograd.Function):
         like = [params[d * n + i] for d in (0, 1) for i in range(n_states)]
         d_states = [_zeros(g, p) for g, p in zip(d_rest[:ctx.n_states], like)]
         d_out = _zeros(d_out, x, *x.shape[:2], like[0].shape[-1] + like[n_states].shape[-1])
-        if torch.is_grad_enabled():  # create_graph=True: through the reference
+        if _through_reference(d_out, *d_states):
             def both(x, lengths, *p):
                 res_f = ref(x, *p[:n], lengths, False, **_direction(ctx.extra, 0))
                 res_r = ref(x, *p[n:], lengths, True, **_direction(ctx.extra, 1))

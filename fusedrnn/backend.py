@@ -13,6 +13,13 @@ rnn_relu (and the cell ops), which the exporters translate to ONNX LSTM / GRU / 
 which stay valid for any sequence length, where a trace of the reference's Python loop
 would be unrolled for one length and a trace of the kernels cannot be recorded at all.
 
+Under torch.func's transforms (grad, vjp, jvp, vmap, jacrev, jacfwd, hessian) and
+forward-mode AD (:func:`transformed`) ``"auto"`` and ``"triton"`` run the reference: the
+kernels take plain tensors only (no batched or dual tensors), torch's own RNN ops have no
+batching rule and cuDNN's no forward derivative, and the reference is plain tensor code that
+every transform goes through. (Backward under those transforms builds a graph, which ran
+through the reference already.)
+
 Asking for ``"triton"`` where it cannot run raises; it never falls back silently.
 """
 from __future__ import annotations
@@ -86,6 +93,21 @@ def exporting() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
+def transformed(*tensors) -> bool:
+    """True under a torch.func transform or inside a forward-mode AD level
+    (``torch.autograd.forward_ad.dual_level``), where the layers run the reference (see the
+    module doc), or where one of ``tensors`` is batched by autograd's own vmap (the
+    gradients a backward gets under ``is_grads_batched=True`` and
+    ``torch.autograd.functional.jacobian(vectorize=True)``). Never under torch.compile,
+    which traces the custom ops instead."""
+    if torch.compiler.is_compiling():
+        return False
+    legacy = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
+    return bool(torch._C._are_functorch_transforms_active()) or \
+        getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0 or \
+        (legacy is not None and any(t is not None and legacy(t) for t in tensors))
+
+
 def chose_by_auto(backend: str) -> bool:
     """Whether "auto" made the choice: the module's "auto", not overridden by
     FUSEDRNN_BACKEND."""
@@ -106,6 +128,8 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype,
         if env:
             backend = check_backend_name(env, what=f"the environment variable {ENV_VAR}")
     if backend == "auto":
+        if transformed():
+            return "reference"
         if (device.type == "cuda" and dtype in AUTO_TRITON_DTYPES
                 and triton_unavailable_reason(device, dtype) is None):
             return "triton"
@@ -120,4 +144,6 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype,
         reason = triton_unavailable_reason(device, dtype)
         if reason is not None:
             raise RuntimeError(f"fusedrnn: backend='triton' cannot run here: {reason}")
+        if transformed():
+            return "reference"
     return backend

@@ -27,6 +27,32 @@ def test_resolve_rules(monkeypatch):
         backend.resolve("auto", cpu, torch.float32)
 
 
+def test_transforms_run_the_reference(monkeypatch):
+    """Under torch.func's transforms and forward-mode AD, auto and triton resolve to the
+    reference (the kernels take no batched or dual tensors); native stays torch's op, and a
+    triton that cannot run still raises."""
+    cpu = torch.device("cpu")
+    monkeypatch.delenv(backend.ENV_VAR, raising=False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    seen = []
+
+    def record(x):
+        seen.append(tuple(backend.resolve(b, cpu, torch.float32)
+                          for b in ("auto", "triton", "native")))
+        return x
+
+    record(torch.zeros(1))
+    torch.func.vmap(record)(torch.zeros(2, 1))
+    torch.func.grad(lambda x: record(x).sum())(torch.zeros(1))
+    with torch.autograd.forward_ad.dual_level():
+        record(torch.zeros(1))
+    assert seen == [("native", "triton", "native")] + [("reference", "reference", "native")] * 3
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="backend='triton' cannot run here"):
+        torch.func.vmap(lambda x: backend.resolve("triton", cpu, torch.float32) and x)(
+            torch.zeros(2, 1))
+
+
 def test_env_override_reaches_modules(monkeypatch):
     monkeypatch.setenv(backend.ENV_VAR, "reference")
     m = fusedrnn.GRU(3, 4)

@@ -188,6 +188,69 @@ def test_torch_func_grad_through_module(cls, kw):
         assert_close(a, torch.zeros_like(a) if b is None else b, 1e-10, f"{k}, second")
 
 
+def _first_output(m):
+    """The module's output tensor as a function of its input (a cell's h)."""
+    def f(x):
+        y = m(x)
+        return y if isinstance(y, torch.Tensor) else y[0]
+    return f
+
+
+@pytest.mark.parametrize("backend", ["triton", "auto"])
+@pytest.mark.parametrize("cls,kw", [(fusedrnn.LSTM, dict(proj_size=2, bidirectional=True)),
+                                    (fusedrnn.GRU, dict(num_layers=2)),
+                                    (fusedrnn.RNN, dict(nonlinearity="relu")),
+                                    (fusedrnn.LSTMCell, {}), (fusedrnn.GRUCell, {})])
+def test_vmap_jvp_forward_ad_and_batched_gradients(cls, kw, backend):
+    """vmap (batched inputs, per-sample gradients), jvp / jacfwd and forward-mode AD through a
+    drop-in: under them the layers run the reference (backend.transformed), where the kernels
+    cannot take batched or dual tensors, torch's RNN ops have no batching rule and cuDNN no
+    forward derivative; and a backward given batched gradients (``is_grads_batched``:
+    ``jacobian(vectorize=True)``) runs through the reference. Each against the drop-in
+    outside the transform (the kernels where ``backend`` runs them): a loop over the mapped
+    dimension, central differences (fp64)."""
+    torch.manual_seed(0)
+    m = cls(3, 4, backend=backend, dtype=torch.float64, device=DEVICE, **kw)
+    f = _first_output(m)
+    cell = cls in (fusedrnn.LSTMCell, fusedrnn.GRUCell)
+    shape = (2, 3) if cell else (5, 2, 3)
+    x, v = (torch.randn(shape, dtype=torch.float64, device=DEVICE) for _ in range(2))
+    xs = torch.randn(3, *shape, dtype=torch.float64, device=DEVICE)
+
+    assert_close(torch.func.vmap(f)(xs), torch.stack([f(xi) for xi in xs]), 1e-12, "vmap")
+
+    params = {k: p.detach() for k, p in m.named_parameters()}
+
+    def loss(p, xi):
+        return _first_output(lambda a: torch.func.functional_call(m, p, (a,)))(xi).square().sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))(params, xs)
+    for i, xi in enumerate(xs):
+        want = torch.autograd.grad(f(xi).square().sum(), list(m.parameters()))
+        for (k, g), w in zip(per_sample.items(), want):
+            assert_close(g[i], w, 1e-10, f"per-sample gradient of {k}")
+
+    eps = 1e-6
+    diff = (f(x + eps * v) - f(x - eps * v)) / (2 * eps)
+    _, tangent = torch.func.jvp(f, (x,), (v,))
+    assert_close(tangent, diff, 1e-6, "jvp")
+    with torch.autograd.forward_ad.dual_level():
+        dual = f(torch.autograd.forward_ad.make_dual(x, v))
+        assert_close(torch.autograd.forward_ad.unpack_dual(dual).tangent, tangent, 1e-12,
+                     "forward-mode AD")
+    jac = torch.func.jacfwd(f)(x)
+    assert_close((jac * v).flatten(-x.dim()).sum(-1), tangent, 1e-12, "jacfwd")
+
+    xg = x.clone().requires_grad_()
+    out = f(xg)
+    cotangents = torch.randn(3, *out.shape, dtype=torch.float64, device=DEVICE)
+    (batched,) = torch.autograd.grad(out, xg, cotangents, retain_graph=True,
+                                     is_grads_batched=True)
+    for i, cot in enumerate(cotangents):
+        (want,) = torch.autograd.grad(out, xg, cot, retain_graph=True)
+        assert_close(batched[i], want, 1e-10, "is_grads_batched")
+
+
 @pytest.mark.parametrize("backend", ["triton", "reference"])
 def test_backward_in_eval_mode(backend):
     """cuDNN refuses RNN backward in eval mode (PyTorch issues 37965, 15788); ours runs."""
