@@ -162,9 +162,9 @@ def test_gradient_penalty_through_module():
                                     (fusedrnn.RNN, dict(nonlinearity="relu"))])
 def test_torch_func_grad_through_module(cls, kw):
     """torch.func's transforms (grad, and grad of grad: meta-learning, per-parameter
-    curvature) through a drop-in on the kernels, as through torch.nn's modules: its
-    autograd Functions take their context in setup_context. Against autograd.grad on the
-    reference backend, fp64."""
+    curvature) through a drop-in on backend="triton", as through torch.nn's modules (under
+    a transform the layers run the reference: backend.transformed). Against autograd.grad
+    on the reference backend, fp64."""
     m = cls(3, 4, backend="triton", dtype=torch.float64, device=DEVICE, **kw)
     ref = cls(3, 4, backend="reference", dtype=torch.float64, device=DEVICE, **kw)
     ref.load_state_dict(m.state_dict())
