@@ -13,11 +13,11 @@ rnn_relu (and the cell ops), which the exporters translate to ONNX LSTM / GRU / 
 which stay valid for any sequence length, where a trace of the reference's Python loop
 would be unrolled for one length and a trace of the kernels cannot be recorded at all.
 
-Under torch.func's transforms (grad, vjp, jvp, vmap, jacrev, jacfwd, hessian) and
-forward-mode AD (:func:`transformed`) ``"auto"`` and ``"triton"`` run the reference: the
-kernels take plain tensors only (no batched or dual tensors), torch's own RNN ops have no
-batching rule and cuDNN's no forward derivative, and the reference is plain tensor code that
-every transform goes through. (Backward under those transforms builds a graph, which ran
+Under torch.func's transforms (grad, vjp, jvp, vmap, jacrev, jacfwd, hessian), forward-mode
+AD and a FakeTensorMode (:func:`transformed`) ``"auto"`` and ``"triton"`` run the
+reference: the kernels take plain tensors only (no batched, dual or fake tensors), torch's
+own RNN ops have no batching rule and cuDNN's no forward derivative, and the reference is
+plain tensor code that every transform goes through. (Backward under those transforms builds a graph, which ran
 through the reference already.)
 
 Asking for ``"triton"`` where it cannot run raises; it never falls back silently.
@@ -94,17 +94,19 @@ def exporting() -> bool:
 
 
 def transformed(*tensors) -> bool:
-    """True under a torch.func transform or inside a forward-mode AD level
-    (``torch.autograd.forward_ad.dual_level``), where the layers run the reference (see the
-    module doc), or where one of ``tensors`` is batched by autograd's own vmap (the
+    """True where the layers see tensors the kernels cannot take, and run the reference (see
+    the module doc): under a torch.func transform, inside a forward-mode AD level
+    (``torch.autograd.forward_ad.dual_level``), under a FakeTensorMode (shape and memory
+    estimates), or where one of ``tensors`` is batched by autograd's own vmap (the
     gradients a backward gets under ``is_grads_batched=True`` and
-    ``torch.autograd.functional.jacobian(vectorize=True)``). Never under torch.compile,
-    which traces the custom ops instead."""
+    ``torch.autograd.functional.jacobian(vectorize=True)``). Never under torch.compile and
+    torch.export, which trace the custom ops instead."""
     if torch.compiler.is_compiling():
         return False
     legacy = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
     return bool(torch._C._are_functorch_transforms_active()) or \
         getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0 or \
+        torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None or \
         (legacy is not None and any(t is not None and legacy(t) for t in tensors))
 
 

@@ -1,6 +1,7 @@
 """The backend rules: auto, the environment override, and triton's clear refusals."""
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 import fusedrnn
 from fusedrnn import backend
@@ -28,9 +29,9 @@ def test_resolve_rules(monkeypatch):
 
 
 def test_transforms_run_the_reference(monkeypatch):
-    """Under torch.func's transforms and forward-mode AD, auto and triton resolve to the
-    reference (the kernels take no batched or dual tensors); native stays torch's op, and a
-    triton that cannot run still raises."""
+    """Under torch.func's transforms, forward-mode AD and a FakeTensorMode, auto and triton
+    resolve to the reference (the kernels take no batched, dual or fake tensors); native
+    stays torch's op, and a triton that cannot run still raises."""
     cpu = torch.device("cpu")
     monkeypatch.delenv(backend.ENV_VAR, raising=False)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
@@ -46,11 +47,24 @@ def test_transforms_run_the_reference(monkeypatch):
     torch.func.grad(lambda x: record(x).sum())(torch.zeros(1))
     with torch.autograd.forward_ad.dual_level():
         record(torch.zeros(1))
-    assert seen == [("native", "triton", "native")] + [("reference", "reference", "native")] * 3
+    with FakeTensorMode():
+        record(torch.zeros(1))
+    assert seen == [("native", "triton", "native")] + [("reference", "reference", "native")] * 4
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="backend='triton' cannot run here"):
         torch.func.vmap(lambda x: backend.resolve("triton", cpu, torch.float32) and x)(
             torch.zeros(2, 1))
+
+
+def test_fake_tensors_get_the_shapes_of_a_triton_module(monkeypatch):
+    """Shape and memory estimates under a FakeTensorMode run through a drop-in on backend=
+    "triton" (the reference's ops, no kernel), as through torch.nn's modules."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with FakeTensorMode():
+        m = fusedrnn.LSTM(3, 4, proj_size=2, num_layers=2, bidirectional=True,
+                          batch_first=True, backend="triton")
+        out, (h, c) = m(torch.randn(5, 7, 3))
+    assert (out.shape, h.shape, c.shape) == ((5, 7, 4), (4, 5, 2), (4, 5, 4))
 
 
 def test_env_override_reaches_modules(monkeypatch):
