@@ -611,13 +611,21 @@ def _proj_bwd_tile(
     ACC: tl.constexpr, HAS_LENGTHS: tl.constexpr, PU: tl.constexpr, BB: tl.constexpr,
     KC: tl.constexpr, NK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
     HAS_HMASK: tl.constexpr, HAS_RESETS: tl.constexpr, X_AHEAD: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
     """The projection's phase of backward step t (its first) for tile (i_p, i_b) of the P
     projected units: the recurrent gradient of h_t, dgates_{t+1} (BB, 4H) . W_hh[:, P
     units] (4H, PU), the product without a projection on PU columns of W_hh (w0..w3, on
     chip), plus the carried gradient (times the variational mask), then with the output's
-    gradient to dhp for the gates' phase (lstm.proj_bwd_store, the streaming kernel's)."""
+    gradient to dhp for the gates' phase (lstm.proj_bwd_store, the streaming kernel's).
+    What it adds to the product (the carried and the output's gradients, the lengths) is
+    prefetched to L1 first, as _prefetch_bwd does for the gates' update."""
     o_p, o_b, m_p, m_b, m, o_b64 = tile_offsets(i_p, i_b, P, B, PU, BB)
+    u0 = i_p * PU
+    prefetch(g_ptr + o_b64 * s_g_b + u0, m_b, PREFETCH)
+    prefetch(do_ptr + t.to(tl.int64) * s_do_t + o_b64 * s_do_b + u0, m_b, PREFETCH)
+    if HAS_LENGTHS:
+        prefetch(len_ptr + o_b64, m_b, PREFETCH)
     p_dg = dg_ptr + t_next.to(tl.int64) * s_dg_t + o_b64[:, None] * s_dg_b
     acc = _sum_runs(_chunks_dot(w0, w1, w2, w3, p_dg[None, :, :], m_b, H, ACC, KC, NK, False,
                                 IEEE, UPCAST, G=4, AHEAD=X_AHEAD))
@@ -945,7 +953,7 @@ def stationary_bwd_kernel(
                                s_do_t, s_do_b, dhp_ptr + d * r_dhp, s_dhp_t, s_dhp_b, len_ptr,
                                hm_ptr + d * r_hm, s_hm_b, rs_ptr + d * r_rs, s_rs_t, t, t_next,
                                B, H, K, ACC, HAS_LENGTHS, PROJ, BB, KC, NK, IEEE, UPCAST,
-                               HAS_HMASK, HAS_RESETS, X_AHEAD)
+                               HAS_HMASK, HAS_RESETS, X_AHEAD, PREFETCH)
             group_barrier(sem_ptr + d * n_bg + tile // n_u, n_u, tile % n_u == 0, err_ptr, s,
                           ASM_ACQUIRE, SPIN_LIMIT, False)
             _proj_gates_bwd_tile(tile % n_u, tile // n_u, q0, q1, q2, q3, dhp_ptr + d * r_dhp,
@@ -972,7 +980,7 @@ def stationary_bwd_kernel(
                                    s_do_t, s_do_b, dhp_ptr + d * r_dhp, s_dhp_t, s_dhp_b,
                                    len_ptr, hm_ptr + d * r_hm, s_hm_b, rs_ptr + d * r_rs,
                                    s_rs_t, t, t_next, B, H, K, ACC, HAS_LENGTHS, PROJ, BB, KC,
-                                   NK, IEEE, UPCAST, HAS_HMASK, HAS_RESETS, X_AHEAD)
+                                   NK, IEEE, UPCAST, HAS_HMASK, HAS_RESETS, X_AHEAD, PREFETCH)
             grid_barrier(sem_ptr, err_ptr, s, ASM_ACQUIRE, SPIN_LIMIT)
             for k in range(pid, DIRS * n_tiles, n_progs):
                 d, tile = k // n_tiles, k % n_tiles
