@@ -17,8 +17,7 @@ Under torch.func's transforms (grad, vjp, jvp, vmap, jacrev, jacfwd, hessian), f
 AD and a FakeTensorMode (:func:`transformed`) ``"auto"`` and ``"triton"`` run the
 reference: the kernels take plain tensors only (no batched, dual or fake tensors), torch's
 own RNN ops have no batching rule and cuDNN's no forward derivative, and the reference is
-plain tensor code that every transform goes through. (Backward under those transforms builds a graph, which ran
-through the reference already.)
+plain tensor code that every transform goes through.
 
 Asking for ``"triton"`` where it cannot run raises; it never falls back silently.
 """
