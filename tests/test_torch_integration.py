@@ -408,20 +408,27 @@ def test_default_lstm_under_cpu_autocast_on_an_avx2_only_cpu():
 
 
 # ----------------------------------------------------------------------------------------
-# DistributedDataParallel: two CPU processes with gloo vs one process on the whole batch
+# DistributedDataParallel and FSDP2 (fully_shard): two CPU processes with gloo vs one
+# process on the whole batch
 # ----------------------------------------------------------------------------------------
-def _ddp_worker(rank, world, init_file, state, x, out_dir):
+def _dist_worker(rank, world, init_file, state, x, out_dir, wrap):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world)
     torch.manual_seed(0)
     m = fusedrnn.LSTM(3, 4, num_layers=2, backend="reference")
     m.load_state_dict(state)
-    ddp = nn.parallel.DistributedDataParallel(m)
+    if wrap == "ddp":
+        run = nn.parallel.DistributedDataParallel(m)
+    else:  # FSDP2: the parameters become DTensors sharded over the ranks
+        from torch.distributed.fsdp import fully_shard
+        run = fully_shard(m)
     shard = x.chunk(world, dim=1)[rank]
-    ddp(shard)[0].square().mean().backward()
+    run(shard)[0].square().mean().backward()
+    # (full_tensor is a collective: every rank gathers FSDP's sharded gradients)
+    grads = [p.grad.full_tensor() if wrap == "fsdp2" else p.grad for p in m.parameters()]
     if rank == 0:
-        torch.save([p.grad for p in m.parameters()], os.path.join(out_dir, "grads.pt"))
+        torch.save(grads, os.path.join(out_dir, "grads.pt"))
     dist.barrier()  # nobody leaves while a peer still has work in flight
     # Tearing gloo down (destroy_process_group, or the interpreter's exit) while the peer
     # closes its sockets aborted a worker once in a loaded full run ("terminate called
@@ -435,14 +442,18 @@ def _ddp_worker(rank, world, init_file, state, x, out_dir):
     os._exit(0)
 
 
-def test_ddp_gradients_equal_single_process(tmp_path):
+@pytest.mark.parametrize("wrap", ["ddp", "fsdp2"])
+def test_distributed_gradients_equal_single_process(tmp_path, wrap):
+    """DistributedDataParallel, and FSDP2's fully_shard (whose forward sets the gathered
+    parameters on the module: the drop-in reads its weights afresh each call, as torch's)."""
     m = fusedrnn.LSTM(3, 4, num_layers=2, backend="reference")
     x = torch.randn(5, 4, 3)
     m(x)[0].square().mean().backward()
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "rdzv"), m.state_dict(), x, str(tmp_path)),
+    mp.spawn(_dist_worker,
+             args=(2, str(tmp_path / "rdzv"), m.state_dict(), x, str(tmp_path), wrap),
              nprocs=2, join=True)
     for got, want in zip(torch.load(tmp_path / "grads.pt"), [p.grad for p in m.parameters()]):
-        assert_close(got, want, 1e-6, "ddp grad")
+        assert_close(got, want, 1e-6, f"{wrap} grad")
 
 
 # ----------------------------------------------------------------------------------------
