@@ -266,9 +266,10 @@ def test_projection_keeps_w_hh_and_w_hr_on_chip(tmp_path, capsys, triton_36):
     backward is past them, as without a projection: 24 B on Triton 3.9, 336 on 3.6); L1
     prefetches before the first MMA (the forward's of its update's inputs, the backward's
     of what its first phase adds to the product); two barriers a step (two arrivals); at
-    most 32 block barriers a step (two phases); shared memory at least the slices and at most the plan's model (the build
-    shares the staged operands between the phases; the backward's columns of W_hh are for
-    PU units, the model's for U), one program an SM co-resident."""
+    most 32 block barriers a step (two phases); shared memory at least the slices and at
+    most the plan's model (the build shares the staged operands between the phases; the
+    backward's columns of W_hh are for PU units, the model's for U), one program an SM
+    co-resident."""
     if triton_36 and not (TRITON_36 / "triton").is_dir():
         pytest.skip(f"Triton 3.6 is not installed at {TRITON_36} (make test installs it; "
                     f"it needs PyPI once)")
