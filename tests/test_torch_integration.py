@@ -135,9 +135,12 @@ def test_gradcheck_and_gradgradcheck(cell):
         return fn(*a, reverse=True, backend="triton")
 
     # fast mode: the Jacobians projected on random vectors, a few evaluations where the
-    # full ones took one per input element (51 s of the suite's interpreter time)
-    assert torch.autograd.gradcheck(layer, args, fast_mode=True)
-    assert torch.autograd.gradgradcheck(layer, args, fast_mode=True)
+    # full ones took one per input element (51 s of the suite's interpreter time). Batched
+    # gradients (the kernels' backward given them runs the reference) and forward-mode AD
+    # (the layer runs the reference), as torch's own op passes on the CPU.
+    assert torch.autograd.gradcheck(layer, args, fast_mode=True, check_batched_grad=True,
+                                    check_forward_ad=True, check_batched_forward_grad=True)
+    assert torch.autograd.gradgradcheck(layer, args, fast_mode=True, check_batched_grad=True)
 
 
 def test_gradient_penalty_through_module():
