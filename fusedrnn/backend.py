@@ -14,10 +14,11 @@ which stay valid for any sequence length, where a trace of the reference's Pytho
 would be unrolled for one length and a trace of the kernels cannot be recorded at all.
 
 Under torch.func's transforms (grad, vjp, jvp, vmap, jacrev, jacfwd, hessian), forward-mode
-AD and a FakeTensorMode (:func:`transformed`) ``"auto"`` and ``"triton"`` run the
-reference: the kernels take plain tensors only (no batched, dual or fake tensors), torch's
-own RNN ops have no batching rule and cuDNN's no forward derivative, and the reference is
-plain tensor code that every transform goes through.
+AD and a FakeTensorMode (:func:`transformed`) the kernels cannot run (they take plain
+tensors only, no batched, dual or fake tensors): ``"triton"`` runs the reference, plain
+tensor code that every transform goes through, and ``"auto"`` torch's own op where it
+serves the transform, else the reference (:func:`native_cannot_serve`: vmap, whose RNN
+ops have no batching rule, and on CUDA forward-mode AD, a grad of a grad, fake tensors).
 
 Asking for ``"triton"`` where it cannot run raises; it never falls back silently.
 """
@@ -109,6 +110,36 @@ def transformed(*tensors) -> bool:
         (legacy is not None and any(t is not None and legacy(t) for t in tensors))
 
 
+def _transform_levels() -> list[str]:
+    """The torch.func transforms around this call, outermost first ("Grad", "Jvp", "Vmap",
+    "Functionalize"); ["Vmap"] where the interpreter stack cannot be read (the most
+    restrictive)."""
+    if not torch._C._are_functorch_transforms_active():
+        return []
+    try:
+        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+        return [i.key().name for i in retrieve_all_functorch_interpreters()]
+    except (ImportError, AttributeError):
+        return ["Vmap"]
+
+
+def native_cannot_serve(device: torch.device) -> bool:
+    """Where :func:`transformed` holds, whether torch's own op cannot serve the call either:
+    under vmap (its RNN ops have no batching rule), and on CUDA under forward-mode AD (cuDNN's
+    op and the fused cell ops have no forward derivative), a grad of a grad (cuDNN's
+    backward is not differentiable) or a FakeTensorMode. Then "auto" runs the reference,
+    elsewhere torch's op (under torch.func.grad on CUDA, cuDNN: faster than the reference,
+    which is what the kernels' backward would run there)."""
+    levels = _transform_levels()
+    if "Vmap" in levels:
+        return True
+    if device.type != "cuda":
+        return False
+    return "Jvp" in levels or levels.count("Grad") >= 2 or \
+        getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0 or \
+        torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
+
+
 def chose_by_auto(backend: str) -> bool:
     """Whether "auto" made the choice: the module's "auto", not overridden by
     FUSEDRNN_BACKEND."""
@@ -129,9 +160,10 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype,
         if env:
             backend = check_backend_name(env, what=f"the environment variable {ENV_VAR}")
     if backend == "auto":
-        if transformed():
-            return "reference"
-        if (device.type == "cuda" and dtype in AUTO_TRITON_DTYPES
+        if transformed():  # (the kernels take no batched, dual or fake tensors)
+            if native_cannot_serve(device):
+                return "reference"
+        elif (device.type == "cuda" and dtype in AUTO_TRITON_DTYPES
                 and triton_unavailable_reason(device, dtype) is None):
             return "triton"
         # torch's own RNN ops do not compile (graph break, or an AOT autograd failure with

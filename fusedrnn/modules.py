@@ -100,6 +100,9 @@ class _BackendMixin:
                                  + (", or call .eval()" if option in
                                     ("weight_dropout", "variational_dropout") else ""))
             return "reference"  # "auto" off CUDA
+        if (chosen == "native" and _backend.chose_by_auto(getattr(self, "backend", "auto"))
+                and x.device.type == "cuda" and not self.training and _backend.transformed()):
+            return "reference"  # (cuDNN refuses a backward in eval mode; torch.func's need one)
         if (chosen == "triton" and _backend.chose_by_auto(getattr(self, "backend", "auto"))
                 and isinstance(self, (nn.LSTM, nn.GRU, nn.RNN)) and not option
                 and not self._triton_by_table(input)):

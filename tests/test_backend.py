@@ -28,32 +28,43 @@ def test_resolve_rules(monkeypatch):
         backend.resolve("auto", cpu, torch.float32)
 
 
-def test_transforms_run_the_reference(monkeypatch):
-    """Under torch.func's transforms, forward-mode AD and a FakeTensorMode, auto and triton
-    resolve to the reference (the kernels take no batched, dual or fake tensors); native
-    stays torch's op, and a triton that cannot run still raises."""
-    cpu = torch.device("cpu")
+def test_transforms_run_the_reference_or_torchs_op(monkeypatch):
+    """Under torch.func's transforms, forward-mode AD and a FakeTensorMode the kernels cannot
+    run (no batched, dual or fake tensors): triton resolves to the reference; auto to
+    torch's op where it serves the transform (on the CPU all but vmap; on CUDA a single
+    grad), else the reference; native stays torch's op; a triton that cannot run still
+    raises."""
     monkeypatch.delenv(backend.ENV_VAR, raising=False)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     seen = []
 
     def record(x):
-        seen.append(tuple(backend.resolve(b, cpu, torch.float32)
-                          for b in ("auto", "triton", "native")))
+        seen.append(tuple(backend.resolve(b, torch.device(d), torch.float32)
+                          for d, b in (("cpu", "auto"), ("cpu", "triton"), ("cpu", "native"),
+                                       ("cuda", "auto"))))
         return x
 
-    record(torch.zeros(1))
-    torch.func.vmap(record)(torch.zeros(2, 1))
-    torch.func.grad(lambda x: record(x).sum())(torch.zeros(1))
+    def grad(f):
+        return lambda x: torch.func.grad(lambda y: f(y).sum())(x)
+
     with torch.autograd.forward_ad.dual_level():
         record(torch.zeros(1))
     with FakeTensorMode():
         record(torch.zeros(1))
-    assert seen == [("native", "triton", "native")] + [("reference", "reference", "native")] * 4
+    for transform in (torch.func.vmap, grad, lambda f: grad(grad(f)),
+                      lambda f: lambda x: torch.func.jvp(f, (x,), (x,))[1]):
+        transform(record)(torch.zeros(2, 1))
+    ref, native = "reference", "native"
+    assert seen == [(native, ref, native, ref),  # dual level
+                    (native, ref, native, ref),  # fake tensors
+                    (ref, ref, native, ref),  # vmap
+                    (native, ref, native, native),  # grad
+                    (native, ref, native, ref),  # grad of grad
+                    (native, ref, native, ref)]  # jvp
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="backend='triton' cannot run here"):
-        torch.func.vmap(lambda x: backend.resolve("triton", cpu, torch.float32) and x)(
-            torch.zeros(2, 1))
+        torch.func.vmap(lambda x: backend.resolve("triton", torch.device("cpu"),
+                                                  torch.float32) and x)(torch.zeros(2, 1))
 
 
 def test_fake_tensors_get_the_shapes_of_a_triton_module(monkeypatch):

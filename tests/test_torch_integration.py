@@ -244,6 +244,8 @@ def test_vmap_jvp_forward_ad_and_batched_gradients(cls, kw, backend):
     jac = torch.func.jacfwd(f)(x)
     assert_close((jac * v).flatten(-x.dim()).sum(-1), tangent, 1e-12, "jacfwd")
 
+    if backend == "auto" and DEVICE == "cuda":
+        return  # (auto is cuDNN's op outside the transforms: batched gradients are torch's)
     xg = x.clone().requires_grad_()
     out = f(xg)
     cotangents = torch.randn(3, *out.shape, dtype=torch.float64, device=DEVICE)
@@ -252,6 +254,22 @@ def test_vmap_jvp_forward_ad_and_batched_gradients(cls, kw, backend):
     for i, cot in enumerate(cotangents):
         (want,) = torch.autograd.grad(out, xg, cot, retain_graph=True)
         assert_close(batched[i], want, 1e-10, "is_grads_batched")
+
+
+@needs_gpu
+def test_torch_func_grad_in_eval_mode_on_cuda_under_auto():
+    """Under torch.func.grad "auto" runs cuDNN's op (it serves one grad, faster than the
+    reference the kernels' backward would run), except in eval mode, where cuDNN refuses
+    the backward: there the reference."""
+    m = fusedrnn.GRU(3, 4, dtype=torch.float64, device="cuda").eval()
+    ref = fusedrnn.GRU(3, 4, backend="reference", dtype=torch.float64, device="cuda")
+    ref.load_state_dict(m.state_dict())
+    x = torch.randn(5, 2, 3, dtype=torch.float64, device="cuda")
+    params = {k: v.detach() for k, v in m.named_parameters()}
+    got = torch.func.grad(lambda p: torch.func.functional_call(m, p, (x,))[0].sum())(params)
+    want = torch.autograd.grad(ref(x)[0].sum(), list(ref.parameters()))
+    for (k, g), w in zip(got.items(), want):
+        assert_close(g, w, 1e-10, k)
 
 
 @pytest.mark.parametrize("backend", ["triton", "reference"])
