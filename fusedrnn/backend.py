@@ -104,10 +104,18 @@ def transformed(*tensors) -> bool:
     if torch.compiler.is_compiling():
         return False
     legacy = getattr(torch._C._functorch, "is_legacy_batchedtensor", None)
-    return bool(torch._C._are_functorch_transforms_active()) or \
-        getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0 or \
-        torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None or \
-        (legacy is not None and any(t is not None and legacy(t) for t in tensors))
+    return bool(torch._C._are_functorch_transforms_active()) or _dual_level() or _faking() \
+        or (legacy is not None and any(t is not None and legacy(t) for t in tensors))
+
+
+def _dual_level() -> bool:
+    """Inside ``torch.autograd.forward_ad.dual_level``."""
+    return getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
+
+
+def _faking() -> bool:
+    """Under a FakeTensorMode."""
+    return torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
 
 
 def _transform_levels() -> list[str]:
@@ -135,9 +143,7 @@ def native_cannot_serve(device: torch.device) -> bool:
         return True
     if device.type != "cuda":
         return False
-    return "Jvp" in levels or levels.count("Grad") >= 2 or \
-        getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0 or \
-        torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
+    return "Jvp" in levels or levels.count("Grad") >= 2 or _dual_level() or _faking()
 
 
 def chose_by_auto(backend: str) -> bool:
