@@ -4,8 +4,10 @@
 - ``"reference"``: fusedrnn's pure-PyTorch math (:mod:`fusedrnn.reference`).
 - ``"native"``: torch's own op (cuDNN on GPU, oneDNN on CPU).
 - ``"auto"``: triton where it is supported, otherwise native, so converting a model never
-  breaks it or makes it slower; under torch.compile, reference instead of native (torch's
-  RNN ops do not compile). ``FUSEDRNN_BACKEND`` overrides ``"auto"`` (only ``"auto"``).
+  breaks it or makes it slower. Under torch.compile, where it would pick native, a whole
+  stack runs torch's op inside one custom op (:mod:`fusedrnn.native_ops`; torch's RNN ops
+  do not compile themselves), a layer or cell op and torch.export the reference.
+  ``FUSEDRNN_BACKEND`` overrides ``"auto"`` (only ``"auto"``).
 
 Under ``torch.jit.trace`` and ONNX export (both exporters) every backend runs torch's own
 op (:func:`exporting`): the recorded graph then holds aten::lstm / gru / rnn_tanh /
@@ -88,6 +90,14 @@ def cpu_autocast_fallback(device: torch.device) -> bool:
             and not native_cpu_autocast_lstm_runs(torch.get_autocast_dtype("cpu")))
 
 
+def compiled_native() -> bool:
+    """Whether a stack under torch.compile can run torch's op inside fusedrnn.native_ops'
+    custom op: compiling, not exporting, and the op available."""
+    from fusedrnn import native_ops
+    exporting_ = getattr(torch.compiler, "is_exporting", lambda: False)
+    return torch.compiler.is_compiling() and not exporting_() and native_ops.AVAILABLE
+
+
 def exporting() -> bool:
     """True while torch.jit.trace records or an ONNX exporter runs (see module doc)."""
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
@@ -153,11 +163,14 @@ def chose_by_auto(backend: str) -> bool:
 
 
 def resolve(backend: str, device: torch.device, dtype: torch.dtype,
-            autocast_lstm: bool = False) -> str:
+            autocast_lstm: bool = False, stack: bool = False) -> str:
     """The backend that will run: one of "triton", "reference", "native".
 
     autocast_lstm: the call is torch's full LSTM, the one RNN op CPU autocast casts, so
-    "auto" avoids native where oneDNN cannot run it (:func:`cpu_autocast_fallback`)."""
+    "auto" avoids native where oneDNN cannot run it (:func:`cpu_autocast_fallback`).
+    stack: the call is a whole multi-layer stack (the LSTM / GRU / RNN modules and
+    fusedrnn.functional's lstm / gru / rnn), which under torch.compile runs torch's op inside
+    a custom op (:mod:`fusedrnn.native_ops`) where "auto" would otherwise pick native."""
     check_backend_name(backend)
     if exporting():
         return "native"
@@ -172,12 +185,14 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype,
         elif (device.type == "cuda" and dtype in AUTO_TRITON_DTYPES
                 and triton_unavailable_reason(device, dtype) is None):
             return "triton"
-        # torch's own RNN ops do not compile (graph break, or an AOT autograd failure with
-        # fullgraph=True); the reference is plain tensor code that does
-        if torch.compiler.is_compiling():
-            return "reference"
         if autocast_lstm and cpu_autocast_fallback(device):
             return "reference"
+        # torch's own RNN ops do not compile (graph break, or an AOT autograd failure with
+        # fullgraph=True): a stack runs them inside a custom op (one graph node whatever the
+        # sequence length), a layer or cell the reference, plain tensor code; torch.export
+        # records the reference's aten ops (an exported program that needs no fusedrnn)
+        if torch.compiler.is_compiling():
+            return "native" if stack and compiled_native() else "reference"
         return "native"
     if backend == "triton":
         reason = triton_unavailable_reason(device, dtype)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, _VF
 
 from fusedrnn import backend as _backend
-from fusedrnn import episodes
+from fusedrnn import episodes, native_ops
 from fusedrnn import reference
 
 
@@ -341,6 +341,24 @@ def _stack_resets(resets, input: Tensor, batch_sizes, batch_first: bool, index, 
     return resets.t() if batch_first else resets
 
 
+def _stack_backend(backend: str, input: Tensor, dropout: float, train: bool,
+                   num_layers: int, resets, recurrent, cell_states: bool = False) -> str:
+    """The backend a stack runs on. Under torch.compile "auto" takes torch's op (inside
+    fusedrnn.native_ops' custom op) only where it serves the call, else the reference."""
+    chosen = _backend.resolve(backend, input.device, input.dtype, stack=True)
+    fused_only = resets is not None or recurrent is not None or cell_states
+    if (chosen == "native" and _backend.chose_by_auto(backend) and _backend.compiled_native()
+            and (fused_only or not native_ops.serves(dropout, train, num_layers))):
+        return "reference"
+    return chosen
+
+
+def _compiled_native(dropout: float, train: bool, num_layers: int) -> bool:
+    """Whether torch's op runs inside fusedrnn.native_ops' custom op: under torch.compile
+    where it serves (elsewhere, and for backend="native" where it does not, ``_VF``)."""
+    return _backend.compiled_native() and native_ops.serves(dropout, train, num_layers)
+
+
 def _refuse_native(chosen: str, resets, recurrent=None) -> None:
     what = "resets" if resets is not None else None
     if recurrent is not None and recurrent.p_input + recurrent.p_between + recurrent.p_state:
@@ -369,13 +387,17 @@ def lstm(input: Tensor, batch_sizes: Tensor | None, hx: tuple[Tensor, Tensor], w
     ``recurrent``: the pass's variational dropout and zoneout
     (fusedrnn.regularizers.Recurrent), or None.
     """
-    chosen = _backend.resolve(backend, input.device, input.dtype)
+    chosen = _stack_backend(backend, input, dropout, train, num_layers, resets, recurrent,
+                            cell_states)
     _refuse_native(chosen, resets, recurrent)
     if chosen == "native" and cell_states:
         raise ValueError("fusedrnn: torch's own LSTM op (backend='native', and under tracing "
                          "or export) does not return the cell states (return_cell_states); "
                          "use backend='auto', 'reference' or 'triton'")
     if chosen == "native":
+        if _compiled_native(dropout, train, num_layers):
+            return native_ops.run("lstm", input, batch_sizes, hx, weights, has_biases,
+                                  num_layers, train, bidirectional, batch_first)
         if batch_sizes is None:
             return _VF.lstm(input, hx, weights, has_biases, num_layers, dropout, train,
                             bidirectional, batch_first)
@@ -392,9 +414,12 @@ def gru(input: Tensor, batch_sizes: Tensor | None, hx: Tensor, weights, has_bias
         recurrent=None):
     """Multi-layer GRU with ``torch._VF.gru``'s arguments (``resets`` and ``recurrent``, its
     variational dropout, as :func:`lstm`'s). Returns (output, h_n)."""
-    chosen = _backend.resolve(backend, input.device, input.dtype)
+    chosen = _stack_backend(backend, input, dropout, train, num_layers, resets, recurrent)
     _refuse_native(chosen, resets, recurrent)
     if chosen == "native":
+        if _compiled_native(dropout, train, num_layers):
+            return native_ops.run("gru", input, batch_sizes, hx, weights, has_biases,
+                                  num_layers, train, bidirectional, batch_first)
         if batch_sizes is None:
             return _VF.gru(input, hx, weights, has_biases, num_layers, dropout, train,
                            bidirectional, batch_first)
@@ -413,9 +438,12 @@ def rnn(input: Tensor, batch_sizes: Tensor | None, hx: Tensor, weights, has_bias
     ``nonlinearity``; ``resets`` and ``recurrent`` as :func:`lstm`'s). Returns (output,
     h_n)."""
     _check_nonlinearity(nonlinearity)
-    chosen = _backend.resolve(backend, input.device, input.dtype)
+    chosen = _stack_backend(backend, input, dropout, train, num_layers, resets, recurrent)
     _refuse_native(chosen, resets, recurrent)
     if chosen == "native":
+        if _compiled_native(dropout, train, num_layers):
+            return native_ops.run(f"rnn_{nonlinearity}", input, batch_sizes, hx, weights,
+                                  has_biases, num_layers, train, bidirectional, batch_first)
         op = _VF.rnn_tanh if nonlinearity == "tanh" else _VF.rnn_relu
         if batch_sizes is None:
             return op(input, hx, weights, has_biases, num_layers, dropout, train, bidirectional,

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from fusedrnn import backend as _backend
-from fusedrnn import episodes, functional, regularizers
+from fusedrnn import episodes, functional, native_ops, regularizers
 
 
 def share_state(module: nn.Module, cls: type) -> nn.Module:
@@ -89,9 +89,14 @@ class _BackendMixin:
         x = input.data if isinstance(input, PackedSequence) else input
         if not isinstance(x, Tensor):
             return "native"  # let torch's forward raise its own error for non-tensor input
+        stack = isinstance(self, nn.RNNBase)
         chosen = _backend.resolve(getattr(self, "backend", "auto"), x.device, x.dtype,
-                                  autocast_lstm=isinstance(self, nn.LSTM))
+                                  autocast_lstm=isinstance(self, nn.LSTM), stack=stack)
         option = "resets" if resets is not None else self._fused_only_option()
+        if (chosen == "native" and stack and _backend.compiled_native()
+                and _backend.chose_by_auto(getattr(self, "backend", "auto"))
+                and not native_ops.serves(self.dropout, self.training, self.num_layers)):
+            return "reference"  # (torch.compile: inter-layer dropout, see native_ops)
         if chosen == "native" and option:
             if getattr(self, "backend", "auto") == "native" or _backend.exporting():
                 raise ValueError(f"fusedrnn: {option} is set, and torch's own op "
@@ -350,8 +355,9 @@ class _SequenceModule(_BackendMixin):
         if leaf is not None:
             return leaf
         backend = self._resolve_backend(input, resets)
-        if backend == "native":
+        if backend == "native" and not _backend.compiled_native():
             return super().forward(input, hx)
+        # (under torch.compile torch's op runs inside a custom op: fusedrnn.functional)
         return _rnn_forward(self, input, hx, backend, resets)
 
     def extra_repr(self) -> str:
