@@ -82,6 +82,108 @@ def test_default_backend_compiles_fullgraph_on_cpu():
     assert_close(torch.compile(m, fullgraph=True)(x)[0], m(x)[0], 1e-5, "out")
 
 
+class _Stacks(nn.Module):
+    """An LSTM (2 layers, both directions, proj_size, batch-first), a GRU on a transposed view
+    of its output, a relu RNN with inter-layer dropout (in eval: none drawn)."""
+
+    def __init__(self, backend, dropout=0.0):
+        super().__init__()
+        self.lstm = fusedrnn.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2,
+                                  batch_first=True, backend=backend, dropout=dropout)
+        self.gru = fusedrnn.GRU(4, 4, backend=backend)
+        self.rnn = fusedrnn.RNN(4, 3, num_layers=2, nonlinearity="relu", dropout=0.3,
+                                backend=backend).eval()
+
+    def forward(self, x):
+        y, (h, c) = self.lstm(x)
+        z, hz = self.gru(y.transpose(0, 1))
+        w, hw = self.rnn(z)
+        return w.square().sum() + h.sum() + c.sum() + hz.sum() + hw.sum()
+
+
+def _compile_recording(model, graphs, **kw):
+    """torch.compile through AOT autograd (forward and backward graphs, as Inductor), each
+    Dynamo graph appended to ``graphs``."""
+    from torch._dynamo.backends.debugging import aot_eager
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return aot_eager(gm, example_inputs)
+    return torch.compile(model, backend=record, fullgraph=True, **kw)
+
+
+def _native_nodes(gm):
+    return sum(n.op == "call_function" and "native_rnn" in str(n.target) for n in gm.graph.nodes)
+
+
+@pytest.mark.parametrize("backend, device", [("auto", "cpu"), ("native", "cpu")] + (
+    [("native", "cuda")] if torch.cuda.is_available() else []))
+def test_compile_runs_torchs_op_as_one_node_for_every_length(backend, device):
+    """Where "auto" picks torch's op (the CPU here), a compiled LSTM/GRU/RNN runs it inside
+    one custom op (fusedrnn/native_ops.py), backend="native" too: one graph for every
+    sequence length under dynamic=True, three nodes, eager's numbers and gradients. (The
+    reference's time loop, which auto compiled before, unrolls: a graph and a recompile per
+    length, the compile time linear in it.)"""
+    fusedrnn.allow_compile()
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = _Stacks(backend).to(device)
+    graphs = []
+    compiled = _compile_recording(net, graphs, dynamic=True)
+    for B, T in ((2, 5), (3, 7), (2, 9)):
+        x = torch.randn(B, T, 3, device=device)
+        got = _loss_grads(compiled, x, net)
+        want = _loss_grads(net, x, net)
+        for g, w in zip(got, want):  # (cuDNN: TF32 products, the same op both ways)
+            assert_close(g, w, 1e-6 if device == "cpu" else 1e-4, f"B={B} T={T}")
+    graphs = [g for g in graphs if len(g.graph.nodes)]  # (Dynamo may hand over empty ones)
+    assert len(graphs) == 1, f"{len(graphs)} graphs for three lengths"
+    assert _native_nodes(graphs[0]) == 3, graphs[0].graph
+
+
+def _loss_grads(fn, x, net):
+    x = x.detach().requires_grad_()
+    loss = fn(x)
+    return [loss, *torch.autograd.grad(loss, [x, *net.parameters()])]
+
+
+def test_compile_with_inter_layer_dropout_in_training_runs_the_reference():
+    """Inter-layer dropout in training is the one case the op does not take (its recomputed
+    forward would draw other masks): auto compiles the reference there."""
+    fusedrnn.allow_compile()
+    torch._dynamo.reset()
+    net = _Stacks("auto", dropout=0.5)
+    graphs = []
+    x = torch.randn(2, 3, 3)
+    loss, *grads = _loss_grads(_compile_recording(net, graphs), x, net)
+    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads)
+    assert sum(map(_native_nodes, graphs)) == 2, graphs  # the GRU, and the RNN in eval
+
+
+@pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
+def test_opcheck_native_rnn_op(mode):
+    """fusedrnn::native_rnn: schema, fake shapes and strides, autograd registration, padded
+    (batch-first, two layers, both directions) and packed input."""
+    from fusedrnn import native_ops
+
+    torch.manual_seed(0)
+    kw = dict(dtype=torch.float64, requires_grad=True)
+    cls = {"lstm": nn.LSTM, "gru": nn.GRU}.get(mode, nn.RNN)
+    extra = {"nonlinearity": mode[4:]} if mode.startswith("rnn") else {}
+    if mode == "lstm":
+        extra["proj_size"] = 2
+    m = cls(3, 4, num_layers=2, bidirectional=True, **extra).double()
+    K = 2 if mode == "lstm" else 4
+    weights = [w.detach().requires_grad_() for w in m._flat_weights]
+    hx = [torch.randn(4, 3, K, **kw)] + ([torch.randn(4, 3, 4, **kw)] if mode == "lstm" else [])
+    packed = nn.utils.rnn.pack_padded_sequence(torch.randn(5, 3, 3), torch.tensor([5, 3, 2]))
+    for x, batch_sizes, batch_first in ((torch.randn(3, 5, 3, **kw), None, True),
+                                        (packed.data.double().requires_grad_(),
+                                         packed.batch_sizes, False)):
+        torch.library.opcheck(native_ops.native_rnn, (x, batch_sizes, hx, weights, mode, True,
+                                                      2, True, True, batch_first))
+
+
 def _op_args(cell, dtype=torch.float64, lengths=True, proj=False, requires_grad=True,
              sizes=(3, 2, 4, 5)):
     kw = dict(dtype=dtype, device=DEVICE, requires_grad=requires_grad)
