@@ -23,7 +23,9 @@ def explain(module: nn.Module, input, sm_count: int | None = None, *,
     by default the input's GPU, or, for CPU input, Triton's interpreter (one program).
     With it, ``wide_tiles`` (whether the GPU builds wgmma: sm_90) and ``smem_limit`` (its
     shared memory a block, in bytes) default to an H100's; an A100 is ``sm_count=108,
-    wide_tiles=False, smem_limit=163 * 1024``. Nothing runs."""
+    wide_tiles=False, smem_limit=163 * 1024``. Nothing runs: a module whose backend cannot run
+    on the input's device (backend="triton", meta tensors say) is planned all the same, its
+    ``backend`` None and ``backend_error`` saying why."""
     from fusedrnn.kernels import plan as _plan
 
     cells = {nn.LSTM: "lstm", nn.LSTMCell: "lstm", nn.GRU: "gru", nn.GRUCell: "gru",
@@ -58,7 +60,11 @@ def explain(module: nn.Module, input, sm_count: int | None = None, *,
     if smem_limit is not None:
         rules["smem_limit"] = smem_limit
     ieee = x.dtype == torch.float32 and not torch.backends.cudnn.allow_tf32
-    chosen = _backend.resolve(getattr(module, "backend", "native"), x.device, x.dtype)
+    try:
+        chosen, why_not = _backend.resolve(getattr(module, "backend", "native"), x.device,
+                                           x.dtype), None
+    except RuntimeError as e:  # backend="triton" where it cannot run: the plan still stands
+        chosen, why_not = None, str(e)
     rows = []
     for layer in range(layers):
         for d in range(dirs):
@@ -67,5 +73,6 @@ def explain(module: nn.Module, input, sm_count: int | None = None, *,
             bwd = _plan.plan(cell, x.dtype, B, H, proj or H, bool(proj), training, sms, cuda,
                              ieee, backward=True, directions=dirs, **rules)
             rows.append(dict(p, layer=layer, direction="reverse" if d else "forward",
-                             backend=chosen, backward=bwd))
+                             backend=chosen, backward=bwd,
+                             **({"backend_error": why_not} if why_not else {})))
     return rows

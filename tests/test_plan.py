@@ -96,6 +96,18 @@ def test_explain_per_layer_and_direction():
         fusedrnn.explain(torch.nn.Linear(2, 2), torch.randn(2, 2))
 
 
+def test_explain_plans_where_the_backend_cannot_run():
+    """A GPU plan from meta tensors (no memory) for a module on backend="triton", which
+    cannot run there: the plan, and why the backend cannot run, instead of its error."""
+    m = fusedrnn.GRU(1024, 1024, dtype=torch.bfloat16, device="meta", backend="triton")
+    x = torch.empty(256, 8, 1024, dtype=torch.bfloat16, device="meta")
+    row, = fusedrnn.explain(m, x, sm_count=132)
+    assert row["kernel"] == "stationary" and row["weights_on_chip"], row
+    assert row["backend"] is None and "meta device" in row["backend_error"]
+    with pytest.raises(RuntimeError, match="cannot run here"):
+        m(x)
+
+
 def test_plain_rnn_plans_the_same_mma_shape_with_four_times_the_units():
     """One gate: U units are U rows of W_hh, so the RNN takes 4x the LSTM's units per
     program for the same 16 or 32 MMA rows."""
