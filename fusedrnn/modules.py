@@ -355,10 +355,23 @@ class _SequenceModule(_BackendMixin):
         if leaf is not None:
             return leaf
         backend = self._resolve_backend(input, resets)
+        if torch.compiler.is_compiling() and self._runs_outside_the_graph(backend):
+            return _forward_outside_the_graph(self, input, hx, resets)
         if backend == "native" and not _backend.compiled_native():
             return super().forward(input, hx)
         # (under torch.compile torch's op runs inside a custom op: fusedrnn.functional)
         return _rnn_forward(self, input, hx, backend, resets)
+
+    def _runs_outside_the_graph(self, backend: str) -> bool:
+        """Under torch.compile, whether this forward leaves the graph (a graph break): the
+        regularizers that draw their seeds in Python (weight_dropout and variational_dropout
+        in training, zoneout), which Dynamo cannot trace (an opaque torch.Generator; zoneout's
+        Philox on Python ints compiled for over 5 minutes at T=1), and what the kernels' custom
+        ops do not take (return_cell_states on triton)."""
+        return bool((self.training and (getattr(self, "weight_dropout", 0.0) > 0
+                                        or any(getattr(self, "variational_dropout", (0.0,)))))
+                    or any(getattr(self, "zoneout", (0.0,)))
+                    or (backend == "triton" and getattr(self, "return_cell_states", False)))
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -370,6 +383,23 @@ class _SequenceModule(_BackendMixin):
                 s += f", {name}={v[0] if len(set(v)) == 1 else v}"
         return s + (", return_cell_states=True" if getattr(self, "return_cell_states", False)
                     else "")
+
+
+def _forward_outside_the_graph(module, input, hx, resets):
+    """The module's forward run eagerly under torch.compile (see
+    _SequenceModule._runs_outside_the_graph): a graph break, so that torch.compile without
+    fullgraph=True runs the model (fullgraph=True names this function in its error)."""
+    return module.forward(input, hx, resets=resets)
+
+
+_OUTSIDE_REASON = ("fusedrnn: weight_dropout and variational_dropout in training, zoneout, "
+                   "and return_cell_states on triton run outside the compiled "
+                   "graph (compile without fullgraph=True, or without those options)")
+try:
+    _forward_outside_the_graph = torch.compiler.disable(_forward_outside_the_graph,
+                                                        reason=_OUTSIDE_REASON)
+except TypeError:  # (a torch without the reason keyword)
+    _forward_outside_the_graph = torch.compiler.disable(_forward_outside_the_graph)
 
 
 class LSTM(_SequenceModule, nn.LSTM):

@@ -160,6 +160,42 @@ def test_compile_with_inter_layer_dropout_in_training_runs_the_reference():
     assert sum(map(_native_nodes, graphs)) == 2, graphs  # the GRU, and the RNN in eval
 
 
+@pytest.mark.parametrize("backend", ["auto", "triton"])
+@pytest.mark.parametrize("option", [dict(weight_dropout=0.3), dict(variational_dropout=0.2),
+                                    dict(zoneout=0.1), dict(return_cell_states=True)])
+def test_compile_runs_python_drawn_regularizers_outside_the_graph(option, backend):
+    """weight_dropout, variational_dropout, zoneout (seeds drawn in Python: Dynamo cannot
+    trace them; zoneout's compile ran past 5 minutes) and return_cell_states on triton (not
+    in the kernels' custom ops) leave the graph: torch.compile runs the model with eager's
+    numbers under the same seed, and fullgraph=True names the graph break."""
+    fusedrnn.allow_compile()
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = fusedrnn.LSTM(3, 4, backend=backend, device=DEVICE, **option)
+            self.head = nn.Linear(4, 1, device=DEVICE)
+
+        def forward(self, x):
+            return self.head(self.rnn(torch.tanh(x))[0]).square().sum()
+
+    torch.manual_seed(0)
+    net, x = Net(), torch.randn(4, 2, 3, device=DEVICE)
+    results = []
+    for fn in (net, torch.compile(net)):
+        torch._dynamo.reset()
+        torch.manual_seed(1)
+        loss = fn(x)
+        results.append([loss, *torch.autograd.grad(loss, list(net.parameters()))])
+    for got, want in zip(*results):
+        assert_close(got, want, 1e-6, str(option))
+    if backend == "auto" and "return_cell_states" in option:
+        return  # (the reference, compiled in the graph)
+    torch._dynamo.reset()
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="_forward_outside_the_graph"):
+        torch.compile(net, fullgraph=True)(x)
+
+
 @pytest.mark.parametrize("mode", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
 def test_opcheck_native_rnn_op(mode):
     """fusedrnn::native_rnn: schema, fake shapes and strides, autograd registration, padded
