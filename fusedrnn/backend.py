@@ -93,9 +93,11 @@ def cpu_autocast_fallback(device: torch.device) -> bool:
 def compiled_native() -> bool:
     """Whether a stack under torch.compile can run torch's op inside fusedrnn.native_ops'
     custom op: compiling, not exporting, and the op available."""
+    if not torch.compiler.is_compiling():
+        return False
     from fusedrnn import native_ops
     exporting_ = getattr(torch.compiler, "is_exporting", lambda: False)
-    return torch.compiler.is_compiling() and not exporting_() and native_ops.AVAILABLE
+    return not exporting_() and native_ops.AVAILABLE
 
 
 def exporting() -> bool:
