@@ -348,15 +348,17 @@ def _stack_backend(backend: str, input: Tensor, dropout: float, train: bool,
     chosen = _backend.resolve(backend, input.device, input.dtype, stack=True)
     fused_only = resets is not None or recurrent is not None or cell_states
     if (chosen == "native" and _backend.chose_by_auto(backend) and _backend.compiled_native()
-            and (fused_only or not native_ops.serves(dropout, train, num_layers))):
+            and (fused_only or not native_ops.serves(dropout, train, num_layers,
+                                                     input.device))):
         return "reference"
     return chosen
 
 
-def _compiled_native(dropout: float, train: bool, num_layers: int) -> bool:
+def _compiled_native(input: Tensor, dropout: float, train: bool, num_layers: int) -> bool:
     """Whether torch's op runs inside fusedrnn.native_ops' custom op: under torch.compile
     where it serves (elsewhere, and for backend="native" where it does not, ``_VF``)."""
-    return _backend.compiled_native() and native_ops.serves(dropout, train, num_layers)
+    return _backend.compiled_native() and native_ops.serves(dropout, train, num_layers,
+                                                            input.device)
 
 
 def _refuse_native(chosen: str, resets, recurrent=None) -> None:
@@ -395,9 +397,9 @@ def lstm(input: Tensor, batch_sizes: Tensor | None, hx: tuple[Tensor, Tensor], w
                          "or export) does not return the cell states (return_cell_states); "
                          "use backend='auto', 'reference' or 'triton'")
     if chosen == "native":
-        if _compiled_native(dropout, train, num_layers):
+        if _compiled_native(input, dropout, train, num_layers):
             return native_ops.run("lstm", input, batch_sizes, hx, weights, has_biases,
-                                  num_layers, train, bidirectional, batch_first)
+                                  num_layers, dropout, train, bidirectional, batch_first)
         if batch_sizes is None:
             return _VF.lstm(input, hx, weights, has_biases, num_layers, dropout, train,
                             bidirectional, batch_first)
@@ -417,9 +419,9 @@ def gru(input: Tensor, batch_sizes: Tensor | None, hx: Tensor, weights, has_bias
     chosen = _stack_backend(backend, input, dropout, train, num_layers, resets, recurrent)
     _refuse_native(chosen, resets, recurrent)
     if chosen == "native":
-        if _compiled_native(dropout, train, num_layers):
+        if _compiled_native(input, dropout, train, num_layers):
             return native_ops.run("gru", input, batch_sizes, hx, weights, has_biases,
-                                  num_layers, train, bidirectional, batch_first)
+                                  num_layers, dropout, train, bidirectional, batch_first)
         if batch_sizes is None:
             return _VF.gru(input, hx, weights, has_biases, num_layers, dropout, train,
                            bidirectional, batch_first)
@@ -441,9 +443,10 @@ def rnn(input: Tensor, batch_sizes: Tensor | None, hx: Tensor, weights, has_bias
     chosen = _stack_backend(backend, input, dropout, train, num_layers, resets, recurrent)
     _refuse_native(chosen, resets, recurrent)
     if chosen == "native":
-        if _compiled_native(dropout, train, num_layers):
+        if _compiled_native(input, dropout, train, num_layers):
             return native_ops.run(f"rnn_{nonlinearity}", input, batch_sizes, hx, weights,
-                                  has_biases, num_layers, train, bidirectional, batch_first)
+                                  has_biases, num_layers, dropout, train, bidirectional,
+                                  batch_first)
         op = _VF.rnn_tanh if nonlinearity == "tanh" else _VF.rnn_relu
         if batch_sizes is None:
             return op(input, hx, weights, has_biases, num_layers, dropout, train, bidirectional,

@@ -95,8 +95,9 @@ class _BackendMixin:
         option = "resets" if resets is not None else self._fused_only_option()
         if (chosen == "native" and stack and _backend.compiled_native()
                 and _backend.chose_by_auto(getattr(self, "backend", "auto"))
-                and not native_ops.serves(self.dropout, self.training, self.num_layers)):
-            return "reference"  # (torch.compile: inter-layer dropout, see native_ops)
+                and not native_ops.serves(self.dropout, self.training, self.num_layers,
+                                          x.device)):
+            return "reference"  # (torch.compile: cuDNN's inter-layer dropout, see native_ops)
         if chosen == "native" and option:
             if getattr(self, "backend", "auto") == "native" or _backend.exporting():
                 raise ValueError(f"fusedrnn: {option} is set, and torch's own op "
