@@ -187,14 +187,19 @@ def resolve(backend: str, device: torch.device, dtype: torch.dtype,
         elif (device.type == "cuda" and dtype in AUTO_TRITON_DTYPES
                 and triton_unavailable_reason(device, dtype) is None):
             return "triton"
-        if autocast_lstm and cpu_autocast_fallback(device):
-            return "reference"
         # torch's own RNN ops do not compile (graph break, or an AOT autograd failure with
         # fullgraph=True): a stack runs them inside a custom op (one graph node whatever the
         # sequence length), a layer or cell the reference, plain tensor code; torch.export
-        # records the reference's aten ops (an exported program that needs no fusedrnn)
+        # records the reference's aten ops (an exported program that needs no fusedrnn).
+        # Under CPU autocast the reference too, as before the op: whether oneDNN runs the
+        # LSTM there is probed by running it, which cannot happen while Dynamo traces, and
+        # the GRU's matmuls are autocast inside torch's op, which the op's compiled run did
+        # not repeat (its numbers came out in float32)
         if torch.compiler.is_compiling():
-            return "native" if stack and compiled_native() else "reference"
+            cpu_cast = device.type == "cpu" and torch.is_autocast_enabled("cpu")
+            return "native" if stack and not cpu_cast and compiled_native() else "reference"
+        if autocast_lstm and cpu_autocast_fallback(device):
+            return "reference"
         return "native"
     if backend == "triton":
         reason = triton_unavailable_reason(device, dtype)

@@ -116,6 +116,23 @@ def _native_nodes(gm):
     return sum(n.op == "call_function" and "native_rnn" in str(n.target) for n in gm.graph.nodes)
 
 
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_compile_under_cpu_autocast_computes_as_eager(mode):
+    """Under CPU autocast a compiled stack runs the reference, as before the op: eager's
+    dtypes and numbers within bf16's rounding (whether oneDNN runs the bf16 LSTM is probed by
+    running it, which cannot happen while Dynamo traces: that probe failed the compile)."""
+    fusedrnn.allow_compile()
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = getattr(fusedrnn, mode)(3, 4, num_layers=2, batch_first=True)
+    x = torch.randn(2, 5, 3)
+    compiled = torch.compile(m, fullgraph=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, want = compiled(x)[0], m(x)[0]
+    assert got.dtype == want.dtype
+    assert_close(got.float(), want.float(), 2e-2, mode)
+
+
 @pytest.mark.parametrize("backend, device", [("auto", "cpu"), ("native", "cpu")] + (
     [("native", "cuda")] if torch.cuda.is_available() else []))
 def test_compile_runs_torchs_op_as_one_node_for_every_length(backend, device):
