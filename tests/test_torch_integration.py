@@ -112,6 +112,13 @@ def _compile_recording(model, graphs, **kw):
     return torch.compile(model, backend=record, fullgraph=True, **kw)
 
 
+def _loss_grads(fn, x, net):
+    """[loss, its gradients w.r.t. x and every parameter of net] for loss = fn(x)."""
+    x = x.detach().requires_grad_()
+    loss = fn(x)
+    return [loss, *torch.autograd.grad(loss, [x, *net.parameters()])]
+
+
 def _native_nodes(gm):
     return sum(n.op == "call_function" and "native_rnn" in str(n.target) for n in gm.graph.nodes)
 
@@ -156,12 +163,6 @@ def test_compile_runs_torchs_op_as_one_node_for_every_length(backend, device):
     graphs = [g for g in graphs if len(g.graph.nodes)]  # (Dynamo may hand over empty ones)
     assert len(graphs) == 1, f"{len(graphs)} graphs for three lengths"
     assert _native_nodes(graphs[0]) == 3, graphs[0].graph
-
-
-def _loss_grads(fn, x, net):
-    x = x.detach().requires_grad_()
-    loss = fn(x)
-    return [loss, *torch.autograd.grad(loss, [x, *net.parameters()])]
 
 
 def test_compile_with_inter_layer_dropout_in_training_replays_the_masks():
@@ -209,8 +210,7 @@ def test_compile_runs_python_drawn_regularizers_outside_the_graph(option, backen
     for fn in (net, torch.compile(net)):
         torch._dynamo.reset()
         torch.manual_seed(1)
-        loss = fn(x)
-        results.append([loss, *torch.autograd.grad(loss, list(net.parameters()))])
+        results.append(_loss_grads(fn, x, net))
     for got, want in zip(*results):
         assert_close(got, want, 1e-6, str(option))
     if backend == "auto" and "return_cell_states" in option:
