@@ -16,7 +16,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check_layer_args,
+from fusedrnn.kernels.common import (TL_ACC, bwd_step, check, check_layer_args,
                                      compute_dtype, cudnn_tf32_gemms, dot_flags, empty,
                                      first_slot, fwd_step, gate_grad_dtype, grid_barrier, last_slot,
                                      like_layout, pointer_args, recurrent_gates, run_steps,
@@ -26,7 +26,7 @@ from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check
                                      restart_flags, restart_rows, restarted, restarted_prev,
                                      resets_args, zoneout_rate)
 from fusedrnn.kernels.pairing import Launch, run
-from fusedrnn.kernels.plan import plan_for
+from fusedrnn.kernels.plan import plan_blocks, plan_for
 
 
 @triton.jit
@@ -298,7 +298,7 @@ def gru_forward_steps(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, all
             HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast,
             **hm), B, dev)
     elif B > 0:
-        BB, BH, BK, warps = block_sizes(B, H, tensor_cores=not ieee)
+        BB, BH, BK, warps = plan_blocks(kplan, not ieee)
         args = dict(
             **pointer_args(xg=(xg, "tb"), w=(w_hh, ("",)), h=(hs, ("slot", "b")),
                            out=(out, "tb", "o"), ga=(gates, "tb")),
@@ -354,7 +354,7 @@ def gru_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
             IEEE=ieee, UPCAST=upcast, dcs_ptr=g, s_dcs_t=0, s_dcs_b=0, HAS_DCS=False,
             **hm), B, dev)
     elif B > 0:
-        BB, BH, BK, warps = block_sizes(B, H, tensor_cores=not ieee)
+        BB, BH, BK, warps = plan_blocks(kplan, not ieee)
         args = dict(
             **pointer_args(dg=(dg, "tb"), dxn=(dxn, "tb"), w=(w_hh, ("",)), g=(g, "b"),
                            do=(d_out, "tb"), ga=(gates, "tb"), h=(hs, ("slot", "b"))),

@@ -30,7 +30,7 @@ from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check
                                      init_slot, restart_flags, restarted, resets_args,
                                      restart_rows, restarted_prev, carried)
 from fusedrnn.kernels.pairing import Launch, run
-from fusedrnn.kernels.plan import plan_for
+from fusedrnn.kernels.plan import plan_blocks, plan_for
 
 
 @triton.jit
@@ -408,10 +408,11 @@ def lstm_bwd_kernel(
 # ----------------------------------------------------------------------------------------
 # launchers
 # ----------------------------------------------------------------------------------------
-def _tiling(B, H, K, tensor_cores, max_rows=64):
-    """Block sizes and tile counts of the gates (over H) and projection (over K) phases.
-    max_rows caps the batch rows of a tile (block_sizes allows 64)."""
-    BB, BH, BK, warps = block_sizes(min(B, max_rows), H, tensor_cores)
+def _tiling(kplan, B, H, K, tensor_cores, max_rows=64):
+    """Block sizes and tile counts of the gates (over H: the plan's, plan_blocks) and
+    projection (over K) phases. max_rows caps the batch rows of a tile (block_sizes allows
+    64)."""
+    BB, BH, BK, warps = plan_blocks(kplan, tensor_cores, max_rows)
     _, BP, _, warps_p = block_sizes(min(B, max_rows), K, tensor_cores)
     n_b = triton.cdiv(B, BB)
     return dict(BLOCK_B=BB, BLOCK_H=BH, BLOCK_P=BP, BLOCK_K=BK), \
@@ -482,7 +483,7 @@ def lstm_forward_steps(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse
             HAS_LENGTHS=lengths is not None, REVERSE=reverse, IEEE=ieee, UPCAST=upcast,
             **regs), B, dev)
     elif B > 0:
-        blocks, n_gate_tiles, n_proj_tiles, warps = _tiling(B, H, K, not ieee)
+        blocks, n_gate_tiles, n_proj_tiles, warps = _tiling(kplan, B, H, K, not ieee)
         args = dict(
             **pointer_args(xg=(xg, "tb"), w=(w_hh, ("",)), h=(hs, ("slot", "b")),
                            c=(cs, ("slot", "b")), out=(out, "tb", "o"), hr=(hraw, "tb"),
@@ -555,7 +556,7 @@ def lstm_backward_steps(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_h
         # the cell states' gradient is one more (rows x units) operand a step: at 64 x 32
         # fp32 it spilled (96 B, one access in the K loop on sm_80); 32 rows do not
         rows = 32 if d_cs is not None else 64
-        blocks, n_gate_tiles, n_proj_tiles, warps = _tiling(B, H, K, not ieee, rows)
+        blocks, n_gate_tiles, n_proj_tiles, warps = _tiling(kplan, B, H, K, not ieee, rows)
         args = dict(
             **pointer_args(dg=(dg, "tb"), w=(w_hh, ("",)), g=(g, "b"), do=(d_out, "tb"),
                            dhp=(dhp, "tb"), gc=(gc, "b"), ga=(gates, "tb"),

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check_layer_args,
+from fusedrnn.kernels.common import (TL_ACC, bwd_step, check, check_layer_args,
                                      compute_dtype, cudnn_tf32_gemms, dot_flags, empty,
                                      first_slot, fwd_step, gate_grad_dtype, grid_barrier, last_slot,
                                      like_layout, mm_tile, pointer_args, run_steps,
@@ -27,7 +27,7 @@ from fusedrnn.kernels.common import (TL_ACC, block_sizes, bwd_step, check, check
                                      init_slot, restart_flags, restart_rows, restarted_prev,
                                      resets_args)
 from fusedrnn.kernels.pairing import Launch, run
-from fusedrnn.kernels.plan import plan_for
+from fusedrnn.kernels.plan import plan_blocks, plan_for
 
 NONLINEARITIES = {"tanh": 1, "relu": 2}  # the kernels' RNN constexpr (0: not a plain RNN)
 
@@ -252,7 +252,7 @@ def rnn_forward_steps(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save,
             **ptrs, **common, c_ptr=hs, s_c_slot=0, s_c_b=0, bhn_ptr=hs, LSTM=False, RNN=act,
             HAS_BIAS=False, **zoneout_args(None)), B, dev)
     elif B > 0:
-        BB, BH, BK, warps = block_sizes(B, H, tensor_cores=not ieee)
+        BB, BH, BK, warps = plan_blocks(kplan, not ieee)
         n_tiles = triton.cdiv(B, BB) * triton.cdiv(H, BH)
         run_steps(rnn_fwd_kernel, dict(**ptrs, **common, RNN=act, BLOCK_B=BB, BLOCK_H=BH,
                                        BLOCK_K=BK), T, [({}, n_tiles)],
@@ -301,7 +301,7 @@ def rnn_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
             ACC=TL_ACC[acc], dcs_ptr=g, s_dcs_t=0, s_dcs_b=0, HAS_DCS=False,
             **zoneout_args(None)), B, dev)
     elif B > 0:
-        BB, BH, BK, warps = block_sizes(B, H, tensor_cores=not ieee)
+        BB, BH, BK, warps = plan_blocks(kplan, not ieee)
         n_tiles = triton.cdiv(B, BB) * triton.cdiv(H, BH)
         run_steps(rnn_bwd_kernel, dict(**ptrs, **common, BLOCK_B=BB, BLOCK_H=BH,
                                        BLOCK_K=BK), T, [({}, n_tiles)],

@@ -409,6 +409,9 @@ def main(argv=None):
     # code, and were 154 of the 385 builds, ~1.5 minutes of CPU of the suite's 15 on two
     # cores; the weight-stationary kernels' B=1 tilings are --stationary's)
     found = capture(args.hidden, batches=(64,), modes=("step", "sequence"))
+    # (B=64 takes tiles of 8 or 16 units on 132 SMs, plan.stream_blocks; a batch past the
+    # SMs, 32: the largest hidden size's streaming tiles at B=512)
+    found.update(capture(args.hidden[-1:], batches=(512,), modes=("sequence",)))
     found.update(capture(args.auto_hidden or args.hidden, batches=(64,), modes=("auto",)))
     # (sm_80: bf16, and the streaming kernels' sequence mode: its step mode is the same
     # tiles without the loop over time)

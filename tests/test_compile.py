@@ -41,6 +41,8 @@ def test_kernels_compile_for_sm80_and_sm90_without_spills(tmp_path, capsys):
     # both modes of each: one step per launch, and the whole sequence with grid barriers
     assert {r["config"].get("PERSISTENT") for r in rows} == {"True", "False", None}
     assert {r["target"] for r in rows} == {"sm_80", "sm_90"}
+    # the streaming tiles of every width the plan takes on 132 SMs (plan.stream_blocks)
+    assert {r["config"].get("BLOCK_H") for r in rows} >= {str(n) for n in plan.STREAM_UNITS}
     # (weight-stationary tilings the plan takes past its register budgets spill by design,
     # measured faster than streaming: compilecheck leaves them to _check_stationary)
     hot = [r for r in rows if r["hot_spills"] != 0]

@@ -239,6 +239,45 @@ def test_sequence_kernel_launches_do_not_grow_with_T(cell, H, B, poison, launche
     assert counts[0] == counts[1] == {"stationary_fwd_kernel": 1, "stationary_bwd_kernel": 1}
 
 
+@pytest.mark.parametrize("mode", ["sequence", "step"])
+@pytest.mark.parametrize("units", [8, 16])
+@pytest.mark.parametrize("cell", ["lstm", "lstm-proj", "gru", "rnn"])
+def test_streaming_narrow_tiles_match_the_reference(cell, units, mode, poison, launches,
+                                                    monkeypatch):
+    """The streaming kernels at tiles of 8 and 16 units (plan.stream_blocks: what a GPU
+    takes where 32-unit tiles would leave SMs idle, 16-bit H=2048 on 132 SMs; the
+    interpreter's one program would take 32): H=40 as 5 or 3 tiles, the last one partial,
+    lengths and reverse, forward and every gradient, against the reference; one launch a
+    pass, or (step) a grid of every tile a step. The LSTM also with proj_size=7 (its
+    projection's phase keeps its own tiles)."""
+    from fusedrnn.kernels import gru, lstm, plan as planning, rnn
+
+    monkeypatch.setenv(planning.KERNEL_ENV, mode)
+    monkeypatch.setattr(planning, "FORCED_STREAM_UNITS", units)
+    name = cell.split("-")[0]
+    mod = {"lstm": lstm, "gru": gru, "rnn": rnn}[name]
+    taken = []
+
+    def spy(*args, **kwargs):
+        blocks = planning.plan_blocks(*args, **kwargs)
+        taken.append(blocks[1])
+        return blocks
+
+    monkeypatch.setattr(mod, "plan_blocks", spy)
+    H, B = 40, 3
+    if name == "lstm":
+        args = _lstm_args(4, B, 5, H, 7 if cell == "lstm-proj" else 0, True, F64, True)
+        _compare(functional.lstm_layer, args, True, TOL[F64])
+    elif name == "gru":
+        _compare(functional.gru_layer, _gru_args(4, B, 5, H, True, F64, True), True, TOL[F64])
+    else:
+        _compare(_rnn_layer("tanh"), _rnn_args(4, B, 5, H, True, F64, True), True, TOL[F64])
+    # (the float64 reference's run launches nothing; step mode a launch a step and phase)
+    n = 1 if mode == "sequence" else 8 if cell == "lstm-proj" else 4
+    assert dict(launches) == {f"{name}_fwd_kernel": n, f"{name}_bwd_kernel": n}
+    assert taken and set(taken) == {units}
+
+
 def _one_stationary_layer_matches(cell, B, H, launches):
     """A layer of ``cell`` (4 steps, lengths, reverse) against the reference, forward and
     every gradient, in one weight-stationary launch a pass."""

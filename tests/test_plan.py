@@ -35,6 +35,28 @@ def test_never_more_programs_than_sms_and_fallbacks_have_a_reason():
                         assert p["weights_on_chip"] and p["programs"] == p["tiles"]
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_streaming_tiles_fill_the_sms(cell):
+    """Where W_hh cannot stay on chip (16-bit H >= 1536 on 132 SMs), the streaming kernels'
+    tiles (plan.stream_blocks) take fewer units so that about every SM streams a share
+    of W_hh: 32-unit tiles made 64 programs at H=2048 and 48 at H=1536 (measured 0.4-0.95x
+    cuDNN at H=2048 on the H200). Past the SMs (B=512) the tiles stay 32 units; the
+    interpreter's one program takes block_sizes' own."""
+    for B, H, bh, programs in ((1, 2048, 16, 128), (8, 2048, 16, 128), (32, 1536, 16, 96),
+                               (32, 2048, 16, 128), (512, 2048, 32, 132)):
+        for backward in (False, True):
+            p = plan(cell, torch.bfloat16, B, H, sm_count=132, training=True,
+                     backward=backward)
+            assert p["kernel"] == "sequence" and not p["weights_on_chip"], p
+            assert (p["BLOCK_H"], p["programs"]) == (bh, programs), (B, H, backward, p)
+            assert planning.plan_blocks(p, True) == tuple(
+                p[k] for k in ("BLOCK_B", "BLOCK_H", "BLOCK_K", "warps"))
+    assert planning.stream_blocks(cell, 8, 2048, True, 1, False)[1] == 32
+    # fewer rows a tile (the LSTM's backward with the cell states' gradient)
+    p = plan(cell, torch.bfloat16, 64, 2048, sm_count=132, training=True, backward=True)
+    assert planning.plan_blocks(p, True, max_rows=32)[0] == 32
+
+
 def test_projection_is_weight_stationary_and_exact_fp32_streams():
     """proj_size (plan.proj_tiling): the forward weight-stationary with the projection's
     phase (each unit group's programs project 16 units of P from m_t, W_hr's rows on
