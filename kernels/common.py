@@ -392,7 +392,8 @@ def gate_grad_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def block_sizes(batch: int, width: int, tensor_cores: bool = False,
-                block_n: int | None = None) -> tuple[int, int, int, int]:
+                block_n: int | None = None, block_k: int | None = None
+                ) -> tuple[int, int, int, int]:
     """(BLOCK_B, BLOCK_N, BLOCK_K, num_warps) for a step kernel: batch rows and output
     columns per program, the reduction chunk, and warps. A rule, not autotuning, and never
     a function of T. tl.dot needs M and K >= 16 (N >= 8: plan.STREAM_UNITS). Register
@@ -406,11 +407,12 @@ def block_sizes(batch: int, width: int, tensor_cores: bool = False,
     (cp.async, a block barrier, on sm_90 the wgmma fence and wait) for one chunk's MMAs: at
     16 deep, bf16 B=512 H=1024, the forward's loop ran 64 of them a tile and step, 4 HGMMA
     each, and the backward's (K = 4H) 256, one HMMA each. 64 deep: 16 and 64 rounds, 112-151
-    registers, no spill, 37-74 KB of shared memory (sm_90). block_n: the output columns
-    chosen elsewhere (plan.stream_blocks), the warps then by them."""
+    registers, no spill, 37-74 KB of shared memory (sm_90). block_n, block_k: the output
+    columns and the chunk chosen elsewhere (plan.stream_blocks), the warps then by them."""
     block_b = min(64, max(16, triton.next_power_of_2(batch)))
     block_n = block_n or min(32, max(16, triton.next_power_of_2(width)))
-    block_k = min(64, max(16, triton.next_power_of_2(width))) if tensor_cores else 16
+    block_k = block_k or (min(64, max(16, triton.next_power_of_2(width))) if tensor_cores
+                          else 16)
     warps = 8 if block_b * block_n >= 1024 else 4
     return block_b, block_n, block_k, warps
 

@@ -232,34 +232,51 @@ _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 # gate gradients, G per row), each K chunk by K chunk. At 32 units, 16-bit LSTM and GRU at
 # H=2048, B <= 32 made 64 programs on 132 SMs, each streaming 512 KB of W_hh a step (H200,
 # bf16 LSTM B=8: 29.9 us a step against cuDNN's 19.5; GRU 27.3 against 23.3), and H=1536
-# 48. Halving the tile halves what a program reads a step, in as many K chunks.
+# 48. Halving the tile halves what a program reads a step; and since each K chunk pays a
+# round of waits (block_sizes), a narrower tile takes deeper chunks (up to STREAM_MAX_K)
+# while a chunk's operands stay within a 32-unit, 64-row, 64-deep tile's: half the rounds
+# a step at half the tile, and no more shared memory for the K loop's pipeline than those
+# tiles took (the buffers of 3 stages: fp32 LSTM forward 144 KB on sm_90; 96 KB on sm_80
+# and sm_86, 2 buffers, within an RTX 3090's 99 KB).
 STREAM_UNITS = (32, 16, 8)
+STREAM_MAX_K = 256
 # Tests: streaming tiles of this many units whatever the rule (the interpreter's one
 # program takes the largest tile; the smaller ones' masks and offsets are run there so).
 FORCED_STREAM_UNITS = None
 
 
 def stream_blocks(cell: str, B: int, H: int, tensor_cores: bool, sm_count: int,
-                  cuda: bool, backward: bool = False, max_rows: int = 64
-                  ) -> tuple[int, int, int, int]:
+                  cuda: bool, backward: bool = False, max_rows: int = 64,
+                  K: int | None = None) -> tuple[int, int, int, int]:
     """(BLOCK_B, BLOCK_H, BLOCK_K, num_warps) of the streaming and step kernels of ``cell``
-    over H units: block_sizes' batch rows (at most ``max_rows``) and K chunk, and the units
-    a tile (STREAM_UNITS) whose programs read the fewest elements a step on a GPU with
-    ``sm_count`` SMs: rounds of tiles a program (tiles over SMs) times a tile's W_hh rows
-    plus its state (or gate-gradient) rows, the fewer units on a tie. Under the
-    interpreter (``cuda`` False: one program) block_sizes' own."""
-    bb, bh, bk, warps = block_sizes(min(B, max_rows), H, tensor_cores)
+    over H units with a state K wide (proj_size, else H): block_sizes' batch rows (at most
+    ``max_rows``) and K chunk, and the units a tile (STREAM_UNITS) whose programs read the
+    fewest elements a step on a GPU with ``sm_count`` SMs: rounds of tiles a program (tiles
+    over SMs) times a tile's W_hh rows plus its state (or gate-gradient) rows, the fewer
+    units on a tie; a tile narrowed so, on the tensor cores, deeper K chunks (see
+    STREAM_UNITS). Under the interpreter (``cuda`` False: one program) block_sizes'
+    own."""
+    rows = min(B, max_rows)
+    bb, bh, bk, warps = block_sizes(rows, H, tensor_cores)
     g = _GATES[cell]
 
     def per_program(n):  # (elements a program reads a step, over K; then the wider tile)
         tiles = triton.cdiv(B, bb) * triton.cdiv(H, n)
         return triton.cdiv(tiles, sm_count) * (g * n + (g if backward else 1) * bb), -n
 
+    def chunk(n, k, b):  # elements of a K chunk's operands: W_hh's (all gates forward), state's
+        return ((1 if backward else g) * n + b) * k
+
     if FORCED_STREAM_UNITS:
         bh = FORCED_STREAM_UNITS
     elif cuda:
-        bh = min((n for n in STREAM_UNITS if n <= bh), key=per_program)
-    return block_sizes(min(B, max_rows), H, tensor_cores, bh)
+        narrowest = min((n for n in STREAM_UNITS if n <= bh), key=per_program)
+        if tensor_cores and narrowest < bh:
+            deepest = min(STREAM_MAX_K, triton.next_power_of_2(min(H, K or H)))
+            while 2 * bk <= deepest and chunk(narrowest, 2 * bk, bb) <= chunk(32, 64, 64):
+                bk *= 2
+        bh = narrowest
+    return block_sizes(rows, H, tensor_cores, bh, bk)
 
 
 def plan_blocks(p: dict, tensor_cores: bool, max_rows: int = 64
@@ -268,7 +285,9 @@ def plan_blocks(p: dict, tensor_cores: bool, max_rows: int = 64
     launcher runs (max_rows: fewer batch rows a tile, as the LSTM's backward with the cell
     states' gradient)."""
     return stream_blocks(p["cell"], p["B"], p["H"], tensor_cores, p["sm_count"], p["cuda"],
-                         p["pass"] == "backward", max_rows)
+                         p["pass"] == "backward", max_rows, p["K"])
+
+
 # The forward's K runs (k_runs): 4, one warp each, one per SM sub-partition. 8 spilled on
 # Triton 3.6 (GRU, fp16 H=768 BB=16: 24 B, 6 accesses in the time step) and needed more
 # shared memory for the sum over the runs than the staged h chunk.
@@ -825,7 +844,7 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
                 why_not += f" within {smem_limit // 1024} KB of shared memory a program"
     if choice == "stationary":
         why_not = f"{KERNEL_ENV}=stationary, but {why_not}"
-    bb, bh, bk, warps = stream_blocks(cell, B, H, not ieee, sm_count, cuda, backward)
+    bb, bh, bk, warps = stream_blocks(cell, B, H, not ieee, sm_count, cuda, backward, K=K)
     tiles = triton.cdiv(B, bb) * triton.cdiv(H, bh)
     if choice in ("step", "sequence"):
         kernel = choice

@@ -40,8 +40,9 @@ def test_streaming_tiles_fill_the_sms(cell):
     """Where W_hh cannot stay on chip (16-bit H >= 1536 on 132 SMs), the streaming kernels'
     tiles (plan.stream_blocks) take fewer units so that about every SM streams a share
     of W_hh: 32-unit tiles made 64 programs at H=2048 and 48 at H=1536 (measured 0.4-0.95x
-    cuDNN at H=2048 on the H200). Past the SMs (B=512) the tiles stay 32 units; the
-    interpreter's one program takes block_sizes' own."""
+    cuDNN at H=2048 on the H200). A narrower tile, K chunks twice as deep (128), as many
+    elements a chunk as a 32-unit tile's of 64 rows. Past the SMs (B=512) the tiles stay
+    32 units, 64 deep; the interpreter's one program takes block_sizes' own."""
     for B, H, bh, programs in ((1, 2048, 16, 128), (8, 2048, 16, 128), (32, 1536, 16, 96),
                                (32, 2048, 16, 128), (512, 2048, 32, 132)):
         for backward in (False, True):
@@ -49,6 +50,7 @@ def test_streaming_tiles_fill_the_sms(cell):
                      backward=backward)
             assert p["kernel"] == "sequence" and not p["weights_on_chip"], p
             assert (p["BLOCK_H"], p["programs"]) == (bh, programs), (B, H, backward, p)
+            assert p["BLOCK_K"] == (128 if bh < 32 else 64), (B, H, backward, p)
             assert planning.plan_blocks(p, True) == tuple(
                 p[k] for k in ("BLOCK_B", "BLOCK_H", "BLOCK_K", "warps"))
     assert planning.stream_blocks(cell, 8, 2048, True, 1, False)[1] == 32
