@@ -42,11 +42,12 @@ ONLY_IF_DIFFERENT = ("fused-splitk", "fused-ll", "fused-red", "fused-narrow",
 
 
 def plan_of(m, impl, x) -> dict:
-    """The plan (fusedrnn.explain) of layer 0, forward direction, as the row records it."""
+    """The plan (fusedrnn.explain) of layer 0, forward direction, as the row records it
+    (a streaming pass's tiles too: plan.stream_blocks)."""
     with _kernel_variant(impl):
         p = fusedrnn.explain(m, x)[0]
     keys = ("kernel", "programs", "weights_on_chip", "reason", "U", "BB", "split", "ksplit",
-            "warps", "ll", "red")
+            "warps", "ll", "red", "BLOCK_B", "BLOCK_H", "BLOCK_K")
     return {**{k: p[k] for k in keys if k in p},
             "backward": {k: p["backward"][k] for k in keys if k in p["backward"]}}
 

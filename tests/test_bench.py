@@ -105,6 +105,10 @@ def test_gpu_micro_script_runs_each_kernel(tmp_path):
     # interpreter the baseline, triton-interp, is weight-stationary already)
     assert all(r["status"] in ("ok", "same") for r in targets)
     assert any(r["status"] == "ok" for r in targets if r["impl"] == "fused-seq")
+    # (a streaming row records its tiles, plan.stream_blocks: the next GPU run's rows say
+    # which units and K chunks they timed)
+    assert all({"BLOCK_H", "BLOCK_K"} <= set(r["plan"]) for r in targets
+               if r["impl"] == "fused-seq" and r["status"] == "ok")
     assert {r["plan"]["kernel"] for r in targets if r["impl"] == "fused-stationary"} \
         == {"stationary"}
 
