@@ -240,9 +240,11 @@ _GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 # and sm_86, 2 buffers, within an RTX 3090's 99 KB).
 STREAM_UNITS = (32, 16, 8)
 STREAM_MAX_K = 256
-# Tests: streaming tiles of this many units whatever the rule (the interpreter's one
-# program takes the largest tile; the smaller ones' masks and offsets are run there so).
+# Tests: streaming tiles of this many units, and K chunks this deep, whatever the rule (the
+# interpreter's one program takes the largest tile and block_sizes' chunk; the narrower
+# tiles' and deeper chunks' masks and offsets are run there so).
 FORCED_STREAM_UNITS = None
+FORCED_STREAM_K = None
 
 
 def stream_blocks(cell: str, B: int, H: int, tensor_cores: bool, sm_count: int,
@@ -276,7 +278,7 @@ def stream_blocks(cell: str, B: int, H: int, tensor_cores: bool, sm_count: int,
             while 2 * bk <= deepest and chunk(narrowest, 2 * bk, bb) <= chunk(32, 64, 64):
                 bk *= 2
         bh = narrowest
-    return block_sizes(rows, H, tensor_cores, bh, bk)
+    return block_sizes(rows, H, tensor_cores, bh, FORCED_STREAM_K or bk)
 
 
 def plan_blocks(p: dict, tensor_cores: bool, max_rows: int = 64

@@ -240,31 +240,33 @@ def test_sequence_kernel_launches_do_not_grow_with_T(cell, H, B, poison, launche
 
 
 @pytest.mark.parametrize("mode", ["sequence", "step"])
-@pytest.mark.parametrize("units", [8, 16])
+@pytest.mark.parametrize("units,depth", [(8, None), (16, None), (16, 128)])
 @pytest.mark.parametrize("cell", ["lstm", "lstm-proj", "gru", "rnn"])
-def test_streaming_narrow_tiles_match_the_reference(cell, units, mode, poison, launches,
-                                                    monkeypatch):
+def test_streaming_narrow_tiles_match_the_reference(cell, units, depth, mode, poison,
+                                                    launches, monkeypatch):
     """The streaming kernels at tiles of 8 and 16 units (plan.stream_blocks: what a GPU
     takes where 32-unit tiles would leave SMs idle, 16-bit H=2048 on 132 SMs; the
     interpreter's one program would take 32): H=40 as 5 or 3 tiles, the last one partial,
     lengths and reverse, forward and every gradient, against the reference; one launch a
     pass, or (step) a grid of every tile a step. The LSTM also with proj_size=7 (its
-    projection's phase keeps its own tiles)."""
+    projection's phase keeps its own tiles). And 16 units with K chunks 128 deep (a
+    narrowed tile's on a GPU): H=160, two chunks, the second partial."""
     from fusedrnn.kernels import gru, lstm, plan as planning, rnn
 
     monkeypatch.setenv(planning.KERNEL_ENV, mode)
     monkeypatch.setattr(planning, "FORCED_STREAM_UNITS", units)
+    monkeypatch.setattr(planning, "FORCED_STREAM_K", depth)
     name = cell.split("-")[0]
     mod = {"lstm": lstm, "gru": gru, "rnn": rnn}[name]
     taken = []
 
     def spy(*args, **kwargs):
         blocks = planning.plan_blocks(*args, **kwargs)
-        taken.append(blocks[1])
+        taken.append(blocks[1:3])
         return blocks
 
     monkeypatch.setattr(mod, "plan_blocks", spy)
-    H, B = 40, 3
+    H, B = (40, 3) if depth is None else (160, 3)
     if name == "lstm":
         args = _lstm_args(4, B, 5, H, 7 if cell == "lstm-proj" else 0, True, F64, True)
         _compare(functional.lstm_layer, args, True, TOL[F64])
@@ -275,7 +277,8 @@ def test_streaming_narrow_tiles_match_the_reference(cell, units, mode, poison, l
     # (the float64 reference's run launches nothing; step mode a launch a step and phase)
     n = 1 if mode == "sequence" else 8 if cell == "lstm-proj" else 4
     assert dict(launches) == {f"{name}_fwd_kernel": n, f"{name}_bwd_kernel": n}
-    assert taken and set(taken) == {units}
+    assert taken and {bh for bh, _ in taken} == {units}
+    assert depth is None or {bk for _, bk in taken} == {depth}
 
 
 def _one_stationary_layer_matches(cell, B, H, launches):
