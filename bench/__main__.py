@@ -9,7 +9,9 @@ in training where the plan's own backward is another) and fused-ll (the weight-s
 forward exchanging h as LL words instead of meeting at a barrier, kernels/ll.py; timed only
 where the forward is weight-stationary) and fused-red (the weight-stationary kernels'
 barriers arriving with a red.release; likewise) and fused-narrow (16-bit LSTM/GRU on the
-narrow 16-unit tiles, where resident and not the plan's own); --impls names others (fused-step;
+narrow 16-unit tiles, where resident and not the plan's own) and fused-stream32 (the
+streaming kernels on 32-unit tiles and 64-deep K chunks, where the plan streams on narrower
+ones); --impls names others (fused-step;
 fused-resets, resets passed but none set, which times the in-kernel restarts; reference,
 native-nocudnn). Without a GPU: the Triton kernels under the interpreter at a tiny size as
 a correctness smoke test, and CPU timings of auto/native/reference against torch.nn.
@@ -73,7 +75,7 @@ def parse(argv):
 
 
 GPU_IMPLS = ["cudnn", "fused", "fused-seq", "fused-stationary", "fused-splitk", "fused-ll",
-             "fused-red", "fused-narrow"]
+             "fused-red", "fused-narrow", "fused-stream32"]
 
 
 def gpu_configs(args):

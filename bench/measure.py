@@ -27,7 +27,7 @@ L2_BYTES = 64 * 2 ** 20  # inputs rotate through copies until they exceed this (
 KERNEL_VARIANTS = {"fused": "auto", "fused-step": "step", "fused-seq": "sequence",
                    "fused-stationary": "stationary", "fused-resets": "auto",
                    "fused-splitk": "splitk", "fused-ll": "ll", "fused-red": "red",
-                   "fused-narrow": "narrow",
+                   "fused-narrow": "narrow", "fused-stream32": "stream32",
                    "triton-interp": "auto", "triton-interp-step": "step"}
 # variants timed only where their plan is not one an earlier row of the configuration ran
 # (fused-splitk: the backward split over K where the plan's own backward is another; where
@@ -36,9 +36,10 @@ KERNEL_VARIANTS = {"fused": "auto", "fused-step": "step", "fused-seq": "sequence
 # the barriers arriving with a red.release, where a pass is weight-stationary;
 # fused-narrow: 16-bit LSTM/GRU on the narrow 16-unit tiles, where they are resident and
 # the plan's own tiles are others; fused-stationary: where fused is weight-stationary
-# already): status "same", same_as
+# already; fused-stream32: the streaming kernels' 32-unit tiles and 64-deep chunks, where a
+# pass streams on narrower ones, plan.stream_blocks): status "same", same_as
 ONLY_IF_DIFFERENT = ("fused-splitk", "fused-ll", "fused-red", "fused-narrow",
-                     "fused-stationary")
+                     "fused-stationary", "fused-stream32")
 
 
 def plan_of(m, impl, x) -> dict:

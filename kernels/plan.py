@@ -14,7 +14,8 @@ The kernels (GUIDE section 3):
 - ``sequence``: the streaming sequence kernel (one launch, programs loop over tiles, W_hh
   re-read from L2 every step): where the slice does not fit on chip.
 - ``step``: one launch per step: where a step has far more tiles than the GPU has SMs.
-``FUSEDRNN_KERNEL=step|sequence|stationary|splitk|ll|red|narrow`` overrides the choice.
+``FUSEDRNN_KERNEL=step|sequence|stationary|splitk|ll|red|narrow|stream32`` overrides the
+choice.
 """
 from __future__ import annotations
 
@@ -40,7 +41,11 @@ KERNEL_ENV = "FUSEDRNN_KERNEL"  # "auto" | "step" | "sequence" | "stationary" | 
 # 16-unit tiles (NARROW_UNITS) wherever one is resident, before 4 or 8 units: what the
 # fused-narrow rows time against the 8-unit tiles on one GPU (an H200 times there what an
 # A100 or an H100 PCIe plans at H=1024).
-KERNELS = ("auto", "step", "sequence", "stationary", "splitk", "ll", "red", "narrow")
+# "stream32": the plan's own choice, except that the streaming kernels keep 32-unit tiles
+# and block_sizes' K chunks (what they ran before stream_blocks): what the fused-stream32
+# rows time against the plan's narrower, deeper tiles where W_hh streams.
+KERNELS = ("auto", "step", "sequence", "stationary", "splitk", "ll", "red", "narrow",
+           "stream32")
 
 # Bytes of W_hh one program may keep in shared memory: an H100/H200 block gets up to 227 KB;
 # the rest is left for the h chunks and the layout conversions of the gate split.
@@ -271,7 +276,7 @@ def stream_blocks(cell: str, B: int, H: int, tensor_cores: bool, sm_count: int,
 
     if FORCED_STREAM_UNITS:
         bh = FORCED_STREAM_UNITS
-    elif cuda:
+    elif cuda and kernel_choice() != "stream32":
         narrowest = min((n for n in STREAM_UNITS if n <= bh), key=per_program)
         if tensor_cores and narrowest < bh:
             deepest = min(STREAM_MAX_K, triton.next_power_of_2(min(H, K or H)))
@@ -782,7 +787,8 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
         # (forced, as the tests force it in exact fp32 on a GPU, it runs: correct, not fast)
         why_not = ("exact fp32 (allow_tf32 off) runs its dots on FMAs with W in registers, "
                    "which does not fit on chip")
-    if why_not is None and choice in ("auto", "stationary", "splitk", "ll", "red", "narrow"):
+    if why_not is None and choice in ("auto", "stationary", "splitk", "ll", "red", "narrow",
+                                      "stream32"):
         # (a projection: no wide tiles, LL words, red.release nor split-K; see
         # PROJ_MIN_UNITS)
         st = _stationary(cell, dtype, B, H, sm_count, choice == "stationary" or not cuda,

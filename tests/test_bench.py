@@ -241,3 +241,19 @@ def test_splitk_variant_is_timed_only_where_its_plan_differs(monkeypatch):
     infer = by["inference"]["fused-splitk"]
     assert infer["status"] == "same" and infer["same_as"] == "fused" and "error" not in infer
     assert "same" in report.table(list(by["inference"].values()))
+
+
+def test_stream32_variant_runs_only_where_its_tiles_differ():
+    """fused-stream32 (FUSEDRNN_KERNEL=stream32: the streaming kernels' 32-unit tiles and
+    64-deep chunks of before plan.stream_blocks) is a GPU variant: under the interpreter
+    (one program, block_sizes' tiles whatever the choice) its plan is fused's, so it is not
+    run again (test_plan checks the tiles it takes on a GPU's plan)."""
+    from bench import __main__ as bench_main
+
+    assert "fused-stream32" in bench_main.GPU_IMPLS
+    cfg = configs.Config("gru", "fp32", "training", 3, 20, 3, 4)
+    rows = measure.measure(cfg, ["torch.nn", "fused", "fused-stream32"], "torch.nn",
+                           torch.device("cpu"), time_it=False)
+    by = {r["impl"]: r for r in rows}
+    assert by["fused"]["status"] == "ok" and by["fused-stream32"]["status"] == "same"
+    assert by["fused-stream32"]["same_as"] == "fused"

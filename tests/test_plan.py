@@ -59,6 +59,23 @@ def test_streaming_tiles_fill_the_sms(cell):
     assert planning.plan_blocks(p, True, max_rows=32)[0] == 32
 
 
+def test_stream32_keeps_the_streaming_tiles_of_before(monkeypatch):
+    """FUSEDRNN_KERNEL=stream32 (the bench's fused-stream32 rows): where a pass streams, the
+    32-unit tiles and 64-deep K chunks of before plan.stream_blocks; elsewhere the plan's
+    own choice."""
+    monkeypatch.setenv(planning.KERNEL_ENV, "stream32")
+    for backward in (False, True):
+        p = plan("lstm", torch.bfloat16, 8, 2048, sm_count=132, training=True,
+                 backward=backward)
+        assert (p["kernel"], p["BLOCK_H"], p["BLOCK_K"], p["programs"]) == (
+            "sequence", 32, 64, 64), p
+        assert planning.plan_blocks(p, True)[1:3] == (32, 64)
+    p = plan("lstm", torch.float16, 16, 768, sm_count=132)
+    monkeypatch.delenv(planning.KERNEL_ENV)
+    assert p == plan("lstm", torch.float16, 16, 768, sm_count=132)
+    assert p["kernel"] == "stationary"
+
+
 def test_projection_is_weight_stationary_and_exact_fp32_streams():
     """proj_size (plan.proj_tiling): the forward weight-stationary with the projection's
     phase (each unit group's programs project 16 units of P from m_t, W_hr's rows on
