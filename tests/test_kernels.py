@@ -239,8 +239,8 @@ def test_sequence_kernel_launches_do_not_grow_with_T(cell, H, B, poison, launche
     assert counts[0] == counts[1] == {"stationary_fwd_kernel": 1, "stationary_bwd_kernel": 1}
 
 
-@pytest.mark.parametrize("mode", ["sequence", "step"])
-@pytest.mark.parametrize("units,depth", [(8, None), (16, None), (16, 128)])
+@pytest.mark.parametrize("units,depth,mode", [(8, None, "sequence"), (8, None, "step"),
+                                              (16, None, "sequence"), (16, 128, "sequence")])
 @pytest.mark.parametrize("cell", ["lstm", "lstm-proj", "gru", "rnn"])
 def test_streaming_narrow_tiles_match_the_reference(cell, units, depth, mode, poison,
                                                     launches, monkeypatch):
@@ -248,9 +248,10 @@ def test_streaming_narrow_tiles_match_the_reference(cell, units, depth, mode, po
     takes where 32-unit tiles would leave SMs idle, 16-bit H=2048 on 132 SMs; the
     interpreter's one program would take 32): H=40 as 5 or 3 tiles, the last one partial,
     lengths and reverse, forward and every gradient, against the reference; one launch a
-    pass, or (step) a grid of every tile a step. The LSTM also with proj_size=7 (its
-    projection's phase keeps its own tiles). And 16 units with K chunks 128 deep (a
-    narrowed tile's on a GPU): H=160, two chunks, the second partial."""
+    pass, or (step mode, at 8 units: the same tiles a launch a step) a grid of every tile a
+    step. The LSTM also with proj_size=7 (its projection's phase keeps its own tiles). And
+    16 units with K chunks 128 deep (a narrowed tile's on a GPU): H=160, two chunks, the
+    second partial. (16 cases: the GPU script runs them natively, each a compile.)"""
     from fusedrnn.kernels import gru, lstm, plan as planning, rnn
 
     monkeypatch.setenv(planning.KERNEL_ENV, mode)
