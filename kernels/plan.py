@@ -264,7 +264,7 @@ def stream_blocks(cell: str, B: int, H: int, tensor_cores: bool, sm_count: int,
     STREAM_UNITS). Under the interpreter (``cuda`` False: one program) block_sizes'
     own."""
     rows = min(B, max_rows)
-    bb, bh, bk, warps = block_sizes(rows, H, tensor_cores)
+    bb, bh, bk, _ = block_sizes(rows, H, tensor_cores)
     g = _GATES[cell]
 
     def per_program(n):  # (elements a program reads a step, over K; then the wider tile)
@@ -787,8 +787,7 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
         # (forced, as the tests force it in exact fp32 on a GPU, it runs: correct, not fast)
         why_not = ("exact fp32 (allow_tf32 off) runs its dots on FMAs with W in registers, "
                    "which does not fit on chip")
-    if why_not is None and choice in ("auto", "stationary", "splitk", "ll", "red", "narrow",
-                                      "stream32"):
+    if why_not is None and choice not in ("step", "sequence"):
         # (a projection: no wide tiles, LL words, red.release nor split-K; see
         # PROJ_MIN_UNITS)
         st = _stationary(cell, dtype, B, H, sm_count, choice == "stationary" or not cuda,
