@@ -43,10 +43,12 @@ FUSED_ATTRIBUTES = ("backend",) + FUSED_OPTIONS
 
 
 def torch_twin(module: nn.Module, cls: type | None = None) -> nn.Module:
-    """The torch.nn module a drop-in subclasses (or ``cls``), sharing its state: the very
-    same parameter objects, without fusedrnn's own attributes."""
+    """The torch.nn module a drop-in subclasses (or ``cls``; for a user's subclass made a
+    drop-in by convert, that subclass), sharing its state: the very same parameter objects,
+    without fusedrnn's own attributes."""
     if cls is None:
-        cls = next(c for c in type(module).__mro__ if c.__module__ == "torch.nn.modules.rnn")
+        cls = getattr(type(module), "_fusedrnn_subclass", None) or next(
+            c for c in type(module).__mro__ if c.__module__ == "torch.nn.modules.rnn")
     twin = share_state(module, cls)
     for name in FUSED_ATTRIBUTES:
         twin.__dict__.pop(name, None)

@@ -1,5 +1,7 @@
 """convert() keeps the very same parameters; state_dict and repr match torch's both ways."""
+import abc
 import copy
+import io
 import pickle
 
 import pytest
@@ -95,7 +97,7 @@ def test_convert_keeps_parametrizations(parametrization):
     """A torch RNN module with a parametrized weight (torch.nn.utils.parametrize makes its
     class Parametrized<Cls>, a subclass of torch's) becomes the drop-in parametrized the
     same way: the same outputs on the kernels, gradients on the parametrization's
-    originals, the same state_dict keys. A user's subclass is still left alone."""
+    originals, the same state_dict keys."""
     make = getattr(torch.nn.utils.parametrizations, parametrization)
     model = nn.Sequential(make(nn.LSTM(3, 4, num_layers=2), "weight_hh_l1"))
     x = torch.randn(5, 2, 3)
@@ -110,11 +112,85 @@ def test_convert_keeps_parametrizations(parametrization):
     assert list(model[0].parametrizations.weight_hh_l1.parameters()) == originals
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in originals)
 
-    class Mine(nn.GRU):
-        pass
 
-    mine = Mine(2, 3)
-    assert fusedrnn.convert(mine) is mine
+class ZeroLengthLSTM(abc.ABC, nn.LSTM):
+    """As pytorch-forecasting's LSTM (models/nn/rnn.py, under its TemporalFusionTransformer,
+    DeepAR and RecurrentNetwork): an ABC over torch's class whose forward takes more
+    arguments and calls torch's through super()."""
+
+    @abc.abstractmethod
+    def scale(self) -> float:
+        ...
+
+    def forward(self, x, hx=None, lengths=None):
+        if lengths is None:
+            return super().forward(x * self.scale(), hx=hx)
+        packed = nn.utils.rnn.pack_padded_sequence(x * self.scale(), lengths.clamp(min=1),
+                                                   enforce_sorted=False)
+        out, state = super().forward(packed, hx)
+        return nn.utils.rnn.pad_packed_sequence(out)[0], state
+
+
+class Halved(ZeroLengthLSTM):
+    def scale(self) -> float:
+        return 0.5
+
+
+class PlainGRU(nn.GRU):
+    pass
+
+
+def _state_dicts_equal(a, b):
+    assert list(a) == list(b) and all(a[k] is b[k] or torch.equal(a[k], b[k]) for k in a)
+
+
+def test_convert_makes_a_users_subclass_a_drop_in(launches):
+    """A user's subclass of a torch RNN class becomes an instance of (subclass, drop-in):
+    its own forward and methods run, torch's forward under them is the kernels'; same
+    parameter objects, state_dict, repr and isinstance; deep copies, pickles and
+    torch.save keep its class; unconvert and scripting give the subclass back."""
+    model = nn.Sequential(Halved(3, 4, num_layers=2))
+    x, lengths = torch.randn(6, 3, 3), torch.tensor([6, 2, 4])
+    before, before_packed = model[0](x)[0], model[0](x, lengths=lengths)[0]
+    params, keys, text = list(model.parameters()), model.state_dict(), repr(model)
+    fusedrnn.convert(model, backend="triton")
+    rnn = model[0]
+    assert isinstance(rnn, Halved) and isinstance(rnn, fusedrnn.LSTM) and type(rnn) is not Halved
+    assert rnn.backend == "triton" and repr(model) == text
+    assert all(a is b for a, b in zip(params, model.parameters()))
+    _state_dicts_equal(model.state_dict(), keys)
+    out = rnn(x)[0]
+    assert sum(launches.values()) > 0, "the subclass's super().forward ran no kernel"
+    packed = rnn(x, lengths=lengths)[0]
+    torch.testing.assert_close(out, before, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(packed, before_packed, rtol=1e-5, atol=1e-6)
+    (out.sum() + packed.sum()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+    for copied in (copy.deepcopy(rnn), pickle.loads(pickle.dumps(rnn))):
+        assert type(copied) is type(rnn) and copied.backend == "triton"
+        torch.testing.assert_close(copied(x)[0], before, rtol=1e-5, atol=1e-6)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    assert type(torch.load(buffer, weights_only=False)[0]) is type(rnn)
+    assert fusedrnn.convert(rnn) is rnn  # already a drop-in
+    assert type(fusedrnn.unconvert(model)[0]) is Halved
+    assert all(a is b for a, b in zip(params, model.parameters()))
+    torch.testing.assert_close(model[0](x)[0], before)
+    # torch.jit.script compiles the subclass itself in a drop-in's place (torch.jit cannot
+    # script an RNN subclass, converted or not: its forward's overloads are torch's class's)
+    gru = fusedrnn.convert(PlainGRU(3, 4), backend="reference")
+    assert isinstance(gru, fusedrnn.GRU) and gru.backend == "reference"
+    assert type(gru.__prepare_scriptable__()) is PlainGRU
+    # a parametrized subclass: the same class parametrize makes, over the twin
+    wn = torch.nn.utils.parametrizations.weight_norm(PlainGRU(3, 4), "weight_hh_l0")
+    expected = wn(x)[0]
+    twin = fusedrnn.convert(wn, backend="triton")
+    assert isinstance(twin, PlainGRU) and isinstance(twin, fusedrnn.GRU)
+    assert torch.nn.utils.parametrize.is_parametrized(twin, "weight_hh_l0")
+    torch.testing.assert_close(twin(x)[0], expected, rtol=1e-5, atol=1e-6)
+    back = fusedrnn.unconvert(twin)
+    assert isinstance(back, PlainGRU) and not isinstance(back, fusedrnn.GRU)
 
 
 def test_convert_keeps_optimizer_and_tied_weights_working():
