@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 
 import torch
 from torch import Tensor, nn
@@ -478,8 +479,22 @@ class _CellModule(_BackendMixin):
         self._set_backend(backend)
 
 
+def _cell_init(torch_cls: type):
+    """A cell's constructor whose signature (inspect.signature of the class) is torch's
+    class's plus the keyword-only ``backend``: torch.nn.utils.skip_init, for one, asks it for
+    a ``device`` argument."""
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        _CellModule.__init__(self, *args, backend=backend, **kwargs)
+    sig = inspect.signature(torch_cls.__init__)
+    backend = inspect.Parameter("backend", inspect.Parameter.KEYWORD_ONLY, default="auto",
+                                annotation=str)
+    __init__.__signature__ = sig.replace(parameters=[*sig.parameters.values(), backend])
+    return __init__
+
+
 class LSTMCell(_CellModule, nn.LSTMCell):
     __doc__ = (nn.LSTMCell.__doc__ or "") + _CellModule.DOC
+    __init__ = _cell_init(nn.LSTMCell)
 
     def forward(self, input: Tensor, hx: tuple[Tensor, Tensor] | None = None):
         leaf = _fx_leaf(self, input, hx)
@@ -520,6 +535,7 @@ class LSTMCell(_CellModule, nn.LSTMCell):
 
 class GRUCell(_CellModule, nn.GRUCell):
     __doc__ = (nn.GRUCell.__doc__ or "") + _CellModule.DOC
+    __init__ = _cell_init(nn.GRUCell)
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         leaf = _fx_leaf(self, input, hx)
@@ -534,6 +550,7 @@ class GRUCell(_CellModule, nn.GRUCell):
 
 class RNNCell(_CellModule, nn.RNNCell):
     __doc__ = (nn.RNNCell.__doc__ or "") + _CellModule.DOC
+    __init__ = _cell_init(nn.RNNCell)
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:
         leaf = _fx_leaf(self, input, hx)

@@ -248,3 +248,26 @@ def test_pickle_deepcopy_and_to(cls):
     m64 = m.double()
     assert m64._flat_weights[0].dtype == torch.float64
     assert m64(torch.randn(2, 1, 3, dtype=torch.float64))[0].dtype == torch.float64
+
+
+@pytest.mark.parametrize("name", ["LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell"])
+def test_constructor_signature_is_torchs_plus_backend(name):
+    """inspect.signature of a drop-in is torch's class's plus the keyword-only ``backend``,
+    so tools that read it behave as on torch's: torch.nn.utils.skip_init (it asks for a
+    ``device`` argument) builds the cells, and refuses the LSTM, GRU and RNN (torch's
+    constructors take ``*args, **kwargs``) as it refuses torch's."""
+    import inspect
+
+    ours, theirs = getattr(fusedrnn, name), getattr(nn, name)
+    params = inspect.signature(ours).parameters
+    assert params["backend"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert [p for p in params if p != "backend" and p not in fusedrnn.modules.FUSED_OPTIONS] \
+        == list(inspect.signature(theirs).parameters)
+    try:
+        torch.nn.utils.skip_init(theirs, 3, 4)
+    except RuntimeError as e:
+        with pytest.raises(RuntimeError, match=str(e)):
+            torch.nn.utils.skip_init(ours, 3, 4)
+        return
+    made = torch.nn.utils.skip_init(ours, 3, 4, backend="reference")
+    assert type(made) is ours and made.backend == "reference" and made.weight_hh.shape[1] == 4
