@@ -33,8 +33,8 @@ def _drop_in_class(cls: type) -> type | None:
         return None
     try:
         return subclass_twin_class(cls, _SWAPS[torch_cls])
-    except TypeError:  # (a layout or metaclass conflict, an __init_subclass__ that refuses)
-        return None
+    except Exception:  # (a layout or metaclass conflict, an __init_subclass__ that refuses:
+        return None     # the subclass stays as it is, torch's forward under it)
 
 
 _TWINS: dict = {}

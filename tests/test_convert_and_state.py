@@ -271,3 +271,16 @@ def test_constructor_signature_is_torchs_plus_backend(name):
         return
     made = torch.nn.utils.skip_init(ours, 3, 4, backend="reference")
     assert type(made) is ours and made.backend == "reference" and made.weight_hh.shape[1] == 4
+
+
+def test_convert_leaves_a_subclass_it_cannot_extend_alone():
+    """A subclass whose class cannot be combined with the drop-in (here an __init_subclass__
+    that refuses further subclasses) is left as it is, torch's forward under it, rather than
+    failing the conversion of the whole model."""
+    class Sealed(nn.GRU):
+        def __init_subclass__(cls, **kwargs):
+            raise RuntimeError("sealed")
+
+    model = nn.Sequential(Sealed(3, 4), nn.LSTM(4, 4))
+    fusedrnn.convert(model)
+    assert type(model[0]) is Sealed and type(model[1]) is fusedrnn.LSTM
