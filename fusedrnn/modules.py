@@ -62,9 +62,17 @@ def _fx_leaf(module: nn.Module, input, hx, resets=None):
     fx keeps torch.nn's own modules as leaves (Tracer.is_leaf_module goes by the class's
     module path), so a traced model holding nn.LSTM records one call; fusedrnn's classes
     live elsewhere, so fx would trace into their forward, whose Python control flow it
-    cannot follow. Recording the call ourselves keeps them leaves, as torch's are."""
+    cannot follow. Recording the call ourselves keeps them leaves, as torch's are.
+
+    Not for a user's subclass made a drop-in (fusedrnn.convert) that defines its own
+    forward: a call_module node would run that forward again around this one (twice its
+    work, silently); fx traces into it, and fails on its control flow, as on the unconverted
+    subclass."""
     proxy = next((a for a in (input, hx, resets) if isinstance(a, torch.fx.Proxy)), None)
     if proxy is None or proxy.tracer.root is module:
+        return None
+    drop_in = getattr(type(module), "_fusedrnn_drop_in", None)
+    if drop_in is not None and type(module).forward is not drop_in.forward:
         return None
     tracer = proxy.tracer
     args = (input,) if hx is None else (input, hx)
@@ -393,7 +401,7 @@ def _forward_outside_the_graph(module, input, hx, resets):
     """The module's forward run eagerly under torch.compile (see
     _SequenceModule._runs_outside_the_graph): a graph break, so that torch.compile without
     fullgraph=True runs the model (fullgraph=True names this function in its error)."""
-    return module.forward(input, hx, resets=resets)
+    return _SequenceModule.forward(module, input, hx, resets=resets)  # (not a subclass's)
 
 
 _OUTSIDE_REASON = ("fusedrnn: weight_dropout and variational_dropout in training, zoneout, "

@@ -284,3 +284,26 @@ def test_convert_leaves_a_subclass_it_cannot_extend_alone():
     model = nn.Sequential(Sealed(3, 4), nn.LSTM(4, 4))
     fusedrnn.convert(model)
     assert type(model[0]) is Sealed and type(model[1]) is fusedrnn.LSTM
+
+
+def test_a_subclass_forward_runs_once_under_fx_and_compile():
+    """Where fusedrnn would run a module's call again (fx's call_module leaf, the eager
+    forward under torch.compile for the options drawn in Python), a converted subclass's
+    own forward must not run twice: fx traces into it and fails on its control flow as on
+    the unconverted subclass, a subclass that keeps torch's forward stays a leaf, and
+    torch.compile gives eager's numbers."""
+    x = torch.randn(6, 3, 3)
+    for model in (nn.Sequential(Halved(3, 4)), fusedrnn.convert(nn.Sequential(Halved(3, 4)))):
+        with pytest.raises(torch.fx.proxy.TraceError):
+            torch.fx.symbolic_trace(model)
+    plain = fusedrnn.convert(nn.Sequential(PlainGRU(3, 4)), backend="reference")
+    torch.testing.assert_close(torch.fx.symbolic_trace(plain)(x)[0], plain(x)[0])
+
+    fusedrnn.allow_compile()
+    model = fusedrnn.convert(nn.Sequential(Halved(3, 4)), backend="reference")
+    model[0].weight_dropout = 0.3  # (drawn in Python: its forward runs outside the graph)
+    torch.manual_seed(1)
+    eager = model(x)[0]
+    torch._dynamo.reset()
+    torch.manual_seed(1)
+    torch.testing.assert_close(torch.compile(model, backend="eager")(x)[0], eager)
