@@ -23,7 +23,8 @@ def _drop_in_class(cls: type) -> type | None:
     for a user's subclass of one (pytorch-forecasting's LSTM and GRU, which wrap torch's
     forward to take zero lengths, and what a subclass adds by ``super().forward``) the twin
     class ``(cls, drop-in)`` (subclass_twin_class); None for every other class, fusedrnn's
-    own and those made by torch.nn.utils.parametrize (_parametrized_twin) included."""
+    own included. (A parametrized module's class is torch.nn.utils.parametrize's, over the
+    class asked here: _parametrized_twin.)"""
     if cls in _SWAPS:
         return _SWAPS[cls]
     if issubclass(cls, modules._BackendMixin):
