@@ -48,7 +48,7 @@ def plan_of(m, impl, x) -> dict:
     with _kernel_variant(impl):
         p = fusedrnn.explain(m, x)[0]
     keys = ("kernel", "programs", "weights_on_chip", "reason", "U", "BB", "split", "ksplit",
-            "warps", "ll", "red", "BLOCK_B", "BLOCK_H", "BLOCK_K")
+            "warps", "ll", "red", "BLOCK_B", "BLOCK_H", "BLOCK_K", "stages")
     return {**{k: p[k] for k in keys if k in p},
             "backward": {k: p["backward"][k] for k in keys if k in p["backward"]}}
 

@@ -452,8 +452,10 @@ def _cooperative_launch() -> dict:
     return {"launch_cooperative_grid": True} if "launch_cooperative_grid" in fields else {}
 
 
-def run_steps(kernel, args: dict, T: int, phases, persistent: bool, device, num_warps: int):
-    """Launch a recurrent kernel over T steps.
+def run_steps(kernel, args: dict, T: int, phases, persistent: bool, device, num_warps: int,
+              num_stages: int = 3):
+    """Launch a recurrent kernel over T steps (num_stages: the sequence kernel's K loop
+    pipeline, plan.stream_stages; step kernels keep Triton's default).
 
     ``phases``: [(flags, n_tiles)] in their order within a step, e.g. the gates then the
     projection; a later phase reads what every tile of the earlier one wrote. Step mode
@@ -468,7 +470,8 @@ def run_steps(kernel, args: dict, T: int, phases, persistent: bool, device, num_
         sem, err = barrier_words(1, device)
         launch_sequence(kernel, n_progs, dict(**args, **flags, sem_ptr=sem, err_ptr=err, s0=0,
                                               n_steps=T, PERSISTENT=True,
-                                              **barrier_flags(device), num_warps=num_warps),
+                                              **barrier_flags(device), num_warps=num_warps,
+                                              num_stages=num_stages),
                         err, device, getattr(kernel, "__name__", getattr(kernel, "name", "")))
         return
     for s in range(T):

@@ -309,7 +309,7 @@ def gru_forward_steps(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save, all
             BLOCK_K=BK, IEEE=ieee, UPCAST=upcast, **hm)
         n_tiles = triton.cdiv(B, BB) * triton.cdiv(H, BH)
         run_steps(gru_fwd_kernel, args, T, [({}, n_tiles)], kplan["kernel"] == "sequence", dev,
-                  warps)
+                  warps, kplan["stages"])
     last = last_slot(T, reverse, save) if B > 0 else first
     h_n = hs[last].clone()  # not a view of the buffers saved for backward
     return out, h_n, ((hs, gates) if save else None)
@@ -363,7 +363,7 @@ def gru_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
             BLOCK_K=BK, IEEE=ieee, UPCAST=upcast, **hm)
         n_tiles = triton.cdiv(B, BB) * triton.cdiv(H, BH)
         run_steps(gru_bwd_kernel, args, T, [({}, n_tiles)], kplan["kernel"] == "sequence", dev,
-                  warps)
+                  warps, kplan["stages"])
 
     dgh = dg[:T]
     dgi = torch.cat([dgh[..., :2 * H], dxn], dim=-1)

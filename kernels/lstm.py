@@ -495,7 +495,8 @@ def lstm_forward_steps(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse
         phases = [(dict(RUN_GATES=True, RUN_PROJ=False), n_gate_tiles)]
         if has_proj:
             phases.append((dict(RUN_GATES=False, RUN_PROJ=True), n_proj_tiles))
-        run_steps(lstm_fwd_kernel, args, T, phases, kplan["kernel"] == "sequence", dev, warps)
+        run_steps(lstm_fwd_kernel, args, T, phases, kplan["kernel"] == "sequence", dev, warps,
+                  kplan["stages"])
     last = last_slot(T, reverse, save) if B > 0 else first
     # copies, not views: h_n/c_n must not alias the buffers saved for backward
     h_n, c_n = hs[last].clone(), cs[last].to(x.dtype, copy=True)
@@ -568,7 +569,8 @@ def lstm_backward_steps(x, w_ih, w_hh, w_hr, lengths, reverse, saved, d_out, d_h
         phases = [(dict(RUN_GATES=True, RUN_PROJ=False), n_gate_tiles)]
         if has_proj:
             phases.insert(0, (dict(RUN_GATES=False, RUN_PROJ=True), n_proj_tiles))
-        run_steps(lstm_bwd_kernel, args, T, phases, kplan["kernel"] == "sequence", dev, warps)
+        run_steps(lstm_bwd_kernel, args, T, phases, kplan["kernel"] == "sequence", dev, warps,
+                  kplan["stages"])
 
     dgs = dg[:T]
     t_first = T - 1 if reverse else 0

@@ -41,9 +41,10 @@ KERNEL_ENV = "FUSEDRNN_KERNEL"  # "auto" | "step" | "sequence" | "stationary" | 
 # 16-unit tiles (NARROW_UNITS) wherever one is resident, before 4 or 8 units: what the
 # fused-narrow rows time against the 8-unit tiles on one GPU (an H200 times there what an
 # A100 or an H100 PCIe plans at H=1024).
-# "stream32": the plan's own choice, except that the streaming kernels keep 32-unit tiles
-# and block_sizes' K chunks (what they ran before stream_blocks): what the fused-stream32
-# rows time against the plan's narrower, deeper tiles where W_hh streams.
+# "stream32": the plan's own choice, except that the streaming kernels keep 32-unit tiles,
+# block_sizes' K chunks and Triton's default stages (what they ran before stream_blocks and
+# stream_stages): what the fused-stream32 rows time against the plan's narrower, deeper
+# tiles and deeper pipeline where W_hh streams.
 KERNELS = ("auto", "step", "sequence", "stationary", "splitk", "ll", "red", "narrow",
            "stream32")
 
@@ -284,6 +285,44 @@ def stream_blocks(cell: str, B: int, H: int, tensor_cores: bool, sm_count: int,
                 bk *= 2
         bh = narrowest
     return block_sizes(rows, H, tensor_cores, bh, FORCED_STREAM_K or bk)
+
+
+# The streaming sequence kernels' K loop copies each chunk's operands (W_hh's rows of the
+# tile, the state's or gate gradients' rows) into shared memory with cp.async, Triton's
+# software pipeline of num_stages: at Triton's default of 3, two buffers on sm_80 (three
+# where sm_90 runs the dot as a wgmma), the wait for chunk i leaving chunk i+1's copies in
+# flight (read off the sm_90 TTGIR). The H200 run of 2026-11-27 streamed 4.6 KB chunks (32
+# units, 16 rows, 16 deep, bf16 LSTM B=8 H=2048) at 0.23 us, ~410 clocks, a chunk with two
+# in flight: ~820 clocks from issue to use. Keeping an SM's ~64 B a clock from L2 busy over
+# that takes ~52 KB in flight, more than two of the narrowed tiles' chunks (16-bit: 12-24
+# KB). So a sequence kernel, which has an SM to itself, takes stages enough for
+# STREAM_IN_FLIGHT bytes (at most STREAM_MAX_STAGES), as far as twice num_stages chunks fit
+# the device's shared memory a block: the builds take up to 4/3 of num_stages chunks (the
+# LSTM backward's projection phase; 8-unit tiles pad to 16), the compile check holds them
+# within twice. Stages cost no registers (the sm_80 and sm_90 builds: the same count at 3
+# and 4). An estimate from one measurement, not a timing: fused-stream32 (Triton's default
+# stages, the old tiles) is timed beside it.
+STREAM_IN_FLIGHT = 820 * 64
+STREAM_MAX_STAGES = 5
+STREAM_DEFAULT_STAGES = 3  # Triton's default num_stages: step kernels, and stream32
+
+
+def stream_chunk_bytes(cell: str, itemsize: int, bb: int, bh: int, bk: int,
+                       backward: bool) -> int:
+    """Bytes of one K chunk's operands in a streaming kernel's tile of bb rows and bh units:
+    the forward's W_hh rows of every gate and the state's rows, the backward's W_hh columns
+    of the tile and the gate gradients' rows, bk deep."""
+    return ((1 if backward else _GATES[cell]) * bh + bb) * bk * itemsize
+
+
+def stream_stages(cell: str, dtype: torch.dtype, bb: int, bh: int, bk: int, backward: bool,
+                  smem_limit: int) -> int:
+    """num_stages of a streaming sequence kernel's K loop (see STREAM_IN_FLIGHT)."""
+    chunk = stream_chunk_bytes(cell, dtype.itemsize, bb, bh, bk, backward)
+    stages = min(STREAM_MAX_STAGES, max(STREAM_DEFAULT_STAGES, 1 - (-STREAM_IN_FLIGHT // chunk)))
+    while stages > STREAM_DEFAULT_STAGES and 2 * stages * chunk > smem_limit:
+        stages -= 1
+    return stages
 
 
 def plan_blocks(p: dict, tensor_cores: bool, max_rows: int = 64
@@ -864,8 +903,14 @@ def plan(cell: str, dtype: torch.dtype, B: int, H: int, K: int | None = None,
         kernel = "step"
         reason = f"step kernels: {tiles} tiles a step is over 8 per SM ({why_not})"
     programs = min(tiles, sm_count) if kernel == "sequence" else tiles
+    stages = STREAM_DEFAULT_STAGES
+    if (kernel == "sequence" and cuda and not ieee and choice != "stream32"
+            and dtype in (torch.float16, torch.bfloat16, torch.float32)):
+        stages = stream_stages(cell, dtype, bb, bh, bk, backward, smem_limit)
+        reason += f", {stages}-stage K loop" if stages != STREAM_DEFAULT_STAGES else ""
     return dict(base, kernel=kernel, programs=programs, tiles=tiles, weights_on_chip=False,
-                reason=reason, BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, warps=warps, gates=g)
+                reason=reason, BLOCK_B=bb, BLOCK_H=bh, BLOCK_K=bk, warps=warps, gates=g,
+                stages=stages)
 
 
 def wgmma(device: torch.device) -> bool:

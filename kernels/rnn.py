@@ -256,7 +256,7 @@ def rnn_forward_steps(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, reverse, save,
         n_tiles = triton.cdiv(B, BB) * triton.cdiv(H, BH)
         run_steps(rnn_fwd_kernel, dict(**ptrs, **common, RNN=act, BLOCK_B=BB, BLOCK_H=BH,
                                        BLOCK_K=BK), T, [({}, n_tiles)],
-                  kplan["kernel"] == "sequence", dev, warps)
+                  kplan["kernel"] == "sequence", dev, warps, kplan["stages"])
     last = last_slot(T, reverse, save) if B > 0 else first
     h_n = hs[last].clone()  # not a view of the buffers saved for backward
     return out, h_n, ((hs, dact) if save else None)
@@ -305,7 +305,7 @@ def rnn_backward_steps(x, w_ih, w_hh, lengths, reverse, saved, d_out, d_hn,
         n_tiles = triton.cdiv(B, BB) * triton.cdiv(H, BH)
         run_steps(rnn_bwd_kernel, dict(**ptrs, **common, BLOCK_B=BB, BLOCK_H=BH,
                                        BLOCK_K=BK), T, [({}, n_tiles)],
-                  kplan["kernel"] == "sequence", dev, warps)
+                  kplan["kernel"] == "sequence", dev, warps, kplan["stages"])
 
     dgh = dg[:T]
     t_first = T - 1 if reverse else 0

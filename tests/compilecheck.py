@@ -46,7 +46,7 @@ class Recorder:
         self.kernel, self.launches = kernel, launches
 
     def __getitem__(self, grid):
-        def record(*args, num_warps=4, **kwargs):
+        def record(*args, num_warps=4, num_stages=3, **kwargs):
             bound = inspect.signature(self.kernel.fn).bind(*args, **kwargs).arguments
             names = {p.name for p in self.kernel.params if p.is_constexpr}
             if "ASM_ACQUIRE" in names and bound.get("PERSISTENT", True):
@@ -62,6 +62,8 @@ class Recorder:
             options, signature, jit_constexprs, attrs = self.kernel._pack_args(
                 _BACKEND, {"num_warps": num_warps}, bound_args, spec, options)
             constexprs = {k: v for k, v in bound.items() if k in names}
+            if num_stages != 3:  # (a launch option, not an argument: compile() takes it)
+                constexprs["num_stages"] = num_stages
             sig = {}
             for name, value in bound.items():
                 if name in constexprs:
@@ -72,7 +74,8 @@ class Recorder:
                     sig[name] = "i32" if abs(int(value)) < 2 ** 31 else "i64"
             key = (self.kernel.fn.__name__, tuple(sorted(signature.items())),
                    tuple(sorted((str(k), str(v)) for k, v in jit_constexprs.items())),
-                   tuple(sorted((str(k), str(v)) for k, v in attrs.items())), num_warps)
+                   tuple(sorted((str(k), str(v)) for k, v in attrs.items())), num_warps,
+                   num_stages)
             self.launches.setdefault(key, (self.kernel, sig, constexprs, num_warps,
                                            (signature, jit_constexprs, attrs)))
         return record
@@ -272,6 +275,12 @@ def hot_spills(sass: str) -> int:
                and any(a <= addr <= b for a, b in innermost))
 
 
+def compile_options(launch) -> dict:
+    """triton.compile's options for a recorded launch: its warps and pipeline stages."""
+    _, _, constexprs, num_warps, _ = launch
+    return {"num_warps": num_warps, "num_stages": constexprs.get("num_stages", 3)}
+
+
 def source(launch, **constexprs) -> ASTSource:
     """What the JIT compiles for a recorded launch (its signature, constants and attributes
     as a launch specializes them), with some constexprs replaced by name."""
@@ -292,14 +301,15 @@ def _compile(k: int, need_sass: bool = True):
     _, sig, constexprs, num_warps, _ = launch
     start = time.perf_counter()
     compiled = triton.compile(source(launch), target=TARGETS[tname],
-                              options={"num_warps": num_warps})
+                              options=compile_options(launch))
     seconds = time.perf_counter() - start
     res = resources(compiled.asm["cubin"])
     sass = _dump(compiled.asm["cubin"], "-sass") if need_sass or res["spill_bytes"] else ""
     row = {"kernel": name, "target": tname, "num_warps": num_warps,
            "dtype": sig["w_ptr"][1:],  # the weights' dtype is the layer's
            "config": {k: str(v) for k, v in constexprs.items()},
-           **res, "hot_spills": hot_spills(sass), "compile_s": round(seconds, 2)}
+           **res, "dynamic_shared": compiled.metadata.shared,
+           "hot_spills": hot_spills(sass), "compile_s": round(seconds, 2)}
     return row, compiled, sass
 
 

@@ -51,6 +51,28 @@ def test_kernels_compile_for_sm80_and_sm90_without_spills(tmp_path, capsys):
     heavy = [r for r in rows if r["spill_bytes"] < 0 or r["spill_bytes"] > (
         128 if r["kernel"].startswith("stationary") else 64)]
     assert not heavy, f"spills beyond a few bytes (or unreadable): {heavy}"
+    _check_stream_stages([r for r in rows if not r["kernel"].startswith("stationary")])
+
+
+_BYTES = {"fp16": 2, "bf16": 2, "fp32": 4, "fp64": 8}
+
+
+def _check_stream_stages(rows):
+    """The streaming kernels' K-loop pipeline (plan.stream_stages): sequence kernels the plan
+    gives more stages than Triton's default build with them, and their shared memory stays
+    within twice that many K chunks (what stream_stages holds within the device's limit)."""
+    deeper = [r for r in rows if int(r["config"].get("num_stages", 3)) > 3]
+    assert deeper and all(r["config"].get("PERSISTENT") == "True" for r in deeper), \
+        "no sequence kernel built with the plan's deeper pipeline"
+    assert {r["target"] for r in deeper} == {"sm_80", "sm_90"}
+    for r in deeper:
+        c = r["config"]
+        chunk = plan.stream_chunk_bytes(r["kernel"].split("_")[0], _BYTES[r["dtype"]],
+                                        int(c["BLOCK_B"]), int(c["BLOCK_H"]),
+                                        int(c["BLOCK_K"]), "bwd" in r["kernel"])
+        stages = int(c["num_stages"])
+        assert 0 < r["dynamic_shared"] <= 2 * stages * chunk <= plan.SMEM_BLOCK_LIMIT, \
+            (r["kernel"], r["target"], c, r["dynamic_shared"], chunk)
 
 
 TRITON_36 = ROOT.parent / ".venv" / "triton36"  # installed there by `make test`

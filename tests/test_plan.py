@@ -59,6 +59,42 @@ def test_streaming_tiles_fill_the_sms(cell):
     assert planning.plan_blocks(p, True, max_rows=32)[0] == 32
 
 
+def test_streaming_sequence_kernels_pipeline_deeper(monkeypatch):
+    """plan.stream_stages: a streaming sequence kernel (an SM to itself) keeps about
+    STREAM_IN_FLIGHT bytes of its K chunks in flight, more than Triton's default 3 stages
+    hold of the narrowed tiles' chunks, as far as twice the stages' chunks fit the device's
+    shared memory a block; step kernels, exact fp32 and the interpreter keep 3."""
+    def stages(cell, dtype, B, H, backward, **kw):
+        p = plan(cell, dtype, B, H, sm_count=132, training=True, backward=backward, **kw)
+        assert p["kernel"] == "sequence", p
+        chunk = planning.stream_chunk_bytes(cell, dtype.itemsize, p["BLOCK_B"], p["BLOCK_H"],
+                                            p["BLOCK_K"], backward)
+        assert p["stages"] == 3 or 2 * p["stages"] * chunk <= kw.get(
+            "smem_limit", planning.SMEM_BLOCK_LIMIT), p
+        return p["stages"], (p["stages"] - 1) * chunk
+
+    # bf16 LSTM B=8 H=2048: 20 KB chunks (16 units x 16 rows x 128 deep), three in flight;
+    # the backward's 8 KB, four (STREAM_MAX_STAGES)
+    assert stages("lstm", torch.bfloat16, 8, 2048, False) == (4, 60 * 1024)
+    assert stages("lstm", torch.bfloat16, 8, 2048, True) == (5, 32 * 1024)
+    assert stages("gru", torch.bfloat16, 32, 2048, False)[0] == 4
+    assert stages("lstm", torch.float32, 8, 2048, False)[0] == 3  # (40 KB chunks: two do)
+    # an RTX 3090's 99 KB a block, and 64 KB: no more than twice the stages' chunks
+    assert stages("lstm", torch.bfloat16, 8, 2048, False, smem_limit=99 * 1024)[0] == 3
+    assert stages("lstm", torch.bfloat16, 8, 2048, True, smem_limit=99 * 1024)[0] == 5
+    assert stages("lstm", torch.bfloat16, 8, 2048, True, smem_limit=64 * 1024)[0] == 4
+    assert planning.STREAM_MAX_STAGES >= max(stages("rnn", torch.bfloat16, 512, 2048, b)[0]
+                                             for b in (False, True))
+    assert "4-stage K loop" in plan("lstm", torch.bfloat16, 8, 2048, sm_count=132)["reason"]
+    monkeypatch.setenv(planning.KERNEL_ENV, "sequence")
+    assert plan("lstm", torch.bfloat16, 8, 2048, sm_count=132)["stages"] == 4
+    assert plan("lstm", torch.bfloat16, 8, 2048, sm_count=1, cuda=False)["stages"] == 3
+    monkeypatch.delenv(planning.KERNEL_ENV)
+    assert plan("lstm", torch.float32, 8, 2048, sm_count=132, ieee=True)["stages"] == 3
+    step = plan("lstm", torch.bfloat16, 2048, 2048, sm_count=132)  # (past 8 tiles an SM)
+    assert step["kernel"] == "step" and step["stages"] == 3, step
+
+
 def test_stream32_keeps_the_streaming_tiles_of_before(monkeypatch):
     """FUSEDRNN_KERNEL=stream32 (the bench's fused-stream32 rows): where a pass streams, the
     32-unit tiles and 64-deep K chunks of before plan.stream_blocks; elsewhere the plan's
@@ -70,6 +106,7 @@ def test_stream32_keeps_the_streaming_tiles_of_before(monkeypatch):
         assert (p["kernel"], p["BLOCK_H"], p["BLOCK_K"], p["programs"]) == (
             "sequence", 32, 64, 64), p
         assert planning.plan_blocks(p, True)[1:3] == (32, 64)
+        assert p["stages"] == planning.STREAM_DEFAULT_STAGES
     p = plan("lstm", torch.float16, 16, 768, sm_count=132)
     monkeypatch.delenv(planning.KERNEL_ENV)
     assert p == plan("lstm", torch.float16, 16, 768, sm_count=132)
