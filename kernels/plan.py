@@ -319,7 +319,8 @@ def stream_stages(cell: str, dtype: torch.dtype, bb: int, bh: int, bk: int, back
                   smem_limit: int) -> int:
     """num_stages of a streaming sequence kernel's K loop (see STREAM_IN_FLIGHT)."""
     chunk = stream_chunk_bytes(cell, dtype.itemsize, bb, bh, bk, backward)
-    stages = min(STREAM_MAX_STAGES, max(STREAM_DEFAULT_STAGES, 1 - (-STREAM_IN_FLIGHT // chunk)))
+    enough = 1 - (-STREAM_IN_FLIGHT // chunk)  # (buffers: one more than chunks in flight)
+    stages = min(STREAM_MAX_STAGES, max(STREAM_DEFAULT_STAGES, enough))
     while stages > STREAM_DEFAULT_STAGES and 2 * stages * chunk > smem_limit:
         stages -= 1
     return stages
