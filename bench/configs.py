@@ -92,7 +92,7 @@ def targets():
     H in {256, 1024}, T=256, the large batch (bf16 B=512 H=1024), fp32 LSTM B=128 H=768
     training, and the LSTM with proj_size (bf16 B=16 H=1024 P=512: cuDNN's per-step
     algorithm; both passes weight-stationary with the projection's phase, plan.proj_tiling,
-    new since the last GPU run)."""
+    new since the last GPU run); then one streaming configuration (bf16 LSTM B=8 H=2048)."""
     out = [Config("lstm", "fp16", m, 16, 768, 1024, 768) for m in ("inference", "training")]
     out += [Config(c, d, m, b, h, 256, h) for h, b, c, d, m in itertools.product(
         (1024, 256), (8, 128), ("lstm", "gru"), ("bf16", "fp32"), ("inference", "training"))]
@@ -103,6 +103,11 @@ def targets():
     out += [Config("lstm", "fp32", "training", 128, 768, 256, 768)]
     out += [Config("lstm", "bf16", m, 16, 1024, 256, 1024, proj=512)
             for m in ("inference", "training")]
+    # last, beside the targets: where W_hh streams (bf16 LSTM B=8 H=2048; H200, 2026-11-27:
+    # 0.40-0.95x cuDNN on 64 programs), the narrowed tiles and deeper K-loop pipeline
+    # (plan.stream_blocks, stream_stages) against fused-stream32's old ones, timed whatever
+    # the grid's budget leaves (the grid reaches H=2048 last)
+    out += [Config("lstm", "bf16", m, 8, 2048, 256, 2048) for m in ("inference", "training")]
     return out
 
 
