@@ -403,7 +403,7 @@ def block_sizes(batch: int, width: int, tensor_cores: bool = False,
     chunks are 16 deep; tiles of >= 1024 values get 8 warps.
 
     tensor_cores (fp16/bf16, TF32): chunks up to 64 deep. Their operands go through shared
-    memory (cp.async, 3 stages), and each chunk of the K loop pays a fixed round of waits
+    memory (cp.async, 3 stages; a sequence kernel's: plan.stream_stages), and each chunk of the K loop pays a fixed round of waits
     (cp.async, a block barrier, on sm_90 the wgmma fence and wait) for one chunk's MMAs: at
     16 deep, bf16 B=512 H=1024, the forward's loop ran 64 of them a tile and step, 4 HGMMA
     each, and the backward's (K = 4H) 256, one HMMA each. 64 deep: 16 and 64 rounds, 112-151
