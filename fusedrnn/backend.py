@@ -37,6 +37,9 @@ ENV_VAR = "FUSEDRNN_BACKEND"
 # dtypes the kernels are built and tested for; "auto" only picks triton for these on CUDA
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 AUTO_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Looked up once, at import: torch.compile traces the backend's choice, and the dynamo of
+# torch 2.11 (the GPU machines') refuses to trace importlib.util.find_spec
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
 def check_backend_name(backend: str, what: str = "backend") -> str:
@@ -52,7 +55,7 @@ def interpreting() -> bool:
 
 def triton_unavailable_reason(device: torch.device, dtype: torch.dtype) -> str | None:
     """Why the Triton kernels cannot run on tensors of this device and dtype, or None."""
-    if importlib.util.find_spec("triton") is None:
+    if not TRITON_INSTALLED:
         return "the triton package is not installed"
     if device.type == "cpu" and not interpreting():
         return ("the tensors are on the CPU; the Triton kernels need CUDA tensors "
@@ -96,8 +99,17 @@ def compiled_native() -> bool:
     if not torch.compiler.is_compiling():
         return False
     from fusedrnn import native_ops
-    exporting_ = getattr(torch.compiler, "is_exporting", lambda: False)
-    return not exporting_() and native_ops.AVAILABLE
+    return not _exporting_program() and native_ops.AVAILABLE
+
+
+def _exporting_program() -> bool:
+    """Whether torch.export is tracing. The flag itself where torch has it: the dynamo of
+    torch 2.11 (the GPU machines') folds torch.compiler.is_exporting() to True under every
+    torch.compile, where the flag torch.export sets stays False."""
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    if flag is not None:
+        return bool(flag)
+    return getattr(torch.compiler, "is_exporting", lambda: False)()
 
 
 def exporting() -> bool:

@@ -114,6 +114,15 @@ def _masked(h: Tensor, hmask: Tensor | None) -> Tensor:
     return h if hmask is None else h * hmask
 
 
+def _in_time_order(steps: list, reverse: bool, x: Tensor, like: Tensor) -> Tensor:
+    """(T, B, .) from the per-step tensors in the order the loop made them. Appended, not
+    written at [t] into a list made first: the dynamo of torch 2.11 (the GPU machines')
+    cannot trace that assignment where T is dynamic (torch.compile(dynamic=True))."""
+    if not steps:
+        return x.new_zeros(0, x.shape[1], like.shape[-1])
+    return torch.stack(steps[::-1] if reverse else steps)
+
+
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None,
                reverse=False, cell_states=False, resets=None, hmask=None, zoneout=None):
     """x (T, B, I), h0 (B, P or H), c0 (B, H). Returns out (T, B, P or H), h_n, c_n, and
@@ -121,7 +130,7 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
     xproj = _linear(x, w_ih, b_ih)  # all steps at once: no recurrence in the input term
     h, c = h0, c0
     B, H = c0.shape
-    outs, cells = [None] * x.shape[0], [None] * x.shape[0]
+    outs, cells = [], []  # in the loop's order (see _in_time_order)
     for t in _time_order(x.shape[0], reverse):
         r = _restart(resets, lengths, t, reverse)
         if r is not None:
@@ -137,21 +146,23 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
             h_new = h_new @ w_hr.t()
         m = _valid(lengths, t)
         if m is None:
-            h, c, outs[t], cells[t] = h_new, c_new, h_new, c_new
+            h, c = h_new, c_new
+            outs.append(h_new)
+            cells.append(c_new)
         else:
             h, c = torch.where(m, h_new, h), torch.where(m, c_new, c)
-            outs[t] = torch.where(m, h_new, torch.zeros_like(h_new))
-            cells[t] = torch.where(m, c_new, torch.zeros_like(c_new))
-    out = torch.stack(outs) if outs else x.new_zeros(0, x.shape[1], h0.shape[-1])
+            outs.append(torch.where(m, h_new, torch.zeros_like(h_new)))
+            cells.append(torch.where(m, c_new, torch.zeros_like(c_new)))
+    out = _in_time_order(outs, reverse, x, h0)
     if cell_states:
-        return out, h, c, torch.stack(cells)
+        return out, h, c, _in_time_order(cells, reverse, x, c0)
     return out, h, c
 
 
 def _one_state_layer(x, h0, lengths, reverse, step, resets=None):
     """The time loop of a cell whose state is h alone: step(t, h) -> h'."""
     h = h0
-    outs = [None] * x.shape[0]
+    outs = []  # in the loop's order (see _in_time_order)
     for t in _time_order(x.shape[0], reverse):
         r = _restart(resets, lengths, t, reverse)
         if r is not None:
@@ -159,12 +170,12 @@ def _one_state_layer(x, h0, lengths, reverse, step, resets=None):
         h_new = step(t, h)
         m = _valid(lengths, t)
         if m is None:
-            h, outs[t] = h_new, h_new
+            h = h_new
+            outs.append(h_new)
         else:
             h = torch.where(m, h_new, h)
-            outs[t] = torch.where(m, h_new, torch.zeros_like(h_new))
-    out = torch.stack(outs) if outs else x.new_zeros(0, x.shape[1], h0.shape[-1])
-    return out, h
+            outs.append(torch.where(m, h_new, torch.zeros_like(h_new)))
+    return _in_time_order(outs, reverse, x, h0), h
 
 
 def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False,

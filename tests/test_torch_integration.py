@@ -165,6 +165,38 @@ def test_compile_runs_torchs_op_as_one_node_for_every_length(backend, device):
     assert _native_nodes(graphs[0]) == 3, graphs[0].graph
 
 
+def test_compile_as_torch_2_11_traces_it(monkeypatch):
+    """What the dynamo of torch 2.11 (the GPU machines') does differently, emulated: it folds
+    torch.compiler.is_exporting() to True under every torch.compile (the flag torch.export
+    sets stays False), where "auto" then ran the reference instead of torch's op; and it
+    refuses to trace importlib.util.find_spec, which the backend's choice called on every
+    forward (every triton-backend compile failed there)."""
+    import importlib.util
+    find_spec = importlib.util.find_spec
+
+    def refuse_traced(*args, **kwargs):  # (torch's own calls, untraced, go through)
+        if torch.compiler.is_compiling():
+            raise AssertionError("importlib.util.find_spec traced while choosing a backend")
+        return find_spec(*args, **kwargs)
+    # True exactly where Dynamo traces it (torch.compile's own check, outside, sees False)
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: torch.compiler.is_compiling())
+    monkeypatch.setattr(importlib.util, "find_spec", refuse_traced)
+    fusedrnn.allow_compile()
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = _Stacks("auto")
+    graphs = []
+    x = torch.randn(2, 5, 3)
+    assert_close(_compile_recording(net, graphs)(x), net(x), 1e-6, "auto")
+    graphs = [g for g in graphs if len(g.graph.nodes)]
+    assert [_native_nodes(g) for g in graphs] == [3], graphs
+    torch._dynamo.reset()
+    m = fusedrnn.GRU(4, 6, batch_first=True, backend="triton", device=DEVICE)
+    x = torch.randn(2, 3, 4, device=DEVICE)
+    for got, want in zip(_grads(torch.compile(m, fullgraph=True), x), _grads(m, x)):
+        assert_close(got, want, 1e-5, "triton")
+
+
 def test_compile_with_inter_layer_dropout_in_training_replays_the_masks():
     """Inter-layer dropout in training (CPU): the op returns the generator's state from before
     its forward and its backward's recomputation draws the same masks from it, so compiled
